@@ -1,0 +1,274 @@
+//! The seam between the core and whatever makes pixels.
+//!
+//! A backend (local diffusion on candle, an upstream provider, another Easel node) implements
+//! [`ImageBackend`] and declares [`Capabilities`]: what it can be asked for and what it does
+//! natively. The [`crate::service`] validates requests against the first and fills the gaps of
+//! the second (n fan-out, resizing, transcoding, mask compositing), so a backend only ever sees a
+//! [`BackendCall`] it can serve as it is.
+//!
+//! Dispatch is through `Arc<dyn ImageBackend>` (with `async_trait`): the set of backends is open
+//! (tests add their own), and one virtual call per image costs nothing next to generating it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use image::DynamicImage;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::BackendError;
+use crate::request::Extensions;
+use crate::types::{
+    Background, ImageSize, InputFidelity, InputFormat, Moderation, Operation, OutputFormat, Quality, Style,
+};
+use crate::usage::Usage;
+
+/// Which sizes a backend can make.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SizeRule {
+    /// Exactly these sizes.
+    Fixed(Vec<ImageSize>),
+    /// Any size within bounds: both edges multiples of `multiple_of` in `min_edge..=max_edge`,
+    /// the pixel count in `min_pixels..=max_pixels`, and long edge / short edge at most
+    /// `max_aspect`.
+    Range { multiple_of: u32, min_edge: u32, max_edge: u32, min_pixels: u64, max_pixels: u64, max_aspect: f64 },
+}
+
+impl SizeRule {
+    /// gpt-image-2's rule: multiples of 16, 655,360 to 8,294,400 pixels, edges up to 3840, 3:1.
+    pub fn gpt_image_2() -> Self {
+        Self::Range { multiple_of: 16, min_edge: 16, max_edge: 3840, min_pixels: 655_360, max_pixels: 8_294_400, max_aspect: 3.0 }
+    }
+
+    /// Whether `size` can be made, and if not, a message saying what can.
+    pub fn check(&self, size: ImageSize) -> Result<(), String> {
+        match self {
+            Self::Fixed(sizes) if sizes.contains(&size) => Ok(()),
+            Self::Fixed(sizes) => {
+                let names: Vec<String> = sizes.iter().map(ToString::to_string).collect();
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                Err(format!("Invalid value: '{size}'. Supported values are: {}.", crate::types::quote_list(&names)))
+            }
+            &Self::Range { multiple_of, min_edge, max_edge, min_pixels, max_pixels, max_aspect } => {
+                let (w, h) = (size.width, size.height);
+                let aspect = f64::from(w.max(h)) / f64::from(w.min(h));
+                if w % multiple_of != 0 || h % multiple_of != 0 {
+                    Err(format!("Invalid size '{size}': width and height must be multiples of {multiple_of}."))
+                } else if w.min(h) < min_edge || w.max(h) > max_edge {
+                    Err(format!("Invalid size '{size}': each edge must be between {min_edge} and {max_edge} pixels."))
+                } else if size.pixels() < min_pixels || size.pixels() > max_pixels {
+                    Err(format!("Invalid size '{size}': the image must have between {min_pixels} and {max_pixels} pixels."))
+                } else if aspect > max_aspect + 1e-9 {
+                    Err(format!("Invalid size '{size}': the long edge may be at most {max_aspect} times the short edge."))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// The makeable size closest to `want`: same aspect ratio first, then area.
+    pub fn nearest(&self, want: ImageSize) -> ImageSize {
+        match self {
+            Self::Fixed(sizes) => {
+                let ratio = (f64::from(want.width) / f64::from(want.height)).ln();
+                let area = (want.pixels() as f64).ln();
+                *sizes
+                    .iter()
+                    .min_by(|a, b| {
+                        let score = |s: &ImageSize| {
+                            let r = (f64::from(s.width) / f64::from(s.height)).ln();
+                            (r - ratio).abs() * 4.0 + ((s.pixels() as f64).ln() - area).abs()
+                        };
+                        score(a).total_cmp(&score(b))
+                    })
+                    .unwrap_or(&want)
+            }
+            &Self::Range { multiple_of, min_edge, max_edge, min_pixels, max_pixels, max_aspect } => {
+                let m = f64::from(multiple_of);
+                let (mut w, mut h) = (f64::from(want.width), f64::from(want.height));
+                let aspect = (w / h).clamp(1.0 / max_aspect, max_aspect);
+                let area = (w * h).clamp(min_pixels as f64, max_pixels as f64);
+                h = (area / aspect).sqrt();
+                w = h * aspect;
+                let scale = (f64::from(max_edge) / w.max(h)).min(1.0);
+                let snap = |v: f64| ((v * scale / m).round() * m).clamp(f64::from(min_edge.max(multiple_of)), f64::from(max_edge));
+                ImageSize::new(snap(w) as u32, snap(h) as u32)
+            }
+        }
+    }
+}
+
+/// What a backend can be asked for, and what it does natively.
+#[derive(Debug, Clone)]
+pub struct Capabilities {
+    /// Operations it serves.
+    pub operations: Vec<Operation>,
+    /// Sizes a client may request. The core resizes when `native_sizes` is narrower.
+    pub sizes: SizeRule,
+    /// Sizes the backend itself makes, where narrower than `sizes`: the core asks for the nearest
+    /// and resizes (cover and centre crop) to the requested size.
+    pub native_sizes: Option<SizeRule>,
+    /// The size for `size=auto` (or no size) on generations.
+    pub default_size: ImageSize,
+    /// The most images a client may ask for in one request.
+    pub max_n: u32,
+    /// The most images one backend call makes; the core fans out the rest.
+    pub max_n_per_call: u32,
+    /// The most input images an edit may carry (0 when edits are not served).
+    pub max_input_images: usize,
+    /// Whether the backend uses a mask itself. The core composites the source back over opaque
+    /// mask pixels in every case; without native support the mask is not sent.
+    pub native_masks: bool,
+    /// Whether the backend can make transparent backgrounds.
+    pub transparency: bool,
+    /// Accepted `quality` values.
+    pub qualities: Vec<Quality>,
+    /// The quality reported for `auto`.
+    pub default_quality: Quality,
+    /// Whether the backend sends partial images while it works.
+    pub partial_images: bool,
+    /// Longest prompt, in characters.
+    pub max_prompt_chars: usize,
+}
+
+impl Capabilities {
+    pub fn supports(&self, operation: Operation) -> bool {
+        self.operations.contains(&operation)
+    }
+}
+
+/// An input image whose format and size are known from its header.
+#[derive(Clone)]
+pub struct InputImage {
+    pub bytes: Bytes,
+    pub format: InputFormat,
+    pub size: ImageSize,
+}
+
+impl std::fmt::Debug for InputImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InputImage({:?} {} {} bytes)", self.format, self.size, self.bytes.len())
+    }
+}
+
+/// One call to a backend: everything already validated and resolved.
+#[derive(Debug, Clone)]
+pub struct BackendCall {
+    pub operation: Operation,
+    /// The model id the client used (the registry key).
+    pub model: String,
+    pub prompt: String,
+    pub images: Vec<InputImage>,
+    /// Present only when the backend declares `native_masks`.
+    pub mask: Option<InputImage>,
+    /// Images to make, at most `max_n_per_call`.
+    pub n: u32,
+    /// A size from the backend's native rule.
+    pub size: ImageSize,
+    pub quality: Quality,
+    pub style: Option<Style>,
+    pub background: Background,
+    /// The format the client wants; a backend returning pixels or another format is transcoded.
+    pub output_format: OutputFormat,
+    pub output_compression: Option<u8>,
+    pub moderation: Option<Moderation>,
+    pub input_fidelity: Option<InputFidelity>,
+    /// Partial images wanted while streaming (0 when not streaming).
+    pub partial_images: u8,
+    pub user: Option<String>,
+    /// Open-model extensions; `seed` is already offset for this call when the core fans out.
+    pub extensions: Extensions,
+}
+
+/// An image a backend made.
+pub enum OutputImage {
+    Pixels(DynamicImage),
+    Encoded { bytes: Bytes, format: OutputFormat },
+}
+
+impl std::fmt::Debug for OutputImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pixels(p) => write!(f, "Pixels({}x{})", p.width(), p.height()),
+            Self::Encoded { bytes, format } => write!(f, "Encoded({format}, {} bytes)", bytes.len()),
+        }
+    }
+}
+
+/// What one backend call returns.
+#[derive(Debug, Default)]
+pub struct BackendOutput {
+    pub images: Vec<OutputImage>,
+    /// The prompt actually used, when the backend rewrote it.
+    pub revised_prompt: Option<String>,
+    /// Usage as the backend reports it; the core computes it when absent.
+    pub usage: Option<Usage>,
+}
+
+/// An intermediate render sent while streaming.
+#[derive(Debug)]
+pub struct PartialImage {
+    /// 0-based, per call.
+    pub index: u32,
+    pub image: OutputImage,
+}
+
+/// Per-call context: cancellation and where partial images go.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// Cancelled when the client goes away; long loops check it between steps.
+    pub cancel: CancellationToken,
+    /// Present when the client streams with `partial_images > 0`.
+    pub partials: Option<mpsc::Sender<PartialImage>>,
+}
+
+impl CallContext {
+    pub fn new(cancel: CancellationToken) -> Self {
+        Self { cancel, partials: None }
+    }
+}
+
+#[async_trait]
+pub trait ImageBackend: Send + Sync + std::fmt::Debug {
+    /// A short name for logs and usage rows: `local`, `openai`, `dashscope`, `easel`.
+    fn kind(&self) -> &'static str;
+
+    fn capabilities(&self) -> &Capabilities;
+
+    /// Whether the backend can serve now; the error says why not (for `/readyz`).
+    async fn readiness(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn call(&self, call: BackendCall, cx: CallContext) -> Result<BackendOutput, BackendError>;
+}
+
+pub type SharedBackend = Arc<dyn ImageBackend>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpt_image_2_sizes() {
+        let rule = SizeRule::gpt_image_2();
+        assert!(rule.check(ImageSize::new(1280, 720)).is_ok());
+        assert!(rule.check(ImageSize::new(3840, 2160)).is_ok());
+        assert!(rule.check(ImageSize::new(1000, 1000)).unwrap_err().contains("multiples of 16"));
+        assert!(rule.check(ImageSize::new(512, 512)).unwrap_err().contains("pixels"));
+        assert!(rule.check(ImageSize::new(3840, 1024)).unwrap_err().contains("3 times"));
+        assert!(rule.check(ImageSize::new(4096, 2048)).unwrap_err().contains("between"));
+    }
+
+    #[test]
+    fn nearest_prefers_the_aspect_ratio() {
+        let fixed = SizeRule::Fixed(vec![ImageSize::new(1024, 1024), ImageSize::new(1536, 1024), ImageSize::new(1024, 1536)]);
+        assert_eq!(fixed.nearest(ImageSize::new(1280, 720)), ImageSize::new(1536, 1024));
+        assert_eq!(fixed.nearest(ImageSize::new(300, 310)), ImageSize::new(1024, 1024));
+        let range = SizeRule::Range { multiple_of: 8, min_edge: 64, max_edge: 1024, min_pixels: 0, max_pixels: u64::MAX, max_aspect: 4.0 };
+        assert_eq!(range.nearest(ImageSize::new(1001, 497)), ImageSize::new(1000, 496));
+        assert!(range.check(range.nearest(ImageSize::new(5000, 5000))).is_ok());
+    }
+}

@@ -1,0 +1,136 @@
+//! Errors of the core and of backends.
+//!
+//! Two layers: [`BackendError`] is what a backend may report (a local model or an upstream
+//! provider); [`CoreError`] is what the service reports, wrapping backend errors. Neither knows
+//! HTTP: the server crate maps every variant to a status, an OpenAI error `type` and `code` in one
+//! exhaustive match, so a new variant does not compile until someone decides its meaning.
+
+use std::time::Duration;
+
+/// Who caused a failure; drives log levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    User,
+    Upstream,
+    Runtime,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The input cannot be used by this backend (too many images, a size it cannot make...).
+    #[error("{message}")]
+    InvalidInput { param: Option<String>, message: String },
+    /// The prompt or image was refused by a safety system.
+    #[error("{message}")]
+    ContentPolicy { message: String },
+    /// The backend's queue is full; the client should retry later.
+    #[error("The model is busy; retry in {} seconds.", retry_after.as_secs().max(1))]
+    Overloaded { retry_after: Duration },
+    /// The backend cannot serve at all right now (a model that failed to load, an open circuit).
+    #[error("{message}")]
+    Unavailable { message: String, retry_after: Option<Duration> },
+    /// An upstream provider failed; `status` is its HTTP status where there was one.
+    #[error("{message}")]
+    Upstream { status: Option<u16>, message: String },
+    /// No answer in time.
+    #[error("{message}")]
+    Timeout { message: String },
+    /// The client went away and the work was stopped.
+    #[error("the request was cancelled")]
+    Cancelled,
+    /// A bug or an unexpected runtime failure; details go to the logs, not to the client.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl BackendError {
+    pub fn invalid(param: impl Into<Option<String>>, message: impl Into<String>) -> Self {
+        Self::InvalidInput { param: param.into(), message: message.into() }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            Self::InvalidInput { .. } | Self::ContentPolicy { .. } | Self::Cancelled => Fault::User,
+            Self::Upstream { .. } | Self::Timeout { .. } => Fault::Upstream,
+            Self::Overloaded { .. } | Self::Unavailable { .. } | Self::Internal(_) => Fault::Runtime,
+        }
+    }
+}
+
+/// OpenAI's error codes that Easel uses for invalid requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidCode {
+    InvalidValue,
+    InvalidType,
+    MissingRequiredParameter,
+    UnknownParameter,
+    IntegerAboveMaxValue,
+    IntegerBelowMinValue,
+    InvalidImageUrl,
+    UnsupportedFileId,
+    TooManyImages,
+    InvalidJson,
+    InvalidMultipart,
+    InvalidPngOutputCompression,
+    UnsupportedOperation,
+}
+
+impl InvalidCode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidValue => "invalid_value",
+            Self::InvalidType => "invalid_type",
+            Self::MissingRequiredParameter => "missing_required_parameter",
+            Self::UnknownParameter => "unknown_parameter",
+            Self::IntegerAboveMaxValue => "integer_above_max_value",
+            Self::IntegerBelowMinValue => "integer_below_min_value",
+            Self::InvalidImageUrl => "invalid_image_url",
+            Self::UnsupportedFileId => "unsupported_file_id",
+            Self::TooManyImages => "too_many_images",
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidMultipart => "invalid_multipart",
+            Self::InvalidPngOutputCompression => "invalid_png_output_compression",
+            Self::UnsupportedOperation => "unsupported_operation",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// A malformed or unacceptable parameter.
+    #[error("{message}")]
+    InvalidRequest { param: Option<String>, code: InvalidCode, message: String },
+    /// An input image or mask that cannot be decoded or used.
+    #[error("{message}")]
+    InvalidImage { param: Option<String>, message: String },
+    /// No model by that id is configured.
+    #[error("The model '{0}' does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// A failure of Easel itself; details go to the logs.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl CoreError {
+    pub fn invalid(param: impl Into<String>, code: InvalidCode, message: impl Into<String>) -> Self {
+        Self::InvalidRequest { param: Some(param.into()), code, message: message.into() }
+    }
+
+    pub fn invalid_value(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::invalid(param, InvalidCode::InvalidValue, message)
+    }
+
+    pub fn missing(param: &str) -> Self {
+        Self::invalid(
+            param,
+            InvalidCode::MissingRequiredParameter,
+            format!("Missing required parameter: '{param}'."),
+        )
+    }
+
+    pub fn invalid_image(param: impl Into<Option<String>>, message: impl Into<String>) -> Self {
+        Self::InvalidImage { param: param.into(), message: message.into() }
+    }
+}

@@ -1,0 +1,27 @@
+//! Pixel work: sniffing, decoding, encoding, resizing and compositing.
+//!
+//! Everything here is synchronous and CPU-bound; async callers run it through
+//! [`tokio::task::spawn_blocking`] (see [`crate::service`]) so the runtime's worker threads stay
+//! free for I/O. Codecs come from well-kept crates: `image` for decoding, PNG and JPEG, libwebp
+//! (through the `webp` crate) for lossy WebP, `fast_image_resize` for SIMD resampling.
+
+mod codec;
+mod composite;
+mod resize;
+mod sniff;
+
+pub use codec::{EncodeSettings, decode, encode, probe};
+pub use composite::{apply_mask, flatten, has_transparency};
+pub use resize::{resize_cover, resize_exact};
+pub use sniff::sniff;
+
+/// Why an image could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("unsupported image format: expected PNG, JPEG or WebP")]
+    UnknownFormat,
+    #[error("the image cannot be decoded: {0}")]
+    Corrupt(String),
+    #[error("the image is too large: {width}x{height} exceeds {max_pixels} pixels")]
+    TooLarge { width: u32, height: u32, max_pixels: u64 },
+}

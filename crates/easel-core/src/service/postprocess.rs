@@ -1,0 +1,83 @@
+//! What the core does to each image a backend returns so the client gets what it asked for.
+//!
+//! Bytes that already match (format, size, no mask, no background change) pass through without
+//! a decode: relaying a provider's PNG costs no pixel work.
+
+use bytes::Bytes;
+use image::{DynamicImage, Rgb};
+
+use crate::backend::OutputImage;
+use crate::imaging::{self, EncodeSettings};
+use crate::job::{FinalImage, ImageJob};
+use crate::types::{Background, ImageSize, OutputFormat};
+
+use super::ServiceSettings;
+
+#[derive(Debug, Clone)]
+pub(super) struct Finish {
+    size: ImageSize,
+    format: OutputFormat,
+    compression: Option<u8>,
+    background: Background,
+    encode: EncodeSettings,
+    max_pixels: u64,
+}
+
+impl Finish {
+    pub(super) fn for_job(job: &ImageJob, settings: &ServiceSettings) -> Self {
+        Self {
+            size: job.size,
+            format: job.output_format,
+            compression: job.output_compression,
+            background: job.background,
+            encode: settings.encode,
+            max_pixels: settings.max_input_pixels.max(job.size.pixels() * 4),
+        }
+    }
+}
+
+const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
+
+pub(super) fn finish(
+    image: OutputImage,
+    params: &Finish,
+    source: Option<&DynamicImage>,
+    mask: Option<&DynamicImage>,
+) -> anyhow::Result<FinalImage> {
+    let pixels = match image {
+        OutputImage::Encoded { bytes, format } => {
+            let (_, size) = imaging::probe(&bytes)?;
+            let untouched = format == params.format
+                && size == params.size
+                && mask.is_none()
+                && params.background != Background::Opaque;
+            if untouched {
+                return Ok(FinalImage { bytes, format, size });
+            }
+            imaging::decode(&bytes, params.max_pixels)?
+        }
+        OutputImage::Pixels(pixels) => pixels,
+    };
+    let mut pixels = imaging::resize_cover(&pixels, params.size)?;
+    if let (Some(source), Some(mask)) = (source, mask) {
+        let source = imaging::resize_cover(source, params.size)?;
+        let mask = imaging::resize_cover(mask, params.size)?;
+        pixels = imaging::apply_mask(&pixels, &source, &mask);
+    }
+    if params.format == OutputFormat::Jpeg || params.background == Background::Opaque {
+        pixels = imaging::flatten(&pixels, WHITE);
+    }
+    let bytes = imaging::encode(&pixels, params.format, params.compression, &params.encode)?;
+    Ok(FinalImage { bytes, format: params.format, size: params.size })
+}
+
+/// Partial images are previews: encoded in the job's format at whatever size they come.
+pub(super) fn finish_partial(image: OutputImage, params: &Finish) -> anyhow::Result<Bytes> {
+    let pixels = match image {
+        OutputImage::Encoded { bytes, format } if format == params.format => return Ok(bytes),
+        OutputImage::Encoded { bytes, .. } => imaging::decode(&bytes, params.max_pixels)?,
+        OutputImage::Pixels(pixels) => pixels,
+    };
+    let pixels = if params.format == OutputFormat::Jpeg { imaging::flatten(&pixels, WHITE) } else { pixels };
+    imaging::encode(&pixels, params.format, params.compression, &params.encode)
+}
