@@ -1,1 +1,12 @@
-//! placeholder
+//! The Images API as it travels on the wire.
+//!
+//! Inbound, [`request`] parses every dialect Easel accepts (OpenAI JSON generations, multipart
+//! and JSON edits, multipart variations, the Qwen `input.messages` shape, the IG1 JSON edit body)
+//! into one [`easel_core::request::ImageRequest`]; outbound, [`response`], [`events`] and [`error`]
+//! are the bodies clients parse. No I/O happens here: the server collects bytes and parts, this
+//! crate only reads them, so every dialect can be tested without a socket.
+
+pub mod error;
+pub mod events;
+pub mod request;
+pub mod response;

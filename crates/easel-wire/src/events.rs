@@ -1,0 +1,50 @@
+//! Streaming event payloads, as the OpenAI SDKs discriminate them: by the JSON `type`
+//! (`image_generation.partial_image`, `image_generation.completed`, `image_edit.*`). Every field
+//! the spec marks required is always present. The server frames them as SSE with a matching
+//! `event:` line.
+
+use easel_core::types::{Background, Operation, OutputFormat, Quality};
+use serde::Serialize;
+
+use crate::response::UsageBody;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartialImageEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub b64_json: String,
+    pub created_at: i64,
+    pub size: String,
+    pub quality: Quality,
+    pub background: Background,
+    pub output_format: OutputFormat,
+    pub partial_image_index: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CompletedEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub b64_json: String,
+    pub created_at: i64,
+    pub size: String,
+    pub quality: Quality,
+    pub background: Background,
+    pub output_format: OutputFormat,
+    pub usage: UsageBody,
+    /// An Easel addition for `response_format=url`: the hosted copy of the image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revised_prompt: Option<String>,
+}
+
+/// `image_generation.partial_image` or `image_edit.partial_image`.
+pub fn partial_type(operation: Operation) -> String {
+    format!("{}.partial_image", operation.event_prefix())
+}
+
+/// `image_generation.completed` or `image_edit.completed`.
+pub fn completed_type(operation: Operation) -> String {
+    format!("{}.completed", operation.event_prefix())
+}

@@ -1,0 +1,164 @@
+//! The OpenAI parameter set (generations, JSON and multipart edits, variations) and Easel's
+//! documented extensions for open models, as one serde struct.
+
+use easel_core::error::{CoreError, InvalidCode};
+use easel_core::request::{Extensions, ImageRequest};
+use easel_core::types::{
+    Background, InputFidelity, Moderation, Operation, OutputFormat, Quality, ResponseFormat, SizeRequest, Style,
+};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::images::{ImageField, ImageRefBody};
+use super::{UnknownParams, check_keys, errors, lenient};
+
+const COMMON: &[&str] = &["model", "n", "size", "response_format", "user", "output_format", "output_compression"];
+const EXTENSIONS: &[&str] = &["negative_prompt", "seed", "steps", "guidance_scale"];
+const GENERATE: &[&str] = &["prompt", "quality", "style", "background", "moderation", "stream", "partial_images"];
+const EDIT: &[&str] =
+    &["prompt", "quality", "background", "moderation", "stream", "partial_images", "input_fidelity", "strength"];
+const EDIT_JSON: &[&str] = &["images", "image", "mask"];
+const VARIATION: &[&str] = &["strength"];
+
+/// The parameters a body may carry besides image parts, per operation.
+pub(super) fn allowed_keys(operation: Operation, json_images: bool) -> Vec<&'static str> {
+    let mut keys: Vec<&str> = COMMON.iter().chain(EXTENSIONS).copied().collect();
+    match operation {
+        Operation::Generate => keys.extend(GENERATE),
+        Operation::Edit => {
+            keys.extend(EDIT);
+            if json_images {
+                keys.extend(EDIT_JSON);
+            }
+        }
+        Operation::Variation => keys.extend(VARIATION),
+    }
+    keys
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Params {
+    pub prompt: Option<String>,
+    pub model: Option<String>,
+    #[serde(default, deserialize_with = "lenient::i64")]
+    pub n: Option<i64>,
+    #[serde(default, deserialize_with = "size")]
+    pub size: Option<SizeRequest>,
+    pub quality: Option<Quality>,
+    pub style: Option<Style>,
+    pub background: Option<Background>,
+    pub output_format: Option<OutputFormat>,
+    #[serde(default, deserialize_with = "lenient::i64")]
+    pub output_compression: Option<i64>,
+    pub moderation: Option<Moderation>,
+    pub response_format: Option<ResponseFormat>,
+    #[serde(default, deserialize_with = "lenient::bool")]
+    pub stream: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::i64")]
+    pub partial_images: Option<i64>,
+    pub input_fidelity: Option<InputFidelity>,
+    pub user: Option<String>,
+    pub negative_prompt: Option<String>,
+    #[serde(default, deserialize_with = "lenient::u64")]
+    pub seed: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::i64")]
+    pub steps: Option<i64>,
+    #[serde(default, deserialize_with = "lenient::f32")]
+    pub guidance_scale: Option<f32>,
+    #[serde(default, deserialize_with = "lenient::f32")]
+    pub strength: Option<f32>,
+    pub images: Option<Vec<ImageRefBody>>,
+    pub image: Option<ImageField>,
+    pub mask: Option<ImageField>,
+}
+
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SizeRequest>, D::Error> {
+    let text = Option::<String>::deserialize(d)?;
+    match text {
+        None => Ok(None),
+        Some(t) if t.trim().is_empty() => Ok(None),
+        Some(t) => t.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// An OpenAI-dialect JSON body (generations, JSON edits, IG1's edit body).
+pub(super) fn parse_json(
+    operation: Operation,
+    mut map: Map<String, Value>,
+    unknown: UnknownParams,
+) -> Result<ImageRequest, CoreError> {
+    check_keys(&mut map, &allowed_keys(operation, true), "", unknown)?;
+    let params: Params = errors::from_value(Value::Object(map), "")?;
+    params.into_request(operation)
+}
+
+fn range(param: &str, value: Option<i64>, min: i64, max: i64) -> Result<Option<i64>, CoreError> {
+    match value {
+        Some(v) if v < min => Err(CoreError::invalid(
+            param,
+            InvalidCode::IntegerBelowMinValue,
+            format!("Invalid '{param}': integer below minimum value. Expected a value >= {min}, but got {v} instead."),
+        )),
+        Some(v) if v > max => Err(CoreError::invalid(
+            param,
+            InvalidCode::IntegerAboveMaxValue,
+            format!("Invalid '{param}': integer above maximum value. Expected a value <= {max}, but got {v} instead."),
+        )),
+        other => Ok(other),
+    }
+}
+
+fn unit_range(param: &str, value: Option<f32>, min: f32, max: f32) -> Result<Option<f32>, CoreError> {
+    match value {
+        Some(v) if !(min..=max).contains(&v) || v.is_nan() => Err(CoreError::invalid_value(
+            param,
+            format!("Invalid '{param}': expected a number between {min} and {max}, but got {v} instead."),
+        )),
+        other => Ok(other),
+    }
+}
+
+impl Params {
+    /// Checks ranges and collects image references (JSON `images`, `image`, `mask`).
+    pub(super) fn into_request(self, operation: Operation) -> Result<ImageRequest, CoreError> {
+        let mut request = ImageRequest::new(operation);
+        request.model = self.model.filter(|m| !m.trim().is_empty());
+        request.prompt = self.prompt;
+        request.n = range("n", self.n, 1, 10)?.map(|n| n as u32);
+        request.size = self.size;
+        request.quality = self.quality;
+        request.style = self.style;
+        request.background = self.background;
+        request.output_format = self.output_format;
+        request.output_compression = range("output_compression", self.output_compression, 0, 100)?.map(|v| v as u8);
+        request.moderation = self.moderation;
+        request.response_format = self.response_format;
+        request.stream = self.stream.unwrap_or(false);
+        request.partial_images = range("partial_images", self.partial_images, 0, 3)?.map(|v| v as u8);
+        request.input_fidelity = self.input_fidelity;
+        request.user = self.user;
+        request.extensions = Extensions {
+            negative_prompt: self.negative_prompt.filter(|p| !p.is_empty()),
+            seed: self.seed,
+            steps: range("steps", self.steps, 1, 500)?.map(|v| v as u32),
+            guidance_scale: unit_range("guidance_scale", self.guidance_scale, 0.0, 50.0)?,
+            strength: unit_range("strength", self.strength, 0.0, 1.0)?,
+        };
+        if let Some(images) = self.images {
+            for (i, image) in images.into_iter().enumerate() {
+                request.images.push(image.into_named(&format!("images[{i}]"))?);
+            }
+        }
+        if let Some(image) = self.image {
+            request.images.extend(image.into_named("image")?);
+        }
+        if let Some(mask) = self.mask {
+            let mut masks = mask.into_named("mask")?;
+            if masks.len() > 1 {
+                return Err(CoreError::invalid_value("mask", "Only one mask may be given."));
+            }
+            request.mask = masks.pop();
+        }
+        Ok(request)
+    }
+}
