@@ -1,1 +1,23 @@
-//! placeholder
+//! The Easel server: HTTP, storage, keys, usage, configuration and the command line.
+//!
+//! # Layout
+//! - [`startup`]: [`startup::Application`], built from a [`config::Config`] and run until stopped.
+//! - [`routes`]: the route table; [`handlers`]: one module per resource.
+//! - [`extract`] and [`auth`]: reading bodies and callers, rejecting in OpenAI's error shape.
+//! - [`error`]: the single table from errors to HTTP statuses and OpenAI error types and codes.
+//! - [`storage`]: the database (keys, usage, image records), blobs and signed URLs.
+//! - [`backends`]: the model registry from `[[models]]`.
+//! - [`cli`]: the `easel` command line; `main.rs` only calls it.
+
+pub mod auth;
+pub mod backends;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod handlers;
+pub mod routes;
+pub mod startup;
+pub mod state;
+pub mod storage;
+pub mod telemetry;

@@ -18,9 +18,19 @@ pub struct ErrorDetail {
 }
 
 impl ErrorBody {
-    pub fn new(message: impl Into<String>, kind: &str, param: Option<String>, code: Option<&str>) -> Self {
+    pub fn new(
+        message: impl Into<String>,
+        kind: &str,
+        param: Option<String>,
+        code: Option<&str>,
+    ) -> Self {
         Self {
-            error: ErrorDetail { message: message.into(), kind: kind.to_string(), param, code: code.map(str::to_string) },
+            error: ErrorDetail {
+                message: message.into(),
+                kind: kind.to_string(),
+                param,
+                code: code.map(str::to_string),
+            },
         }
     }
 }

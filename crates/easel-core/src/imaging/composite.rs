@@ -8,7 +8,11 @@
 use image::{DynamicImage, Rgb, RgbaImage};
 
 /// Blends `source` back over `generated` by the mask's alpha. All three must have the same size.
-pub fn apply_mask(generated: &DynamicImage, source: &DynamicImage, mask: &DynamicImage) -> DynamicImage {
+pub fn apply_mask(
+    generated: &DynamicImage,
+    source: &DynamicImage,
+    mask: &DynamicImage,
+) -> DynamicImage {
     let keep_alpha = generated.color().has_alpha();
     let mut out = generated.to_rgba8();
     let source = source.to_rgba8();
@@ -27,7 +31,11 @@ pub fn apply_mask(generated: &DynamicImage, source: &DynamicImage, mask: &Dynami
             }
         }
     }
-    if keep_alpha { DynamicImage::ImageRgba8(out) } else { DynamicImage::ImageRgb8(DynamicImage::ImageRgba8(out).to_rgb8()) }
+    if keep_alpha {
+        DynamicImage::ImageRgba8(out)
+    } else {
+        DynamicImage::ImageRgb8(DynamicImage::ImageRgba8(out).to_rgb8())
+    }
 }
 
 /// Whether any pixel is less than fully opaque.
@@ -48,7 +56,9 @@ pub fn flatten(image: &DynamicImage, background: Rgb<u8>) -> DynamicImage {
     let rgb = image::RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
         let p = rgba.get_pixel(x, y);
         let a = u32::from(p[3]);
-        Rgb(std::array::from_fn(|c| ((u32::from(p[c]) * a + u32::from(background[c]) * (255 - a) + 127) / 255) as u8))
+        Rgb(std::array::from_fn(|c| {
+            ((u32::from(p[c]) * a + u32::from(background[c]) * (255 - a) + 127) / 255) as u8
+        }))
     });
     DynamicImage::ImageRgb8(rgb)
 }
@@ -56,13 +66,15 @@ pub fn flatten(image: &DynamicImage, background: Rgb<u8>) -> DynamicImage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{Rgba, RgbImage};
+    use image::{RgbImage, Rgba};
 
     #[test]
     fn opaque_mask_pixels_keep_the_source_exactly() {
         let generated = DynamicImage::ImageRgb8(RgbImage::from_pixel(4, 1, Rgb([0, 0, 0])));
         let source = DynamicImage::ImageRgb8(RgbImage::from_pixel(4, 1, Rgb([200, 100, 50])));
-        let mask = DynamicImage::ImageRgba8(RgbaImage::from_fn(4, 1, |x, _| Rgba([0, 0, 0, [0, 255, 128, 255][x as usize]])));
+        let mask = DynamicImage::ImageRgba8(RgbaImage::from_fn(4, 1, |x, _| {
+            Rgba([0, 0, 0, [0, 255, 128, 255][x as usize]])
+        }));
         let out = apply_mask(&generated, &source, &mask).to_rgb8();
         assert_eq!(out.get_pixel(0, 0), &Rgb([0, 0, 0]));
         assert_eq!(out.get_pixel(1, 0), &Rgb([200, 100, 50]));
@@ -74,6 +86,11 @@ mod tests {
     fn flatten_blends_onto_the_background() {
         let rgba = DynamicImage::ImageRgba8(RgbaImage::from_pixel(1, 1, Rgba([0, 0, 0, 0])));
         assert!(has_transparency(&rgba));
-        assert_eq!(flatten(&rgba, Rgb([255, 255, 255])).to_rgb8().get_pixel(0, 0), &Rgb([255, 255, 255]));
+        assert_eq!(
+            flatten(&rgba, Rgb([255, 255, 255]))
+                .to_rgb8()
+                .get_pixel(0, 0),
+            &Rgb([255, 255, 255])
+        );
     }
 }

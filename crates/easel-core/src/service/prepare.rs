@@ -14,9 +14,15 @@ impl ImageService {
     pub async fn prepare(&self, request: ImageRequest) -> Result<ImageJob, CoreError> {
         let operation = request.operation;
         let model = match &request.model {
-            Some(id) => self.registry.get(id).ok_or_else(|| CoreError::ModelNotFound(id.clone()))?,
+            Some(id) => self
+                .registry
+                .get(id)
+                .ok_or_else(|| CoreError::ModelNotFound(id.clone()))?,
             None => self.registry.default_for(operation).ok_or_else(|| {
-                CoreError::invalid_value("model", "No model was given and this server has no default model; set 'model'.")
+                CoreError::invalid_value(
+                    "model",
+                    "No model was given and this server has no default model; set 'model'.",
+                )
             })?,
         };
         let caps = model.backend.capabilities().clone();
@@ -35,11 +41,15 @@ impl ImageService {
 
         let prompt = check_prompt(operation, request.prompt, &caps)?;
         let n = check_n(request.n, &caps)?;
-        let (images, mask) = self.resolve_images(operation, request.images, request.mask, &caps).await?;
+        let (images, mask) = self
+            .resolve_images(operation, request.images, request.mask, &caps)
+            .await?;
 
         let size = match request.size.unwrap_or(SizeRequest::Auto) {
             SizeRequest::Exact(size) => {
-                caps.sizes.check(size).map_err(|m| CoreError::invalid_value("size", m))?;
+                caps.sizes
+                    .check(size)
+                    .map_err(|m| CoreError::invalid_value("size", m))?;
                 size
             }
             SizeRequest::Auto => match images.first() {
@@ -54,10 +64,17 @@ impl ImageService {
             let names: Vec<&str> = caps.qualities.iter().map(|q| q.as_str()).collect();
             return Err(CoreError::invalid_value(
                 "quality",
-                format!("Invalid value: '{quality}'. Supported values are: {}.", crate::types::quote_list(&names)),
+                format!(
+                    "Invalid value: '{quality}'. Supported values are: {}.",
+                    crate::types::quote_list(&names)
+                ),
             ));
         }
-        let resolved_quality = if quality == Quality::Auto { caps.default_quality } else { quality };
+        let resolved_quality = if quality == Quality::Auto {
+            caps.default_quality
+        } else {
+            quality
+        };
 
         let output_format = request.output_format.unwrap_or(OutputFormat::Png);
         let background = request.background.unwrap_or(Background::Auto);
@@ -65,7 +82,10 @@ impl ImageService {
             if !caps.transparency {
                 return Err(CoreError::invalid_value(
                     "background",
-                    format!("The model '{}' cannot make transparent backgrounds; use 'opaque' or 'auto'.", model.id),
+                    format!(
+                        "The model '{}' cannot make transparent backgrounds; use 'opaque' or 'auto'.",
+                        model.id
+                    ),
                 ));
             }
             if !output_format.supports_alpha() {
@@ -76,7 +96,11 @@ impl ImageService {
             }
         }
 
-        let partial_images = if request.stream { request.partial_images.unwrap_or(0) } else { 0 };
+        let partial_images = if request.stream {
+            request.partial_images.unwrap_or(0)
+        } else {
+            0
+        };
         Ok(ImageJob {
             operation,
             model,
@@ -93,7 +117,9 @@ impl ImageService {
             output_compression: request.output_compression,
             moderation: request.moderation,
             input_fidelity: request.input_fidelity,
-            response_format: request.response_format.unwrap_or(self.settings.default_response_format),
+            response_format: request
+                .response_format
+                .unwrap_or(self.settings.default_response_format),
             stream: request.stream,
             partial_images,
             user: request.user,
@@ -118,7 +144,11 @@ impl ImageService {
                     ));
                 }
                 if let Some(mask) = mask {
-                    return Err(CoreError::invalid(mask.param, InvalidCode::UnknownParameter, "Image generations take no mask."));
+                    return Err(CoreError::invalid(
+                        mask.param,
+                        InvalidCode::UnknownParameter,
+                        "Image generations take no mask.",
+                    ));
                 }
                 return Ok((Vec::new(), None));
             }
@@ -130,16 +160,25 @@ impl ImageService {
                 ));
             }
             Operation::Variation if images.len() != 1 => {
-                return Err(CoreError::invalid_value("image", "Image variations take exactly one image."));
+                return Err(CoreError::invalid_value(
+                    "image",
+                    "Image variations take exactly one image.",
+                ));
             }
             _ => {}
         }
-        let limit = self.settings.max_input_images.min(caps.max_input_images.max(1));
+        let limit = self
+            .settings
+            .max_input_images
+            .min(caps.max_input_images.max(1));
         if images.len() > limit {
             return Err(CoreError::invalid(
                 "image",
                 InvalidCode::TooManyImages,
-                format!("Too many images: {} were given, and this model takes at most {limit}.", images.len()),
+                format!(
+                    "Too many images: {} were given, and this model takes at most {limit}.",
+                    images.len()
+                ),
             ));
         }
         let mut inputs = Vec::with_capacity(images.len());
@@ -151,7 +190,13 @@ impl ImageService {
             Some(named) => {
                 let param = named.param.clone();
                 let mask = self.load(named, 0).await?;
-                check_mask(&param, &mask, inputs[0].size, self.settings.max_input_pixels).await?;
+                check_mask(
+                    &param,
+                    &mask,
+                    inputs[0].size,
+                    self.settings.max_input_pixels,
+                )
+                .await?;
                 Some(mask)
             }
         };
@@ -182,22 +227,40 @@ impl ImageService {
         };
         let (format, size) = imaging::probe(&bytes).map_err(|e| image_error(&param, number, &e))?;
         if size.pixels() > self.settings.max_input_pixels {
-            let e = ImageError::TooLarge { width: size.width, height: size.height, max_pixels: self.settings.max_input_pixels };
+            let e = ImageError::TooLarge {
+                width: size.width,
+                height: size.height,
+                max_pixels: self.settings.max_input_pixels,
+            };
             return Err(image_error(&param, number, &e));
         }
-        Ok(InputImage { bytes, format, size })
+        Ok(InputImage {
+            bytes,
+            format,
+            size,
+        })
     }
 }
 
 fn image_error(param: &str, number: usize, error: &ImageError) -> CoreError {
-    let what = if number == 0 { "the mask".to_string() } else { format!("image {number}") };
+    let what = if number == 0 {
+        "the mask".to_string()
+    } else {
+        format!("image {number}")
+    };
     CoreError::invalid_image(
         Some(param.to_string()),
-        format!("Invalid image file or mode for {what} ('{param}'): {error}. Supported formats are PNG, JPEG and WebP."),
+        format!(
+            "Invalid image file or mode for {what} ('{param}'): {error}. Supported formats are PNG, JPEG and WebP."
+        ),
     )
 }
 
-fn check_prompt(operation: Operation, prompt: Option<String>, caps: &Capabilities) -> Result<String, CoreError> {
+fn check_prompt(
+    operation: Operation,
+    prompt: Option<String>,
+    caps: &Capabilities,
+) -> Result<String, CoreError> {
     let prompt = prompt.unwrap_or_default();
     if operation != Operation::Variation && prompt.trim().is_empty() {
         return Err(CoreError::missing("prompt"));
@@ -206,7 +269,10 @@ fn check_prompt(operation: Operation, prompt: Option<String>, caps: &Capabilitie
     if chars > caps.max_prompt_chars {
         return Err(CoreError::invalid_value(
             "prompt",
-            format!("The prompt is too long: {chars} characters, and this model takes at most {}.", caps.max_prompt_chars),
+            format!(
+                "The prompt is too long: {chars} characters, and this model takes at most {}.",
+                caps.max_prompt_chars
+            ),
         ));
     }
     Ok(prompt)
@@ -218,18 +284,29 @@ fn check_n(n: Option<u32>, caps: &Capabilities) -> Result<u32, CoreError> {
         return Err(CoreError::invalid(
             "n",
             InvalidCode::IntegerAboveMaxValue,
-            format!("Invalid 'n': integer above maximum value. Expected a value <= {}, but got {n} instead.", caps.max_n),
+            format!(
+                "Invalid 'n': integer above maximum value. Expected a value <= {}, but got {n} instead.",
+                caps.max_n
+            ),
         ));
     }
     Ok(n)
 }
 
 /// The mask must decode, have an alpha channel and match the first image's size.
-async fn check_mask(param: &str, mask: &InputImage, first: ImageSize, max_pixels: u64) -> Result<(), CoreError> {
+async fn check_mask(
+    param: &str,
+    mask: &InputImage,
+    first: ImageSize,
+    max_pixels: u64,
+) -> Result<(), CoreError> {
     if mask.size != first {
         return Err(CoreError::invalid_value(
             param,
-            format!("The mask is {} but the first image is {first}; they must have the same dimensions.", mask.size),
+            format!(
+                "The mask is {} but the first image is {first}; they must have the same dimensions.",
+                mask.size
+            ),
         ));
     }
     let bytes = mask.bytes.clone();

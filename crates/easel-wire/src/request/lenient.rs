@@ -1,8 +1,8 @@
 //! Deserializers for numbers and booleans that also accept their string forms: multipart text
 //! parts carry `"2"` and `"true"`, and many JSON clients quote numbers.
 
-use serde::de::{Deserializer, Error};
 use serde::Deserialize;
+use serde::de::{Deserializer, Error};
 use std::str::FromStr;
 
 #[derive(Deserialize)]
@@ -21,11 +21,11 @@ where
         Ok(None) => Ok(None),
         Ok(Some(Loose::Value(v))) => Ok(Some(v)),
         Ok(Some(Loose::Text(t))) if t.trim().is_empty() => Ok(None),
-        Ok(Some(Loose::Text(t))) => t
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| D::Error::custom(format!("expected {expected}, but got '{t}' instead"))),
+        Ok(Some(Loose::Text(t))) => {
+            t.trim().parse().map(Some).map_err(|_| {
+                D::Error::custom(format!("expected {expected}, but got '{t}' instead"))
+            })
+        }
         Err(_) => Err(D::Error::custom(format!("expected {expected}"))),
     }
 }

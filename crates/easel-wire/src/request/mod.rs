@@ -37,7 +37,11 @@ pub enum UnknownParams {
 }
 
 /// Parses a JSON body for `operation`.
-pub fn parse_json(operation: Operation, body: &[u8], unknown: UnknownParams) -> Result<ImageRequest, CoreError> {
+pub fn parse_json(
+    operation: Operation,
+    body: &[u8],
+    unknown: UnknownParams,
+) -> Result<ImageRequest, CoreError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         CoreError::InvalidRequest {
             param: None,
@@ -63,7 +67,11 @@ pub fn parse_json(operation: Operation, body: &[u8], unknown: UnknownParams) -> 
 }
 
 /// Parses the parts of a multipart body for `operation`.
-pub fn parse_multipart(operation: Operation, parts: Vec<FormPart>, unknown: UnknownParams) -> Result<ImageRequest, CoreError> {
+pub fn parse_multipart(
+    operation: Operation,
+    parts: Vec<FormPart>,
+    unknown: UnknownParams,
+) -> Result<ImageRequest, CoreError> {
     multipart::parse(operation, parts, unknown)
 }
 
@@ -88,7 +96,11 @@ fn check_keys(
         }
         (Some(key), UnknownParams::Reject) => {
             let param = format!("{prefix}{key}");
-            Err(CoreError::invalid(param.clone(), InvalidCode::UnknownParameter, format!("Unknown parameter: '{param}'.")))
+            Err(CoreError::invalid(
+                param.clone(),
+                InvalidCode::UnknownParameter,
+                format!("Unknown parameter: '{param}'."),
+            ))
         }
     }
 }

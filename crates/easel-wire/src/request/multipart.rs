@@ -27,7 +27,13 @@ pub struct FormPart {
 
 impl std::fmt::Debug for FormPart {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FormPart({}, {:?}, {} bytes)", self.name, self.filename, self.data.len())
+        write!(
+            f,
+            "FormPart({}, {:?}, {} bytes)",
+            self.name,
+            self.filename,
+            self.data.len()
+        )
     }
 }
 
@@ -35,11 +41,20 @@ fn is_image_name(name: &str) -> bool {
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     name == "image"
         || name == "image[]"
-        || name.strip_prefix("image[").and_then(|r| r.strip_suffix(']')).is_some_and(digits)
-        || name.strip_prefix("image.").is_some_and(|r| digits(r.strip_suffix(".items").unwrap_or(r)))
+        || name
+            .strip_prefix("image[")
+            .and_then(|r| r.strip_suffix(']'))
+            .is_some_and(digits)
+        || name
+            .strip_prefix("image.")
+            .is_some_and(|r| digits(r.strip_suffix(".items").unwrap_or(r)))
 }
 
-pub(super) fn parse(operation: Operation, parts: Vec<FormPart>, unknown: UnknownParams) -> Result<ImageRequest, CoreError> {
+pub(super) fn parse(
+    operation: Operation,
+    parts: Vec<FormPart>,
+    unknown: UnknownParams,
+) -> Result<ImageRequest, CoreError> {
     let mut image_parts = Vec::new();
     let mut mask = None;
     let mut fields = Map::new();
@@ -60,14 +75,18 @@ pub(super) fn parse(operation: Operation, parts: Vec<FormPart>, unknown: Unknown
                 return Err(CoreError::invalid(
                     name.clone(),
                     InvalidCode::InvalidType,
-                    format!("Invalid type for '{name}': expected a string, but got a file instead."),
+                    format!(
+                        "Invalid type for '{name}': expected a string, but got a file instead."
+                    ),
                 ));
             };
             if part.filename.is_some() && allowed_keys(operation, false).contains(&name.as_str()) {
                 return Err(CoreError::invalid(
                     name.clone(),
                     InvalidCode::InvalidType,
-                    format!("Invalid type for '{name}': expected a string, but got a file instead."),
+                    format!(
+                        "Invalid type for '{name}': expected a string, but got a file instead."
+                    ),
                 ));
             }
             if text.is_empty() {
@@ -77,7 +96,9 @@ pub(super) fn parse(operation: Operation, parts: Vec<FormPart>, unknown: Unknown
                 Some(Value::String(existing)) if *existing != text => {
                     return Err(CoreError::invalid_value(
                         name.clone(),
-                        format!("Invalid parameter: '{name}'. This parameter already has a different value in your parameters."),
+                        format!(
+                            "Invalid parameter: '{name}'. This parameter already has a different value in your parameters."
+                        ),
                     ));
                 }
                 _ => {
@@ -92,7 +113,11 @@ pub(super) fn parse(operation: Operation, parts: Vec<FormPart>, unknown: Unknown
 
     let single = image_parts.len() == 1 && image_parts[0].name == "image";
     for (index, part) in image_parts.into_iter().enumerate() {
-        let param = if single { "image".to_string() } else { format!("image[{index}]") };
+        let param = if single {
+            "image".to_string()
+        } else {
+            format!("image[{index}]")
+        };
         request.images.push(image_from_part(param, part)?);
     }
     request.mask = mask;
@@ -103,7 +128,10 @@ pub(super) fn parse(operation: Operation, parts: Vec<FormPart>, unknown: Unknown
 /// bytes that will be reported as an invalid image file.
 fn image_from_part(param: String, part: FormPart) -> Result<NamedImage, CoreError> {
     if easel_core::imaging::sniff(&part.data).is_some() || part.filename.is_some() {
-        return Ok(NamedImage { param, source: ImageRef::Inline(part.data) });
+        return Ok(NamedImage {
+            param,
+            source: ImageRef::Inline(part.data),
+        });
     }
     let text = std::str::from_utf8(&part.data).unwrap_or_default().trim();
     if text.starts_with("data:") || text.starts_with("http://") || text.starts_with("https://") {
@@ -122,10 +150,19 @@ mod tests {
 
     #[test]
     fn image_part_names() {
-        for name in ["image", "image[]", "image[0]", "image[12]", "image.0", "image.1.items"] {
+        for name in [
+            "image",
+            "image[]",
+            "image[0]",
+            "image[12]",
+            "image.0",
+            "image.1.items",
+        ] {
             assert!(is_image_name(name), "{name}");
         }
-        for name in ["images", "image[x]", "image.", "image.a", "image[]x", "mask"] {
+        for name in [
+            "images", "image[x]", "image.", "image.a", "image[]x", "mask",
+        ] {
             assert!(!is_image_name(name), "{name}");
         }
     }

@@ -1,0 +1,76 @@
+//! Who is calling: the [`Caller`] extractor checks `Authorization: Bearer <key>`.
+//!
+//! While no key exists and the server may run open (a loopback bind, or `--insecure-no-auth`),
+//! every request is served, whatever key it presents: SDKs insist on sending one. As soon as one
+//! key exists, every request needs a valid, unrevoked key.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::storage::keys::KeyRecord;
+
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Key(KeyRecord),
+    /// No keys exist and the server runs open.
+    Open,
+}
+
+impl Caller {
+    pub fn key_id(&self) -> Option<String> {
+        match self {
+            Self::Key(key) => Some(key.id.clone()),
+            Self::Open => None,
+        }
+    }
+
+    pub fn may_use(&self, model: &str) -> bool {
+        match self {
+            Self::Key(key) => key.allows(model),
+            Self::Open => true,
+        }
+    }
+
+    pub fn check_model(&self, model: &str) -> Result<(), ApiError> {
+        if self.may_use(model) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden {
+                message: format!("This API key is not allowed to use the model '{model}'."),
+                code: "model_not_allowed",
+            })
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if state.open_when_keyless && !state.keys.any_active().await? {
+            return Ok(Self::Open);
+        }
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let Some(token) = header.and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        }) else {
+            return Err(ApiError::Unauthorized(
+                "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).".into(),
+            ));
+        };
+        match state.keys.verify(token.trim()).await? {
+            Some(key) => Ok(Self::Key(key)),
+            None => Err(ApiError::Unauthorized("Incorrect API key provided.".into())),
+        }
+    }
+}

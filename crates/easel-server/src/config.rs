@@ -1,0 +1,281 @@
+//! Configuration: compiled-in defaults, then an optional TOML file (`--config`), then
+//! environment variables `EASEL__SECTION__KEY`, then command-line flags.
+//!
+//! Parsed in two phases (TensorZero's `Uninitialized*`): [`Config`] is the serde shape with
+//! `deny_unknown_fields`, so a typo is an error and not a silently ignored key; [`Config::validate`]
+//! is pure (no file system, network or model loading) and is all `easel serve --check-config`
+//! runs. Secrets never live in the file: it names environment variables that hold them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use easel_core::types::ResponseFormat;
+use easel_wire::request::UnknownParams;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub images: ImagesConfig,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    /// Upstream providers, handed to the upstream backend as they are.
+    #[serde(default)]
+    pub providers: Vec<serde_json::Value>,
+    /// The chat model that rewrites prompts for `-pe` models.
+    #[serde(default)]
+    pub prompt_enhancer: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub bind: String,
+    /// The base of hosted image URLs, as clients reach this server (default: `http://` + bind).
+    pub public_url: Option<Url>,
+    /// `reject` (OpenAI's behaviour, 400 `unknown_parameter`) or `ignore`.
+    pub unknown_parameters: UnknownParams,
+    /// `response_format` when a request names none.
+    pub default_response_format: ResponseFormat,
+    /// The model for requests that name none (default: the first that serves the operation).
+    pub default_model: Option<String>,
+    /// The largest request body, in bytes (413 beyond it).
+    pub max_body_bytes: usize,
+    /// Hosts input image URLs may be downloaded from (`host`, `*.host`, `http://host:port`).
+    pub allow_image_hosts: Vec<String>,
+    /// The largest image downloaded from a URL, in bytes.
+    pub max_download_bytes: usize,
+    /// Seconds between `:` keep-alive comments on streams.
+    pub keep_alive_secs: u64,
+    /// Serve without API keys even on a non-loopback address.
+    pub insecure_no_auth: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            public_url: None,
+            unknown_parameters: UnknownParams::Reject,
+            default_response_format: ResponseFormat::B64Json,
+            default_model: None,
+            max_body_bytes: 64 * 1024 * 1024,
+            allow_image_hosts: Vec::new(),
+            max_download_bytes: 25 * 1024 * 1024,
+            keep_alive_secs: 5,
+            insecure_no_auth: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Where the embedded defaults live: `easel.db` (SQLite) and `blobs/`.
+    pub data_dir: PathBuf,
+    /// A database URL (`sqlite://...`), instead of `data_dir/easel.db`.
+    pub database: Option<String>,
+    /// A blob store URL (`file:///...`), instead of `data_dir/blobs`.
+    pub blobs: Option<String>,
+    /// Seconds hosted image URLs stay valid.
+    pub url_ttl_secs: u64,
+    /// Seconds between sweeps that delete expired hosted images.
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./easel-data"),
+            database: None,
+            blobs: None,
+            url_ttl_secs: 3600,
+            sweep_interval_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// An environment variable holding the key that signs hosted image URLs. Nodes sharing a
+    /// blob store must share it; without it a key is generated in `data_dir`.
+    pub url_signing_key_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// Backend calls in flight at once when `n` is fanned out.
+    pub fan_out: usize,
+    /// JPEG quality when a request gives no `output_compression`.
+    pub jpeg_quality: u8,
+    /// WebP quality when a request gives no `output_compression`.
+    pub webp_quality: u8,
+    /// libwebp method, 0 (fastest) to 6 (smallest).
+    pub webp_method: u8,
+    /// The most pixels an input image may have.
+    pub max_input_pixels: u64,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        let encode = easel_core::imaging::EncodeSettings::default();
+        Self {
+            fan_out: 4,
+            jpeg_quality: encode.jpeg_quality,
+            webp_quality: encode.webp_quality,
+            webp_method: encode.webp_method,
+            max_input_pixels: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// One `[[models]]` entry: `id`, `backend`, and the backend's own keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub id: String,
+    pub backend: String,
+    #[serde(flatten)]
+    pub options: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Config {
+    /// Defaults, then `file` (if any), then `EASEL__SECTION__KEY` environment variables.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            anyhow::ensure!(
+                file.exists(),
+                "config file {} does not exist",
+                file.display()
+            );
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("EASEL__").split("__"));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        Ok(config)
+    }
+
+    /// Pure checks: addresses parse, ids are unique, values are in range.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.bind_addr()?;
+        anyhow::ensure!(
+            self.images.webp_method <= 6,
+            "images.webp_method must be 0 to 6"
+        );
+        anyhow::ensure!(
+            (1..=100).contains(&self.images.jpeg_quality),
+            "images.jpeg_quality must be 1 to 100"
+        );
+        anyhow::ensure!(
+            self.images.webp_quality <= 100,
+            "images.webp_quality must be 0 to 100"
+        );
+        anyhow::ensure!(
+            self.images.fan_out >= 1,
+            "images.fan_out must be at least 1"
+        );
+        anyhow::ensure!(
+            self.storage.url_ttl_secs >= 1,
+            "storage.url_ttl_secs must be at least 1"
+        );
+        for host in &self.server.allow_image_hosts {
+            easel_core::fetch::HostPattern::parse(host).map_err(anyhow::Error::msg)?;
+        }
+        let mut ids = std::collections::HashSet::new();
+        for model in &self.models {
+            anyhow::ensure!(
+                !model.id.trim().is_empty(),
+                "a [[models]] entry has an empty id"
+            );
+            anyhow::ensure!(
+                ids.insert(&model.id),
+                "model '{}' is configured twice",
+                model.id
+            );
+        }
+        if let Some(default) = &self.server.default_model {
+            anyhow::ensure!(
+                ids.contains(default),
+                "server.default_model '{default}' is not a configured model"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn bind_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.server.bind.parse().map_err(|e| {
+            anyhow::anyhow!(
+                "server.bind '{}' is not an address like 127.0.0.1:8080: {e}",
+                self.server.bind
+            )
+        })
+    }
+
+    pub fn database_url(&self) -> String {
+        self.storage.database.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.storage.data_dir.join("easel.db").display()
+            )
+        })
+    }
+
+    pub fn blobs_dir(&self) -> anyhow::Result<PathBuf> {
+        match &self.storage.blobs {
+            None => Ok(self.storage.data_dir.join("blobs")),
+            Some(url) => {
+                let url =
+                    Url::parse(url).map_err(|e| anyhow::anyhow!("storage.blobs '{url}': {e}"))?;
+                anyhow::ensure!(
+                    url.scheme() == "file",
+                    "storage.blobs: only file:// URLs are supported so far"
+                );
+                url.to_file_path()
+                    .map_err(|()| anyhow::anyhow!("storage.blobs '{url}' is not a file path"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_env_overrides() {
+        let config = Config::default();
+        config.validate().unwrap();
+        assert_eq!(config.bind_addr().unwrap().port(), 8080);
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("easel.toml", "[server]\nbind = \"127.0.0.1:9000\"\n[[models]]\nid = \"m\"\nbackend = \"local\"\nfamily = \"sd-turbo\"\n")?;
+            jail.set_env("EASEL__SERVER__UNKNOWN_PARAMETERS", "ignore");
+            let config = Config::load(Some(Path::new("easel.toml"))).unwrap();
+            assert_eq!(config.server.bind, "127.0.0.1:9000");
+            assert_eq!(config.server.unknown_parameters, UnknownParams::Ignore);
+            assert_eq!(config.models[0].options["family"], "sd-turbo");
+            jail.create_file("bad.toml", "[server]\nbindd = \"x\"\n")?;
+            assert!(
+                Config::load(Some(Path::new("bad.toml")))
+                    .unwrap_err()
+                    .to_string()
+                    .contains("bindd")
+            );
+            Ok(())
+        });
+    }
+}

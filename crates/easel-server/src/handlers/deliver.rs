@@ -1,0 +1,183 @@
+//! Delivering a finished job and writing the ledger.
+//!
+//! Hosted images (`response_format=url`) are put in the blob store first, then the usage row and
+//! the image rows are written in one transaction; if that fails the blobs just written are
+//! deleted, so no image outlives the record of it. Failures after the model is known are recorded
+//! too, with their error code as the outcome.
+
+use std::time::Instant;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use easel_core::job::{ImageJob, JobOutput};
+use easel_core::registry::Model;
+use easel_core::types::{Operation, ResponseFormat};
+use easel_core::usage::Usage;
+use easel_wire::response::{ImageData, ImagesResponse, UsageBody};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use crate::storage::blobs::Blobs;
+use crate::storage::now;
+use crate::storage::records::{self, ImageRecord, UsageRecord};
+
+/// The accounting context of one request.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    state: AppState,
+    key_id: Option<String>,
+    operation: Operation,
+    model: Option<(String, &'static str)>,
+    end_user: Option<String>,
+    started: Instant,
+}
+
+impl Ledger {
+    pub fn new(
+        state: &AppState,
+        caller: &Caller,
+        operation: Operation,
+        model: Option<&Model>,
+        end_user: Option<String>,
+        started: Instant,
+    ) -> Self {
+        Self {
+            state: state.clone(),
+            key_id: caller.key_id(),
+            operation,
+            model: model.map(|m| (m.id.clone(), m.backend.kind())),
+            end_user,
+            started,
+        }
+    }
+
+    fn usage_record(
+        &self,
+        outcome: String,
+        status: u16,
+        job: Option<&ImageJob>,
+        usage: Usage,
+    ) -> Option<UsageRecord> {
+        let (model, backend) = self.model.clone()?;
+        Some(UsageRecord {
+            id: uuid::Uuid::now_v7(),
+            key_id: self.key_id.clone(),
+            model,
+            backend: backend.to_string(),
+            operation: self.operation.as_str().to_string(),
+            outcome,
+            status,
+            size: job.map(|j| j.size.to_string()),
+            quality: job.map(|j| j.resolved_quality.to_string()),
+            output_format: job.map(|j| j.output_format.to_string()),
+            usage,
+            latency_ms: self.started.elapsed().as_millis() as i64,
+            end_user: self.end_user.clone(),
+            created_at: now(),
+        })
+    }
+
+    /// Records a failed request (best effort) and hands the error back.
+    pub async fn failed(&self, error: ApiError) -> ApiError {
+        let parts = error.parts();
+        let outcome = parts.code.unwrap_or(parts.kind).to_string();
+        if let Some(record) =
+            self.usage_record(outcome, parts.status.as_u16(), None, Usage::default())
+            && let Err(e) = records::record(&self.state.db, &record, &[]).await
+        {
+            tracing::warn!(error = %e, "could not record a failed request");
+        }
+        error
+    }
+
+    /// Hosts or inlines the images, records usage and images, and builds the response.
+    /// `always_b64` keeps base64 beside URLs (stream events require it).
+    pub async fn deliver(&self, job: &ImageJob, output: JobOutput) -> ApiResult<ImagesResponse> {
+        self.deliver_with(job, output, false).await
+    }
+
+    pub async fn deliver_with(
+        &self,
+        job: &ImageJob,
+        output: JobOutput,
+        always_b64: bool,
+    ) -> ApiResult<ImagesResponse> {
+        let hosted = job.response_format == ResponseFormat::Url;
+        let created = now();
+        let expires = created + self.state.url_ttl_secs;
+        let mut data = Vec::with_capacity(output.images.len());
+        let mut images = Vec::with_capacity(output.images.len());
+        let mut written = Vec::new();
+        for image in &output.images {
+            let id = uuid::Uuid::now_v7();
+            let name = format!("{id}.{}", image.format.extension());
+            let mut entry = ImageData {
+                revised_prompt: output.revised_prompt.clone(),
+                ..ImageData::default()
+            };
+            let blob_key = if hosted {
+                let key = Blobs::key_for(&id, image.format.extension(), created);
+                if let Err(e) = self.state.blobs.put(&key, image.bytes.clone()).await {
+                    cleanup(&self.state.blobs, &written).await;
+                    return Err(self
+                        .failed(ApiError::Internal(e.context("storing a hosted image")))
+                        .await);
+                }
+                written.push(key.clone());
+                entry.url = Some(self.hosted_url(&name, expires));
+                Some(key)
+            } else {
+                None
+            };
+            if !hosted || always_b64 {
+                entry.b64_json = Some(STANDARD.encode(&image.bytes));
+            }
+            data.push(entry);
+            images.push(ImageRecord {
+                id,
+                width: image.size.width,
+                height: image.size.height,
+                format: image.format.to_string(),
+                bytes: image.bytes.len(),
+                blob_key,
+                expires_at: hosted.then_some(expires),
+            });
+        }
+        let record = self
+            .usage_record("ok".into(), 200, Some(job), output.usage)
+            .ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("a job ran without a resolved model"))
+            })?;
+        if let Err(e) = records::record(&self.state.db, &record, &images).await {
+            cleanup(&self.state.blobs, &written).await;
+            return Err(ApiError::Internal(e.context("recording usage")));
+        }
+        Ok(ImagesResponse {
+            created,
+            data,
+            background: Some(job.resolved_background()),
+            output_format: Some(job.output_format),
+            quality: Some(job.resolved_quality),
+            size: Some(job.size.to_string()),
+            usage: Some(UsageBody::from_usage(&output.usage, true)),
+        })
+    }
+
+    fn hosted_url(&self, name: &str, expires: i64) -> String {
+        let signature = self.state.signer.sign(name, expires);
+        let mut url = self.state.public_url.clone();
+        let base = url.path().trim_end_matches('/').to_string();
+        url.set_path(&format!("{base}/v1/images/files/{name}"));
+        url.set_query(Some(&format!("expires={expires}&signature={signature}")));
+        url.to_string()
+    }
+}
+
+async fn cleanup(blobs: &Blobs, keys: &[String]) {
+    for key in keys {
+        if let Err(e) = blobs.delete(key).await {
+            tracing::warn!(error = %e, key, "could not delete a blob left by a failed request");
+        }
+    }
+}

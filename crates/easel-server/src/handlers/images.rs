@@ -1,0 +1,100 @@
+//! `POST /v1/images/generations`, `/v1/images/edits`, `/v1/images/variations`.
+//!
+//! All three take the same path: read the dialect, check the caller may use the model, prepare
+//! the job against the model's capabilities, then either answer with JSON or stream events.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use easel_core::job::JobContext;
+use easel_core::types::Operation;
+use tokio_util::sync::CancellationToken;
+
+use super::{deliver, stream};
+use crate::auth::Caller;
+use crate::error::ApiResult;
+use crate::extract;
+use crate::state::AppState;
+
+pub async fn generations(
+    State(state): State<AppState>,
+    caller: Caller,
+    request: Request,
+) -> ApiResult<Response> {
+    handle(state, caller, Operation::Generate, request).await
+}
+
+pub async fn edits(
+    State(state): State<AppState>,
+    caller: Caller,
+    request: Request,
+) -> ApiResult<Response> {
+    handle(state, caller, Operation::Edit, request).await
+}
+
+pub async fn variations(
+    State(state): State<AppState>,
+    caller: Caller,
+    request: Request,
+) -> ApiResult<Response> {
+    handle(state, caller, Operation::Variation, request).await
+}
+
+async fn handle(
+    state: AppState,
+    caller: Caller,
+    operation: Operation,
+    request: Request,
+) -> ApiResult<Response> {
+    let started = Instant::now();
+    let request = extract::image_request(operation, &state, request).await?;
+    let model = match &request.model {
+        Some(id) => state.service.registry().get(id),
+        None => state.service.registry().default_for(operation),
+    };
+    if let Some(model) = &model {
+        caller.check_model(&model.id)?;
+    }
+    let ledger = deliver::Ledger::new(
+        &state,
+        &caller,
+        operation,
+        model.as_deref(),
+        request.user.clone(),
+        started,
+    );
+    let job = match state.service.prepare(request).await {
+        Ok(job) => job,
+        Err(e) => return Err(ledger.failed(e.into()).await),
+    };
+    if job.stream {
+        return Ok(stream::respond(state, ledger, job).into_response());
+    }
+    // The job runs in its own task so that it finishes its accounting even if the client goes
+    // away; dropping this handler's future (the client left) cancels it.
+    let cancel = CancellationToken::new();
+    let cancel_on_drop = cancel.clone().drop_guard();
+    let task = tokio::spawn(async move {
+        match state
+            .service
+            .run(
+                &job,
+                JobContext {
+                    cancel,
+                    partials: None,
+                },
+            )
+            .await
+        {
+            Ok(output) => ledger.deliver(&job, output).await,
+            Err(e) => Err(ledger.failed(e.into()).await),
+        }
+    });
+    let response = task
+        .await
+        .map_err(|e| anyhow::anyhow!("the image job panicked: {e}"))??;
+    cancel_on_drop.disarm();
+    Ok(Json(response).into_response())
+}

@@ -1,0 +1,8 @@
+//! One module per resource; the paths live in [`crate::routes`].
+
+pub mod deliver;
+pub mod files;
+pub mod health;
+pub mod images;
+pub mod models;
+pub mod stream;

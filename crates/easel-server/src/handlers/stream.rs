@@ -1,0 +1,133 @@
+//! `stream=true`: Server-Sent Events exactly as the OpenAI SDKs parse them.
+//!
+//! Each event is `event: <type>` plus one `data:` line whose JSON carries the same `type`
+//! (the SDKs discriminate on the JSON). Partial images are sent as the backend produces them, then
+//! one `*.completed` event per image. `: keep-alive` comments flow while the model works. An error
+//! after the stream started is an `error` event carrying the envelope. The job runs in its own
+//! task and records its usage whatever happens to the connection; dropping the stream (the client
+//! left) cancels the job.
+
+use std::convert::Infallible;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use easel_core::job::{EncodedPartial, ImageJob, JobContext};
+use easel_wire::events::{CompletedEvent, PartialImageEvent, completed_type, partial_type};
+use easel_wire::response::UsageBody;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use super::deliver::Ledger;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::storage::now;
+
+pub fn respond(
+    state: AppState,
+    ledger: Ledger,
+    job: ImageJob,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let (events, rx) = mpsc::channel::<Event>(8);
+    let cancel = CancellationToken::new();
+    let keep_alive = state.keep_alive;
+    tokio::spawn(run(state, ledger, job, events, cancel.clone()));
+    let guard = cancel.drop_guard();
+    let stream = ReceiverStream::new(rx).map(move |event| {
+        let _ = &guard;
+        Ok(event)
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive"))
+}
+
+async fn run(
+    state: AppState,
+    ledger: Ledger,
+    job: ImageJob,
+    events: mpsc::Sender<Event>,
+    cancel: CancellationToken,
+) {
+    let (partials_tx, mut partials_rx) = mpsc::channel::<EncodedPartial>(4);
+    let partial_kind = partial_type(job.operation);
+    let forward = {
+        let (events, job) = (events.clone(), job.clone());
+        async move {
+            while let Some(partial) = partials_rx.recv().await {
+                let body = PartialImageEvent {
+                    kind: partial_kind.clone(),
+                    b64_json: base64::Engine::encode(
+                        &base64::engine::general_purpose::STANDARD,
+                        &partial.bytes,
+                    ),
+                    created_at: now(),
+                    size: job.size.to_string(),
+                    quality: job.resolved_quality,
+                    background: job.resolved_background(),
+                    output_format: job.output_format,
+                    partial_image_index: partial.index,
+                };
+                if let Some(event) = json_event(&partial_kind, &body)
+                    && events.send(event).await.is_err()
+                {
+                    return;
+                }
+            }
+        }
+    };
+    let context = JobContext {
+        cancel,
+        partials: Some(partials_tx),
+    };
+    let (output, ()) = tokio::join!(state.service.run(&job, context), forward);
+    let result = match output {
+        Ok(output) => ledger.deliver_with(&job, output, true).await,
+        Err(e) => Err(ledger.failed(e.into()).await),
+    };
+    match result {
+        Ok(response) => {
+            let kind = completed_type(job.operation);
+            let usage = response.usage.map(|u| UsageBody {
+                output_tokens_details: None,
+                ..u
+            });
+            for image in response.data {
+                let body = CompletedEvent {
+                    kind: kind.clone(),
+                    b64_json: image.b64_json.unwrap_or_default(),
+                    created_at: now(),
+                    size: job.size.to_string(),
+                    quality: job.resolved_quality,
+                    background: job.resolved_background(),
+                    output_format: job.output_format,
+                    usage: usage
+                        .unwrap_or_else(|| UsageBody::from_usage(&Default::default(), false)),
+                    url: image.url,
+                    revised_prompt: image.revised_prompt,
+                };
+                if let Some(event) = json_event(&kind, &body)
+                    && events.send(event).await.is_err()
+                {
+                    return;
+                }
+            }
+        }
+        Err(error) => send_error(&events, &error).await,
+    }
+}
+
+async fn send_error(events: &mpsc::Sender<Event>, error: &ApiError) {
+    error.log();
+    if let Some(event) = json_event("error", &error.body()) {
+        let _ = events.send(event).await;
+    }
+}
+
+fn json_event(kind: &str, body: &impl serde::Serialize) -> Option<Event> {
+    match Event::default().event(kind).json_data(body) {
+        Ok(event) => Some(event),
+        Err(e) => {
+            tracing::error!(error = %e, "could not serialise a stream event");
+            None
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! What every handler shares: the image service and the stores. Cheap to clone (one `Arc`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use easel_core::service::ImageService;
+use easel_wire::request::UnknownParams;
+use url::Url;
+
+use crate::storage::blobs::Blobs;
+use crate::storage::db::Db;
+use crate::storage::keys::ApiKeys;
+use crate::storage::signing::UrlSigner;
+
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Shared>);
+
+#[derive(Debug)]
+pub struct Shared {
+    pub service: ImageService,
+    pub db: Db,
+    pub blobs: Blobs,
+    pub keys: ApiKeys,
+    pub signer: UrlSigner,
+    /// The base of hosted image URLs.
+    pub public_url: Url,
+    /// Seconds a hosted image URL stays valid.
+    pub url_ttl_secs: i64,
+    pub unknown_params: UnknownParams,
+    pub keep_alive: Duration,
+    /// Whether requests without a key are served while no key exists (loopback or
+    /// `--insecure-no-auth`).
+    pub open_when_keyless: bool,
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}

@@ -1,0 +1,17 @@
+//! Where facts and bytes live: facts (keys, usage, image records) in a SQL database through sqlx,
+//! bytes (hosted images) in an object store. Embedded defaults are SQLite and a local folder
+//! under `data_dir`.
+
+pub mod blobs;
+pub mod db;
+pub mod keys;
+pub mod records;
+pub mod signing;
+pub mod sweep;
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,15 @@
+//! Easel's HTTP integration tests: one binary (faster to link), one module per area. Every test
+//! starts the real server on port 0 with a fresh data directory (`helpers::spawn_app`).
+
+mod auth;
+mod backend;
+mod edits;
+mod errors;
+mod generations;
+mod helpers;
+mod hosted;
+mod models;
+mod sdk;
+mod streaming;
+mod usage;
+mod variations;

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Relay benchmark: Easel's CPU per relayed POST /v1/images/generations against nginx serving a
+# canned gpt-image answer on loopback (issue 4, "Speed"). Needs nginx (Debian: nginx-light).
+#
+#   scripts/bench-relay/run.sh [REQUESTS] [CONCURRENCY]
+#
+# Builds crates/easel-upstream's `relay_bench` example in release mode, writes the fixtures
+# (a small body and a ~1 MiB base64 body), starts nginx on 127.0.0.1:$PORT, and prints CPU
+# milliseconds per request for each body. LiteLLM's proxy: ~14 ms (small) and ~21 ms (1 MiB);
+# Easel's target: at most 0.7 ms and 1 ms.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+requests="${1:-4000}"
+concurrency="${2:-4}"
+port="${PORT:-18080}"
+work="$(mktemp -d)"
+target="${CARGO_TARGET_DIR:-$root/target}"
+nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
+
+cleanup() {
+    if [[ -f "$work/nginx.pid" ]]; then kill "$(cat "$work/nginx.pid")" 2>/dev/null || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+(cd "$root" && cargo build --release -p easel-upstream --example relay_bench)
+bench="$target/release/examples/relay_bench"
+mkdir -p "$work/tmp"
+"$bench" fixtures "$work/fixtures"
+sed -e "s#@DIR@#$work#g" -e "s#@PORT@#$port#g" "$here/nginx.conf.in" > "$work/nginx.conf"
+"$nginx_bin" -c "$work/nginx.conf" -p "$work" &
+for _ in $(seq 50); do
+    curl -fsS -X POST -o /dev/null "http://127.0.0.1:$port/small/v1/images/generations" 2>/dev/null && break
+    sleep 0.1
+done
+for body in small big; do
+    "$bench" run "http://127.0.0.1:$port/$body/v1" "$body" "$requests" "$concurrency"
+done
