@@ -2,12 +2,13 @@
 //!
 //! PNG is written with `image`'s fast compression and adaptive filtering: the slowest zlib
 //! settings cost ten times the time for a few percent of size. WebP is lossy through libwebp with
-//! a configurable `method` (speed/size trade-off); `image`'s own WebP encoder is lossless only.
+//! a configurable `method` (speed/size trade-off; `image`'s own WebP encoder is lossless only).
+//! JPEG goes through `jpeg-encoder` with its AVX2 paths and 4:2:0 chroma subsampling (what
+//! libjpeg and Pillow do by default): about three times faster than `image`'s encoder.
 
 use std::io::Cursor;
 
 use bytes::Bytes;
-use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{DynamicImage, ImageDecoder, ImageEncoder, ImageReader};
 
@@ -30,7 +31,7 @@ impl Default for EncodeSettings {
         Self {
             jpeg_quality: 90,
             webp_quality: 80,
-            webp_method: 2,
+            webp_method: 1,
         }
     }
 }
@@ -126,24 +127,18 @@ pub fn encode(
         }
         OutputFormat::Jpeg => {
             let quality = compression.unwrap_or(settings.jpeg_quality).clamp(1, 100);
-            let encoder = JpegEncoder::new_with_quality(&mut out, quality);
-            match image {
-                DynamicImage::ImageRgb8(rgb) => encoder.write_image(
-                    rgb,
-                    rgb.width(),
-                    rgb.height(),
-                    image::ExtendedColorType::Rgb8,
-                )?,
+            let rgb;
+            let pixels = match image {
+                DynamicImage::ImageRgb8(rgb) => rgb,
                 other => {
-                    let rgb = other.to_rgb8();
-                    encoder.write_image(
-                        &rgb,
-                        rgb.width(),
-                        rgb.height(),
-                        image::ExtendedColorType::Rgb8,
-                    )?
+                    rgb = other.to_rgb8();
+                    &rgb
                 }
-            }
+            };
+            let (width, height) = (u16::try_from(pixels.width())?, u16::try_from(pixels.height())?);
+            let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality);
+            encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
+            encoder.encode(pixels.as_raw(), width, height, jpeg_encoder::ColorType::Rgb)?;
         }
         OutputFormat::Webp => {
             let quality = f32::from(compression.unwrap_or(settings.webp_quality).min(100));

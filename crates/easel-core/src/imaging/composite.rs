@@ -8,33 +8,57 @@
 use image::{DynamicImage, Rgb, RgbaImage};
 
 /// Blends `source` back over `generated` by the mask's alpha. All three must have the same size.
-pub fn apply_mask(
-    generated: &DynamicImage,
-    source: &DynamicImage,
-    mask: &DynamicImage,
-) -> DynamicImage {
-    let keep_alpha = generated.color().has_alpha();
-    let mut out = generated.to_rgba8();
-    let source = source.to_rgba8();
-    let mask = mask.to_rgba8();
-    debug_assert_eq!(out.dimensions(), source.dimensions());
-    debug_assert_eq!(out.dimensions(), mask.dimensions());
-    for ((o, s), m) in out.pixels_mut().zip(source.pixels()).zip(mask.pixels()) {
-        let a = u32::from(m[3]);
+/// The result has `generated`'s layout (RGB, or RGBA when it has alpha).
+pub fn apply_mask(generated: &DynamicImage, source: &DynamicImage, mask: &DynamicImage) -> DynamicImage {
+    let alpha = alpha_channel(mask);
+    if generated.color().has_alpha() {
+        let mut out = generated.to_rgba8();
+        let source = as_rgba(source);
+        blend(&mut out, source.as_raw(), &alpha, 4);
+        DynamicImage::ImageRgba8(out)
+    } else {
+        let mut out = generated.to_rgb8();
+        let source = as_rgb(source);
+        blend(&mut out, source.as_raw(), &alpha, 3);
+        DynamicImage::ImageRgb8(out)
+    }
+}
+
+/// `out = source * a + out * (1 - a)` per pixel of `channels` bytes.
+fn blend(out: &mut [u8], source: &[u8], alpha: &[u8], channels: usize) {
+    for ((o, s), &a) in out.chunks_exact_mut(channels).zip(source.chunks_exact(channels)).zip(alpha) {
         match a {
             0 => {}
-            255 => *o = *s,
+            255 => o.copy_from_slice(s),
             _ => {
-                for c in 0..4 {
-                    o[c] = ((u32::from(s[c]) * a + u32::from(o[c]) * (255 - a) + 127) / 255) as u8;
+                let (a, b) = (u32::from(a), 255 - u32::from(a));
+                for (o, &s) in o.iter_mut().zip(s) {
+                    *o = ((u32::from(s) * a + u32::from(*o) * b + 127) / 255) as u8;
                 }
             }
         }
     }
-    if keep_alpha {
-        DynamicImage::ImageRgba8(out)
-    } else {
-        DynamicImage::ImageRgb8(DynamicImage::ImageRgba8(out).to_rgb8())
+}
+
+fn alpha_channel(mask: &DynamicImage) -> Vec<u8> {
+    match mask {
+        DynamicImage::ImageRgba8(rgba) => rgba.as_raw().iter().skip(3).step_by(4).copied().collect(),
+        DynamicImage::ImageLumaA8(la) => la.as_raw().iter().skip(1).step_by(2).copied().collect(),
+        other => other.to_rgba8().as_raw().iter().skip(3).step_by(4).copied().collect(),
+    }
+}
+
+fn as_rgb(image: &DynamicImage) -> std::borrow::Cow<'_, image::RgbImage> {
+    match image {
+        DynamicImage::ImageRgb8(rgb) => std::borrow::Cow::Borrowed(rgb),
+        other => std::borrow::Cow::Owned(other.to_rgb8()),
+    }
+}
+
+fn as_rgba(image: &DynamicImage) -> std::borrow::Cow<'_, RgbaImage> {
+    match image {
+        DynamicImage::ImageRgba8(rgba) => std::borrow::Cow::Borrowed(rgba),
+        other => std::borrow::Cow::Owned(other.to_rgba8()),
     }
 }
 
