@@ -51,7 +51,8 @@ fn main() {
     let mask = DynamicImage::ImageRgba8(RgbaImage::from_fn(1024, 1024, |x, y| {
         Rgba([0, 0, 0, if (x / 128 + y / 128) % 2 == 0 { 255 } else { 0 }])
     }));
-    std::fs::write(format!("{out}/mask.png"), imaging::encode(&mask, OutputFormat::Png, None, &settings).unwrap()).unwrap();
+    std::fs::write(format!("{out}/mask.png"), imaging::encode(&mask, OutputFormat::Png, None, &settings).unwrap())
+        .unwrap();
     let generated = DynamicImage::ImageRgb8(RgbImage::from_pixel(1024, 1024, Rgb([10, 200, 30])));
     let b64 = STANDARD.encode(&png);
 

@@ -20,8 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::BackendError;
 use crate::request::Extensions;
 use crate::types::{
-    Background, ImageSize, InputFidelity, InputFormat, Moderation, Operation, OutputFormat,
-    Quality, Style,
+    Background, ImageSize, InputFidelity, InputFormat, Moderation, Operation, OutputFormat, Quality, Style,
 };
 use crate::usage::Usage;
 
@@ -33,14 +32,7 @@ pub enum SizeRule {
     /// Any size within bounds: both edges multiples of `multiple_of` in `min_edge..=max_edge`,
     /// the pixel count in `min_pixels..=max_pixels`, and long edge / short edge at most
     /// `max_aspect`.
-    Range {
-        multiple_of: u32,
-        min_edge: u32,
-        max_edge: u32,
-        min_pixels: u64,
-        max_pixels: u64,
-        max_aspect: f64,
-    },
+    Range { multiple_of: u32, min_edge: u32, max_edge: u32, min_pixels: u64, max_pixels: u64, max_aspect: f64 },
 }
 
 impl SizeRule {
@@ -63,29 +55,15 @@ impl SizeRule {
             Self::Fixed(sizes) => {
                 let names: Vec<String> = sizes.iter().map(ToString::to_string).collect();
                 let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                Err(format!(
-                    "Invalid value: '{size}'. Supported values are: {}.",
-                    crate::types::quote_list(&names)
-                ))
+                Err(format!("Invalid value: '{size}'. Supported values are: {}.", crate::types::quote_list(&names)))
             }
-            &Self::Range {
-                multiple_of,
-                min_edge,
-                max_edge,
-                min_pixels,
-                max_pixels,
-                max_aspect,
-            } => {
+            &Self::Range { multiple_of, min_edge, max_edge, min_pixels, max_pixels, max_aspect } => {
                 let (w, h) = (size.width, size.height);
                 let aspect = f64::from(w.max(h)) / f64::from(w.min(h));
                 if w % multiple_of != 0 || h % multiple_of != 0 {
-                    Err(format!(
-                        "Invalid size '{size}': width and height must be multiples of {multiple_of}."
-                    ))
+                    Err(format!("Invalid size '{size}': width and height must be multiples of {multiple_of}."))
                 } else if w.min(h) < min_edge || w.max(h) > max_edge {
-                    Err(format!(
-                        "Invalid size '{size}': each edge must be between {min_edge} and {max_edge} pixels."
-                    ))
+                    Err(format!("Invalid size '{size}': each edge must be between {min_edge} and {max_edge} pixels."))
                 } else if size.pixels() < min_pixels || size.pixels() > max_pixels {
                     Err(format!(
                         "Invalid size '{size}': the image must have between {min_pixels} and {max_pixels} pixels."
@@ -118,14 +96,7 @@ impl SizeRule {
                     })
                     .unwrap_or(&want)
             }
-            &Self::Range {
-                multiple_of,
-                min_edge,
-                max_edge,
-                min_pixels,
-                max_pixels,
-                max_aspect,
-            } => {
+            &Self::Range { multiple_of, min_edge, max_edge, min_pixels, max_pixels, max_aspect } => {
                 let m = f64::from(multiple_of);
                 let (mut w, mut h) = (f64::from(want.width), f64::from(want.height));
                 let aspect = (w / h).clamp(1.0 / max_aspect, max_aspect);
@@ -134,8 +105,7 @@ impl SizeRule {
                 w = h * aspect;
                 let scale = (f64::from(max_edge) / w.max(h)).min(1.0);
                 let snap = |v: f64| {
-                    ((v * scale / m).round() * m)
-                        .clamp(f64::from(min_edge.max(multiple_of)), f64::from(max_edge))
+                    ((v * scale / m).round() * m).clamp(f64::from(min_edge.max(multiple_of)), f64::from(max_edge))
                 };
                 ImageSize::new(snap(w) as u32, snap(h) as u32)
             }
@@ -192,13 +162,7 @@ pub struct InputImage {
 
 impl std::fmt::Debug for InputImage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "InputImage({:?} {} {} bytes)",
-            self.format,
-            self.size,
-            self.bytes.len()
-        )
+        write!(f, "InputImage({:?} {} {} bytes)", self.format, self.size, self.bytes.len())
     }
 }
 
@@ -277,10 +241,7 @@ pub struct CallContext {
 
 impl CallContext {
     pub fn new(cancel: CancellationToken) -> Self {
-        Self {
-            cancel,
-            partials: None,
-        }
+        Self { cancel, partials: None }
     }
 }
 
@@ -296,8 +257,7 @@ pub trait ImageBackend: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
-    async fn call(&self, call: BackendCall, cx: CallContext)
-    -> Result<BackendOutput, BackendError>;
+    async fn call(&self, call: BackendCall, cx: CallContext) -> Result<BackendOutput, BackendError>;
 }
 
 pub type SharedBackend = Arc<dyn ImageBackend>;
@@ -311,43 +271,18 @@ mod tests {
         let rule = SizeRule::gpt_image_2();
         assert!(rule.check(ImageSize::new(1280, 720)).is_ok());
         assert!(rule.check(ImageSize::new(3840, 2160)).is_ok());
-        assert!(
-            rule.check(ImageSize::new(1000, 1000))
-                .unwrap_err()
-                .contains("multiples of 16")
-        );
-        assert!(
-            rule.check(ImageSize::new(512, 512))
-                .unwrap_err()
-                .contains("pixels")
-        );
-        assert!(
-            rule.check(ImageSize::new(3840, 1024))
-                .unwrap_err()
-                .contains("3 times")
-        );
-        assert!(
-            rule.check(ImageSize::new(4096, 2048))
-                .unwrap_err()
-                .contains("between")
-        );
+        assert!(rule.check(ImageSize::new(1000, 1000)).unwrap_err().contains("multiples of 16"));
+        assert!(rule.check(ImageSize::new(512, 512)).unwrap_err().contains("pixels"));
+        assert!(rule.check(ImageSize::new(3840, 1024)).unwrap_err().contains("3 times"));
+        assert!(rule.check(ImageSize::new(4096, 2048)).unwrap_err().contains("between"));
     }
 
     #[test]
     fn nearest_prefers_the_aspect_ratio() {
-        let fixed = SizeRule::Fixed(vec![
-            ImageSize::new(1024, 1024),
-            ImageSize::new(1536, 1024),
-            ImageSize::new(1024, 1536),
-        ]);
-        assert_eq!(
-            fixed.nearest(ImageSize::new(1280, 720)),
-            ImageSize::new(1536, 1024)
-        );
-        assert_eq!(
-            fixed.nearest(ImageSize::new(300, 310)),
-            ImageSize::new(1024, 1024)
-        );
+        let fixed =
+            SizeRule::Fixed(vec![ImageSize::new(1024, 1024), ImageSize::new(1536, 1024), ImageSize::new(1024, 1536)]);
+        assert_eq!(fixed.nearest(ImageSize::new(1280, 720)), ImageSize::new(1536, 1024));
+        assert_eq!(fixed.nearest(ImageSize::new(300, 310)), ImageSize::new(1024, 1024));
         let range = SizeRule::Range {
             multiple_of: 8,
             min_edge: 64,
@@ -356,14 +291,7 @@ mod tests {
             max_pixels: u64::MAX,
             max_aspect: 4.0,
         };
-        assert_eq!(
-            range.nearest(ImageSize::new(1001, 497)),
-            ImageSize::new(1000, 496)
-        );
-        assert!(
-            range
-                .check(range.nearest(ImageSize::new(5000, 5000)))
-                .is_ok()
-        );
+        assert_eq!(range.nearest(ImageSize::new(1001, 497)), ImageSize::new(1000, 496));
+        assert!(range.check(range.nearest(ImageSize::new(5000, 5000))).is_ok());
     }
 }

@@ -19,10 +19,7 @@ pub enum Fault {
 pub enum BackendError {
     /// The input cannot be used by this backend (too many images, a size it cannot make...).
     #[error("{message}")]
-    InvalidInput {
-        param: Option<String>,
-        message: String,
-    },
+    InvalidInput { param: Option<String>, message: String },
     /// The prompt or image was refused by a safety system.
     #[error("{message}")]
     ContentPolicy { message: String },
@@ -31,16 +28,10 @@ pub enum BackendError {
     Overloaded { retry_after: Duration },
     /// The backend cannot serve at all right now (a model that failed to load, an open circuit).
     #[error("{message}")]
-    Unavailable {
-        message: String,
-        retry_after: Option<Duration>,
-    },
+    Unavailable { message: String, retry_after: Option<Duration> },
     /// An upstream provider failed; `status` is its HTTP status where there was one.
     #[error("{message}")]
-    Upstream {
-        status: Option<u16>,
-        message: String,
-    },
+    Upstream { status: Option<u16>, message: String },
     /// No answer in time.
     #[error("{message}")]
     Timeout { message: String },
@@ -54,19 +45,14 @@ pub enum BackendError {
 
 impl BackendError {
     pub fn invalid(param: impl Into<Option<String>>, message: impl Into<String>) -> Self {
-        Self::InvalidInput {
-            param: param.into(),
-            message: message.into(),
-        }
+        Self::InvalidInput { param: param.into(), message: message.into() }
     }
 
     pub fn fault(&self) -> Fault {
         match self {
             Self::InvalidInput { .. } | Self::ContentPolicy { .. } | Self::Cancelled => Fault::User,
             Self::Upstream { .. } | Self::Timeout { .. } => Fault::Upstream,
-            Self::Overloaded { .. } | Self::Unavailable { .. } | Self::Internal(_) => {
-                Fault::Runtime
-            }
+            Self::Overloaded { .. } | Self::Unavailable { .. } | Self::Internal(_) => Fault::Runtime,
         }
     }
 }
@@ -113,17 +99,10 @@ impl InvalidCode {
 pub enum CoreError {
     /// A malformed or unacceptable parameter.
     #[error("{message}")]
-    InvalidRequest {
-        param: Option<String>,
-        code: InvalidCode,
-        message: String,
-    },
+    InvalidRequest { param: Option<String>, code: InvalidCode, message: String },
     /// An input image or mask that cannot be decoded or used.
     #[error("{message}")]
-    InvalidImage {
-        param: Option<String>,
-        message: String,
-    },
+    InvalidImage { param: Option<String>, message: String },
     /// No model by that id is configured.
     #[error("The model '{0}' does not exist or you do not have access to it.")]
     ModelNotFound(String),
@@ -135,16 +114,8 @@ pub enum CoreError {
 }
 
 impl CoreError {
-    pub fn invalid(
-        param: impl Into<String>,
-        code: InvalidCode,
-        message: impl Into<String>,
-    ) -> Self {
-        Self::InvalidRequest {
-            param: Some(param.into()),
-            code,
-            message: message.into(),
-        }
+    pub fn invalid(param: impl Into<String>, code: InvalidCode, message: impl Into<String>) -> Self {
+        Self::InvalidRequest { param: Some(param.into()), code, message: message.into() }
     }
 
     pub fn invalid_value(param: impl Into<String>, message: impl Into<String>) -> Self {
@@ -152,17 +123,10 @@ impl CoreError {
     }
 
     pub fn missing(param: &str) -> Self {
-        Self::invalid(
-            param,
-            InvalidCode::MissingRequiredParameter,
-            format!("Missing required parameter: '{param}'."),
-        )
+        Self::invalid(param, InvalidCode::MissingRequiredParameter, format!("Missing required parameter: '{param}'."))
     }
 
     pub fn invalid_image(param: impl Into<Option<String>>, message: impl Into<String>) -> Self {
-        Self::InvalidImage {
-            param: param.into(),
-            message: message.into(),
-        }
+        Self::InvalidImage { param: param.into(), message: message.into() }
     }
 }

@@ -30,18 +30,14 @@ impl HostPattern {
             Some(("http", rest)) => (true, rest),
             Some(("https", rest)) => (false, rest),
             Some((scheme, _)) => {
-                return Err(format!(
-                    "allow-list entry '{text}': unsupported scheme '{scheme}'"
-                ));
+                return Err(format!("allow-list entry '{text}': unsupported scheme '{scheme}'"));
             }
             None => (false, text),
         };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((host, port)) if !host.contains(']') || host.ends_with(']') => {
-                let port = port
-                    .parse()
-                    .map_err(|_| format!("allow-list entry '{text}': bad port"))?;
+                let port = port.parse().map_err(|_| format!("allow-list entry '{text}': bad port"))?;
                 (host, Some(port))
             }
             _ => (rest, None),
@@ -49,11 +45,7 @@ impl HostPattern {
         if host.is_empty() || host.contains('/') {
             return Err(format!("allow-list entry '{text}': expected a host name"));
         }
-        Ok(Self {
-            http,
-            host: host.to_ascii_lowercase(),
-            port,
-        })
+        Ok(Self { http, host: host.to_ascii_lowercase(), port })
     }
 
     pub fn matches(&self, url: &Url) -> bool {
@@ -65,9 +57,7 @@ impl HostPattern {
         let Some(host) = url.host_str() else {
             return false;
         };
-        let port_ok = self
-            .port
-            .is_none_or(|p| url.port_or_known_default() == Some(p));
+        let port_ok = self.port.is_none_or(|p| url.port_or_known_default() == Some(p));
         scheme_ok && port_ok && glob(&self.host, &host.to_ascii_lowercase())
     }
 }
@@ -108,11 +98,7 @@ pub struct ImageFetcher {
 }
 
 impl ImageFetcher {
-    pub fn new(
-        allow: Vec<HostPattern>,
-        max_bytes: usize,
-        timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    pub fn new(allow: Vec<HostPattern>, max_bytes: usize, timeout: Duration) -> anyhow::Result<Self> {
         let allow = Arc::new(allow);
         let policy_allow = Arc::clone(&allow);
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
@@ -124,15 +110,8 @@ impl ImageFetcher {
                 attempt.stop()
             }
         });
-        let client = reqwest::Client::builder()
-            .redirect(policy)
-            .timeout(timeout)
-            .build()?;
-        Ok(Self {
-            client,
-            allow,
-            max_bytes,
-        })
+        let client = reqwest::Client::builder().redirect(policy).timeout(timeout).build()?;
+        Ok(Self { client, allow, max_bytes })
     }
 
     pub fn allows(&self, url: &Url) -> bool {
@@ -143,12 +122,7 @@ impl ImageFetcher {
         if !self.allows(url) {
             return Err(FetchError::NotAllowed);
         }
-        let response = self
-            .client
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| FetchError::Network(e.to_string()))?;
+        let response = self.client.get(url.clone()).send().await.map_err(|e| FetchError::Network(e.to_string()))?;
         let status = response.status();
         if status.is_redirection() {
             return Err(FetchError::NotAllowed);
@@ -156,10 +130,7 @@ impl ImageFetcher {
         if !status.is_success() {
             return Err(FetchError::Status(status.as_u16()));
         }
-        if response
-            .content_length()
-            .is_some_and(|len| len > self.max_bytes as u64)
-        {
+        if response.content_length().is_some_and(|len| len > self.max_bytes as u64) {
             return Err(FetchError::TooLarge(self.max_bytes));
         }
         let mut body = BytesMut::new();
@@ -189,9 +160,7 @@ mod tests {
     #[test]
     fn patterns() {
         let p = HostPattern::parse("dashscope-result-*.aliyuncs.com").unwrap();
-        assert!(p.matches(&url(
-            "https://dashscope-result-wlcb.oss-cn-wulanchabu.aliyuncs.com/a.png"
-        )));
+        assert!(p.matches(&url("https://dashscope-result-wlcb.oss-cn-wulanchabu.aliyuncs.com/a.png")));
         assert!(!p.matches(&url("http://dashscope-result-wlcb.aliyuncs.com/a.png")));
         assert!(!p.matches(&url("https://evil.com/dashscope-result-x.aliyuncs.com")));
         assert!(!p.matches(&url("https://aliyuncs.com.evil.com/")));

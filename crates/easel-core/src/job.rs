@@ -11,8 +11,7 @@ use crate::backend::InputImage;
 use crate::registry::Model;
 use crate::request::Extensions;
 use crate::types::{
-    Background, ImageSize, InputFidelity, Moderation, Operation, OutputFormat, Quality,
-    ResponseFormat, Style,
+    Background, ImageSize, InputFidelity, Moderation, Operation, OutputFormat, Quality, ResponseFormat, Style,
 };
 use crate::usage::Usage;
 

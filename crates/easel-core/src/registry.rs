@@ -23,19 +23,12 @@ pub struct ModelRegistry {
 
 impl ModelRegistry {
     pub fn new(default_model: Option<String>) -> Self {
-        Self {
-            models: Vec::new(),
-            default_model,
-        }
+        Self { models: Vec::new(), default_model }
     }
 
     /// Adds a model; ids are unique.
     pub fn insert(&mut self, model: Model) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.get(&model.id).is_none(),
-            "model '{}' is configured twice",
-            model.id
-        );
+        anyhow::ensure!(self.get(&model.id).is_none(), "model '{}' is configured twice", model.id);
         self.models.push(Arc::new(model));
         Ok(())
     }
@@ -53,11 +46,7 @@ impl ModelRegistry {
     pub fn default_for(&self, operation: Operation) -> Option<Arc<Model>> {
         match &self.default_model {
             Some(id) => self.get(id),
-            None => self
-                .models
-                .iter()
-                .find(|m| m.backend.capabilities().supports(operation))
-                .cloned(),
+            None => self.models.iter().find(|m| m.backend.capabilities().supports(operation)).cloned(),
         }
     }
 }

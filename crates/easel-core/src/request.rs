@@ -9,8 +9,7 @@ use bytes::Bytes;
 use url::Url;
 
 use crate::types::{
-    Background, InputFidelity, Moderation, Operation, OutputFormat, Quality, ResponseFormat,
-    SizeRequest, Style,
+    Background, InputFidelity, Moderation, Operation, OutputFormat, Quality, ResponseFormat, SizeRequest, Style,
 };
 
 /// Where an input image comes from, before any bytes are fetched or decoded.

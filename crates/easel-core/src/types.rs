@@ -28,9 +28,9 @@ impl ImageSize {
     /// Parses `WxH` (OpenAI) or `W*H` (DashScope); surrounding spaces are tolerated.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let (w, h) = text.split_once(['x', 'X', '*', '×']).ok_or_else(|| {
-            format!("Invalid size '{text}': expected WIDTHxHEIGHT, for example 1024x1024.")
-        })?;
+        let (w, h) = text
+            .split_once(['x', 'X', '*', '×'])
+            .ok_or_else(|| format!("Invalid size '{text}': expected WIDTHxHEIGHT, for example 1024x1024."))?;
         let parse = |s: &str| s.trim().parse::<u32>().ok().filter(|v| *v > 0);
         match (parse(w), parse(h)) {
             (Some(width), Some(height)) => Ok(Self { width, height }),
@@ -57,11 +57,7 @@ pub enum SizeRequest {
 impl FromStr for SizeRequest {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if s.trim().eq_ignore_ascii_case("auto") {
-            Ok(Self::Auto)
-        } else {
-            ImageSize::parse(s).map(Self::Exact)
-        }
+        if s.trim().eq_ignore_ascii_case("auto") { Ok(Self::Auto) } else { ImageSize::parse(s).map(Self::Exact) }
     }
 }
 
@@ -225,14 +221,8 @@ mod tests {
 
     #[test]
     fn sizes_parse_in_both_dialects() {
-        assert_eq!(
-            ImageSize::parse("1280x720").unwrap(),
-            ImageSize::new(1280, 720)
-        );
-        assert_eq!(
-            ImageSize::parse("1024*768").unwrap(),
-            ImageSize::new(1024, 768)
-        );
+        assert_eq!(ImageSize::parse("1280x720").unwrap(), ImageSize::new(1280, 720));
+        assert_eq!(ImageSize::parse("1024*768").unwrap(), ImageSize::new(1024, 768));
         assert_eq!(ImageSize::parse(" 64X32 ").unwrap(), ImageSize::new(64, 32));
         assert!(ImageSize::parse("0x10").is_err());
         assert!(ImageSize::parse("big").is_err());
@@ -243,13 +233,7 @@ mod tests {
     #[test]
     fn enums_list_allowed_values_on_error() {
         let err = "gif".parse::<OutputFormat>().unwrap_err();
-        assert_eq!(
-            err,
-            "Invalid value: 'gif'. Supported values are: 'png', 'jpeg', and 'webp'."
-        );
-        assert_eq!(
-            "b64_json".parse::<ResponseFormat>().unwrap(),
-            ResponseFormat::B64Json
-        );
+        assert_eq!(err, "Invalid value: 'gif'. Supported values are: 'png', 'jpeg', and 'webp'.");
+        assert_eq!("b64_json".parse::<ResponseFormat>().unwrap(), ResponseFormat::B64Json);
     }
 }

@@ -107,8 +107,7 @@ pub fn estimate(
     Usage {
         input_text_tokens: text_tokens(prompt),
         input_image_tokens: inputs.into_iter().map(image_tokens).sum(),
-        output_tokens: output_tokens(output, quality) * u64::from(images_out)
-            + 100 * u64::from(partials),
+        output_tokens: output_tokens(output, quality) * u64::from(images_out) + 100 * u64::from(partials),
     }
 }
 
@@ -119,20 +118,11 @@ mod tests {
     #[test]
     fn output_tokens_follow_the_published_figures() {
         assert_eq!(output_tokens(ImageSize::new(1024, 1024), Quality::Low), 272);
-        assert_eq!(
-            output_tokens(ImageSize::new(1536, 1024), Quality::High),
-            6208
-        );
+        assert_eq!(output_tokens(ImageSize::new(1536, 1024), Quality::High), 6208);
         // gpt-image-2 formula data points from the reference.
         assert_eq!(output_tokens(ImageSize::new(3840, 2160), Quality::Low), 371);
-        assert_eq!(
-            output_tokens(ImageSize::new(3840, 2160), Quality::Medium),
-            3336
-        );
-        assert_eq!(
-            output_tokens(ImageSize::new(3840, 2160), Quality::High),
-            13342
-        );
+        assert_eq!(output_tokens(ImageSize::new(3840, 2160), Quality::Medium), 3336);
+        assert_eq!(output_tokens(ImageSize::new(3840, 2160), Quality::High), 13342);
     }
 
     #[test]
@@ -140,14 +130,7 @@ mod tests {
         assert_eq!(image_tokens(ImageSize::new(512, 512)), 194);
         assert_eq!(image_tokens(ImageSize::new(1024, 512)), 65 + 129 * 2);
         assert_eq!(text_tokens("A cute baby sea otter"), 6);
-        let u = estimate(
-            "hi",
-            [ImageSize::new(512, 512)],
-            ImageSize::new(1024, 1024),
-            Quality::Low,
-            2,
-            1,
-        );
+        let u = estimate("hi", [ImageSize::new(512, 512)], ImageSize::new(1024, 1024), Quality::Low, 2, 1);
         assert_eq!(u.total_tokens(), u.input_text_tokens + 194 + 2 * 272 + 100);
     }
 }

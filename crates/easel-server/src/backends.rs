@@ -13,12 +13,7 @@ pub fn build_registry(config: &Config, extra: Vec<Model>) -> anyhow::Result<Mode
     let created = now();
     for entry in &config.models {
         let backend = build_backend(entry)?;
-        registry.insert(Model {
-            id: entry.id.clone(),
-            backend,
-            created,
-            owned_by: "easel".into(),
-        })?;
+        registry.insert(Model { id: entry.id.clone(), backend, created, owned_by: "easel".into() })?;
     }
     for model in extra {
         registry.insert(model)?;

@@ -100,17 +100,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.check_config {
         config.validate()?;
         crate::backends::check(&config)?;
-        println!(
-            "configuration OK: {} model(s), listening on {}",
-            config.models.len(),
-            config.server.bind
-        );
+        println!("configuration OK: {} model(s), listening on {}", config.models.len(), config.server.bind);
         return Ok(());
     }
-    Application::build(config)
-        .await?
-        .run_until_stopped()
-        .await?;
+    Application::build(config).await?.run_until_stopped().await?;
     Ok(())
 }
 
@@ -119,12 +112,8 @@ async fn keys(command: KeysCommand, config: &Config) -> anyhow::Result<()> {
     let keys = ApiKeys::new(db::connect(&config.database_url()).await?);
     match command {
         KeysCommand::Create { name, models } => {
-            let models = models.map(|m| {
-                m.into_iter()
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            });
+            let models =
+                models.map(|m| m.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
             let key = keys.create(&name, models).await?;
             println!("{}", key.plaintext);
             eprintln!(
@@ -133,21 +122,11 @@ async fn keys(command: KeysCommand, config: &Config) -> anyhow::Result<()> {
             );
         }
         KeysCommand::List => {
-            println!(
-                "{:<14} {:<20} {:<8} {:<12} MODELS",
-                "ID", "NAME", "STATUS", "CREATED"
-            );
+            println!("{:<14} {:<20} {:<8} {:<12} MODELS", "ID", "NAME", "STATUS", "CREATED");
             for key in keys.list().await? {
-                let status = if key.revoked_at.is_some() {
-                    "revoked"
-                } else {
-                    "active"
-                };
+                let status = if key.revoked_at.is_some() { "revoked" } else { "active" };
                 let models = key.models.map_or_else(|| "*".to_string(), |m| m.join(","));
-                println!(
-                    "{:<14} {:<20} {:<8} {:<12} {models}",
-                    key.id, key.name, status, key.created_at
-                );
+                println!("{:<14} {:<20} {:<8} {:<12} {models}", key.id, key.name, status, key.created_at);
             }
         }
         KeysCommand::Revoke { id } => {

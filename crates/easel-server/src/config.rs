@@ -156,97 +156,56 @@ impl Config {
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
-            anyhow::ensure!(
-                file.exists(),
-                "config file {} does not exist",
-                file.display()
-            );
+            anyhow::ensure!(file.exists(), "config file {} does not exist", file.display());
             figment = figment.merge(Toml::file(file));
         }
         figment = figment.merge(Env::prefixed("EASEL__").split("__"));
-        let config: Config = figment
-            .extract()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let config: Config = figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         Ok(config)
     }
 
     /// Pure checks: addresses parse, ids are unique, values are in range.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.bind_addr()?;
-        anyhow::ensure!(
-            self.images.webp_method <= 6,
-            "images.webp_method must be 0 to 6"
-        );
-        anyhow::ensure!(
-            (1..=100).contains(&self.images.jpeg_quality),
-            "images.jpeg_quality must be 1 to 100"
-        );
-        anyhow::ensure!(
-            self.images.webp_quality <= 100,
-            "images.webp_quality must be 0 to 100"
-        );
-        anyhow::ensure!(
-            self.images.fan_out >= 1,
-            "images.fan_out must be at least 1"
-        );
-        anyhow::ensure!(
-            self.storage.url_ttl_secs >= 1,
-            "storage.url_ttl_secs must be at least 1"
-        );
+        anyhow::ensure!(self.images.webp_method <= 6, "images.webp_method must be 0 to 6");
+        anyhow::ensure!((1..=100).contains(&self.images.jpeg_quality), "images.jpeg_quality must be 1 to 100");
+        anyhow::ensure!(self.images.webp_quality <= 100, "images.webp_quality must be 0 to 100");
+        anyhow::ensure!(self.images.fan_out >= 1, "images.fan_out must be at least 1");
+        anyhow::ensure!(self.storage.url_ttl_secs >= 1, "storage.url_ttl_secs must be at least 1");
         for host in &self.server.allow_image_hosts {
             easel_core::fetch::HostPattern::parse(host).map_err(anyhow::Error::msg)?;
         }
         let mut ids = std::collections::HashSet::new();
         for model in &self.models {
-            anyhow::ensure!(
-                !model.id.trim().is_empty(),
-                "a [[models]] entry has an empty id"
-            );
-            anyhow::ensure!(
-                ids.insert(&model.id),
-                "model '{}' is configured twice",
-                model.id
-            );
+            anyhow::ensure!(!model.id.trim().is_empty(), "a [[models]] entry has an empty id");
+            anyhow::ensure!(ids.insert(&model.id), "model '{}' is configured twice", model.id);
         }
         if let Some(default) = &self.server.default_model {
-            anyhow::ensure!(
-                ids.contains(default),
-                "server.default_model '{default}' is not a configured model"
-            );
+            anyhow::ensure!(ids.contains(default), "server.default_model '{default}' is not a configured model");
         }
         Ok(())
     }
 
     pub fn bind_addr(&self) -> anyhow::Result<SocketAddr> {
         self.server.bind.parse().map_err(|e| {
-            anyhow::anyhow!(
-                "server.bind '{}' is not an address like 127.0.0.1:8080: {e}",
-                self.server.bind
-            )
+            anyhow::anyhow!("server.bind '{}' is not an address like 127.0.0.1:8080: {e}", self.server.bind)
         })
     }
 
     pub fn database_url(&self) -> String {
-        self.storage.database.clone().unwrap_or_else(|| {
-            format!(
-                "sqlite://{}?mode=rwc",
-                self.storage.data_dir.join("easel.db").display()
-            )
-        })
+        self.storage
+            .database
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.storage.data_dir.join("easel.db").display()))
     }
 
     pub fn blobs_dir(&self) -> anyhow::Result<PathBuf> {
         match &self.storage.blobs {
             None => Ok(self.storage.data_dir.join("blobs")),
             Some(url) => {
-                let url =
-                    Url::parse(url).map_err(|e| anyhow::anyhow!("storage.blobs '{url}': {e}"))?;
-                anyhow::ensure!(
-                    url.scheme() == "file",
-                    "storage.blobs: only file:// URLs are supported so far"
-                );
-                url.to_file_path()
-                    .map_err(|()| anyhow::anyhow!("storage.blobs '{url}' is not a file path"))
+                let url = Url::parse(url).map_err(|e| anyhow::anyhow!("storage.blobs '{url}': {e}"))?;
+                anyhow::ensure!(url.scheme() == "file", "storage.blobs: only file:// URLs are supported so far");
+                url.to_file_path().map_err(|()| anyhow::anyhow!("storage.blobs '{url}' is not a file path"))
             }
         }
     }
@@ -269,12 +228,7 @@ mod tests {
             assert_eq!(config.server.unknown_parameters, UnknownParams::Ignore);
             assert_eq!(config.models[0].options["family"], "sd-turbo");
             jail.create_file("bad.toml", "[server]\nbindd = \"x\"\n")?;
-            assert!(
-                Config::load(Some(Path::new("bad.toml")))
-                    .unwrap_err()
-                    .to_string()
-                    .contains("bindd")
-            );
+            assert!(Config::load(Some(Path::new("bad.toml"))).unwrap_err().to_string().contains("bindd"));
             Ok(())
         });
     }

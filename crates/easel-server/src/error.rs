@@ -52,36 +52,24 @@ pub struct Parts {
 
 const INVALID: &str = "invalid_request_error";
 const SERVER: &str = "server_error";
-const GENERIC_500: &str =
-    "The server had an error while processing your request. Sorry about that!";
+const GENERIC_500: &str = "The server had an error while processing your request. Sorry about that!";
 
 impl ApiError {
     pub fn parts(&self) -> Parts {
-        let p =
-            |status, kind, code: Option<&'static str>, param: Option<String>, message: String| {
-                Parts {
-                    status,
-                    kind,
-                    code,
-                    param,
-                    message,
-                    retry_after: None,
-                    should_retry: None,
-                }
-            };
+        let p = |status, kind, code: Option<&'static str>, param: Option<String>, message: String| Parts {
+            status,
+            kind,
+            code,
+            param,
+            message,
+            retry_after: None,
+            should_retry: None,
+        };
         match self {
             Self::Core(core) => match core {
-                CoreError::InvalidRequest {
-                    param,
-                    code,
-                    message,
-                } => p(
-                    StatusCode::BAD_REQUEST,
-                    INVALID,
-                    Some(code.as_str()),
-                    param.clone(),
-                    message.clone(),
-                ),
+                CoreError::InvalidRequest { param, code, message } => {
+                    p(StatusCode::BAD_REQUEST, INVALID, Some(code.as_str()), param.clone(), message.clone())
+                }
                 CoreError::InvalidImage { param, message } => p(
                     StatusCode::BAD_REQUEST,
                     "image_generation_user_error",
@@ -89,69 +77,29 @@ impl ApiError {
                     param.clone(),
                     message.clone(),
                 ),
-                CoreError::ModelNotFound(_) => p(
-                    StatusCode::NOT_FOUND,
-                    INVALID,
-                    Some("model_not_found"),
-                    Some("model".into()),
-                    core.to_string(),
-                ),
+                CoreError::ModelNotFound(_) => {
+                    p(StatusCode::NOT_FOUND, INVALID, Some("model_not_found"), Some("model".into()), core.to_string())
+                }
                 CoreError::Backend(backend) => backend_parts(backend),
                 CoreError::Internal(_) => Parts {
                     should_retry: Some(false),
-                    ..p(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        SERVER,
-                        None,
-                        None,
-                        GENERIC_500.into(),
-                    )
+                    ..p(StatusCode::INTERNAL_SERVER_ERROR, SERVER, None, None, GENERIC_500.into())
                 },
             },
-            Self::Unauthorized(message) => p(
-                StatusCode::UNAUTHORIZED,
-                INVALID,
-                Some("invalid_api_key"),
-                None,
-                message.clone(),
-            ),
-            Self::Forbidden { message, code } => p(
-                StatusCode::FORBIDDEN,
-                INVALID,
-                Some(code),
-                None,
-                message.clone(),
-            ),
-            Self::NotFound { message, code } => p(
-                StatusCode::NOT_FOUND,
-                INVALID,
-                Some(code),
-                None,
-                message.clone(),
-            ),
-            Self::PayloadTooLarge(_) => p(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                INVALID,
-                Some("request_too_large"),
-                None,
-                self.to_string(),
-            ),
-            Self::UnsupportedMediaType(message) => p(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                INVALID,
-                Some("unsupported_media_type"),
-                None,
-                message.clone(),
-            ),
+            Self::Unauthorized(message) => {
+                p(StatusCode::UNAUTHORIZED, INVALID, Some("invalid_api_key"), None, message.clone())
+            }
+            Self::Forbidden { message, code } => p(StatusCode::FORBIDDEN, INVALID, Some(code), None, message.clone()),
+            Self::NotFound { message, code } => p(StatusCode::NOT_FOUND, INVALID, Some(code), None, message.clone()),
+            Self::PayloadTooLarge(_) => {
+                p(StatusCode::PAYLOAD_TOO_LARGE, INVALID, Some("request_too_large"), None, self.to_string())
+            }
+            Self::UnsupportedMediaType(message) => {
+                p(StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID, Some("unsupported_media_type"), None, message.clone())
+            }
             Self::Internal(_) => Parts {
                 should_retry: Some(false),
-                ..p(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    SERVER,
-                    None,
-                    None,
-                    GENERIC_500.into(),
-                )
+                ..p(StatusCode::INTERNAL_SERVER_ERROR, SERVER, None, None, GENERIC_500.into())
             },
         }
     }
@@ -167,76 +115,36 @@ impl ApiError {
 }
 
 fn backend_parts(error: &BackendError) -> Parts {
-    let base =
-        |status, kind, code: &'static str, param: Option<String>, message: String, should_retry| {
-            Parts {
-                status,
-                kind,
-                code: Some(code),
-                param,
-                message,
-                retry_after: None,
-                should_retry,
-            }
-        };
+    let base = |status, kind, code: &'static str, param: Option<String>, message: String, should_retry| Parts {
+        status,
+        kind,
+        code: Some(code),
+        param,
+        message,
+        retry_after: None,
+        should_retry,
+    };
     match error {
-        BackendError::InvalidInput { param, message } => base(
-            StatusCode::BAD_REQUEST,
-            INVALID,
-            "invalid_value",
-            param.clone(),
-            message.clone(),
-            None,
-        ),
-        BackendError::ContentPolicy { message } => base(
-            StatusCode::BAD_REQUEST,
-            INVALID,
-            "content_policy_violation",
-            None,
-            message.clone(),
-            Some(false),
-        ),
+        BackendError::InvalidInput { param, message } => {
+            base(StatusCode::BAD_REQUEST, INVALID, "invalid_value", param.clone(), message.clone(), None)
+        }
+        BackendError::ContentPolicy { message } => {
+            base(StatusCode::BAD_REQUEST, INVALID, "content_policy_violation", None, message.clone(), Some(false))
+        }
         BackendError::Overloaded { retry_after } => Parts {
             retry_after: Some(*retry_after),
-            ..base(
-                StatusCode::SERVICE_UNAVAILABLE,
-                SERVER,
-                "overloaded",
-                None,
-                error.to_string(),
-                Some(true),
-            )
+            ..base(StatusCode::SERVICE_UNAVAILABLE, SERVER, "overloaded", None, error.to_string(), Some(true))
         },
-        BackendError::Unavailable {
-            message,
-            retry_after,
-        } => Parts {
+        BackendError::Unavailable { message, retry_after } => Parts {
             retry_after: *retry_after,
-            ..base(
-                StatusCode::SERVICE_UNAVAILABLE,
-                SERVER,
-                "model_unavailable",
-                None,
-                message.clone(),
-                Some(true),
-            )
+            ..base(StatusCode::SERVICE_UNAVAILABLE, SERVER, "model_unavailable", None, message.clone(), Some(true))
         },
-        BackendError::Upstream { message, .. } => base(
-            StatusCode::BAD_GATEWAY,
-            SERVER,
-            "upstream_error",
-            None,
-            message.clone(),
-            Some(true),
-        ),
-        BackendError::Timeout { message } => base(
-            StatusCode::GATEWAY_TIMEOUT,
-            SERVER,
-            "upstream_timeout",
-            None,
-            message.clone(),
-            Some(true),
-        ),
+        BackendError::Upstream { message, .. } => {
+            base(StatusCode::BAD_GATEWAY, SERVER, "upstream_error", None, message.clone(), Some(true))
+        }
+        BackendError::Timeout { message } => {
+            base(StatusCode::GATEWAY_TIMEOUT, SERVER, "upstream_timeout", None, message.clone(), Some(true))
+        }
         BackendError::Cancelled => base(
             StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             INVALID,
@@ -245,14 +153,9 @@ fn backend_parts(error: &BackendError) -> Parts {
             error.to_string(),
             Some(false),
         ),
-        BackendError::Internal(_) => base(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            SERVER,
-            "server_error",
-            None,
-            GENERIC_500.into(),
-            Some(false),
-        ),
+        BackendError::Internal(_) => {
+            base(StatusCode::INTERNAL_SERVER_ERROR, SERVER, "server_error", None, GENERIC_500.into(), Some(false))
+        }
     }
 }
 
@@ -295,10 +198,7 @@ impl IntoResponse for ApiError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if let Some(should_retry) = parts.should_retry {
-            headers.insert(
-                "x-should-retry",
-                HeaderValue::from_static(if should_retry { "true" } else { "false" }),
-            );
+            headers.insert("x-should-retry", HeaderValue::from_static(if should_retry { "true" } else { "false" }));
         }
         response
     }
@@ -316,12 +216,7 @@ mod tests {
     #[test]
     fn the_error_table() {
         let cases: Vec<(ApiError, u16, &str, Option<&str>)> = vec![
-            (
-                CoreError::missing("prompt").into(),
-                400,
-                INVALID,
-                Some("missing_required_parameter"),
-            ),
+            (CoreError::missing("prompt").into(), 400, INVALID, Some("missing_required_parameter")),
             (
                 CoreError::invalid("n", InvalidCode::IntegerAboveMaxValue, "x").into(),
                 400,
@@ -334,133 +229,46 @@ mod tests {
                 "image_generation_user_error",
                 Some("invalid_image_file"),
             ),
+            (CoreError::ModelNotFound("m".into()).into(), 404, INVALID, Some("model_not_found")),
+            (BackendError::invalid(Some("image".into()), "x").into(), 400, INVALID, Some("invalid_value")),
             (
-                CoreError::ModelNotFound("m".into()).into(),
-                404,
-                INVALID,
-                Some("model_not_found"),
-            ),
-            (
-                BackendError::invalid(Some("image".into()), "x").into(),
-                400,
-                INVALID,
-                Some("invalid_value"),
-            ),
-            (
-                BackendError::ContentPolicy {
-                    message: "x".into(),
-                }
-                .into(),
+                BackendError::ContentPolicy { message: "x".into() }.into(),
                 400,
                 INVALID,
                 Some("content_policy_violation"),
             ),
+            (BackendError::Overloaded { retry_after: Duration::from_secs(2) }.into(), 503, SERVER, Some("overloaded")),
             (
-                BackendError::Overloaded {
-                    retry_after: Duration::from_secs(2),
-                }
-                .into(),
-                503,
-                SERVER,
-                Some("overloaded"),
-            ),
-            (
-                BackendError::Unavailable {
-                    message: "x".into(),
-                    retry_after: None,
-                }
-                .into(),
+                BackendError::Unavailable { message: "x".into(), retry_after: None }.into(),
                 503,
                 SERVER,
                 Some("model_unavailable"),
             ),
             (
-                BackendError::Upstream {
-                    status: Some(500),
-                    message: "x".into(),
-                }
-                .into(),
+                BackendError::Upstream { status: Some(500), message: "x".into() }.into(),
                 502,
                 SERVER,
                 Some("upstream_error"),
             ),
+            (BackendError::Timeout { message: "x".into() }.into(), 504, SERVER, Some("upstream_timeout")),
+            (BackendError::Cancelled.into(), 499, INVALID, Some("request_cancelled")),
+            (BackendError::Internal(anyhow::anyhow!("boom")).into(), 500, SERVER, Some("server_error")),
+            (CoreError::Internal(anyhow::anyhow!("boom")).into(), 500, SERVER, None),
+            (ApiError::Unauthorized("x".into()), 401, INVALID, Some("invalid_api_key")),
             (
-                BackendError::Timeout {
-                    message: "x".into(),
-                }
-                .into(),
-                504,
-                SERVER,
-                Some("upstream_timeout"),
-            ),
-            (
-                BackendError::Cancelled.into(),
-                499,
-                INVALID,
-                Some("request_cancelled"),
-            ),
-            (
-                BackendError::Internal(anyhow::anyhow!("boom")).into(),
-                500,
-                SERVER,
-                Some("server_error"),
-            ),
-            (
-                CoreError::Internal(anyhow::anyhow!("boom")).into(),
-                500,
-                SERVER,
-                None,
-            ),
-            (
-                ApiError::Unauthorized("x".into()),
-                401,
-                INVALID,
-                Some("invalid_api_key"),
-            ),
-            (
-                ApiError::Forbidden {
-                    message: "x".into(),
-                    code: "model_not_allowed",
-                },
+                ApiError::Forbidden { message: "x".into(), code: "model_not_allowed" },
                 403,
                 INVALID,
                 Some("model_not_allowed"),
             ),
-            (
-                ApiError::NotFound {
-                    message: "x".into(),
-                    code: "not_found",
-                },
-                404,
-                INVALID,
-                Some("not_found"),
-            ),
-            (
-                ApiError::PayloadTooLarge(1),
-                413,
-                INVALID,
-                Some("request_too_large"),
-            ),
-            (
-                ApiError::UnsupportedMediaType("x".into()),
-                415,
-                INVALID,
-                Some("unsupported_media_type"),
-            ),
-            (
-                ApiError::Internal(anyhow::anyhow!("secret detail")),
-                500,
-                SERVER,
-                None,
-            ),
+            (ApiError::NotFound { message: "x".into(), code: "not_found" }, 404, INVALID, Some("not_found")),
+            (ApiError::PayloadTooLarge(1), 413, INVALID, Some("request_too_large")),
+            (ApiError::UnsupportedMediaType("x".into()), 415, INVALID, Some("unsupported_media_type")),
+            (ApiError::Internal(anyhow::anyhow!("secret detail")), 500, SERVER, None),
         ];
         for (error, status, kind, code) in cases {
             let parts = error.parts();
-            assert_eq!(
-                (parts.status.as_u16(), parts.kind, parts.code),
-                (status, kind, code),
-                "{error:?}"
-            );
+            assert_eq!((parts.status.as_u16(), parts.kind, parts.code), (status, kind, code), "{error:?}");
             assert!(!parts.message.contains("secret detail") && !parts.message.contains("boom"));
         }
     }

@@ -16,23 +16,10 @@ use easel_wire::request::{self, FormPart};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-pub async fn image_request(
-    operation: Operation,
-    state: &AppState,
-    request: Request,
-) -> Result<ImageRequest, ApiError> {
-    let content_type = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string();
+pub async fn image_request(operation: Operation, state: &AppState, request: Request) -> Result<ImageRequest, ApiError> {
+    let content_type =
+        request.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_string();
     let multipart_allowed = operation != Operation::Generate;
     if essence.is_empty() || essence == "application/json" || essence.ends_with("+json") {
         let body = Bytes::from_request(request, state)
@@ -40,26 +27,13 @@ pub async fn image_request(
             .map_err(|e| body_error(e.status(), state, InvalidCode::InvalidJson, e.body_text()))?;
         Ok(request::parse_json(operation, &body, state.unknown_params)?)
     } else if essence == "multipart/form-data" && multipart_allowed {
-        let multipart = Multipart::from_request(request, state).await.map_err(|e| {
-            body_error(
-                e.status(),
-                state,
-                InvalidCode::InvalidMultipart,
-                e.body_text(),
-            )
-        })?;
+        let multipart = Multipart::from_request(request, state)
+            .await
+            .map_err(|e| body_error(e.status(), state, InvalidCode::InvalidMultipart, e.body_text()))?;
         let parts = read_parts(multipart, state).await?;
-        Ok(request::parse_multipart(
-            operation,
-            parts,
-            state.unknown_params,
-        )?)
+        Ok(request::parse_multipart(operation, parts, state.unknown_params)?)
     } else {
-        let accepted = if multipart_allowed {
-            "application/json or multipart/form-data"
-        } else {
-            "application/json"
-        };
+        let accepted = if multipart_allowed { "application/json or multipart/form-data" } else { "application/json" };
         Err(ApiError::UnsupportedMediaType(format!(
             "Unsupported Content-Type '{content_type}': this endpoint accepts {accepted}."
         )))
@@ -69,33 +43,18 @@ pub async fn image_request(
 async fn read_parts(mut multipart: Multipart, state: &AppState) -> Result<Vec<FormPart>, ApiError> {
     let mut parts = Vec::new();
     loop {
-        let field = multipart.next_field().await.map_err(|e| {
-            body_error(
-                e.status(),
-                state,
-                InvalidCode::InvalidMultipart,
-                e.body_text(),
-            )
-        })?;
+        let field = multipart.next_field().await.map_err(|e| multipart_error(&e, state))?;
         let Some(field) = field else { return Ok(parts) };
         let name = field.name().unwrap_or_default().to_string();
         let filename = field.file_name().map(str::to_string);
         let content_type = field.content_type().map(str::to_string);
-        let data = field.bytes().await.map_err(|e| {
-            body_error(
-                e.status(),
-                state,
-                InvalidCode::InvalidMultipart,
-                e.body_text(),
-            )
-        })?;
-        parts.push(FormPart {
-            name,
-            filename,
-            content_type,
-            data,
-        });
+        let data = field.bytes().await.map_err(|e| multipart_error(&e, state))?;
+        parts.push(FormPart { name, filename, content_type, data });
     }
+}
+
+fn multipart_error(error: &axum::extract::multipart::MultipartError, state: &AppState) -> ApiError {
+    body_error(error.status(), state, InvalidCode::InvalidMultipart, error.body_text())
 }
 
 fn body_error(status: StatusCode, state: &AppState, code: InvalidCode, detail: String) -> ApiError {

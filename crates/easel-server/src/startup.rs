@@ -49,15 +49,11 @@ impl Application {
     pub async fn build_with(config: Config, extra_models: Vec<Model>) -> anyhow::Result<Self> {
         config.validate()?;
         let data_dir = &config.storage.data_dir;
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))?;
+        std::fs::create_dir_all(data_dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))?;
         let db = db::connect(&config.database_url()).await?;
         let blobs = Blobs::local(&config.blobs_dir()?)?;
         let keys = ApiKeys::new(db.clone());
-        let signer = UrlSigner::new(signing::load_key(
-            config.auth.url_signing_key_env.as_deref(),
-            data_dir,
-        )?)?;
+        let signer = UrlSigner::new(signing::load_key(config.auth.url_signing_key_env.as_deref(), data_dir)?)?;
 
         let bind = config.bind_addr()?;
         let open_allowed = bind.ip().is_loopback() || config.server.insecure_no_auth;
@@ -71,9 +67,7 @@ impl Application {
             if config.server.insecure_no_auth && !bind.ip().is_loopback() {
                 tracing::warn!(%bind, "serving WITHOUT authentication on a non-loopback address (--insecure-no-auth)");
             } else {
-                tracing::warn!(
-                    "no API keys exist: serving without authentication on loopback until one is created"
-                );
+                tracing::warn!("no API keys exist: serving without authentication on loopback until one is created");
             }
         }
 
@@ -84,11 +78,7 @@ impl Application {
             .iter()
             .map(|h| HostPattern::parse(h).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let fetcher = ImageFetcher::new(
-            allow,
-            config.server.max_download_bytes,
-            Duration::from_secs(30),
-        )?;
+        let fetcher = ImageFetcher::new(allow, config.server.max_download_bytes, Duration::from_secs(30))?;
         let settings = ServiceSettings {
             default_response_format: config.server.default_response_format,
             max_input_images: 16,
@@ -102,9 +92,7 @@ impl Application {
         };
         let service = ImageService::new(std::sync::Arc::new(registry), fetcher, settings);
 
-        let listener = TcpListener::bind(bind)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
+        let listener = TcpListener::bind(bind).await.map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
         let address = listener.local_addr()?;
         let public_url = match &config.server.public_url {
             Some(url) => url.clone(),
@@ -198,10 +186,7 @@ async fn shutdown_signal() {
 }
 
 async fn not_found(uri: Uri) -> impl IntoResponse {
-    ApiError::NotFound {
-        message: format!("Unknown request URL: {}.", uri.path()),
-        code: "unknown_url",
-    }
+    ApiError::NotFound { message: format!("Unknown request URL: {}.", uri.path()), code: "unknown_url" }
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> impl IntoResponse {

@@ -18,12 +18,7 @@ pub struct ErrorDetail {
 }
 
 impl ErrorBody {
-    pub fn new(
-        message: impl Into<String>,
-        kind: &str,
-        param: Option<String>,
-        code: Option<&str>,
-    ) -> Self {
+    pub fn new(message: impl Into<String>, kind: &str, param: Option<String>, code: Option<&str>) -> Self {
         Self {
             error: ErrorDetail {
                 message: message.into(),

@@ -66,10 +66,8 @@ impl UsageBody {
                 text_tokens: usage.input_text_tokens,
                 image_tokens: usage.input_image_tokens,
             },
-            output_tokens_details: with_output_details.then_some(OutputTokensDetails {
-                image_tokens: usage.output_tokens,
-                text_tokens: 0,
-            }),
+            output_tokens_details: with_output_details
+                .then_some(OutputTokensDetails { image_tokens: usage.output_tokens, text_tokens: 0 }),
         }
     }
 }
@@ -85,12 +83,7 @@ pub struct ModelObject {
 
 impl ModelObject {
     pub fn new(id: &str, created: i64, owned_by: &str) -> Self {
-        Self {
-            id: id.to_string(),
-            object: "model".into(),
-            created,
-            owned_by: owned_by.to_string(),
-        }
+        Self { id: id.to_string(), object: "model".into(), created, owned_by: owned_by.to_string() }
     }
 }
 
@@ -102,9 +95,6 @@ pub struct ModelList {
 
 impl ModelList {
     pub fn new(data: Vec<ModelObject>) -> Self {
-        Self {
-            object: "list".into(),
-            data,
-        }
+        Self { object: "list".into(), data }
     }
 }

@@ -28,11 +28,7 @@ pub struct EncodeSettings {
 
 impl Default for EncodeSettings {
     fn default() -> Self {
-        Self {
-            jpeg_quality: 90,
-            webp_quality: 80,
-            webp_method: 1,
-        }
+        Self { jpeg_quality: 90, webp_quality: 80, webp_method: 1 }
     }
 }
 
@@ -40,9 +36,7 @@ impl Default for EncodeSettings {
 pub fn probe(bytes: &[u8]) -> Result<(InputFormat, ImageSize), ImageError> {
     let format = sniff(bytes).ok_or(ImageError::UnknownFormat)?;
     let reader = ImageReader::with_format(Cursor::new(bytes), image_format(format));
-    let decoder = reader
-        .into_decoder()
-        .map_err(|e| ImageError::Corrupt(e.to_string()))?;
+    let decoder = reader.into_decoder().map_err(|e| ImageError::Corrupt(e.to_string()))?;
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
         return Err(ImageError::Corrupt("the image has no pixels".into()));
@@ -54,17 +48,11 @@ pub fn probe(bytes: &[u8]) -> Result<(InputFormat, ImageSize), ImageError> {
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, ImageError> {
     let (format, size) = probe(bytes)?;
     if size.pixels() > max_pixels {
-        return Err(ImageError::TooLarge {
-            width: size.width,
-            height: size.height,
-            max_pixels,
-        });
+        return Err(ImageError::TooLarge { width: size.width, height: size.height, max_pixels });
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), image_format(format));
     reader.no_limits();
-    reader
-        .decode()
-        .map_err(|e| ImageError::Corrupt(e.to_string()))
+    reader.decode().map_err(|e| ImageError::Corrupt(e.to_string()))
 }
 
 fn image_format(format: InputFormat) -> image::ImageFormat {
@@ -87,41 +75,24 @@ pub fn encode(
     let mut out = Vec::with_capacity((image.width() * image.height()) as usize);
     match format {
         OutputFormat::Png => {
-            let encoder =
-                PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive);
+            let encoder = PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive);
             match image {
-                DynamicImage::ImageRgb8(rgb) => encoder.write_image(
-                    rgb,
-                    rgb.width(),
-                    rgb.height(),
-                    image::ExtendedColorType::Rgb8,
-                )?,
-                DynamicImage::ImageRgba8(rgba) => encoder.write_image(
-                    rgba,
-                    rgba.width(),
-                    rgba.height(),
-                    image::ExtendedColorType::Rgba8,
-                )?,
+                DynamicImage::ImageRgb8(rgb) => {
+                    encoder.write_image(rgb, rgb.width(), rgb.height(), image::ExtendedColorType::Rgb8)?
+                }
+                DynamicImage::ImageRgba8(rgba) => {
+                    encoder.write_image(rgba, rgba.width(), rgba.height(), image::ExtendedColorType::Rgba8)?
+                }
                 DynamicImage::ImageLuma8(l) => {
                     encoder.write_image(l, l.width(), l.height(), image::ExtendedColorType::L8)?
                 }
                 other if other.color().has_alpha() => {
                     let rgba = other.to_rgba8();
-                    encoder.write_image(
-                        &rgba,
-                        rgba.width(),
-                        rgba.height(),
-                        image::ExtendedColorType::Rgba8,
-                    )?
+                    encoder.write_image(&rgba, rgba.width(), rgba.height(), image::ExtendedColorType::Rgba8)?
                 }
                 other => {
                     let rgb = other.to_rgb8();
-                    encoder.write_image(
-                        &rgb,
-                        rgb.width(),
-                        rgb.height(),
-                        image::ExtendedColorType::Rgb8,
-                    )?
+                    encoder.write_image(&rgb, rgb.width(), rgb.height(), image::ExtendedColorType::Rgb8)?
                 }
             }
         }
@@ -143,22 +114,16 @@ pub fn encode(
         OutputFormat::Webp => {
             let quality = f32::from(compression.unwrap_or(settings.webp_quality).min(100));
             let encoder = match image {
-                DynamicImage::ImageRgb8(rgb) => {
-                    webp::Encoder::from_rgb(rgb, rgb.width(), rgb.height())
-                }
-                DynamicImage::ImageRgba8(rgba) => {
-                    webp::Encoder::from_rgba(rgba, rgba.width(), rgba.height())
-                }
+                DynamicImage::ImageRgb8(rgb) => webp::Encoder::from_rgb(rgb, rgb.width(), rgb.height()),
+                DynamicImage::ImageRgba8(rgba) => webp::Encoder::from_rgba(rgba, rgba.width(), rgba.height()),
                 _ => return encode(&normalise(image), format, compression, settings),
             };
-            let mut config = webp::WebPConfig::new()
-                .map_err(|()| anyhow::anyhow!("libwebp config init failed"))?;
+            let mut config = webp::WebPConfig::new().map_err(|()| anyhow::anyhow!("libwebp config init failed"))?;
             config.quality = quality;
             config.method = i32::from(settings.webp_method.min(6));
             config.lossless = 0;
-            let memory = encoder
-                .encode_advanced(&config)
-                .map_err(|e| anyhow::anyhow!("libwebp encoding failed: {e:?}"))?;
+            let memory =
+                encoder.encode_advanced(&config).map_err(|e| anyhow::anyhow!("libwebp encoding failed: {e:?}"))?;
             out.extend_from_slice(&memory);
         }
     }
@@ -180,9 +145,7 @@ mod tests {
     use image::{Rgb, RgbImage, Rgba, RgbaImage};
 
     fn gradient() -> DynamicImage {
-        DynamicImage::ImageRgb8(RgbImage::from_fn(48, 32, |x, y| {
-            Rgb([(x * 5) as u8, (y * 7) as u8, 90])
-        }))
+        DynamicImage::ImageRgb8(RgbImage::from_fn(48, 32, |x, y| Rgb([(x * 5) as u8, (y * 7) as u8, 90])))
     }
 
     #[test]
@@ -199,16 +162,9 @@ mod tests {
 
     #[test]
     fn lossy_webp_keeps_alpha() {
-        let rgba = RgbaImage::from_fn(16, 16, |x, _| {
-            Rgba([200, 10, 10, if x < 8 { 0 } else { 255 }])
-        });
-        let bytes = encode(
-            &DynamicImage::ImageRgba8(rgba),
-            OutputFormat::Webp,
-            Some(70),
-            &EncodeSettings::default(),
-        )
-        .unwrap();
+        let rgba = RgbaImage::from_fn(16, 16, |x, _| Rgba([200, 10, 10, if x < 8 { 0 } else { 255 }]));
+        let bytes =
+            encode(&DynamicImage::ImageRgba8(rgba), OutputFormat::Webp, Some(70), &EncodeSettings::default()).unwrap();
         let back = decode(&bytes, u64::MAX).unwrap().to_rgba8();
         assert_eq!(back.get_pixel(0, 0)[3], 0);
         assert_eq!(back.get_pixel(15, 0)[3], 255);
@@ -216,24 +172,9 @@ mod tests {
 
     #[test]
     fn garbage_and_oversized_images_are_refused() {
-        assert!(matches!(
-            probe(b"not an image"),
-            Err(ImageError::UnknownFormat)
-        ));
-        assert!(matches!(
-            probe(b"\x89PNG\r\n\x1a\ntruncated"),
-            Err(ImageError::Corrupt(_))
-        ));
-        let png = encode(
-            &gradient(),
-            OutputFormat::Png,
-            None,
-            &EncodeSettings::default(),
-        )
-        .unwrap();
-        assert!(matches!(
-            decode(&png, 100),
-            Err(ImageError::TooLarge { .. })
-        ));
+        assert!(matches!(probe(b"not an image"), Err(ImageError::UnknownFormat)));
+        assert!(matches!(probe(b"\x89PNG\r\n\x1a\ntruncated"), Err(ImageError::Corrupt(_))));
+        let png = encode(&gradient(), OutputFormat::Png, None, &EncodeSettings::default()).unwrap();
+        assert!(matches!(decode(&png, 100), Err(ImageError::TooLarge { .. })));
     }
 }

@@ -80,9 +80,7 @@ pub fn flatten(image: &DynamicImage, background: Rgb<u8>) -> DynamicImage {
     let rgb = image::RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
         let p = rgba.get_pixel(x, y);
         let a = u32::from(p[3]);
-        Rgb(std::array::from_fn(|c| {
-            ((u32::from(p[c]) * a + u32::from(background[c]) * (255 - a) + 127) / 255) as u8
-        }))
+        Rgb(std::array::from_fn(|c| ((u32::from(p[c]) * a + u32::from(background[c]) * (255 - a) + 127) / 255) as u8))
     });
     DynamicImage::ImageRgb8(rgb)
 }
@@ -96,9 +94,8 @@ mod tests {
     fn opaque_mask_pixels_keep_the_source_exactly() {
         let generated = DynamicImage::ImageRgb8(RgbImage::from_pixel(4, 1, Rgb([0, 0, 0])));
         let source = DynamicImage::ImageRgb8(RgbImage::from_pixel(4, 1, Rgb([200, 100, 50])));
-        let mask = DynamicImage::ImageRgba8(RgbaImage::from_fn(4, 1, |x, _| {
-            Rgba([0, 0, 0, [0, 255, 128, 255][x as usize]])
-        }));
+        let mask =
+            DynamicImage::ImageRgba8(RgbaImage::from_fn(4, 1, |x, _| Rgba([0, 0, 0, [0, 255, 128, 255][x as usize]])));
         let out = apply_mask(&generated, &source, &mask).to_rgb8();
         assert_eq!(out.get_pixel(0, 0), &Rgb([0, 0, 0]));
         assert_eq!(out.get_pixel(1, 0), &Rgb([200, 100, 50]));
@@ -110,11 +107,6 @@ mod tests {
     fn flatten_blends_onto_the_background() {
         let rgba = DynamicImage::ImageRgba8(RgbaImage::from_pixel(1, 1, Rgba([0, 0, 0, 0])));
         assert!(has_transparency(&rgba));
-        assert_eq!(
-            flatten(&rgba, Rgb([255, 255, 255]))
-                .to_rgb8()
-                .get_pixel(0, 0),
-            &Rgb([255, 255, 255])
-        );
+        assert_eq!(flatten(&rgba, Rgb([255, 255, 255])).to_rgb8().get_pixel(0, 0), &Rgb([255, 255, 255]));
     }
 }

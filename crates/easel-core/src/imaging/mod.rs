@@ -23,9 +23,5 @@ pub enum ImageError {
     #[error("the image cannot be decoded: {0}")]
     Corrupt(String),
     #[error("the image is too large: {width}x{height} exceeds {max_pixels} pixels")]
-    TooLarge {
-        width: u32,
-        height: u32,
-        max_pixels: u64,
-    },
+    TooLarge { width: u32, height: u32, max_pixels: u64 },
 }

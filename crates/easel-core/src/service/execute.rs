@@ -33,25 +33,17 @@ impl ImageService {
             planned += n;
         }
 
-        let (partial_tx, forwarder) = match (&cx.partials, job.partial_images, caps.partial_images)
-        {
+        let (partial_tx, forwarder) = match (&cx.partials, job.partial_images, caps.partial_images) {
             (Some(out), wanted @ 1.., true) => {
                 let (tx, rx) = mpsc::channel(4);
-                let forward = forward_partials(
-                    rx,
-                    out.clone(),
-                    Finish::for_job(job, &self.settings),
-                    u32::from(wanted),
-                );
+                let forward =
+                    forward_partials(rx, out.clone(), Finish::for_job(job, &self.settings), u32::from(wanted));
                 (Some(tx), Some(tokio::spawn(forward)))
             }
             _ => (None, None),
         };
 
-        let call_cx = CallContext {
-            cancel: cx.cancel.clone(),
-            partials: partial_tx,
-        };
+        let call_cx = CallContext { cancel: cx.cancel.clone(), partials: partial_tx };
         let outputs = futures::stream::iter(calls)
             .map(|call| backend.call(call, call_cx.clone()))
             .buffered(self.settings.fan_out.max(1))
@@ -80,18 +72,13 @@ impl ImageService {
             revised_prompt = revised_prompt.or(output.revised_prompt);
             for image in output.images {
                 let (params, source, mask) = (finish_params.clone(), source.clone(), mask.clone());
-                images.push(
-                    blocking(move || finish(image, &params, source.as_deref(), mask.as_deref()))
-                        .await??,
-                );
+                images.push(blocking(move || finish(image, &params, source.as_deref(), mask.as_deref())).await??);
             }
         }
         if images.is_empty() {
-            return Err(BackendError::Upstream {
-                status: None,
-                message: "The backend returned no images.".into(),
-            }
-            .into());
+            return Err(
+                BackendError::Upstream { status: None, message: "The backend returned no images.".into() }.into()
+            );
         }
         if images.len() < job.n as usize {
             tracing::warn!(model = %job.model.id, asked = job.n, got = images.len(), "backend returned fewer images than asked for");
@@ -107,12 +94,7 @@ impl ImageService {
                 partials_sent,
             )
         });
-        Ok(JobOutput {
-            images,
-            usage,
-            revised_prompt,
-            partials_sent,
-        })
+        Ok(JobOutput { images, usage, revised_prompt, partials_sent })
     }
 
     fn call_for(
@@ -124,9 +106,7 @@ impl ImageService {
         native_masks: bool,
     ) -> BackendCall {
         let mut extensions = job.extensions.clone();
-        extensions.seed = extensions
-            .seed
-            .map(|seed| seed.wrapping_add(u64::from(offset)));
+        extensions.seed = extensions.seed.map(|seed| seed.wrapping_add(u64::from(offset)));
         BackendCall {
             operation: job.operation,
             model: job.model.id.clone(),
@@ -158,22 +138,12 @@ impl ImageService {
         };
         let (mask_bytes, first_bytes) = (mask.bytes.clone(), first.bytes.clone());
         let max = self.settings.max_input_pixels;
-        let (mask, first) = blocking(move || {
-            (
-                imaging::decode(&mask_bytes, max),
-                imaging::decode(&first_bytes, max),
-            )
-        })
-        .await?;
+        let (mask, first) =
+            blocking(move || (imaging::decode(&mask_bytes, max), imaging::decode(&first_bytes, max))).await?;
         let first = first.map_err(|e| {
-            CoreError::invalid_image(
-                Some("image".into()),
-                format!("Invalid image file or mode for image 1: {e}."),
-            )
+            CoreError::invalid_image(Some("image".into()), format!("Invalid image file or mode for image 1: {e}."))
         })?;
-        let mask = mask.map_err(|e| {
-            CoreError::invalid_image(Some("mask".into()), format!("Invalid mask: {e}."))
-        })?;
+        let mask = mask.map_err(|e| CoreError::invalid_image(Some("mask".into()), format!("Invalid mask: {e}.")))?;
         Ok((Some(Arc::new(first)), Some(Arc::new(mask))))
     }
 }
@@ -199,14 +169,7 @@ async fn forward_partials(
                 continue;
             }
         };
-        if out
-            .send(EncodedPartial {
-                index: sent,
-                bytes: encoded,
-            })
-            .await
-            .is_err()
-        {
+        if out.send(EncodedPartial { index: sent, bytes: encoded }).await.is_err() {
             break;
         }
         sent += 1;

@@ -50,16 +50,8 @@ pub struct ImageService {
 }
 
 impl ImageService {
-    pub fn new(
-        registry: Arc<ModelRegistry>,
-        fetcher: ImageFetcher,
-        settings: ServiceSettings,
-    ) -> Self {
-        Self {
-            registry,
-            fetcher,
-            settings,
-        }
+    pub fn new(registry: Arc<ModelRegistry>, fetcher: ImageFetcher, settings: ServiceSettings) -> Self {
+        Self { registry, fetcher, settings }
     }
 
     pub fn registry(&self) -> &Arc<ModelRegistry> {
@@ -73,7 +65,5 @@ impl ImageService {
 
 /// Runs CPU-bound work on the blocking pool; a panic there becomes an internal error.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| anyhow::anyhow!("pixel work failed: {e}"))
+    tokio::task::spawn_blocking(f).await.map_err(|e| anyhow::anyhow!("pixel work failed: {e}"))
 }

@@ -52,11 +52,7 @@ pub(super) fn finish(
                 && mask.is_none()
                 && params.background != Background::Opaque;
             if untouched {
-                return Ok(FinalImage {
-                    bytes,
-                    format,
-                    size,
-                });
+                return Ok(FinalImage { bytes, format, size });
             }
             imaging::decode(&bytes, params.max_pixels)?
         }
@@ -72,11 +68,7 @@ pub(super) fn finish(
         pixels = imaging::flatten(&pixels, WHITE);
     }
     let bytes = imaging::encode(&pixels, params.format, params.compression, &params.encode)?;
-    Ok(FinalImage {
-        bytes,
-        format: params.format,
-        size: params.size,
-    })
+    Ok(FinalImage { bytes, format: params.format, size: params.size })
 }
 
 /// Partial images are previews: encoded in the job's format at whatever size they come.
@@ -86,10 +78,6 @@ pub(super) fn finish_partial(image: OutputImage, params: &Finish) -> anyhow::Res
         OutputImage::Encoded { bytes, .. } => imaging::decode(&bytes, params.max_pixels)?,
         OutputImage::Pixels(pixels) => pixels,
     };
-    let pixels = if params.format == OutputFormat::Jpeg {
-        imaging::flatten(&pixels, WHITE)
-    } else {
-        pixels
-    };
+    let pixels = if params.format == OutputFormat::Jpeg { imaging::flatten(&pixels, WHITE) } else { pixels };
     imaging::encode(&pixels, params.format, params.compression, &params.encode)
 }

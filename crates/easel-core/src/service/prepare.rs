@@ -14,10 +14,7 @@ impl ImageService {
     pub async fn prepare(&self, request: ImageRequest) -> Result<ImageJob, CoreError> {
         let operation = request.operation;
         let model = match &request.model {
-            Some(id) => self
-                .registry
-                .get(id)
-                .ok_or_else(|| CoreError::ModelNotFound(id.clone()))?,
+            Some(id) => self.registry.get(id).ok_or_else(|| CoreError::ModelNotFound(id.clone()))?,
             None => self.registry.default_for(operation).ok_or_else(|| {
                 CoreError::invalid_value(
                     "model",
@@ -41,15 +38,11 @@ impl ImageService {
 
         let prompt = check_prompt(operation, request.prompt, &caps)?;
         let n = check_n(request.n, &caps)?;
-        let (images, mask) = self
-            .resolve_images(operation, request.images, request.mask, &caps)
-            .await?;
+        let (images, mask) = self.resolve_images(operation, request.images, request.mask, &caps).await?;
 
         let size = match request.size.unwrap_or(SizeRequest::Auto) {
             SizeRequest::Exact(size) => {
-                caps.sizes
-                    .check(size)
-                    .map_err(|m| CoreError::invalid_value("size", m))?;
+                caps.sizes.check(size).map_err(|m| CoreError::invalid_value("size", m))?;
                 size
             }
             SizeRequest::Auto => match images.first() {
@@ -64,17 +57,10 @@ impl ImageService {
             let names: Vec<&str> = caps.qualities.iter().map(|q| q.as_str()).collect();
             return Err(CoreError::invalid_value(
                 "quality",
-                format!(
-                    "Invalid value: '{quality}'. Supported values are: {}.",
-                    crate::types::quote_list(&names)
-                ),
+                format!("Invalid value: '{quality}'. Supported values are: {}.", crate::types::quote_list(&names)),
             ));
         }
-        let resolved_quality = if quality == Quality::Auto {
-            caps.default_quality
-        } else {
-            quality
-        };
+        let resolved_quality = if quality == Quality::Auto { caps.default_quality } else { quality };
 
         let output_format = request.output_format.unwrap_or(OutputFormat::Png);
         let background = request.background.unwrap_or(Background::Auto);
@@ -82,10 +68,7 @@ impl ImageService {
             if !caps.transparency {
                 return Err(CoreError::invalid_value(
                     "background",
-                    format!(
-                        "The model '{}' cannot make transparent backgrounds; use 'opaque' or 'auto'.",
-                        model.id
-                    ),
+                    format!("The model '{}' cannot make transparent backgrounds; use 'opaque' or 'auto'.", model.id),
                 ));
             }
             if !output_format.supports_alpha() {
@@ -96,11 +79,7 @@ impl ImageService {
             }
         }
 
-        let partial_images = if request.stream {
-            request.partial_images.unwrap_or(0)
-        } else {
-            0
-        };
+        let partial_images = if request.stream { request.partial_images.unwrap_or(0) } else { 0 };
         Ok(ImageJob {
             operation,
             model,
@@ -117,9 +96,7 @@ impl ImageService {
             output_compression: request.output_compression,
             moderation: request.moderation,
             input_fidelity: request.input_fidelity,
-            response_format: request
-                .response_format
-                .unwrap_or(self.settings.default_response_format),
+            response_format: request.response_format.unwrap_or(self.settings.default_response_format),
             stream: request.stream,
             partial_images,
             user: request.user,
@@ -160,25 +137,16 @@ impl ImageService {
                 ));
             }
             Operation::Variation if images.len() != 1 => {
-                return Err(CoreError::invalid_value(
-                    "image",
-                    "Image variations take exactly one image.",
-                ));
+                return Err(CoreError::invalid_value("image", "Image variations take exactly one image."));
             }
             _ => {}
         }
-        let limit = self
-            .settings
-            .max_input_images
-            .min(caps.max_input_images.max(1));
+        let limit = self.settings.max_input_images.min(caps.max_input_images.max(1));
         if images.len() > limit {
             return Err(CoreError::invalid(
                 "image",
                 InvalidCode::TooManyImages,
-                format!(
-                    "Too many images: {} were given, and this model takes at most {limit}.",
-                    images.len()
-                ),
+                format!("Too many images: {} were given, and this model takes at most {limit}.", images.len()),
             ));
         }
         let mut inputs = Vec::with_capacity(images.len());
@@ -190,13 +158,7 @@ impl ImageService {
             Some(named) => {
                 let param = named.param.clone();
                 let mask = self.load(named, 0).await?;
-                check_mask(
-                    &param,
-                    &mask,
-                    inputs[0].size,
-                    self.settings.max_input_pixels,
-                )
-                .await?;
+                check_mask(&param, &mask, inputs[0].size, self.settings.max_input_pixels).await?;
                 Some(mask)
             }
         };
@@ -234,20 +196,12 @@ impl ImageService {
             };
             return Err(image_error(&param, number, &e));
         }
-        Ok(InputImage {
-            bytes,
-            format,
-            size,
-        })
+        Ok(InputImage { bytes, format, size })
     }
 }
 
 fn image_error(param: &str, number: usize, error: &ImageError) -> CoreError {
-    let what = if number == 0 {
-        "the mask".to_string()
-    } else {
-        format!("image {number}")
-    };
+    let what = if number == 0 { "the mask".to_string() } else { format!("image {number}") };
     CoreError::invalid_image(
         Some(param.to_string()),
         format!(
@@ -256,11 +210,7 @@ fn image_error(param: &str, number: usize, error: &ImageError) -> CoreError {
     )
 }
 
-fn check_prompt(
-    operation: Operation,
-    prompt: Option<String>,
-    caps: &Capabilities,
-) -> Result<String, CoreError> {
+fn check_prompt(operation: Operation, prompt: Option<String>, caps: &Capabilities) -> Result<String, CoreError> {
     let prompt = prompt.unwrap_or_default();
     if operation != Operation::Variation && prompt.trim().is_empty() {
         return Err(CoreError::missing("prompt"));
@@ -294,19 +244,11 @@ fn check_n(n: Option<u32>, caps: &Capabilities) -> Result<u32, CoreError> {
 }
 
 /// The mask must decode, have an alpha channel and match the first image's size.
-async fn check_mask(
-    param: &str,
-    mask: &InputImage,
-    first: ImageSize,
-    max_pixels: u64,
-) -> Result<(), CoreError> {
+async fn check_mask(param: &str, mask: &InputImage, first: ImageSize, max_pixels: u64) -> Result<(), CoreError> {
     if mask.size != first {
         return Err(CoreError::invalid_value(
             param,
-            format!(
-                "The mask is {} but the first image is {first}; they must have the same dimensions.",
-                mask.size
-            ),
+            format!("The mask is {} but the first image is {first}; they must have the same dimensions.", mask.size),
         ));
     }
     let bytes = mask.bytes.clone();

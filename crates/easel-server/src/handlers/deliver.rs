@@ -52,13 +52,7 @@ impl Ledger {
         }
     }
 
-    fn usage_record(
-        &self,
-        outcome: String,
-        status: u16,
-        job: Option<&ImageJob>,
-        usage: Usage,
-    ) -> Option<UsageRecord> {
+    fn usage_record(&self, outcome: String, status: u16, job: Option<&ImageJob>, usage: Usage) -> Option<UsageRecord> {
         let (model, backend) = self.model.clone()?;
         Some(UsageRecord {
             id: uuid::Uuid::now_v7(),
@@ -82,8 +76,7 @@ impl Ledger {
     pub async fn failed(&self, error: ApiError) -> ApiError {
         let parts = error.parts();
         let outcome = parts.code.unwrap_or(parts.kind).to_string();
-        if let Some(record) =
-            self.usage_record(outcome, parts.status.as_u16(), None, Usage::default())
+        if let Some(record) = self.usage_record(outcome, parts.status.as_u16(), None, Usage::default())
             && let Err(e) = records::record(&self.state.db, &record, &[]).await
         {
             tracing::warn!(error = %e, "could not record a failed request");
@@ -97,12 +90,7 @@ impl Ledger {
         self.deliver_with(job, output, false).await
     }
 
-    pub async fn deliver_with(
-        &self,
-        job: &ImageJob,
-        output: JobOutput,
-        always_b64: bool,
-    ) -> ApiResult<ImagesResponse> {
+    pub async fn deliver_with(&self, job: &ImageJob, output: JobOutput, always_b64: bool) -> ApiResult<ImagesResponse> {
         let hosted = job.response_format == ResponseFormat::Url;
         let created = now();
         let expires = created + self.state.url_ttl_secs;
@@ -112,17 +100,12 @@ impl Ledger {
         for image in &output.images {
             let id = uuid::Uuid::now_v7();
             let name = format!("{id}.{}", image.format.extension());
-            let mut entry = ImageData {
-                revised_prompt: output.revised_prompt.clone(),
-                ..ImageData::default()
-            };
+            let mut entry = ImageData { revised_prompt: output.revised_prompt.clone(), ..ImageData::default() };
             let blob_key = if hosted {
                 let key = Blobs::key_for(&id, image.format.extension(), created);
                 if let Err(e) = self.state.blobs.put(&key, image.bytes.clone()).await {
                     cleanup(&self.state.blobs, &written).await;
-                    return Err(self
-                        .failed(ApiError::Internal(e.context("storing a hosted image")))
-                        .await);
+                    return Err(self.failed(ApiError::Internal(e.context("storing a hosted image"))).await);
                 }
                 written.push(key.clone());
                 entry.url = Some(self.hosted_url(&name, expires));
@@ -146,9 +129,7 @@ impl Ledger {
         }
         let record = self
             .usage_record("ok".into(), 200, Some(job), output.usage)
-            .ok_or_else(|| {
-                ApiError::Internal(anyhow::anyhow!("a job ran without a resolved model"))
-            })?;
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a job ran without a resolved model")))?;
         if let Err(e) = records::record(&self.state.db, &record, &images).await {
             cleanup(&self.state.blobs, &written).await;
             return Err(ApiError::Internal(e.context("recording usage")));

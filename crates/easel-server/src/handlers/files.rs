@@ -33,9 +33,7 @@ pub async fn get(
     Path(name): Path<String>,
     query: Result<Query<Signed>, QueryRejection>,
 ) -> ApiResult<Response> {
-    let (Some(expires), Some(signature)) =
-        query.map_or((None, None), |Query(q)| (q.expires, q.signature))
-    else {
+    let (Some(expires), Some(signature)) = query.map_or((None, None), |Query(q)| (q.expires, q.signature)) else {
         return Err(ApiError::Forbidden {
             message: "This image link is not signed.".into(),
             code: "invalid_signature",
@@ -45,10 +43,7 @@ pub async fn get(
     match state.signer.verify(&name, expires, &signature, now) {
         Verdict::Valid => {}
         Verdict::Expired => {
-            return Err(ApiError::Forbidden {
-                message: "This image link has expired.".into(),
-                code: "url_expired",
-            });
+            return Err(ApiError::Forbidden { message: "This image link has expired.".into(), code: "url_expired" });
         }
         Verdict::BadSignature => {
             return Err(ApiError::Forbidden {
@@ -59,19 +54,12 @@ pub async fn get(
     }
     let (id, extension) = name.rsplit_once('.').ok_or_else(not_found)?;
     let format = OutputFormat::from_extension(extension).ok_or_else(not_found)?;
-    let (key, _) = records::hosted_image(&state.db, id)
-        .await?
-        .ok_or_else(not_found)?;
+    let (key, _) = records::hosted_image(&state.db, id).await?.ok_or_else(not_found)?;
     let bytes = state.blobs.get(&key).await?.ok_or_else(not_found)?;
     let mut response = Body::from(bytes).into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(format.mime()),
-    );
-    if let Ok(value) =
-        HeaderValue::from_str(&format!("private, max-age={}", (expires - now).max(0)))
-    {
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.mime()));
+    if let Ok(value) = HeaderValue::from_str(&format!("private, max-age={}", (expires - now).max(0))) {
         headers.insert(header::CACHE_CONTROL, value);
     }
     Ok(response)

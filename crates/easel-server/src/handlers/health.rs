@@ -18,35 +18,13 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     let mut ready = true;
     let mut note = |name: String, result: Result<(), String>| {
         ready &= result.is_ok();
-        checks.insert(
-            name,
-            result.map_or_else(
-                |e| json!({"ok": false, "error": e}),
-                |()| json!({"ok": true}),
-            ),
-        );
+        checks.insert(name, result.map_or_else(|e| json!({"ok": false, "error": e}), |()| json!({"ok": true})));
     };
-    note(
-        "database".into(),
-        db::ping(&state.db).await.map_err(|e| e.to_string()),
-    );
-    note(
-        "blobs".into(),
-        state.blobs.check().await.map_err(|e| e.to_string()),
-    );
+    note("database".into(), db::ping(&state.db).await.map_err(|e| e.to_string()));
+    note("blobs".into(), state.blobs.check().await.map_err(|e| e.to_string()));
     for model in state.service.registry().all() {
-        note(
-            format!("model:{}", model.id),
-            model.backend.readiness().await,
-        );
+        note(format!("model:{}", model.id), model.backend.readiness().await);
     }
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(json!({"status": if ready { "ready" } else { "not_ready" }, "checks": checks})),
-    )
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"status": if ready { "ready" } else { "not_ready" }, "checks": checks})))
 }

@@ -18,36 +18,19 @@ use crate::error::ApiResult;
 use crate::extract;
 use crate::state::AppState;
 
-pub async fn generations(
-    State(state): State<AppState>,
-    caller: Caller,
-    request: Request,
-) -> ApiResult<Response> {
+pub async fn generations(State(state): State<AppState>, caller: Caller, request: Request) -> ApiResult<Response> {
     handle(state, caller, Operation::Generate, request).await
 }
 
-pub async fn edits(
-    State(state): State<AppState>,
-    caller: Caller,
-    request: Request,
-) -> ApiResult<Response> {
+pub async fn edits(State(state): State<AppState>, caller: Caller, request: Request) -> ApiResult<Response> {
     handle(state, caller, Operation::Edit, request).await
 }
 
-pub async fn variations(
-    State(state): State<AppState>,
-    caller: Caller,
-    request: Request,
-) -> ApiResult<Response> {
+pub async fn variations(State(state): State<AppState>, caller: Caller, request: Request) -> ApiResult<Response> {
     handle(state, caller, Operation::Variation, request).await
 }
 
-async fn handle(
-    state: AppState,
-    caller: Caller,
-    operation: Operation,
-    request: Request,
-) -> ApiResult<Response> {
+async fn handle(state: AppState, caller: Caller, operation: Operation, request: Request) -> ApiResult<Response> {
     let started = Instant::now();
     let request = extract::image_request(operation, &state, request).await?;
     let model = match &request.model {
@@ -57,14 +40,7 @@ async fn handle(
     if let Some(model) = &model {
         caller.check_model(&model.id)?;
     }
-    let ledger = deliver::Ledger::new(
-        &state,
-        &caller,
-        operation,
-        model.as_deref(),
-        request.user.clone(),
-        started,
-    );
+    let ledger = deliver::Ledger::new(&state, &caller, operation, model.as_deref(), request.user.clone(), started);
     let job = match state.service.prepare(request).await {
         Ok(job) => job,
         Err(e) => return Err(ledger.failed(e.into()).await),
@@ -77,24 +53,12 @@ async fn handle(
     let cancel = CancellationToken::new();
     let cancel_on_drop = cancel.clone().drop_guard();
     let task = tokio::spawn(async move {
-        match state
-            .service
-            .run(
-                &job,
-                JobContext {
-                    cancel,
-                    partials: None,
-                },
-            )
-            .await
-        {
+        match state.service.run(&job, JobContext { cancel, partials: None }).await {
             Ok(output) => ledger.deliver(&job, output).await,
             Err(e) => Err(ledger.failed(e.into()).await),
         }
     });
-    let response = task
-        .await
-        .map_err(|e| anyhow::anyhow!("the image job panicked: {e}"))??;
+    let response = task.await.map_err(|e| anyhow::anyhow!("the image job panicked: {e}"))??;
     cancel_on_drop.disarm();
     Ok(Json(response).into_response())
 }

@@ -28,9 +28,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Json<ModelObject>> {
     match state.service.registry().get(&id) {
-        Some(m) if caller.may_use(&m.id) => {
-            Ok(Json(ModelObject::new(&m.id, m.created, &m.owned_by)))
-        }
+        Some(m) if caller.may_use(&m.id) => Ok(Json(ModelObject::new(&m.id, m.created, &m.owned_by))),
         _ => Err(CoreError::ModelNotFound(id).into()),
     }
 }

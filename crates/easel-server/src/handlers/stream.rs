@@ -23,11 +23,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::storage::now;
 
-pub fn respond(
-    state: AppState,
-    ledger: Ledger,
-    job: ImageJob,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+pub fn respond(state: AppState, ledger: Ledger, job: ImageJob) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let (events, rx) = mpsc::channel::<Event>(8);
     let cancel = CancellationToken::new();
     let keep_alive = state.keep_alive;
@@ -40,13 +36,7 @@ pub fn respond(
     Sse::new(stream).keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive"))
 }
 
-async fn run(
-    state: AppState,
-    ledger: Ledger,
-    job: ImageJob,
-    events: mpsc::Sender<Event>,
-    cancel: CancellationToken,
-) {
+async fn run(state: AppState, ledger: Ledger, job: ImageJob, events: mpsc::Sender<Event>, cancel: CancellationToken) {
     let (partials_tx, mut partials_rx) = mpsc::channel::<EncodedPartial>(4);
     let partial_kind = partial_type(job.operation);
     let forward = {
@@ -55,10 +45,7 @@ async fn run(
             while let Some(partial) = partials_rx.recv().await {
                 let body = PartialImageEvent {
                     kind: partial_kind.clone(),
-                    b64_json: base64::Engine::encode(
-                        &base64::engine::general_purpose::STANDARD,
-                        &partial.bytes,
-                    ),
+                    b64_json: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &partial.bytes),
                     created_at: now(),
                     size: job.size.to_string(),
                     quality: job.resolved_quality,
@@ -74,10 +61,7 @@ async fn run(
             }
         }
     };
-    let context = JobContext {
-        cancel,
-        partials: Some(partials_tx),
-    };
+    let context = JobContext { cancel, partials: Some(partials_tx) };
     let (output, ()) = tokio::join!(state.service.run(&job, context), forward);
     let result = match output {
         Ok(output) => ledger.deliver_with(&job, output, true).await,
@@ -86,10 +70,7 @@ async fn run(
     match result {
         Ok(response) => {
             let kind = completed_type(job.operation);
-            let usage = response.usage.map(|u| UsageBody {
-                output_tokens_details: None,
-                ..u
-            });
+            let usage = response.usage.map(|u| UsageBody { output_tokens_details: None, ..u });
             for image in response.data {
                 let body = CompletedEvent {
                     kind: kind.clone(),
@@ -99,8 +80,7 @@ async fn run(
                     quality: job.resolved_quality,
                     background: job.resolved_background(),
                     output_format: job.output_format,
-                    usage: usage
-                        .unwrap_or_else(|| UsageBody::from_usage(&Default::default(), false)),
+                    usage: usage.unwrap_or_else(|| UsageBody::from_usage(&Default::default(), false)),
                     url: image.url,
                     revised_prompt: image.revised_prompt,
                 };

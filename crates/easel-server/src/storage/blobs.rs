@@ -16,12 +16,9 @@ pub struct Blobs {
 impl Blobs {
     /// A store rooted at `dir`, created if missing.
     pub fn local(dir: &std::path::Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
         let store = LocalFileSystem::new_with_prefix(dir)?.with_automatic_cleanup(true);
-        Ok(Self {
-            store: Arc::new(store),
-        })
+        Ok(Self { store: Arc::new(store) })
     }
 
     pub fn key_for(id: &uuid::Uuid, extension: &str, now: i64) -> String {
@@ -29,9 +26,7 @@ impl Blobs {
     }
 
     pub async fn put(&self, key: &str, bytes: Bytes) -> anyhow::Result<()> {
-        self.store
-            .put(&Path::from(key), PutPayload::from(bytes))
-            .await?;
+        self.store.put(&Path::from(key), PutPayload::from(bytes)).await?;
         Ok(())
     }
 

@@ -13,11 +13,7 @@ use sqlx::{Executor, SqlSafeStr};
 
 pub type Db = sqlx::Pool<sqlx::Any>;
 
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))];
 
 /// Opens (creating if needed) the database at `url` and applies pending migrations.
 pub async fn connect(url: &str) -> anyhow::Result<Db> {
@@ -33,17 +29,15 @@ pub async fn connect(url: &str) -> anyhow::Result<Db> {
             Box::pin(async move {
                 // WAL lets readers run beside the writer; the busy timeout queues writers
                 // instead of failing them.
-                conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;").await?;
+                conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;")
+                    .await?;
                 Ok(())
             })
         })
         .connect(url)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the database at {url}: {e}"))?;
-    migrator()
-        .run(&pool)
-        .await
-        .map_err(|e| anyhow::anyhow!("database migration failed: {e}"))?;
+    migrator().run(&pool).await.map_err(|e| anyhow::anyhow!("database migration failed: {e}"))?;
     Ok(pool)
 }
 
@@ -51,19 +45,10 @@ fn migrator() -> Migrator {
     let migrations = SQLITE_MIGRATIONS
         .iter()
         .map(|(version, name, sql)| {
-            Migration::new(
-                *version,
-                Cow::Borrowed(*name),
-                MigrationType::Simple,
-                sql.into_sql_str(),
-                false,
-            )
+            Migration::new(*version, Cow::Borrowed(*name), MigrationType::Simple, sql.into_sql_str(), false)
         })
         .collect::<Vec<_>>();
-    Migrator {
-        migrations: Cow::Owned(migrations),
-        ..Migrator::DEFAULT
-    }
+    Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
 }
 
 /// A cheap query, for `/readyz`.

@@ -30,9 +30,7 @@ pub struct KeyRecord {
 
 impl KeyRecord {
     pub fn allows(&self, model: &str) -> bool {
-        self.models
-            .as_ref()
-            .is_none_or(|m| m.iter().any(|id| id == model))
+        self.models.as_ref().is_none_or(|m| m.iter().any(|id| id == model))
     }
 }
 
@@ -55,11 +53,7 @@ fn hash(secret: &str) -> String {
 }
 
 fn random(len: usize) -> String {
-    rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(len)
-        .map(|b| char::from(b).to_ascii_lowercase())
-        .collect()
+    rand::rng().sample_iter(Alphanumeric).take(len).map(|b| char::from(b).to_ascii_lowercase()).collect()
 }
 
 #[derive(Debug, Clone)]
@@ -75,18 +69,8 @@ impl ApiKeys {
     pub async fn create(&self, name: &str, models: Option<Vec<String>>) -> anyhow::Result<NewKey> {
         anyhow::ensure!(!name.trim().is_empty(), "a key needs a name");
         let (id, secret) = (random(ID_LEN), random(SECRET_LEN));
-        let record = KeyRecord {
-            id: id.clone(),
-            name: name.to_string(),
-            models,
-            created_at: now(),
-            revoked_at: None,
-        };
-        let models_json = record
-            .models
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()?;
+        let record = KeyRecord { id: id.clone(), name: name.to_string(), models, created_at: now(), revoked_at: None };
+        let models_json = record.models.as_ref().map(serde_json::to_string).transpose()?;
         sqlx::query("INSERT INTO api_keys (id, name, secret_hash, models, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(&record.id)
             .bind(&record.name)
@@ -95,30 +79,24 @@ impl ApiKeys {
             .bind(record.created_at)
             .execute(&self.db)
             .await?;
-        Ok(NewKey {
-            record,
-            plaintext: format!("{PREFIX}{id}-{secret}"),
-        })
+        Ok(NewKey { record, plaintext: format!("{PREFIX}{id}-{secret}") })
     }
 
     pub async fn list(&self) -> anyhow::Result<Vec<KeyRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, name, models, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
-        )
-        .fetch_all(&self.db)
-        .await?;
+        let rows = sqlx::query("SELECT id, name, models, created_at, revoked_at FROM api_keys ORDER BY created_at, id")
+            .fetch_all(&self.db)
+            .await?;
         rows.iter().map(record).collect()
     }
 
     /// Revokes by id (or by the whole key); false when no active key matched.
     pub async fn revoke(&self, id_or_key: &str) -> anyhow::Result<bool> {
         let id = parse(id_or_key).map_or(id_or_key, |(id, _)| id);
-        let done =
-            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                .bind(now())
-                .bind(id)
-                .execute(&self.db)
-                .await?;
+        let done = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(now())
+            .bind(id)
+            .execute(&self.db)
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -135,17 +113,12 @@ impl ApiKeys {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let stored: String = row.try_get("secret_hash")?;
-        if bool::from(stored.as_bytes().ct_eq(hash(secret).as_bytes())) {
-            Ok(Some(record(&row)?))
-        } else {
-            Ok(None)
-        }
+        if bool::from(stored.as_bytes().ct_eq(hash(secret).as_bytes())) { Ok(Some(record(&row)?)) } else { Ok(None) }
     }
 
     pub async fn any_active(&self) -> anyhow::Result<bool> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_keys WHERE revoked_at IS NULL")
-            .fetch_one(&self.db)
-            .await?;
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM api_keys WHERE revoked_at IS NULL").fetch_one(&self.db).await?;
         Ok(row.try_get::<i64, _>("n")? > 0)
     }
 }

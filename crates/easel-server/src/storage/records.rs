@@ -88,12 +88,13 @@ pub async fn record(db: &Db, usage: &UsageRecord, images: &[ImageRecord]) -> any
 
 /// A hosted image's blob key and expiry, if it exists and was not swept.
 pub async fn hosted_image(db: &Db, id: &str) -> anyhow::Result<Option<(String, Option<i64>)>> {
-    let row = sqlx::query("SELECT blob_key, expires_at FROM images WHERE id = $1 AND blob_key IS NOT NULL AND deleted_at IS NULL")
-        .bind(id)
-        .fetch_optional(db)
-        .await?;
-    row.map(|r| Ok((r.try_get("blob_key")?, r.try_get("expires_at")?)))
-        .transpose()
+    let row = sqlx::query(
+        "SELECT blob_key, expires_at FROM images WHERE id = $1 AND blob_key IS NOT NULL AND deleted_at IS NULL",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    row.map(|r| Ok((r.try_get("blob_key")?, r.try_get("expires_at")?))).transpose()
 }
 
 /// Up to `limit` hosted images whose links expired before `now`.
@@ -106,16 +107,10 @@ pub async fn expired(db: &Db, now: i64, limit: i64) -> anyhow::Result<Vec<(Strin
     .bind(limit)
     .fetch_all(db)
     .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get("id")?, r.try_get("blob_key")?)))
-        .collect()
+    rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("blob_key")?))).collect()
 }
 
 pub async fn mark_deleted(db: &Db, id: &str, now: i64) -> anyhow::Result<()> {
-    sqlx::query("UPDATE images SET deleted_at = $1 WHERE id = $2")
-        .bind(now)
-        .bind(id)
-        .execute(db)
-        .await?;
+    sqlx::query("UPDATE images SET deleted_at = $1 WHERE id = $2").bind(now).bind(id).execute(db).await?;
     Ok(())
 }

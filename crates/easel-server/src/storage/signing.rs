@@ -26,10 +26,7 @@ pub enum Verdict {
 
 impl UrlSigner {
     pub fn new(key: Vec<u8>) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            key.len() >= 16,
-            "the URL signing key must have at least 16 bytes"
-        );
+        anyhow::ensure!(key.len() >= 16, "the URL signing key must have at least 16 bytes");
         Ok(Self { key })
     }
 
@@ -63,9 +60,8 @@ impl UrlSigner {
 /// store must share it), else a random key kept in `data_dir/url-signing.key`.
 pub fn load_key(env: Option<&str>, data_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     if let Some(var) = env {
-        let value = std::env::var(var).map_err(|_| {
-            anyhow::anyhow!("auth.url_signing_key_env names {var}, which is not set")
-        })?;
+        let value = std::env::var(var)
+            .map_err(|_| anyhow::anyhow!("auth.url_signing_key_env names {var}, which is not set"))?;
         return Ok(value.into_bytes());
     }
     let path = data_dir.join("url-signing.key");

@@ -18,45 +18,18 @@ async fn keyless_loopback_servers_are_open_until_a_key_exists() {
 
     let key = app.app_state.keys.create("ci", None).await.unwrap();
     let request = |token: Option<&str>| {
-        let r = app
-            .client
-            .post(app.url("/v1/images/generations"))
-            .json(&json!({"model": "test-image", "prompt": "p"}));
+        let r = app.client.post(app.url("/v1/images/generations")).json(&json!({"model": "test-image", "prompt": "p"}));
         match token {
             Some(t) => r.bearer_auth(t),
             None => r,
         }
     };
-    assert_error(
-        request(None).send().await.unwrap(),
-        401,
-        None,
-        "invalid_api_key",
-    )
-    .await;
-    assert_error(
-        request(Some("sk-anything")).send().await.unwrap(),
-        401,
-        None,
-        "invalid_api_key",
-    )
-    .await;
+    assert_error(request(None).send().await.unwrap(), 401, None, "invalid_api_key").await;
+    assert_error(request(Some("sk-anything")).send().await.unwrap(), 401, None, "invalid_api_key").await;
     let forged = format!("{}x", &key.plaintext[..key.plaintext.len() - 1]);
-    assert_error(
-        request(Some(&forged)).send().await.unwrap(),
-        401,
-        None,
-        "invalid_api_key",
-    )
-    .await;
+    assert_error(request(Some(&forged)).send().await.unwrap(), 401, None, "invalid_api_key").await;
     json_body(request(Some(&key.plaintext)).send().await.unwrap(), 200).await;
-    assert_error(
-        app.client.get(app.url("/v1/models")).send().await.unwrap(),
-        401,
-        None,
-        "invalid_api_key",
-    )
-    .await;
+    assert_error(app.client.get(app.url("/v1/models")).send().await.unwrap(), 401, None, "invalid_api_key").await;
 
     assert!(app.app_state.keys.revoke(&key.record.id).await.unwrap());
     // The last key is gone: loopback serves open again.
@@ -66,12 +39,7 @@ async fn keyless_loopback_servers_are_open_until_a_key_exists() {
 #[tokio::test]
 async fn keys_limited_to_models() {
     let app = spawn_app().await;
-    let key = app
-        .app_state
-        .keys
-        .create("limited", Some(vec!["test-fixed".into()]))
-        .await
-        .unwrap();
+    let key = app.app_state.keys.create("limited", Some(vec!["test-fixed".into()])).await.unwrap();
     let response = app
         .client
         .post(app.url("/v1/images/generations"))
@@ -90,30 +58,11 @@ async fn keys_limited_to_models() {
         .await
         .unwrap();
     json_body(response, 200).await;
-    let list = json_body(
-        app.client
-            .get(app.url("/v1/models"))
-            .bearer_auth(&key.plaintext)
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
-    let ids: Vec<&str> = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
+    let list =
+        json_body(app.client.get(app.url("/v1/models")).bearer_auth(&key.plaintext).send().await.unwrap(), 200).await;
+    let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["test-fixed"]);
-    let hidden = app
-        .client
-        .get(app.url("/v1/models/test-image"))
-        .bearer_auth(&key.plaintext)
-        .send()
-        .await
-        .unwrap();
+    let hidden = app.client.get(app.url("/v1/models/test-image")).bearer_auth(&key.plaintext).send().await.unwrap();
     assert_error(hidden, 404, Some("model"), "model_not_found").await;
 }
 
@@ -123,69 +72,30 @@ async fn non_loopback_binds_need_keys_or_an_explicit_opt_out() {
     let mut config = easel_server::config::Config::default();
     config.storage.data_dir = dir.path().to_path_buf();
     config.server.bind = "0.0.0.0:0".into();
-    let error = easel_server::startup::Application::build(config.clone())
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
+    let error = easel_server::startup::Application::build(config.clone()).await.err().expect("refused").to_string();
     assert!(error.contains("--insecure-no-auth"), "{error}");
     config.server.insecure_no_auth = true;
-    assert!(
-        easel_server::startup::Application::build(config)
-            .await
-            .is_ok()
-    );
+    assert!(easel_server::startup::Application::build(config).await.is_ok());
 }
 
 #[tokio::test]
 async fn the_keys_cli_creates_lists_and_revokes() {
     let dir = tempfile::tempdir().unwrap();
     let easel = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_easel"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let output =
+            Command::new(env!("CARGO_BIN_EXE_easel")).args(args).arg("--data-dir").arg(dir.path()).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap()
     };
-    let key = easel(&[
-        "keys",
-        "create",
-        "--name",
-        "alice",
-        "--models",
-        "test-image,test-fixed",
-    ])
-    .trim()
-    .to_string();
+    let key = easel(&["keys", "create", "--name", "alice", "--models", "test-image,test-fixed"]).trim().to_string();
     assert!(key.starts_with("sk-easel-"), "{key}");
     let list = easel(&["keys", "list"]);
-    assert!(
-        list.contains("alice") && list.contains("active") && list.contains("test-image,test-fixed"),
-        "{list}"
-    );
+    assert!(list.contains("alice") && list.contains("active") && list.contains("test-image,test-fixed"), "{list}");
     assert!(!list.contains(&key), "secrets are never listed");
 
     // A server on that data directory now requires the key.
-    let app = spawn_app_with(
-        |c| c.storage.data_dir = dir.path().to_path_buf(),
-        test_models(),
-    )
-    .await;
-    assert_error(
-        app.generate(json!({"model": "test-image", "prompt": "p"}))
-            .await,
-        401,
-        None,
-        "invalid_api_key",
-    )
-    .await;
+    let app = spawn_app_with(|c| c.storage.data_dir = dir.path().to_path_buf(), test_models()).await;
+    assert_error(app.generate(json!({"model": "test-image", "prompt": "p"})).await, 401, None, "invalid_api_key").await;
     let ok = app
         .client
         .post(app.url("/v1/images/generations"))
@@ -196,12 +106,7 @@ async fn the_keys_cli_creates_lists_and_revokes() {
         .unwrap();
     json_body(ok, 200).await;
 
-    let id = key
-        .trim_start_matches("sk-easel-")
-        .split('-')
-        .next()
-        .unwrap()
-        .to_string();
+    let id = key.trim_start_matches("sk-easel-").split('-').next().unwrap().to_string();
     easel(&["keys", "revoke", &id]);
     assert!(easel(&["keys", "list"]).contains("revoked"));
 }

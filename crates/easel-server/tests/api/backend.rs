@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use easel_core::backend::{
-    BackendCall, BackendOutput, CallContext, Capabilities, ImageBackend, OutputImage, PartialImage,
-    SizeRule,
+    BackendCall, BackendOutput, CallContext, Capabilities, ImageBackend, OutputImage, PartialImage, SizeRule,
 };
 use easel_core::error::BackendError;
 use easel_core::types::{ImageSize, Operation, OutputFormat, Quality};
@@ -67,11 +66,7 @@ impl TestBackend {
 /// The colour the test backend paints image `index` of a call.
 pub fn colour(prompt: &str, seed: Option<u64>, index: u32) -> Rgb<u8> {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in prompt
-        .bytes()
-        .chain(seed.unwrap_or(0).to_le_bytes())
-        .chain(index.to_le_bytes())
-    {
+    for b in prompt.bytes().chain(seed.unwrap_or(0).to_le_bytes()).chain(index.to_le_bytes()) {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     Rgb([(h >> 8) as u8, (h >> 24) as u8, (h >> 40) as u8])
@@ -87,11 +82,7 @@ impl ImageBackend for TestBackend {
         &self.caps
     }
 
-    async fn call(
-        &self,
-        call: BackendCall,
-        cx: CallContext,
-    ) -> Result<BackendOutput, BackendError> {
+    async fn call(&self, call: BackendCall, cx: CallContext) -> Result<BackendOutput, BackendError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         *self.last_call.lock().unwrap() = Some(call.clone());
         if let Some(error) = self.fail_with.lock().unwrap().take() {
@@ -101,10 +92,7 @@ impl ImageBackend for TestBackend {
             for index in 0..u32::from(call.partial_images) {
                 let preview = RgbImage::from_pixel(8, 8, Rgb([index as u8 * 40, 0, 0]));
                 let _ = partials
-                    .send(PartialImage {
-                        index,
-                        image: OutputImage::Pixels(DynamicImage::ImageRgb8(preview)),
-                    })
+                    .send(PartialImage { index, image: OutputImage::Pixels(DynamicImage::ImageRgb8(preview)) })
                     .await;
             }
         }
@@ -126,26 +114,14 @@ impl ImageBackend for TestBackend {
                     DynamicImage::ImageRgb8(RgbImage::from_pixel(size.width, size.height, c))
                 };
                 if self.encoded {
-                    let bytes = easel_core::imaging::encode(
-                        &pixels,
-                        OutputFormat::Png,
-                        None,
-                        &Default::default(),
-                    )
-                    .unwrap();
-                    OutputImage::Encoded {
-                        bytes,
-                        format: OutputFormat::Png,
-                    }
+                    let bytes =
+                        easel_core::imaging::encode(&pixels, OutputFormat::Png, None, &Default::default()).unwrap();
+                    OutputImage::Encoded { bytes, format: OutputFormat::Png }
                 } else {
                     OutputImage::Pixels(pixels)
                 }
             })
             .collect();
-        Ok(BackendOutput {
-            images,
-            revised_prompt: None,
-            usage: None,
-        })
+        Ok(BackendOutput { images, revised_prompt: None, usage: None })
     }
 }

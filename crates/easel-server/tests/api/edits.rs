@@ -8,8 +8,7 @@ use reqwest::multipart::Form;
 use serde_json::json;
 
 use crate::helpers::{
-    assert_error, data_url, file_part, images, json_body, mask, png, spawn_app, spawn_app_with,
-    test_models,
+    assert_error, data_url, file_part, images, json_body, mask, png, spawn_app, spawn_app_with, test_models,
 };
 
 /// A loopback server that serves `bytes` at `/a.png`; returns its `host:port`.
@@ -31,13 +30,7 @@ async fn single_image_part_and_auto_size() {
     let body = json_body(app.post_form("/v1/images/edits", form).await, 200).await;
     assert_eq!(body["size"], "48x32");
     assert_eq!(images(&body)[0].dimensions(), (48, 32));
-    let call = app
-        .backend("test-image")
-        .last_call
-        .lock()
-        .unwrap()
-        .clone()
-        .unwrap();
+    let call = app.backend("test-image").last_call.lock().unwrap().clone().unwrap();
     assert_eq!(call.images.len(), 1);
     assert!(call.mask.is_none(), "the backend has no native masks");
 }
@@ -56,27 +49,9 @@ async fn sdk_list_form_with_mask_keeps_opaque_pixels() {
         .part("mask", file_part(mask, "mask.png"));
     let body = json_body(app.post_form("/v1/images/edits", form).await, 200).await;
     let out = images(&body)[0].to_rgb8();
-    assert_eq!(
-        out.get_pixel(3, 3).0,
-        [200, 100, 50],
-        "opaque mask pixels keep the source"
-    );
-    assert_ne!(
-        out.get_pixel(30, 3).0,
-        [200, 100, 50],
-        "transparent mask pixels are edited"
-    );
-    assert_eq!(
-        app.backend("test-image")
-            .last_call
-            .lock()
-            .unwrap()
-            .as_ref()
-            .unwrap()
-            .images
-            .len(),
-        2
-    );
+    assert_eq!(out.get_pixel(3, 3).0, [200, 100, 50], "opaque mask pixels keep the source");
+    assert_ne!(out.get_pixel(30, 3).0, [200, 100, 50], "transparent mask pixels are edited");
+    assert_eq!(app.backend("test-image").last_call.lock().unwrap().as_ref().unwrap().images.len(), 2);
 }
 
 #[tokio::test]
@@ -107,28 +82,15 @@ async fn seed_003_multipart_names_and_fields() {
     let image = app.client.get(url).send().await.unwrap();
     assert_eq!(image.status(), 200);
     assert_eq!(image.headers()["content-type"], "image/png");
-    let call = app
-        .backend("test-image")
-        .last_call
-        .lock()
-        .unwrap()
-        .clone()
-        .unwrap();
+    let call = app.backend("test-image").last_call.lock().unwrap().clone().unwrap();
     assert_eq!(call.images.len(), 2);
-    assert_eq!(
-        call.input_fidelity,
-        Some(easel_core::types::InputFidelity::High)
-    );
+    assert_eq!(call.input_fidelity, Some(easel_core::types::InputFidelity::High));
 }
 
 #[tokio::test]
 async fn image_text_parts_hold_data_urls_and_allowed_urls() {
     let host = image_host(png(24, 16, [7, 7, 7])).await;
-    let app = spawn_app_with(
-        |c| c.server.allow_image_hosts = vec![format!("http://{host}")],
-        test_models(),
-    )
-    .await;
+    let app = spawn_app_with(|c| c.server.allow_image_hosts = vec![format!("http://{host}")], test_models()).await;
     let form = Form::new()
         .text("model", "test-image")
         .text("prompt", "p")
@@ -136,30 +98,12 @@ async fn image_text_parts_hold_data_urls_and_allowed_urls() {
         .text("image[]", format!("http://{host}/a.png"));
     let body = json_body(app.post_form("/v1/images/edits", form).await, 200).await;
     assert_eq!(body["size"], "24x16");
-    assert_eq!(
-        app.backend("test-image")
-            .last_call
-            .lock()
-            .unwrap()
-            .as_ref()
-            .unwrap()
-            .images
-            .len(),
-        2
-    );
+    assert_eq!(app.backend("test-image").last_call.lock().unwrap().as_ref().unwrap().images.len(), 2);
     // A host that is not allowed.
     let other = image_host(png(8, 8, [1, 1, 1])).await;
-    let form = Form::new()
-        .text("model", "test-image")
-        .text("prompt", "p")
-        .text("image", format!("http://{other}/a.png"));
-    assert_error(
-        app.post_form("/v1/images/edits", form).await,
-        400,
-        Some("image"),
-        "invalid_image_url",
-    )
-    .await;
+    let form =
+        Form::new().text("model", "test-image").text("prompt", "p").text("image", format!("http://{other}/a.png"));
+    assert_error(app.post_form("/v1/images/edits", form).await, 400, Some("image"), "invalid_image_url").await;
 }
 
 #[tokio::test]
@@ -181,10 +125,7 @@ async fn seed_002_ig1_json_edit_verbatim() {
         200,
     )
     .await;
-    assert_eq!(
-        (body["size"].as_str(), body["quality"].as_str()),
-        (Some("1280x720"), Some("low"))
-    );
+    assert_eq!((body["size"].as_str(), body["quality"].as_str()), (Some("1280x720"), Some("low")));
     assert_eq!(images(&body)[0].dimensions(), (1280, 720));
 }
 
@@ -211,35 +152,25 @@ async fn json_edit_with_mask_and_image_field() {
 #[tokio::test]
 async fn seed_000_qwen_edits() {
     let host = image_host(png(40, 24, [3, 3, 3])).await;
-    let app = spawn_app_with(
-        |c| c.server.allow_image_hosts = vec![format!("http://{host}")],
-        test_models(),
-    )
-    .await;
+    let app = spawn_app_with(|c| c.server.allow_image_hosts = vec![format!("http://{host}")], test_models()).await;
     // Inline URL and data URL in the content string.
     let content = format!(
         "Remove the background of http://{host}/a.png and {} then replace it with white.",
         data_url(&png(40, 24, [1, 1, 1]))
     );
     let body = json_body(
-        app.post_json("/v1/images/edits", &json!({"model": "test-image", "input": {"messages": [{"role": "user", "content": content}]}, "n": 2}))
-            .await,
+        app.post_json(
+            "/v1/images/edits",
+            &json!({"model": "test-image", "input": {"messages": [{"role": "user", "content": content}]}, "n": 2}),
+        )
+        .await,
         200,
     )
     .await;
     assert_eq!(images(&body).len(), 2);
-    let call = app
-        .backend("test-image")
-        .last_call
-        .lock()
-        .unwrap()
-        .clone()
-        .unwrap();
+    let call = app.backend("test-image").last_call.lock().unwrap().clone().unwrap();
     assert_eq!(call.images.len(), 2);
-    assert_eq!(
-        call.prompt,
-        "Remove the background of and then replace it with white."
-    );
+    assert_eq!(call.prompt, "Remove the background of and then replace it with white.");
     // Parts.
     let body = json_body(
         app.post_json(

@@ -6,86 +6,24 @@ use easel_core::error::BackendError;
 use reqwest::multipart::Form;
 use serde_json::json;
 
-use crate::helpers::{
-    assert_error, data_url, file_part, json_body, mask, png, spawn_app, spawn_app_with, test_models,
-};
+use crate::helpers::{assert_error, data_url, file_part, json_body, mask, png, spawn_app, spawn_app_with, test_models};
 
 #[tokio::test]
 async fn parameter_errors_name_the_parameter() {
     let app = spawn_app().await;
     let cases = [
-        (
-            json!({"model": "test-image"}),
-            400,
-            Some("prompt"),
-            "missing_required_parameter",
-        ),
-        (
-            json!({"model": "test-image", "prompt": "  "}),
-            400,
-            Some("prompt"),
-            "missing_required_parameter",
-        ),
-        (
-            json!({"model": "test-image", "prompt": "p", "n": 11}),
-            400,
-            Some("n"),
-            "integer_above_max_value",
-        ),
-        (
-            json!({"model": "test-image", "prompt": "p", "n": 0}),
-            400,
-            Some("n"),
-            "integer_below_min_value",
-        ),
-        (
-            json!({"model": "test-image", "prompt": "p", "n": "many"}),
-            400,
-            Some("n"),
-            "invalid_type",
-        ),
-        (
-            json!({"model": "test-dalle", "prompt": "p", "n": 2}),
-            400,
-            Some("n"),
-            "integer_above_max_value",
-        ),
-        (
-            json!({"model": "test-image", "prompt": "p", "size": "1001x1001"}),
-            400,
-            Some("size"),
-            "invalid_value",
-        ),
-        (
-            json!({"model": "test-image", "prompt": "p", "size": "4096x4096"}),
-            400,
-            Some("size"),
-            "invalid_value",
-        ),
-        (
-            json!({"model": "test-dalle", "prompt": "p", "size": "1024x1024"}),
-            400,
-            Some("size"),
-            "invalid_value",
-        ),
-        (
-            json!({"model": "test-dalle", "prompt": "p", "quality": "low"}),
-            400,
-            Some("quality"),
-            "invalid_value",
-        ),
-        (
-            json!({"model": "test-dalle", "prompt": "p".repeat(41)}),
-            400,
-            Some("prompt"),
-            "invalid_value",
-        ),
-        (
-            json!({"model": "test-image", "prompt": "p", "foo": 1}),
-            400,
-            Some("foo"),
-            "unknown_parameter",
-        ),
+        (json!({"model": "test-image"}), 400, Some("prompt"), "missing_required_parameter"),
+        (json!({"model": "test-image", "prompt": "  "}), 400, Some("prompt"), "missing_required_parameter"),
+        (json!({"model": "test-image", "prompt": "p", "n": 11}), 400, Some("n"), "integer_above_max_value"),
+        (json!({"model": "test-image", "prompt": "p", "n": 0}), 400, Some("n"), "integer_below_min_value"),
+        (json!({"model": "test-image", "prompt": "p", "n": "many"}), 400, Some("n"), "invalid_type"),
+        (json!({"model": "test-dalle", "prompt": "p", "n": 2}), 400, Some("n"), "integer_above_max_value"),
+        (json!({"model": "test-image", "prompt": "p", "size": "1001x1001"}), 400, Some("size"), "invalid_value"),
+        (json!({"model": "test-image", "prompt": "p", "size": "4096x4096"}), 400, Some("size"), "invalid_value"),
+        (json!({"model": "test-dalle", "prompt": "p", "size": "1024x1024"}), 400, Some("size"), "invalid_value"),
+        (json!({"model": "test-dalle", "prompt": "p", "quality": "low"}), 400, Some("quality"), "invalid_value"),
+        (json!({"model": "test-dalle", "prompt": "p".repeat(41)}), 400, Some("prompt"), "invalid_value"),
+        (json!({"model": "test-image", "prompt": "p", "foo": 1}), 400, Some("foo"), "unknown_parameter"),
         (
             json!({"model": "test-image", "prompt": "p", "output_format": "gif"}),
             400,
@@ -116,12 +54,7 @@ async fn parameter_errors_name_the_parameter() {
             Some("response_format"),
             "invalid_value",
         ),
-        (
-            json!({"model": "nope", "prompt": "p"}),
-            404,
-            Some("model"),
-            "model_not_found",
-        ),
+        (json!({"model": "nope", "prompt": "p"}), 404, Some("model"), "model_not_found"),
     ];
     for (body, status, param, code) in cases {
         let message = assert_error(app.generate(body.clone()).await, status, param, code).await;
@@ -131,49 +64,23 @@ async fn parameter_errors_name_the_parameter() {
 
 #[tokio::test]
 async fn lenient_mode_ignores_unknown_parameters() {
-    let app = spawn_app_with(
-        |c| c.server.unknown_parameters = easel_wire::request::UnknownParams::Ignore,
-        test_models(),
-    )
-    .await;
-    json_body(
-        app.generate(json!({"model": "test-image", "prompt": "p", "foo": 1, "bar": {"x": 2}}))
-            .await,
-        200,
-    )
-    .await;
+    let app =
+        spawn_app_with(|c| c.server.unknown_parameters = easel_wire::request::UnknownParams::Ignore, test_models())
+            .await;
+    json_body(app.generate(json!({"model": "test-image", "prompt": "p", "foo": 1, "bar": {"x": 2}})).await, 200).await;
 }
 
 #[tokio::test]
 async fn malformed_bodies_and_media_types() {
     let app = spawn_app().await;
     let url = app.url("/v1/images/generations");
-    let response = app
-        .client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body("{\"prompt\": ")
-        .send()
-        .await
-        .unwrap();
+    let response =
+        app.client.post(&url).header("content-type", "application/json").body("{\"prompt\": ").send().await.unwrap();
     assert_error(response, 400, None, "invalid_json").await;
-    let response = app
-        .client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body("[1, 2]")
-        .send()
-        .await
-        .unwrap();
+    let response =
+        app.client.post(&url).header("content-type", "application/json").body("[1, 2]").send().await.unwrap();
     assert_error(response, 400, None, "invalid_json").await;
-    let response = app
-        .client
-        .post(&url)
-        .header("content-type", "text/plain")
-        .body("draw a cat")
-        .send()
-        .await
-        .unwrap();
+    let response = app.client.post(&url).header("content-type", "text/plain").body("draw a cat").send().await.unwrap();
     assert_error(response, 415, None, "unsupported_media_type").await;
     let edits = app.url("/v1/images/edits");
     let response = app
@@ -185,23 +92,10 @@ async fn malformed_bodies_and_media_types() {
         .await
         .unwrap();
     assert_error(response, 400, None, "invalid_multipart").await;
-    let response = app
-        .client
-        .post(&edits)
-        .header("content-type", "multipart/form-data")
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let response =
+        app.client.post(&edits).header("content-type", "multipart/form-data").body("x").send().await.unwrap();
     assert_error(response, 400, None, "invalid_multipart").await;
-    let response = app
-        .client
-        .post(&edits)
-        .header("content-type", "application/xml")
-        .body("<x/>")
-        .send()
-        .await
-        .unwrap();
+    let response = app.client.post(&edits).header("content-type", "application/xml").body("<x/>").send().await.unwrap();
     assert_error(response, 415, None, "unsupported_media_type").await;
 }
 
@@ -210,16 +104,8 @@ async fn bodies_over_the_limit_get_a_413() {
     let app = spawn_app_with(|c| c.server.max_body_bytes = 4096, test_models()).await;
     let big = json!({"model": "test-image", "prompt": "p".repeat(8000)});
     assert_error(app.generate(big).await, 413, None, "request_too_large").await;
-    let form = Form::new()
-        .text("prompt", "p")
-        .part("image", file_part(vec![0x89; 9000], "big.png"));
-    assert_error(
-        app.post_form("/v1/images/edits", form).await,
-        413,
-        None,
-        "request_too_large",
-    )
-    .await;
+    let form = Form::new().text("prompt", "p").part("image", file_part(vec![0x89; 9000], "big.png"));
+    assert_error(app.post_form("/v1/images/edits", form).await, 413, None, "request_too_large").await;
 }
 
 #[tokio::test]
@@ -248,30 +134,15 @@ async fn image_errors() {
         form = form.part("image[]", file_part(png(8, 8, [1, 2, 3]), "a.png"));
     }
     assert_error(edit(form).await, 400, Some("image"), "too_many_images").await;
-    let form = Form::new()
-        .text("prompt", "p")
-        .text("model", "test-image")
-        .text("image", "<string>");
+    let form = Form::new().text("prompt", "p").text("model", "test-image").text("image", "<string>");
     assert_error(edit(form).await, 400, Some("image"), "invalid_type").await;
     let form = Form::new().text("prompt", "p").text("model", "test-image");
-    assert_error(
-        edit(form).await,
-        400,
-        Some("image"),
-        "missing_required_parameter",
-    )
-    .await;
+    assert_error(edit(form).await, 400, Some("image"), "missing_required_parameter").await;
     let form = Form::new()
         .text("prompt", "p")
         .text("model", "test-dalle")
         .part("image", file_part(png(8, 8, [1, 2, 3]), "a.png"));
-    assert_error(
-        edit(form).await,
-        400,
-        Some("model"),
-        "unsupported_operation",
-    )
-    .await;
+    assert_error(edit(form).await, 400, Some("model"), "unsupported_operation").await;
 
     assert_error(
         app.post_json(
@@ -284,15 +155,41 @@ async fn image_errors() {
         "unsupported_file_id",
     )
     .await;
-    assert_error(app.post_json("/v1/images/edits", &json!({"prompt": "p", "model": "test-image", "images": [{"image_url": "https://example.com/a.png"}]})).await, 400, Some("images[0].image_url"), "invalid_image_url").await;
-    assert_error(app.post_json("/v1/images/edits", &json!({"prompt": "p", "model": "test-image", "images": [{"image_url": "data:image/png;base64,!!!"}]})).await, 400, Some("images[0].image_url"), "invalid_image_url").await;
-    assert_error(app.post_json("/v1/images/edits", &json!({"prompt": "p", "model": "test-image", "images": [{"image_url": data_url(b"GIF89a....")}]})).await, 400, Some("images[0].image_url"), "invalid_image_file").await;
     assert_error(
         app.post_json(
             "/v1/images/edits",
-            &json!({"prompt": "p", "model": "test-image", "images": []}),
+            &json!({"prompt": "p", "model": "test-image", "images": [{"image_url": "https://example.com/a.png"}]}),
         )
         .await,
+        400,
+        Some("images[0].image_url"),
+        "invalid_image_url",
+    )
+    .await;
+    assert_error(
+        app.post_json(
+            "/v1/images/edits",
+            &json!({"prompt": "p", "model": "test-image", "images": [{"image_url": "data:image/png;base64,!!!"}]}),
+        )
+        .await,
+        400,
+        Some("images[0].image_url"),
+        "invalid_image_url",
+    )
+    .await;
+    assert_error(
+        app.post_json(
+            "/v1/images/edits",
+            &json!({"prompt": "p", "model": "test-image", "images": [{"image_url": data_url(b"GIF89a....")}]}),
+        )
+        .await,
+        400,
+        Some("images[0].image_url"),
+        "invalid_image_file",
+    )
+    .await;
+    assert_error(
+        app.post_json("/v1/images/edits", &json!({"prompt": "p", "model": "test-image", "images": []})).await,
         400,
         Some("image"),
         "missing_required_parameter",
@@ -304,45 +201,28 @@ async fn image_errors() {
 async fn backend_failures_map_to_statuses() {
     let app = spawn_app().await;
     let backend = app.backend("test-image");
-    *backend.fail_with.lock().unwrap() = Some(BackendError::Overloaded {
-        retry_after: Duration::from_secs(3),
-    });
-    let response = app
-        .generate(json!({"model": "test-image", "prompt": "p"}))
-        .await;
+    *backend.fail_with.lock().unwrap() = Some(BackendError::Overloaded { retry_after: Duration::from_secs(3) });
+    let response = app.generate(json!({"model": "test-image", "prompt": "p"})).await;
     assert_eq!(response.headers()["retry-after"], "3");
     assert_eq!(response.headers()["x-should-retry"], "true");
     assert_error(response, 503, None, "overloaded").await;
-    *backend.fail_with.lock().unwrap() = Some(BackendError::Internal(anyhow::anyhow!(
-        "the GPU caught fire"
-    )));
-    let response = app
-        .generate(json!({"model": "test-image", "prompt": "p"}))
-        .await;
+    *backend.fail_with.lock().unwrap() = Some(BackendError::Internal(anyhow::anyhow!("the GPU caught fire")));
+    let response = app.generate(json!({"model": "test-image", "prompt": "p"})).await;
     assert_eq!(response.headers()["x-should-retry"], "false");
     let message = assert_error(response, 500, None, "server_error").await;
-    assert!(
-        !message.contains("fire"),
-        "internal details stay in the logs"
-    );
-    *backend.fail_with.lock().unwrap() = Some(BackendError::InvalidInput {
-        param: Some("image".into()),
-        message: "too many".into(),
-    });
+    assert!(!message.contains("fire"), "internal details stay in the logs");
+    *backend.fail_with.lock().unwrap() =
+        Some(BackendError::InvalidInput { param: Some("image".into()), message: "too many".into() });
     assert_error(
-        app.generate(json!({"model": "test-image", "prompt": "p"}))
-            .await,
+        app.generate(json!({"model": "test-image", "prompt": "p"})).await,
         400,
         Some("image"),
         "invalid_value",
     )
     .await;
-    *backend.fail_with.lock().unwrap() = Some(BackendError::ContentPolicy {
-        message: "no".into(),
-    });
+    *backend.fail_with.lock().unwrap() = Some(BackendError::ContentPolicy { message: "no".into() });
     assert_error(
-        app.generate(json!({"model": "test-image", "prompt": "p"}))
-            .await,
+        app.generate(json!({"model": "test-image", "prompt": "p"})).await,
         400,
         None,
         "content_policy_violation",
@@ -353,19 +233,9 @@ async fn backend_failures_map_to_statuses() {
 #[tokio::test]
 async fn unknown_routes_and_methods() {
     let app = spawn_app().await;
+    assert_error(app.client.get(app.url("/v1/nothing")).send().await.unwrap(), 404, None, "unknown_url").await;
     assert_error(
-        app.client.get(app.url("/v1/nothing")).send().await.unwrap(),
-        404,
-        None,
-        "unknown_url",
-    )
-    .await;
-    assert_error(
-        app.client
-            .get(app.url("/v1/images/generations"))
-            .send()
-            .await
-            .unwrap(),
+        app.client.get(app.url("/v1/images/generations")).send().await.unwrap(),
         405,
         None,
         "method_not_allowed",

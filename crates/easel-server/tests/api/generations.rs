@@ -14,40 +14,28 @@ async fn seed_001_openai_body_returns_one_png() {
     let app = spawn_app().await;
     // Seed 001's example, with the model adapted.
     let body = json_body(
-        app.generate(json!({"prompt": "A cute baby sea otter wearing a beret", "model": "test-image", "size": "1024x1024"})).await,
+        app.generate(
+            json!({"prompt": "A cute baby sea otter wearing a beret", "model": "test-image", "size": "1024x1024"}),
+        )
+        .await,
         200,
     )
     .await;
     assert!(body["created"].as_i64().unwrap() > 1_700_000_000);
     assert_eq!(body["data"].as_array().unwrap().len(), 1);
-    assert_eq!(
-        (body["size"].as_str(), body["output_format"].as_str()),
-        (Some("1024x1024"), Some("png"))
-    );
-    assert_eq!(
-        (body["quality"].as_str(), body["background"].as_str()),
-        (Some("medium"), Some("opaque"))
-    );
+    assert_eq!((body["size"].as_str(), body["output_format"].as_str()), (Some("1024x1024"), Some("png")));
+    assert_eq!((body["quality"].as_str(), body["background"].as_str()), (Some("medium"), Some("opaque")));
     let usage = &body["usage"];
-    let input = usage["input_tokens_details"]["text_tokens"]
-        .as_u64()
-        .unwrap();
+    let input = usage["input_tokens_details"]["text_tokens"].as_u64().unwrap();
     assert!(input > 0);
     assert_eq!(
         usage["total_tokens"].as_u64(),
         Some(usage["input_tokens"].as_u64().unwrap() + usage["output_tokens"].as_u64().unwrap())
     );
-    assert_eq!(
-        usage["output_tokens"].as_u64(),
-        Some(1056),
-        "OpenAI's table: 1024x1024 medium"
-    );
+    assert_eq!(usage["output_tokens"].as_u64(), Some(1056), "OpenAI's table: 1024x1024 medium");
     let png = b64_bytes(&body["data"][0]);
     assert!(png.starts_with(b"\x89PNG"));
-    assert_eq!(
-        image::load_from_memory(&png).unwrap().dimensions(),
-        (1024, 1024)
-    );
+    assert_eq!(image::load_from_memory(&png).unwrap().dimensions(), (1024, 1024));
 }
 
 #[tokio::test]
@@ -79,30 +67,15 @@ async fn every_parameter_is_honoured() {
     let last = backend.last_call.lock().unwrap().clone().unwrap();
     assert_eq!((last.n, last.extensions.seed), (1, Some(42)));
     assert_eq!(last.extensions.negative_prompt.as_deref(), Some("fog"));
-    assert_eq!(
-        (last.extensions.steps, last.extensions.guidance_scale),
-        (Some(3), Some(2.5))
-    );
+    assert_eq!((last.extensions.steps, last.extensions.guidance_scale), (Some(3), Some(2.5)));
     assert_eq!(last.user.as_deref(), Some("user-1"));
     // Distinct images, in order.
     let first = pictures[0].to_rgb8().get_pixel(5, 5).0;
     let third = pictures[2].to_rgb8().get_pixel(5, 5).0;
     let expected_third = colour("lighthouse", Some(42), 0).0;
     assert_ne!(first, third);
-    assert!(
-        first
-            .iter()
-            .zip(colour("lighthouse", Some(40), 0).0)
-            .all(|(a, b)| a.abs_diff(b) < 12),
-        "{first:?}"
-    );
-    assert!(
-        third
-            .iter()
-            .zip(expected_third)
-            .all(|(a, b)| a.abs_diff(b) < 12),
-        "{third:?}"
-    );
+    assert!(first.iter().zip(colour("lighthouse", Some(40), 0).0).all(|(a, b)| a.abs_diff(b) < 12), "{first:?}");
+    assert!(third.iter().zip(expected_third).all(|(a, b)| a.abs_diff(b) < 12), "{third:?}");
 }
 
 #[tokio::test]
@@ -120,77 +93,50 @@ async fn qwen_shape_generation_seed_001() {
     .await;
     assert_eq!(body["size"], "96x64");
     assert_eq!(images(&body).len(), 2);
-    let call = app
-        .backend("test-image")
-        .last_call
-        .lock()
-        .unwrap()
-        .clone()
-        .unwrap();
-    assert_eq!(
-        call.prompt,
-        "A serene mountain lake at dawn, photorealistic."
-    );
+    let call = app.backend("test-image").last_call.lock().unwrap().clone().unwrap();
+    assert_eq!(call.prompt, "A serene mountain lake at dawn, photorealistic.");
 }
 
 #[tokio::test]
 async fn arbitrary_sizes_within_the_models_rule() {
     let app = spawn_app().await;
-    let body = json_body(
-        app.generate(json!({"prompt": "p", "model": "test-image", "size": "1280x720"}))
-            .await,
-        200,
-    )
-    .await;
+    let body =
+        json_body(app.generate(json!({"prompt": "p", "model": "test-image", "size": "1280x720"})).await, 200).await;
     assert_eq!(images(&body)[0].dimensions(), (1280, 720));
 }
 
 #[tokio::test]
 async fn fixed_size_backends_are_resized_honestly() {
     let app = spawn_app().await;
-    let body = json_body(
-        app.generate(json!({"prompt": "p", "model": "test-fixed", "size": "192x128", "n": 2}))
-            .await,
-        200,
-    )
-    .await;
+    let body =
+        json_body(app.generate(json!({"prompt": "p", "model": "test-fixed", "size": "192x128", "n": 2})).await, 200)
+            .await;
     assert_eq!(body["size"], "192x128");
     assert!(images(&body).iter().all(|i| i.dimensions() == (192, 128)));
     let backend = app.backend("test-fixed");
-    assert_eq!(
-        backend.calls.load(Ordering::SeqCst),
-        2,
-        "one image per call: n fans out"
-    );
-    assert_eq!(
-        backend.last_call.lock().unwrap().as_ref().unwrap().size,
-        ImageSize::new(96, 64)
-    );
+    assert_eq!(backend.calls.load(Ordering::SeqCst), 2, "one image per call: n fans out");
+    assert_eq!(backend.last_call.lock().unwrap().as_ref().unwrap().size, ImageSize::new(96, 64));
 }
 
 #[tokio::test]
 async fn transparent_backgrounds_and_formats() {
     let app = spawn_app().await;
     let body = json_body(
-        app.generate(json!({"prompt": "p", "model": "test-image", "background": "transparent", "output_format": "png"})).await,
+        app.generate(
+            json!({"prompt": "p", "model": "test-image", "background": "transparent", "output_format": "png"}),
+        )
+        .await,
         200,
     )
     .await;
     assert_eq!(body["background"], "transparent");
     assert_eq!(images(&body)[0].to_rgba8().get_pixel(0, 0)[3], 0);
     for format in ["jpeg", "webp"] {
-        let body = json_body(
-            app.generate(json!({"prompt": "p", "model": "test-image", "output_format": format}))
-                .await,
-            200,
-        )
-        .await;
+        let body =
+            json_body(app.generate(json!({"prompt": "p", "model": "test-image", "output_format": format})).await, 200)
+                .await;
         let bytes = b64_bytes(&body["data"][0]);
-        let expected: &[u8] = if format == "jpeg" {
-            &[0xFF, 0xD8, 0xFF]
-        } else {
-            b"RIFF"
-        };
+        let expected: &[u8] = if format == "jpeg" { &[0xFF, 0xD8, 0xFF] } else { b"RIFF" };
         assert!(bytes.starts_with(expected), "{format}");
     }
 }
@@ -198,19 +144,11 @@ async fn transparent_backgrounds_and_formats() {
 #[tokio::test]
 async fn encoded_backend_output_passes_through_or_is_transcoded() {
     let app = spawn_app().await;
-    let body = json_body(
-        app.generate(json!({"prompt": "p", "model": "test-encoded"}))
-            .await,
-        200,
-    )
-    .await;
+    let body = json_body(app.generate(json!({"prompt": "p", "model": "test-encoded"})).await, 200).await;
     assert!(b64_bytes(&body["data"][0]).starts_with(b"\x89PNG"));
-    let body = json_body(
-        app.generate(json!({"prompt": "p", "model": "test-encoded", "output_format": "jpeg"}))
-            .await,
-        200,
-    )
-    .await;
+    let body =
+        json_body(app.generate(json!({"prompt": "p", "model": "test-encoded", "output_format": "jpeg"})).await, 200)
+            .await;
     assert!(b64_bytes(&body["data"][0]).starts_with(&[0xFF, 0xD8]));
 }
 
@@ -218,9 +156,5 @@ async fn encoded_backend_output_passes_through_or_is_transcoded() {
 async fn a_request_without_a_model_uses_the_default() {
     let app = spawn_app_with(|c| c.server.default_model = None, test_models()).await;
     json_body(app.generate(json!({"prompt": "p"})).await, 200).await;
-    assert_eq!(
-        app.backend("test-image").calls.load(Ordering::SeqCst),
-        1,
-        "the first model that generates"
-    );
+    assert_eq!(app.backend("test-image").calls.load(Ordering::SeqCst), 1, "the first model that generates");
 }

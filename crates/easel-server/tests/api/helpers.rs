@@ -34,11 +34,8 @@ impl Drop for TestApp {
 /// The standard test models.
 pub fn test_models() -> Vec<(String, TestBackend)> {
     let mut fixed = capabilities();
-    fixed.native_sizes = Some(SizeRule::Fixed(vec![
-        ImageSize::new(64, 64),
-        ImageSize::new(96, 64),
-        ImageSize::new(64, 96),
-    ]));
+    fixed.native_sizes =
+        Some(SizeRule::Fixed(vec![ImageSize::new(64, 64), ImageSize::new(96, 64), ImageSize::new(64, 96)]));
     fixed.max_n_per_call = 1;
     fixed.transparency = false;
     let mut encoded = TestBackend::new(capabilities());
@@ -63,10 +60,7 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}, test_models()).await
 }
 
-pub async fn spawn_app_with(
-    configure: impl FnOnce(&mut Config),
-    models: Vec<(String, TestBackend)>,
-) -> TestApp {
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config), models: Vec<(String, TestBackend)>) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.storage.data_dir = dir.path().to_path_buf();
@@ -78,28 +72,14 @@ pub async fn spawn_app_with(
         let backend = Arc::new(backend);
         backends.insert(id.clone(), Arc::clone(&backend));
         let shared: Arc<dyn ImageBackend> = backend;
-        registry_models.push(Model {
-            id,
-            backend: shared,
-            created: 1_700_000_000,
-            owned_by: "easel".into(),
-        });
+        registry_models.push(Model { id, backend: shared, created: 1_700_000_000, owned_by: "easel".into() });
     }
-    let app = Application::build_with(config, registry_models)
-        .await
-        .expect("the app builds");
+    let app = Application::build_with(config, registry_models).await.expect("the app builds");
     let address = format!("http://{}", app.address());
     let stop = app.stop_token();
     let app_state = app.state().clone();
     tokio::spawn(app.run_until_stopped());
-    TestApp {
-        address,
-        client: reqwest::Client::new(),
-        dir,
-        backends,
-        app_state,
-        stop,
-    }
+    TestApp { address, client: reqwest::Client::new(), dir, backends, app_state, stop }
 }
 
 impl TestApp {
@@ -108,21 +88,11 @@ impl TestApp {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .unwrap()
+        self.client.post(self.url(path)).json(body).send().await.unwrap()
     }
 
     pub async fn post_form(&self, path: &str, form: reqwest::multipart::Form) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
+        self.client.post(self.url(path)).multipart(form).send().await.unwrap()
     }
 
     pub async fn generate(&self, body: Value) -> reqwest::Response {
@@ -137,35 +107,20 @@ impl TestApp {
 /// Reads a JSON body, asserting the status and the JSON content type.
 pub async fn json_body(response: reqwest::Response, status: u16) -> Value {
     let got = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string());
+    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
     let text = response.text().await.unwrap();
     assert_eq!(got, status, "unexpected status; body: {text}");
-    assert_eq!(
-        content_type.as_deref(),
-        Some("application/json"),
-        "body: {text}"
-    );
+    assert_eq!(content_type.as_deref(), Some("application/json"), "body: {text}");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 /// Asserts an OpenAI error envelope with this status, param and code; returns the message.
-pub async fn assert_error(
-    response: reqwest::Response,
-    status: u16,
-    param: Option<&str>,
-    code: &str,
-) -> String {
+pub async fn assert_error(response: reqwest::Response, status: u16, param: Option<&str>, code: &str) -> String {
     let body = json_body(response, status).await;
     let error = &body["error"];
     assert_eq!(error["code"], code, "{body}");
     assert_eq!(error["param"].as_str(), param, "{body}");
-    assert!(
-        error["type"].is_string() && error.as_object().unwrap().len() == 4,
-        "{body}"
-    );
+    assert!(error["type"].is_string() && error.as_object().unwrap().len() == 4, "{body}");
     error["message"].as_str().unwrap().to_string()
 }
 
@@ -176,10 +131,7 @@ pub fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
 }
 
 pub fn png(width: u32, height: u32, rgb: [u8; 3]) -> Vec<u8> {
-    encode(
-        &DynamicImage::ImageRgb8(RgbImage::from_pixel(width, height, Rgb(rgb))),
-        ImageFormat::Png,
-    )
+    encode(&DynamicImage::ImageRgb8(RgbImage::from_pixel(width, height, Rgb(rgb))), ImageFormat::Png)
 }
 
 /// A mask whose alpha is `alpha(x, y)`.
@@ -189,10 +141,7 @@ pub fn mask(width: u32, height: u32, alpha: impl Fn(u32, u32) -> u8) -> Vec<u8> 
 }
 
 pub fn data_url(bytes: &[u8]) -> String {
-    format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    )
+    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 /// The images of a response, decoded.
@@ -202,23 +151,16 @@ pub fn images(body: &Value) -> Vec<DynamicImage> {
         .unwrap()
         .iter()
         .map(|d| {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(d["b64_json"].as_str().unwrap())
-                .unwrap();
+            let bytes = base64::engine::general_purpose::STANDARD.decode(d["b64_json"].as_str().unwrap()).unwrap();
             image::load_from_memory(&bytes).unwrap()
         })
         .collect()
 }
 
 pub fn b64_bytes(entry: &Value) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD
-        .decode(entry["b64_json"].as_str().unwrap())
-        .unwrap()
+    base64::engine::general_purpose::STANDARD.decode(entry["b64_json"].as_str().unwrap()).unwrap()
 }
 
 pub fn file_part(bytes: Vec<u8>, name: &str) -> reqwest::multipart::Part {
-    reqwest::multipart::Part::bytes(bytes)
-        .file_name(name.to_string())
-        .mime_str("application/octet-stream")
-        .unwrap()
+    reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()).mime_str("application/octet-stream").unwrap()
 }

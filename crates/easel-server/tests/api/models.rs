@@ -10,41 +10,17 @@ use crate::helpers::{assert_error, json_body, spawn_app};
 #[tokio::test]
 async fn models_list_and_get() {
     let app = spawn_app().await;
-    let list = json_body(
-        app.client.get(app.url("/v1/models")).send().await.unwrap(),
-        200,
-    )
-    .await;
+    let list = json_body(app.client.get(app.url("/v1/models")).send().await.unwrap(), 200).await;
     assert_eq!(list["object"], "list");
-    let ids: Vec<&str> = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        ids,
-        ["test-image", "test-fixed", "test-encoded", "test-dalle"]
-    );
-    let model = json_body(
-        app.client
-            .get(app.url("/v1/models/test-fixed"))
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
+    let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["test-image", "test-fixed", "test-encoded", "test-dalle"]);
+    let model = json_body(app.client.get(app.url("/v1/models/test-fixed")).send().await.unwrap(), 200).await;
     assert_eq!(
         model,
         serde_json::json!({"id": "test-fixed", "object": "model", "created": 1_700_000_000, "owned_by": "easel"})
     );
     assert_error(
-        app.client
-            .get(app.url("/v1/models/nope"))
-            .send()
-            .await
-            .unwrap(),
+        app.client.get(app.url("/v1/models/nope")).send().await.unwrap(),
         404,
         Some("model"),
         "model_not_found",
@@ -67,27 +43,16 @@ impl ImageBackend for Broken {
         Err("weights failed to load: unet.safetensors is truncated".into())
     }
     async fn call(&self, _: BackendCall, _: CallContext) -> Result<BackendOutput, BackendError> {
-        Err(BackendError::Unavailable {
-            message: "not loaded".into(),
-            retry_after: None,
-        })
+        Err(BackendError::Unavailable { message: "not loaded".into(), retry_after: None })
     }
 }
 
 #[tokio::test]
 async fn health_and_readiness() {
     let app = spawn_app().await;
-    let health = json_body(
-        app.client.get(app.url("/healthz")).send().await.unwrap(),
-        200,
-    )
-    .await;
+    let health = json_body(app.client.get(app.url("/healthz")).send().await.unwrap(), 200).await;
     assert_eq!(health["status"], "ok");
-    let ready = json_body(
-        app.client.get(app.url("/readyz")).send().await.unwrap(),
-        200,
-    )
-    .await;
+    let ready = json_body(app.client.get(app.url("/readyz")).send().await.unwrap(), 200).await;
     assert_eq!(ready["checks"]["database"]["ok"], true);
     assert_eq!(ready["checks"]["blobs"]["ok"], true);
     assert_eq!(ready["checks"]["model:test-image"]["ok"], true);
@@ -102,21 +67,11 @@ async fn health_and_readiness() {
         created: 0,
         owned_by: "easel".into(),
     };
-    let built = easel_server::startup::Application::build_with(config, vec![broken])
-        .await
-        .unwrap();
-    let (url, stop) = (
-        format!("http://{}/readyz", built.address()),
-        built.stop_token(),
-    );
+    let built = easel_server::startup::Application::build_with(config, vec![broken]).await.unwrap();
+    let (url, stop) = (format!("http://{}/readyz", built.address()), built.stop_token());
     tokio::spawn(built.run_until_stopped());
     let ready = json_body(reqwest::get(&url).await.unwrap(), 503).await;
     assert_eq!(ready["status"], "not_ready");
-    assert!(
-        ready["checks"]["model:broken"]["error"]
-            .as_str()
-            .unwrap()
-            .contains("truncated")
-    );
+    assert!(ready["checks"]["model:broken"]["error"].as_str().unwrap().contains("truncated"));
     stop.cancel();
 }

@@ -23,9 +23,7 @@ fn parse_sse(text: &str) -> (Vec<(String, Value)>, Vec<String>) {
             } else if let Some(rest) = line.strip_prefix("event:") {
                 name = Some(rest.trim().to_string());
             } else if let Some(rest) = line.strip_prefix("data:") {
-                data = Some(
-                    serde_json::from_str::<Value>(rest.trim()).expect("every data line is JSON"),
-                );
+                data = Some(serde_json::from_str::<Value>(rest.trim()).expect("every data line is JSON"));
             }
         }
         if let Some(data) = data {
@@ -37,12 +35,7 @@ fn parse_sse(text: &str) -> (Vec<(String, Value)>, Vec<String>) {
 
 async fn sse(response: reqwest::Response) -> (Vec<(String, Value)>, Vec<String>) {
     assert_eq!(response.status(), 200);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream")
-    );
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     parse_sse(&response.text().await.unwrap())
 }
 
@@ -56,26 +49,11 @@ async fn generation_stream_sends_partials_then_completed() {
     let kinds: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
         kinds,
-        [
-            "image_generation.partial_image",
-            "image_generation.partial_image",
-            "image_generation.completed"
-        ]
+        ["image_generation.partial_image", "image_generation.partial_image", "image_generation.completed"]
     );
     for (index, (name, data)) in events.iter().enumerate() {
-        assert_eq!(
-            data["type"],
-            name.as_str(),
-            "the JSON type matches the event name"
-        );
-        for field in [
-            "b64_json",
-            "created_at",
-            "size",
-            "quality",
-            "background",
-            "output_format",
-        ] {
+        assert_eq!(data["type"], name.as_str(), "the JSON type matches the event name");
+        for field in ["b64_json", "created_at", "size", "quality", "background", "output_format"] {
             assert!(!data[field].is_null(), "{field} missing in {data}");
         }
         if index < 2 {
@@ -88,10 +66,7 @@ async fn generation_stream_sends_partials_then_completed() {
     let usage = &completed["usage"];
     assert!(usage["input_tokens_details"]["text_tokens"].is_u64());
     assert!(usage.get("output_tokens_details").is_none());
-    assert!(
-        usage["output_tokens"].as_u64().unwrap() >= 200,
-        "each partial image costs 100 output tokens"
-    );
+    assert!(usage["output_tokens"].as_u64().unwrap() >= 200, "each partial image costs 100 output tokens");
 }
 
 #[tokio::test]
@@ -106,29 +81,15 @@ async fn edit_stream_uses_edit_event_types_and_n_completions() {
         .part("image", file_part(png(16, 16, [1, 2, 3]), "a.png"));
     let (events, _) = sse(app.post_form("/v1/images/edits", form).await).await;
     let kinds: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
-    assert_eq!(
-        kinds,
-        [
-            "image_edit.partial_image",
-            "image_edit.completed",
-            "image_edit.completed"
-        ]
-    );
+    assert_eq!(kinds, ["image_edit.partial_image", "image_edit.completed", "image_edit.completed"]);
 }
 
 #[tokio::test]
 async fn keep_alives_while_the_model_works() {
     let mut slow = TestBackend::new(capabilities());
     slow.delay = Duration::from_millis(2500);
-    let app = spawn_app_with(
-        |c| c.server.keep_alive_secs = 1,
-        vec![("slow".into(), slow)],
-    )
-    .await;
-    let (events, comments) = sse(app
-        .generate(json!({"model": "slow", "prompt": "p", "stream": true}))
-        .await)
-    .await;
+    let app = spawn_app_with(|c| c.server.keep_alive_secs = 1, vec![("slow".into(), slow)]).await;
+    let (events, comments) = sse(app.generate(json!({"model": "slow", "prompt": "p", "stream": true})).await).await;
     assert!(comments.iter().any(|c| c == "keep-alive"), "{comments:?}");
     assert_eq!(events.len(), 1);
 }
@@ -137,13 +98,8 @@ async fn keep_alives_while_the_model_works() {
 async fn an_error_after_the_stream_started_is_an_error_event() {
     let app = spawn_app().await;
     *app.backend("test-image").fail_with.lock().unwrap() =
-        Some(easel_core::error::BackendError::Timeout {
-            message: "upstream too slow".into(),
-        });
-    let (events, _) = sse(app
-        .generate(json!({"model": "test-image", "prompt": "p", "stream": true}))
-        .await)
-    .await;
+        Some(easel_core::error::BackendError::Timeout { message: "upstream too slow".into() });
+    let (events, _) = sse(app.generate(json!({"model": "test-image", "prompt": "p", "stream": true})).await).await;
     assert_eq!(events.len(), 1);
     let (name, data) = &events[0];
     assert_eq!(name, "error");
@@ -154,9 +110,7 @@ async fn an_error_after_the_stream_started_is_an_error_event() {
 #[tokio::test]
 async fn errors_before_the_stream_are_plain_json() {
     let app = spawn_app().await;
-    let response = app
-        .generate(json!({"model": "test-image", "stream": true}))
-        .await;
+    let response = app.generate(json!({"model": "test-image", "stream": true})).await;
     crate::helpers::assert_error(response, 400, Some("prompt"), "missing_required_parameter").await;
 }
 
@@ -164,32 +118,13 @@ async fn errors_before_the_stream_are_plain_json() {
 async fn a_client_that_leaves_cancels_the_work() {
     let mut slow = TestBackend::new(capabilities());
     slow.delay = Duration::from_secs(30);
-    let app = spawn_app_with(
-        |c| c.server.keep_alive_secs = 1,
-        vec![("slow".into(), slow)],
-    )
-    .await;
-    let response = app
-        .generate(json!({"model": "slow", "prompt": "p", "stream": true}))
-        .await;
+    let app = spawn_app_with(|c| c.server.keep_alive_secs = 1, vec![("slow".into(), slow)]).await;
+    let response = app.generate(json!({"model": "slow", "prompt": "p", "stream": true})).await;
     let mut body = response.bytes_stream();
-    let first = tokio::time::timeout(Duration::from_secs(5), body.next())
-        .await
-        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.next()).await.unwrap();
     assert!(first.is_some());
     drop(body);
-    for _ in 0..50 {
-        let row = sqlx::query("SELECT outcome FROM usage")
-            .fetch_optional(&app.app_state.db)
-            .await
-            .unwrap();
-        if let Some(row) = row {
-            assert_eq!(row.get::<String, _>("outcome"), "request_cancelled");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the job was not cancelled within 5 s of the client leaving");
+    assert_eq!(wait_for_outcome(&app).await, "request_cancelled");
 }
 
 #[tokio::test]
@@ -197,27 +132,20 @@ async fn non_streaming_clients_that_leave_cancel_too() {
     let mut slow = TestBackend::new(capabilities());
     slow.delay = Duration::from_secs(30);
     let app = spawn_app_with(|_| {}, vec![("slow".into(), slow)]).await;
-    let request = app
-        .client
-        .post(app.url("/v1/images/generations"))
-        .json(&json!({"model": "slow", "prompt": "p"}))
-        .send();
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), request)
-            .await
-            .is_err(),
-        "still running"
-    );
+    let request =
+        app.client.post(app.url("/v1/images/generations")).json(&json!({"model": "slow", "prompt": "p"})).send();
+    assert!(tokio::time::timeout(Duration::from_millis(500), request).await.is_err(), "still running");
+    assert_eq!(wait_for_outcome(&app).await, "request_cancelled");
+}
+
+/// The outcome of the first usage row, once the job has recorded it (at most 5 s).
+async fn wait_for_outcome(app: &crate::helpers::TestApp) -> String {
     for _ in 0..50 {
-        let row = sqlx::query("SELECT outcome FROM usage")
-            .fetch_optional(&app.app_state.db)
-            .await
-            .unwrap();
+        let row = sqlx::query("SELECT outcome FROM usage").fetch_optional(&app.app_state.db).await.unwrap();
         if let Some(row) = row {
-            assert_eq!(row.get::<String, _>("outcome"), "request_cancelled");
-            return;
+            return row.get("outcome");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the job was not cancelled");
+    panic!("the job recorded no outcome within 5 s");
 }

@@ -3,37 +3,22 @@
 use easel_core::error::{CoreError, InvalidCode};
 
 /// Deserializes `value` into `T`, reporting the failing field as `param` (prefixed).
-pub fn from_value<T: serde::de::DeserializeOwned>(
-    value: serde_json::Value,
-    prefix: &str,
-) -> Result<T, CoreError> {
+pub fn from_value<T: serde::de::DeserializeOwned>(value: serde_json::Value, prefix: &str) -> Result<T, CoreError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let param = if path == "." {
-            prefix.trim_end_matches('.').to_string()
-        } else {
-            format!("{prefix}{path}")
-        };
+        let param = if path == "." { prefix.trim_end_matches('.').to_string() } else { format!("{prefix}{path}") };
         let inner = e.into_inner().to_string();
         if inner.starts_with("Invalid value") || inner.starts_with("Invalid size") {
             CoreError::invalid(param, InvalidCode::InvalidValue, inner)
         } else if let Some(field) = inner.strip_prefix("missing field ") {
             let field = field.trim_matches('`');
-            let param = if param.is_empty() {
-                field.to_string()
-            } else {
-                format!("{param}.{field}")
-            };
+            let param = if param.is_empty() { field.to_string() } else { format!("{param}.{field}") };
             CoreError::missing(&param)
         } else {
-            let detail = inner
-                .strip_prefix("invalid type: ")
-                .map_or(inner.clone(), |rest| {
-                    let (got, expected) = rest
-                        .split_once(", expected ")
-                        .unwrap_or((rest, "another type"));
-                    format!("expected {expected}, but got {got} instead")
-                });
+            let detail = inner.strip_prefix("invalid type: ").map_or(inner.clone(), |rest| {
+                let (got, expected) = rest.split_once(", expected ").unwrap_or((rest, "another type"));
+                format!("expected {expected}, but got {got} instead")
+            });
             CoreError::invalid(
                 param.clone(),
                 InvalidCode::InvalidType,

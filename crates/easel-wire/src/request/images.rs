@@ -43,14 +43,10 @@ impl ImageRefBody {
     pub fn into_named(self, param: &str) -> Result<NamedImage, CoreError> {
         match (self.image_url, self.file_id) {
             (Some(url), None) => named(format!("{param}.image_url"), &url.into_string()),
-            (None, Some(id)) => Ok(NamedImage {
-                param: format!("{param}.file_id"),
-                source: ImageRef::FileId(id),
-            }),
-            (Some(_), Some(_)) => Err(CoreError::invalid_value(
-                param,
-                "Give either 'image_url' or 'file_id', not both.",
-            )),
+            (None, Some(id)) => Ok(NamedImage { param: format!("{param}.file_id"), source: ImageRef::FileId(id) }),
+            (Some(_), Some(_)) => {
+                Err(CoreError::invalid_value(param, "Give either 'image_url' or 'file_id', not both."))
+            }
             (None, None) => Err(CoreError::invalid(
                 format!("{param}.image_url"),
                 InvalidCode::MissingRequiredParameter,
@@ -81,9 +77,7 @@ impl ImageField {
 pub fn parse_reference(text: &str) -> Result<ImageRef, String> {
     let text = text.trim();
     if let Some(rest) = text.strip_prefix("data:") {
-        let (meta, data) = rest
-            .split_once(',')
-            .ok_or("Invalid data URL: no ',' before the data.")?;
+        let (meta, data) = rest.split_once(',').ok_or("Invalid data URL: no ',' before the data.")?;
         if !meta.ends_with(";base64") {
             return Err("Invalid data URL: only base64 data URLs are supported (data:image/png;base64,...).".into());
         }
@@ -92,16 +86,11 @@ pub fn parse_reference(text: &str) -> Result<ImageRef, String> {
             .ok_or_else(|| "Invalid data URL: the data is not valid base64.".into());
     }
     if text.starts_with("http://") || text.starts_with("https://") {
-        return Url::parse(text)
-            .map(ImageRef::Url)
-            .map_err(|e| format!("Invalid image URL: {e}."));
+        return Url::parse(text).map(ImageRef::Url).map_err(|e| format!("Invalid image URL: {e}."));
     }
     match decode_base64(text) {
         Some(bytes) if easel_core::imaging::sniff(&bytes).is_some() => Ok(ImageRef::Inline(bytes)),
-        _ => Err(
-            "Expected an image URL: an https URL or a base64 data URL (data:image/png;base64,...)."
-                .into(),
-        ),
+        _ => Err("Expected an image URL: an https URL or a base64 data URL (data:image/png;base64,...).".into()),
     }
 }
 
@@ -129,11 +118,7 @@ impl UrlField {
 pub fn named(param: String, text: &str) -> Result<NamedImage, CoreError> {
     match parse_reference(text) {
         Ok(source) => Ok(NamedImage { param, source }),
-        Err(message) => Err(CoreError::invalid(
-            param,
-            InvalidCode::InvalidImageUrl,
-            message,
-        )),
+        Err(message) => Err(CoreError::invalid(param, InvalidCode::InvalidImageUrl, message)),
     }
 }
 
@@ -146,10 +131,7 @@ pub fn extract_inline(text: &str) -> (String, Vec<String>) {
         let core = word
             .trim_start_matches(['(', '<', '[', '"', '\''])
             .trim_end_matches([')', '>', ']', '"', '\'', ',', ';', '.']);
-        if core.starts_with("https://")
-            || core.starts_with("http://")
-            || core.starts_with("data:image/")
-        {
+        if core.starts_with("https://") || core.starts_with("http://") || core.starts_with("data:image/") {
             refs.push(core.to_string());
         } else {
             words.push(word);

@@ -21,11 +21,11 @@ where
         Ok(None) => Ok(None),
         Ok(Some(Loose::Value(v))) => Ok(Some(v)),
         Ok(Some(Loose::Text(t))) if t.trim().is_empty() => Ok(None),
-        Ok(Some(Loose::Text(t))) => {
-            t.trim().parse().map(Some).map_err(|_| {
-                D::Error::custom(format!("expected {expected}, but got '{t}' instead"))
-            })
-        }
+        Ok(Some(Loose::Text(t))) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("expected {expected}, but got '{t}' instead"))),
         Err(_) => Err(D::Error::custom(format!("expected {expected}"))),
     }
 }

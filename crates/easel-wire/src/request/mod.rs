@@ -37,19 +37,13 @@ pub enum UnknownParams {
 }
 
 /// Parses a JSON body for `operation`.
-pub fn parse_json(
-    operation: Operation,
-    body: &[u8],
-    unknown: UnknownParams,
-) -> Result<ImageRequest, CoreError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        CoreError::InvalidRequest {
-            param: None,
-            code: InvalidCode::InvalidJson,
-            message: format!(
-                "We could not parse the JSON body of your request ({e}). The OpenAI API expects a JSON payload."
-            ),
-        }
+pub fn parse_json(operation: Operation, body: &[u8], unknown: UnknownParams) -> Result<ImageRequest, CoreError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| CoreError::InvalidRequest {
+        param: None,
+        code: InvalidCode::InvalidJson,
+        message: format!(
+            "We could not parse the JSON body of your request ({e}). The OpenAI API expects a JSON payload."
+        ),
     })?;
     let Value::Object(mut map) = value else {
         return Err(CoreError::InvalidRequest {

@@ -27,13 +27,7 @@ pub struct FormPart {
 
 impl std::fmt::Debug for FormPart {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "FormPart({}, {:?}, {} bytes)",
-            self.name,
-            self.filename,
-            self.data.len()
-        )
+        write!(f, "FormPart({}, {:?}, {} bytes)", self.name, self.filename, self.data.len())
     }
 }
 
@@ -41,13 +35,8 @@ fn is_image_name(name: &str) -> bool {
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     name == "image"
         || name == "image[]"
-        || name
-            .strip_prefix("image[")
-            .and_then(|r| r.strip_suffix(']'))
-            .is_some_and(digits)
-        || name
-            .strip_prefix("image.")
-            .is_some_and(|r| digits(r.strip_suffix(".items").unwrap_or(r)))
+        || name.strip_prefix("image[").and_then(|r| r.strip_suffix(']')).is_some_and(digits)
+        || name.strip_prefix("image.").is_some_and(|r| digits(r.strip_suffix(".items").unwrap_or(r)))
 }
 
 pub(super) fn parse(
@@ -75,18 +64,14 @@ pub(super) fn parse(
                 return Err(CoreError::invalid(
                     name.clone(),
                     InvalidCode::InvalidType,
-                    format!(
-                        "Invalid type for '{name}': expected a string, but got a file instead."
-                    ),
+                    format!("Invalid type for '{name}': expected a string, but got a file instead."),
                 ));
             };
             if part.filename.is_some() && allowed_keys(operation, false).contains(&name.as_str()) {
                 return Err(CoreError::invalid(
                     name.clone(),
                     InvalidCode::InvalidType,
-                    format!(
-                        "Invalid type for '{name}': expected a string, but got a file instead."
-                    ),
+                    format!("Invalid type for '{name}': expected a string, but got a file instead."),
                 ));
             }
             if text.is_empty() {
@@ -113,11 +98,7 @@ pub(super) fn parse(
 
     let single = image_parts.len() == 1 && image_parts[0].name == "image";
     for (index, part) in image_parts.into_iter().enumerate() {
-        let param = if single {
-            "image".to_string()
-        } else {
-            format!("image[{index}]")
-        };
+        let param = if single { "image".to_string() } else { format!("image[{index}]") };
         request.images.push(image_from_part(param, part)?);
     }
     request.mask = mask;
@@ -128,10 +109,7 @@ pub(super) fn parse(
 /// bytes that will be reported as an invalid image file.
 fn image_from_part(param: String, part: FormPart) -> Result<NamedImage, CoreError> {
     if easel_core::imaging::sniff(&part.data).is_some() || part.filename.is_some() {
-        return Ok(NamedImage {
-            param,
-            source: ImageRef::Inline(part.data),
-        });
+        return Ok(NamedImage { param, source: ImageRef::Inline(part.data) });
     }
     let text = std::str::from_utf8(&part.data).unwrap_or_default().trim();
     if text.starts_with("data:") || text.starts_with("http://") || text.starts_with("https://") {
@@ -150,19 +128,10 @@ mod tests {
 
     #[test]
     fn image_part_names() {
-        for name in [
-            "image",
-            "image[]",
-            "image[0]",
-            "image[12]",
-            "image.0",
-            "image.1.items",
-        ] {
+        for name in ["image", "image[]", "image[0]", "image[12]", "image.0", "image.1.items"] {
             assert!(is_image_name(name), "{name}");
         }
-        for name in [
-            "images", "image[x]", "image.", "image.a", "image[]x", "mask",
-        ] {
+        for name in ["images", "image[x]", "image.", "image.a", "image[]x", "mask"] {
             assert!(!is_image_name(name), "{name}");
         }
     }

@@ -4,8 +4,7 @@
 use easel_core::error::{CoreError, InvalidCode};
 use easel_core::request::{Extensions, ImageRequest};
 use easel_core::types::{
-    Background, InputFidelity, Moderation, Operation, OutputFormat, Quality, ResponseFormat,
-    SizeRequest, Style,
+    Background, InputFidelity, Moderation, Operation, OutputFormat, Quality, ResponseFormat, SizeRequest, Style,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -13,35 +12,11 @@ use serde_json::{Map, Value};
 use super::images::{ImageField, ImageRefBody};
 use super::{UnknownParams, check_keys, errors, lenient};
 
-const COMMON: &[&str] = &[
-    "model",
-    "n",
-    "size",
-    "response_format",
-    "user",
-    "output_format",
-    "output_compression",
-];
+const COMMON: &[&str] = &["model", "n", "size", "response_format", "user", "output_format", "output_compression"];
 const EXTENSIONS: &[&str] = &["negative_prompt", "seed", "steps", "guidance_scale"];
-const GENERATE: &[&str] = &[
-    "prompt",
-    "quality",
-    "style",
-    "background",
-    "moderation",
-    "stream",
-    "partial_images",
-];
-const EDIT: &[&str] = &[
-    "prompt",
-    "quality",
-    "background",
-    "moderation",
-    "stream",
-    "partial_images",
-    "input_fidelity",
-    "strength",
-];
+const GENERATE: &[&str] = &["prompt", "quality", "style", "background", "moderation", "stream", "partial_images"];
+const EDIT: &[&str] =
+    &["prompt", "quality", "background", "moderation", "stream", "partial_images", "input_fidelity", "strength"];
 const EDIT_JSON: &[&str] = &["images", "image", "mask"];
 const VARIATION: &[&str] = &["strength"];
 
@@ -122,33 +97,22 @@ fn range(param: &str, value: Option<i64>, min: i64, max: i64) -> Result<Option<i
         Some(v) if v < min => Err(CoreError::invalid(
             param,
             InvalidCode::IntegerBelowMinValue,
-            format!(
-                "Invalid '{param}': integer below minimum value. Expected a value >= {min}, but got {v} instead."
-            ),
+            format!("Invalid '{param}': integer below minimum value. Expected a value >= {min}, but got {v} instead."),
         )),
         Some(v) if v > max => Err(CoreError::invalid(
             param,
             InvalidCode::IntegerAboveMaxValue,
-            format!(
-                "Invalid '{param}': integer above maximum value. Expected a value <= {max}, but got {v} instead."
-            ),
+            format!("Invalid '{param}': integer above maximum value. Expected a value <= {max}, but got {v} instead."),
         )),
         other => Ok(other),
     }
 }
 
-fn unit_range(
-    param: &str,
-    value: Option<f32>,
-    min: f32,
-    max: f32,
-) -> Result<Option<f32>, CoreError> {
+fn unit_range(param: &str, value: Option<f32>, min: f32, max: f32) -> Result<Option<f32>, CoreError> {
     match value {
         Some(v) if !(min..=max).contains(&v) || v.is_nan() => Err(CoreError::invalid_value(
             param,
-            format!(
-                "Invalid '{param}': expected a number between {min} and {max}, but got {v} instead."
-            ),
+            format!("Invalid '{param}': expected a number between {min} and {max}, but got {v} instead."),
         )),
         other => Ok(other),
     }
@@ -166,13 +130,11 @@ impl Params {
         request.style = self.style;
         request.background = self.background;
         request.output_format = self.output_format;
-        request.output_compression =
-            range("output_compression", self.output_compression, 0, 100)?.map(|v| v as u8);
+        request.output_compression = range("output_compression", self.output_compression, 0, 100)?.map(|v| v as u8);
         request.moderation = self.moderation;
         request.response_format = self.response_format;
         request.stream = self.stream.unwrap_or(false);
-        request.partial_images =
-            range("partial_images", self.partial_images, 0, 3)?.map(|v| v as u8);
+        request.partial_images = range("partial_images", self.partial_images, 0, 3)?.map(|v| v as u8);
         request.input_fidelity = self.input_fidelity;
         request.user = self.user;
         request.extensions = Extensions {
@@ -184,9 +146,7 @@ impl Params {
         };
         if let Some(images) = self.images {
             for (i, image) in images.into_iter().enumerate() {
-                request
-                    .images
-                    .push(image.into_named(&format!("images[{i}]"))?);
+                request.images.push(image.into_named(&format!("images[{i}]"))?);
             }
         }
         if let Some(image) = self.image {
@@ -195,10 +155,7 @@ impl Params {
         if let Some(mask) = self.mask {
             let mut masks = mask.into_named("mask")?;
             if masks.len() > 1 {
-                return Err(CoreError::invalid_value(
-                    "mask",
-                    "Only one mask may be given.",
-                ));
+                return Err(CoreError::invalid_value("mask", "Only one mask may be given."));
             }
             request.mask = masks.pop();
         }

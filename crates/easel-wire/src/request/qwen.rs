@@ -19,14 +19,7 @@ use super::images::{UrlField, extract_inline, named};
 use super::openai::{Params, allowed_keys};
 use super::{UnknownParams, check_keys, drop_nulls, errors};
 
-const INPUT_KEYS: &[&str] = &[
-    "messages",
-    "prompt",
-    "negative_prompt",
-    "images",
-    "base_image_url",
-    "mask_image_url",
-];
+const INPUT_KEYS: &[&str] = &["messages", "prompt", "negative_prompt", "images", "base_image_url", "mask_image_url"];
 const PARAMETER_KEYS: &[&str] = &[
     "size",
     "n",
@@ -88,10 +81,7 @@ pub(super) fn parse(
     let mut input = match map.remove("input") {
         Some(Value::Object(input)) => input,
         _ => {
-            return Err(CoreError::invalid_value(
-                "input",
-                "'input' must be an object with 'messages'.",
-            ));
+            return Err(CoreError::invalid_value("input", "'input' must be an object with 'messages'."));
         }
     };
     drop_nulls(&mut input);
@@ -101,10 +91,7 @@ pub(super) fn parse(
     // Fold `parameters` under the top level; top-level values win.
     if let Some(parameters) = map.remove("parameters") {
         let Value::Object(mut parameters) = parameters else {
-            return Err(CoreError::invalid_value(
-                "parameters",
-                "'parameters' must be an object.",
-            ));
+            return Err(CoreError::invalid_value("parameters", "'parameters' must be an object."));
         };
         drop_nulls(&mut parameters);
         check_keys(&mut parameters, PARAMETER_KEYS, "parameters.", unknown)?;
@@ -121,10 +108,7 @@ pub(super) fn parse(
 
     let inline = operation != Operation::Generate;
     let mut texts = Vec::new();
-    let users = input
-        .messages
-        .iter()
-        .any(|m| m.role.as_deref() == Some("user"));
+    let users = input.messages.iter().any(|m| m.role.as_deref() == Some("user"));
     for (m, message) in input.messages.into_iter().enumerate() {
         if users && message.role.as_deref() != Some("user") {
             continue;
@@ -145,39 +129,25 @@ pub(super) fn parse(
                         texts.push(text);
                     }
                     if let Some(image) = part.image {
-                        request
-                            .images
-                            .push(named(format!("{param}[{p}].image"), &image)?);
+                        request.images.push(named(format!("{param}[{p}].image"), &image)?);
                     }
                     if let Some(url) = part.image_url {
-                        request.images.push(named(
-                            format!("{param}[{p}].image_url"),
-                            &url.into_string(),
-                        )?);
+                        request.images.push(named(format!("{param}[{p}].image_url"), &url.into_string())?);
                     }
                 }
             }
         }
     }
     for (i, image) in input.images.iter().enumerate() {
-        request
-            .images
-            .push(named(format!("input.images[{i}]"), image)?);
+        request.images.push(named(format!("input.images[{i}]"), image)?);
     }
     if let Some(base) = &input.base_image_url {
-        request
-            .images
-            .insert(0, named("input.base_image_url".into(), base)?);
+        request.images.insert(0, named("input.base_image_url".into(), base)?);
     }
     if let Some(mask) = &input.mask_image_url {
         request.mask = Some(named("input.mask_image_url".into(), mask)?);
     }
-    let text = texts
-        .into_iter()
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .collect::<Vec<_>>()
-        .join("\n");
+    let text = texts.into_iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect::<Vec<_>>().join("\n");
     request.prompt = match (input.prompt, text.is_empty()) {
         (Some(prompt), true) => Some(prompt),
         (Some(prompt), false) => Some(format!("{prompt}\n{text}")),

@@ -9,10 +9,9 @@ use easel_core::types::{ImageSize, Operation, OutputFormat, Quality, ResponseFor
 use super::*;
 
 const PNG_1X1: &[u8] = &[
-    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13, 0x49, 0x48, 0x44, 0x52, 0, 0, 0,
-    1, 0, 0, 0, 1, 8, 6, 0, 0, 0, 0x1F, 0x15, 0xC4, 0x89, 0, 0, 0, 13, 0x49, 0x44, 0x41, 0x54,
-    0x78, 0x9C, 0x63, 0xF8, 0xCF, 0xC0, 0xF0, 0x1F, 0, 5, 0, 1, 0xFF, 0x89, 0x99, 0x3D, 0x1D, 0, 0,
-    0, 0, 0x49, 0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
+    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13, 0x49, 0x48, 0x44, 0x52, 0, 0, 0, 1, 0, 0, 0, 1, 8, 6,
+    0, 0, 0, 0x1F, 0x15, 0xC4, 0x89, 0, 0, 0, 13, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0xF8, 0xCF, 0xC0, 0xF0,
+    0x1F, 0, 5, 0, 1, 0xFF, 0x89, 0x99, 0x3D, 0x1D, 0, 0, 0, 0, 0x49, 0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
 ];
 
 fn json(op: Operation, body: serde_json::Value) -> Result<ImageRequest, CoreError> {
@@ -27,12 +26,7 @@ fn param_and_code(err: CoreError) -> (Option<String>, InvalidCode) {
 }
 
 fn text(name: &str, value: &str) -> FormPart {
-    FormPart {
-        name: name.into(),
-        filename: None,
-        content_type: None,
-        data: Bytes::from(value.to_string()),
-    }
+    FormPart { name: name.into(), filename: None, content_type: None, data: Bytes::from(value.to_string()) }
 }
 
 fn file(name: &str) -> FormPart {
@@ -51,10 +45,7 @@ fn seed_001_openai_generation() {
         serde_json::json!({"prompt": "A cute baby sea otter wearing a beret", "model": "dall-e-3", "size": "1024x1024"}),
     )
     .unwrap();
-    assert_eq!(
-        r.prompt.as_deref(),
-        Some("A cute baby sea otter wearing a beret")
-    );
+    assert_eq!(r.prompt.as_deref(), Some("A cute baby sea otter wearing a beret"));
     assert_eq!(r.model.as_deref(), Some("dall-e-3"));
     assert_eq!(r.size, Some(SizeRequest::Exact(ImageSize::new(1024, 1024))));
 }
@@ -81,77 +72,32 @@ fn every_generation_parameter_and_null_as_absent() {
     assert_eq!(r.partial_images, Some(2));
     assert_eq!(r.extensions.seed, Some(7));
     assert_eq!(r.extensions.guidance_scale, Some(3.5));
-    let r = json(
-        Operation::Generate,
-        serde_json::json!({"prompt": "p", "n": null, "size": null, "quality": null}),
-    )
-    .unwrap();
+    let r = json(Operation::Generate, serde_json::json!({"prompt": "p", "n": null, "size": null, "quality": null}))
+        .unwrap();
     assert_eq!((r.n, r.size, r.quality), (None, None, None));
 }
 
 #[test]
 fn bad_values_name_their_parameter() {
     let cases = [
-        (
-            serde_json::json!({"prompt": "p", "n": 11}),
-            "n",
-            InvalidCode::IntegerAboveMaxValue,
-        ),
-        (
-            serde_json::json!({"prompt": "p", "n": 0}),
-            "n",
-            InvalidCode::IntegerBelowMinValue,
-        ),
-        (
-            serde_json::json!({"prompt": "p", "n": "two"}),
-            "n",
-            InvalidCode::InvalidType,
-        ),
-        (
-            serde_json::json!({"prompt": "p", "size": "huge"}),
-            "size",
-            InvalidCode::InvalidValue,
-        ),
-        (
-            serde_json::json!({"prompt": "p", "quality": "ultra"}),
-            "quality",
-            InvalidCode::InvalidValue,
-        ),
-        (
-            serde_json::json!({"prompt": "p", "partial_images": 4}),
-            "partial_images",
-            InvalidCode::IntegerAboveMaxValue,
-        ),
-        (
-            serde_json::json!({"prompt": "p", "foo": 1}),
-            "foo",
-            InvalidCode::UnknownParameter,
-        ),
-        (
-            serde_json::json!({"prompt": 5}),
-            "prompt",
-            InvalidCode::InvalidType,
-        ),
-        (
-            serde_json::json!({"prompt": "p", "strength": 0.5}),
-            "strength",
-            InvalidCode::UnknownParameter,
-        ),
+        (serde_json::json!({"prompt": "p", "n": 11}), "n", InvalidCode::IntegerAboveMaxValue),
+        (serde_json::json!({"prompt": "p", "n": 0}), "n", InvalidCode::IntegerBelowMinValue),
+        (serde_json::json!({"prompt": "p", "n": "two"}), "n", InvalidCode::InvalidType),
+        (serde_json::json!({"prompt": "p", "size": "huge"}), "size", InvalidCode::InvalidValue),
+        (serde_json::json!({"prompt": "p", "quality": "ultra"}), "quality", InvalidCode::InvalidValue),
+        (serde_json::json!({"prompt": "p", "partial_images": 4}), "partial_images", InvalidCode::IntegerAboveMaxValue),
+        (serde_json::json!({"prompt": "p", "foo": 1}), "foo", InvalidCode::UnknownParameter),
+        (serde_json::json!({"prompt": 5}), "prompt", InvalidCode::InvalidType),
+        (serde_json::json!({"prompt": "p", "strength": 0.5}), "strength", InvalidCode::UnknownParameter),
     ];
     for (body, param, code) in cases {
         let (p, c) = param_and_code(json(Operation::Generate, body.clone()).unwrap_err());
         assert_eq!((p.as_deref(), c), (Some(param), code), "{body}");
     }
-    let lenient = parse_json(
-        Operation::Generate,
-        br#"{"prompt":"p","foo":1}"#,
-        UnknownParams::Ignore,
-    )
-    .unwrap();
+    let lenient = parse_json(Operation::Generate, br#"{"prompt":"p","foo":1}"#, UnknownParams::Ignore).unwrap();
     assert_eq!(lenient.prompt.as_deref(), Some("p"));
-    let (param, code) = param_and_code(
-        parse_json(Operation::Generate, b"{not json", UnknownParams::Reject).unwrap_err(),
-    );
+    let (param, code) =
+        param_and_code(parse_json(Operation::Generate, b"{not json", UnknownParams::Reject).unwrap_err());
     assert_eq!((param, code), (None, InvalidCode::InvalidJson));
 }
 
@@ -167,10 +113,7 @@ fn seed_001_qwen_generation_with_parameters() {
         }),
     )
     .unwrap();
-    assert_eq!(
-        r.prompt.as_deref(),
-        Some("A serene mountain lake at dawn, photorealistic.")
-    );
+    assert_eq!(r.prompt.as_deref(), Some("A serene mountain lake at dawn, photorealistic."));
     assert_eq!(r.size, Some(SizeRequest::Exact(ImageSize::new(1024, 768))));
     assert_eq!((r.n, r.extensions.seed), (Some(2), Some(9)));
     assert_eq!(r.extensions.negative_prompt.as_deref(), Some("people"));
@@ -182,21 +125,18 @@ fn seed_001_qwen_generation_with_parameters() {
     .unwrap();
     assert_eq!(top_wins.n, Some(3));
     let (param, code) = param_and_code(
-        json(Operation::Generate, serde_json::json!({"model": "m", "input": {"messages": []}, "parameters": {"sizes": "1*1"}}))
-            .unwrap_err(),
+        json(
+            Operation::Generate,
+            serde_json::json!({"model": "m", "input": {"messages": []}, "parameters": {"sizes": "1*1"}}),
+        )
+        .unwrap_err(),
     );
-    assert_eq!(
-        (param.as_deref(), code),
-        (Some("parameters.sizes"), InvalidCode::UnknownParameter)
-    );
+    assert_eq!((param.as_deref(), code), (Some("parameters.sizes"), InvalidCode::UnknownParameter));
 }
 
 #[test]
 fn seed_000_qwen_edit_with_inline_and_part_images() {
-    let data_url = format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(PNG_1X1)
-    );
+    let data_url = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(PNG_1X1));
     let r = json(
         Operation::Edit,
         serde_json::json!({
@@ -205,14 +145,9 @@ fn seed_000_qwen_edit_with_inline_and_part_images() {
         }),
     )
     .unwrap();
-    assert_eq!(
-        r.prompt.as_deref(),
-        Some("Remove the background of and please.")
-    );
+    assert_eq!(r.prompt.as_deref(), Some("Remove the background of and please."));
     assert_eq!(r.images.len(), 2);
-    assert!(
-        matches!(&r.images[0].source, ImageRef::Url(u) if u.as_str() == "https://img.example/a.png")
-    );
+    assert!(matches!(&r.images[0].source, ImageRef::Url(u) if u.as_str() == "https://img.example/a.png"));
     assert!(matches!(&r.images[1].source, ImageRef::Inline(b) if b.as_ref() == PNG_1X1));
     assert_eq!(r.images[0].param, "input.messages[0].content");
 
@@ -230,18 +165,12 @@ fn seed_000_qwen_edit_with_inline_and_part_images() {
         serde_json::json!({"model": "wanx-v1", "input": {"messages": [{"role": "user", "content": "Remove the background and replace it with a solid white backdrop."}]}}),
     )
     .unwrap();
-    assert!(
-        none.images.is_empty(),
-        "the core refuses an edit without a source image"
-    );
+    assert!(none.images.is_empty(), "the core refuses an edit without a source image");
 }
 
 #[test]
 fn seed_002_ig1_json_edit() {
-    let data_url = format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(PNG_1X1)
-    );
+    let data_url = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(PNG_1X1));
     let r = json(
         Operation::Edit,
         serde_json::json!({
@@ -255,15 +184,15 @@ fn seed_002_ig1_json_edit() {
     assert_eq!(r.images.len(), 1);
     assert_eq!(r.images[0].param, "images[0].image_url");
     assert_eq!(r.size, Some(SizeRequest::Exact(ImageSize::new(1280, 720))));
-    let file_id = json(Operation::Edit, serde_json::json!({"prompt": "p", "images": [{"file_id": "file-1"}], "mask": {"file_id": "file-2"}})).unwrap();
+    let file_id = json(
+        Operation::Edit,
+        serde_json::json!({"prompt": "p", "images": [{"file_id": "file-1"}], "mask": {"file_id": "file-2"}}),
+    )
+    .unwrap();
     assert!(matches!(&file_id.images[0].source, ImageRef::FileId(id) if id == "file-1"));
     assert!(file_id.mask.is_some());
     let (param, _) = param_and_code(
-        json(
-            Operation::Edit,
-            serde_json::json!({"prompt": "p", "images": [{"image_url": "ftp://x"}]}),
-        )
-        .unwrap_err(),
+        json(Operation::Edit, serde_json::json!({"prompt": "p", "images": [{"image_url": "ftp://x"}]})).unwrap_err(),
     );
     assert_eq!(param.as_deref(), Some("images[0].image_url"));
 }
@@ -289,12 +218,8 @@ fn multipart_names_merge_in_order() {
     assert!(!r.stream);
     assert!(r.mask.is_some());
     assert_eq!(r.user, None);
-    let single = parse_multipart(
-        Operation::Edit,
-        vec![text("prompt", "p"), file("image")],
-        UnknownParams::Reject,
-    )
-    .unwrap();
+    let single =
+        parse_multipart(Operation::Edit, vec![text("prompt", "p"), file("image")], UnknownParams::Reject).unwrap();
     assert_eq!(single.images[0].param, "image");
 }
 
@@ -308,17 +233,10 @@ fn multipart_text_where_a_file_belongs() {
     .unwrap();
     assert!(matches!(&url.images[0].source, ImageRef::Url(_)));
     let (param, code) = param_and_code(
-        parse_multipart(
-            Operation::Edit,
-            vec![text("prompt", "p"), text("image", "<string>")],
-            UnknownParams::Reject,
-        )
-        .unwrap_err(),
+        parse_multipart(Operation::Edit, vec![text("prompt", "p"), text("image", "<string>")], UnknownParams::Reject)
+            .unwrap_err(),
     );
-    assert_eq!(
-        (param.as_deref(), code),
-        (Some("image"), InvalidCode::InvalidType)
-    );
+    assert_eq!((param.as_deref(), code), (Some("image"), InvalidCode::InvalidType));
     let (param, code) = param_and_code(
         parse_multipart(
             Operation::Edit,
@@ -327,20 +245,10 @@ fn multipart_text_where_a_file_belongs() {
         )
         .unwrap_err(),
     );
-    assert_eq!(
-        (param.as_deref(), code),
-        (Some("n"), InvalidCode::InvalidValue)
-    );
+    assert_eq!((param.as_deref(), code), (Some("n"), InvalidCode::InvalidValue));
     let (param, code) = param_and_code(
-        parse_multipart(
-            Operation::Variation,
-            vec![file("image"), text("prompt", "p")],
-            UnknownParams::Reject,
-        )
-        .unwrap_err(),
+        parse_multipart(Operation::Variation, vec![file("image"), text("prompt", "p")], UnknownParams::Reject)
+            .unwrap_err(),
     );
-    assert_eq!(
-        (param.as_deref(), code),
-        (Some("prompt"), InvalidCode::UnknownParameter)
-    );
+    assert_eq!((param.as_deref(), code), (Some("prompt"), InvalidCode::UnknownParameter));
 }
