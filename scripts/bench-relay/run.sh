@@ -27,6 +27,7 @@ trap cleanup EXIT
 (cd "$root" && cargo build --release -p easel-upstream --example relay_bench)
 bench="$target/release/examples/relay_bench"
 mkdir -p "$work/tmp"
+chmod 755 "$work"   # nginx workers may run as another user
 "$bench" fixtures "$work/fixtures"
 sed -e "s#@DIR@#$work#g" -e "s#@PORT@#$port#g" "$here/nginx.conf.in" > "$work/nginx.conf"
 "$nginx_bin" -c "$work/nginx.conf" -p "$work" &
@@ -36,4 +37,5 @@ for _ in $(seq 50); do
 done
 for body in small big; do
     "$bench" run "http://127.0.0.1:$port/$body/v1" "$body" "$requests" "$concurrency"
+    "$bench" run "http://127.0.0.1:$port/$body/v1" "$body" "$requests" "$concurrency" no-response
 done

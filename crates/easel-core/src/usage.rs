@@ -43,14 +43,10 @@ impl std::ops::AddAssign for Usage {
     }
 }
 
+/// Loaded on first use: the vocabulary costs about 30 MB of memory an idle server need not hold.
 fn bpe() -> Option<&'static CoreBPE> {
     static BPE: OnceLock<Option<CoreBPE>> = OnceLock::new();
     BPE.get_or_init(|| tiktoken_rs::o200k_base().ok()).as_ref()
-}
-
-/// Loads the tokenizer now, so the first request does not pay for it.
-pub fn warm_up() {
-    let _ = bpe();
 }
 
 /// Prompt tokens with the o200k_base BPE.

@@ -1,18 +1,23 @@
-//! The model registry, built from `[[models]]`: each entry's `backend` names the kind of
-//! backend that serves it and the rest of the table is that backend's own configuration.
+//! The model registry, built from `[[models]]`: each entry's `backend` names the kind of backend
+//! that serves it (`upstream` for providers in `[[providers]]`), and the rest of the table is that
+//! backend's own configuration. Any model whose id ends in `-pe` (or with `prompt_enhance = true`)
+//! is wrapped by the prompt enhancer of `[prompt_enhancer]`.
 
 use easel_core::backend::SharedBackend;
 use easel_core::registry::{Model, ModelRegistry};
+use easel_upstream::Gateway;
+use serde_json::Value;
 
 use crate::config::{Config, ModelConfig};
 use crate::storage::now;
 
 /// Builds every configured model, then adds `extra` (models built in code, as tests do).
 pub fn build_registry(config: &Config, extra: Vec<Model>) -> anyhow::Result<ModelRegistry> {
+    let gateway = Gateway::from_config(&config.providers, config.prompt_enhancer.as_ref())?;
     let mut registry = ModelRegistry::new(config.server.default_model.clone());
     let created = now();
     for entry in &config.models {
-        let backend = build_backend(entry)?;
+        let backend = build_backend(entry, &gateway)?;
         registry.insert(Model { id: entry.id.clone(), backend, created, owned_by: "easel".into() })?;
     }
     for model in extra {
@@ -21,14 +26,20 @@ pub fn build_registry(config: &Config, extra: Vec<Model>) -> anyhow::Result<Mode
     Ok(registry)
 }
 
-fn build_backend(entry: &ModelConfig) -> anyhow::Result<SharedBackend> {
-    anyhow::bail!("model '{}': unknown backend '{}'", entry.id, entry.backend)
+fn build_backend(entry: &ModelConfig, gateway: &Gateway) -> anyhow::Result<SharedBackend> {
+    let options = Value::Object(entry.options.clone());
+    let backend = match entry.backend.as_str() {
+        "upstream" => gateway.build_model(&entry.id, &options)?,
+        other => anyhow::bail!("model '{}': unknown backend '{other}' (expected \"upstream\")", entry.id),
+    };
+    if Gateway::wants_enhancement(&entry.id, &options) {
+        return gateway.enhance(&entry.id, backend, &options);
+    }
+    Ok(backend)
 }
 
-/// Pure checks of every `[[models]]` entry, for `--check-config`.
+/// Checks every `[[providers]]` and `[[models]]` entry as far as can be done without serving,
+/// for `easel serve --check-config`.
 pub fn check(config: &Config) -> anyhow::Result<()> {
-    for entry in &config.models {
-        anyhow::bail!("model '{}': unknown backend '{}'", entry.id, entry.backend);
-    }
-    Ok(())
+    build_registry(config, Vec::new()).map(drop)
 }

@@ -139,11 +139,13 @@ fn backend_parts(error: &BackendError) -> Parts {
             retry_after: *retry_after,
             ..base(StatusCode::SERVICE_UNAVAILABLE, SERVER, "model_unavailable", None, message.clone(), Some(true))
         },
+        // The upstream backend has already retried with backoff and tried every fallback; an
+        // SDK's automatic retries would only bill the same failing generation again.
         BackendError::Upstream { message, .. } => {
-            base(StatusCode::BAD_GATEWAY, SERVER, "upstream_error", None, message.clone(), Some(true))
+            base(StatusCode::BAD_GATEWAY, SERVER, "upstream_error", None, message.clone(), Some(false))
         }
         BackendError::Timeout { message } => {
-            base(StatusCode::GATEWAY_TIMEOUT, SERVER, "upstream_timeout", None, message.clone(), Some(true))
+            base(StatusCode::GATEWAY_TIMEOUT, SERVER, "upstream_timeout", None, message.clone(), Some(false))
         }
         BackendError::Cancelled => base(
             StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),

@@ -117,7 +117,6 @@ impl Application {
             .layer(DefaultBodyLimit::max(config.server.max_body_bytes))
             .layer(TraceLayer::new_for_http())
             .with_state(state.clone());
-        easel_core::usage::warm_up();
         Ok(Self {
             listener,
             router,

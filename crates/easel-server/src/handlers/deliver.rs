@@ -7,8 +7,6 @@
 
 use std::time::Instant;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use easel_core::job::{ImageJob, JobOutput};
 use easel_core::registry::Model;
 use easel_core::types::{Operation, ResponseFormat};
@@ -114,7 +112,7 @@ impl Ledger {
                 None
             };
             if !hosted || always_b64 {
-                entry.b64_json = Some(STANDARD.encode(&image.bytes));
+                entry.b64_json = Some(base64_simd::STANDARD.encode_to_string(&image.bytes));
             }
             data.push(entry);
             images.push(ImageRecord {

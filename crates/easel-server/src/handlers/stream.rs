@@ -45,7 +45,7 @@ async fn run(state: AppState, ledger: Ledger, job: ImageJob, events: mpsc::Sende
             while let Some(partial) = partials_rx.recv().await {
                 let body = PartialImageEvent {
                     kind: partial_kind.clone(),
-                    b64_json: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &partial.bytes),
+                    b64_json: base64_simd::STANDARD.encode_to_string(&partial.bytes),
                     created_at: now(),
                     size: job.size.to_string(),
                     quality: job.resolved_quality,

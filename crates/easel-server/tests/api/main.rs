@@ -11,5 +11,6 @@ mod hosted;
 mod models;
 mod sdk;
 mod streaming;
+mod upstream;
 mod usage;
 mod variations;

@@ -1,0 +1,198 @@
+//! Upstream providers through the whole server: any inbound dialect, to fake providers that
+//! speak each documented protocol (from `easel_upstream::testing`), with the core filling gaps.
+
+use easel_upstream::testing::{Fake, Reply};
+use reqwest::multipart::Form;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_error, file_part, images, json_body, mask, png, spawn_app_with};
+
+/// Cargo sets this for every test process, so providers can name it as their key variable.
+const KEY_ENV: &str = "CARGO_PKG_NAME";
+
+fn key() -> String {
+    std::env::var(KEY_ENV).unwrap()
+}
+
+fn provider(id: &str, kind: &str, fake: &Fake, profile: Option<&str>) -> Value {
+    let base = if kind == "dashscope" { fake.url() } else { format!("{}/v1", fake.url()) };
+    let mut table = json!({
+        "id": id, "kind": kind, "base_url": base, "api_key_env": KEY_ENV,
+        "allow_hosts": [format!("http://{}", fake.addr)],
+        "timeout_secs": 5.0, "retries": 1, "backoff_base_secs": 0.01, "backoff_max_secs": 0.02,
+        "poll_interval_secs": 0.01, "poll_max_interval_secs": 0.02,
+    });
+    if let Some(profile) = profile {
+        table["profile"] = json!(profile);
+    }
+    table
+}
+
+fn model(id: &str, targets: Value) -> easel_server::config::ModelConfig {
+    let mut options = serde_json::Map::new();
+    options.insert("targets".into(), targets);
+    easel_server::config::ModelConfig { id: id.into(), backend: "upstream".into(), options }
+}
+
+async fn gateway_app(
+    providers: Vec<Value>,
+    models: Vec<easel_server::config::ModelConfig>,
+    enhancer: Option<Value>,
+) -> TestApp {
+    spawn_app_with(
+        move |c| {
+            c.providers = providers;
+            c.models = models;
+            c.prompt_enhancer = enhancer;
+        },
+        Vec::new(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn qwen_dialect_to_an_openai_provider() {
+    let fake = Fake::start(&key()).await;
+    let app = gateway_app(
+        vec![provider("oa", "openai", &fake, None)],
+        vec![model("relay", json!([{"provider": "oa", "model": "gpt-image-1.5"}]))],
+        None,
+    )
+    .await;
+    let body = json_body(
+        app.generate(json!({
+            "model": "relay",
+            "input": {"messages": [{"role": "user", "content": "A serene mountain lake at dawn"}]},
+            "parameters": {"size": "1536*1024", "n": 2},
+        }))
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(images(&body).len(), 2);
+    assert_eq!(body["size"], "1536x1024");
+    let sent = fake.hits("/v1/images/generations")[0].json.clone().unwrap();
+    assert_eq!(
+        (sent["model"].as_str(), sent["prompt"].as_str()),
+        (Some("gpt-image-1.5"), Some("A serene mountain lake at dawn"))
+    );
+    assert_eq!((sent["n"].as_u64(), sent["size"].as_str()), (Some(2), Some("1536x1024")));
+    assert!(sent.get("response_format").is_none(), "gpt-image rejects response_format: {sent}");
+}
+
+#[tokio::test]
+async fn ig1_gaps_are_filled_n_fan_out_and_mask_compositing() {
+    let fake = Fake::start(&key()).await;
+    let app = gateway_app(
+        vec![provider("ig1", "openai", &fake, Some("ig1"))],
+        vec![model("qwen-image-edit", json!([{"provider": "ig1", "model": "qwen-image-edit"}]))],
+        None,
+    )
+    .await;
+    let form = Form::new()
+        .text("model", "qwen-image-edit")
+        .text("prompt", "snake instead of the iguana")
+        .text("n", "3")
+        .text("size", "1280x720")
+        .text("response_format", "url")
+        .part("image", file_part(png(1280, 720, [1, 2, 3]), "a.png"))
+        .part("mask", file_part(mask(1280, 720, |x, _| if x < 640 { 255 } else { 0 }), "m.png"));
+    let body = json_body(app.post_form("/v1/images/edits", form).await, 200).await;
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3, "IG1 makes one image per call; Easel fans out");
+    assert_eq!(fake.hits("/v1/images/edits").len(), 3);
+    let hosted = app.client.get(data[0]["url"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
+    let out = image::load_from_memory(&hosted).unwrap().to_rgb8();
+    assert_eq!(out.get_pixel(10, 10).0, [1, 2, 3], "IG1 ignores masks; Easel composites the kept half");
+    assert_ne!(out.get_pixel(1200, 10).0, [1, 2, 3]);
+    let sent = &fake.hits("/v1/images/edits")[0];
+    assert!(
+        sent.json
+            .as_ref()
+            .is_some_and(|j| j["images"][0]["image_url"].as_str().unwrap().starts_with("data:image/png;base64,"))
+    );
+}
+
+#[tokio::test]
+async fn dashscope_async_task_with_revised_prompt_and_hosted_url() {
+    let fake = Fake::start(&key()).await;
+    let app = gateway_app(
+        vec![provider("dash", "dashscope", &fake, None)],
+        vec![model("wanx-v1", json!([{"provider": "dash", "model": "wanx-v1"}]))],
+        None,
+    )
+    .await;
+    let body = json_body(
+        app.generate(json!({"model": "wanx-v1", "prompt": "a red fox in the snow", "size": "1280x720", "response_format": "url"})).await,
+        200,
+    )
+    .await;
+    assert_eq!(body["data"][0]["revised_prompt"], "a red fox in the snow (extended)");
+    let hosted = app.client.get(body["data"][0]["url"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(hosted.status(), 200);
+    assert_eq!(fake.hits("text2image/image-synthesis")[0].headers["x-dashscope-async"], "enable");
+}
+
+#[tokio::test]
+async fn failures_after_retries_are_502_and_not_retried_by_sdks() {
+    let fake = Fake::start(&key()).await;
+    let app = gateway_app(
+        vec![provider("oa", "openai", &fake, None)],
+        vec![model("relay", json!([{"provider": "oa", "model": "gpt-image-1.5"}]))],
+        None,
+    )
+    .await;
+    for _ in 0..2 {
+        fake.push(Reply::Json(
+            500,
+            json!({"error": {"message": "boom", "type": "server_error", "param": null, "code": null}}),
+            vec![],
+        ));
+    }
+    let response = app.generate(json!({"model": "relay", "prompt": "p"})).await;
+    assert_eq!(response.headers()["x-should-retry"], "false");
+    assert_error(response, 502, None, "upstream_error").await;
+    fake.push(Reply::Json(400, json!({"error": {"message": "Your request was rejected by the safety system.", "type": "image_generation_user_error", "param": null, "code": "moderation_blocked"}}), vec![]));
+    let response = app.generate(json!({"model": "relay", "prompt": "p"})).await;
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn prompt_enhanced_models_return_the_rewrite() {
+    let fake = Fake::start(&key()).await;
+    let enhancer = json!({"base_url": format!("{}/v1", fake.url()), "api_key_env": KEY_ENV, "model": "qwen-plus"});
+    let app = gateway_app(
+        vec![provider("oa", "openai", &fake, None)],
+        vec![model("relay-pe", json!([{"provider": "oa", "model": "gpt-image-1.5"}]))],
+        Some(enhancer),
+    )
+    .await;
+    let body = json_body(app.generate(json!({"model": "relay-pe", "prompt": "a cat", "n": 2})).await, 200).await;
+    // The provider revises the prompt again (as dall-e-3 does), and the last revision is the one
+    // actually used; the rewrite is what the provider received.
+    assert_eq!(body["data"][0]["revised_prompt"], "a revised prompt");
+    assert_eq!(fake.hits("/v1/chat/completions").len(), 1, "one rewrite per request");
+    assert_eq!(fake.hits("/v1/images/generations")[0].json.as_ref().unwrap()["prompt"], "ENHANCED: a cat");
+}
+
+#[tokio::test]
+async fn upstream_partial_images_stream_through() {
+    let fake = Fake::start(&key()).await;
+    let app = gateway_app(
+        vec![provider("oa", "openai", &fake, None)],
+        vec![model("relay", json!([{"provider": "oa", "model": "gpt-image-1.5"}]))],
+        None,
+    )
+    .await;
+    let response = app
+        .generate(json!({"model": "relay", "prompt": "p", "stream": true, "partial_images": 2, "size": "1024x1024"}))
+        .await;
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let text = response.text().await.unwrap();
+    let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(
+        kinds,
+        ["image_generation.partial_image", "image_generation.partial_image", "image_generation.completed"]
+    );
+    assert_eq!(fake.hits("/v1/images/generations")[0].json.as_ref().unwrap()["stream"], true);
+}

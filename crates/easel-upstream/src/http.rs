@@ -1,0 +1,199 @@
+//! Sending one request to a provider and deciding what a failure means.
+//!
+//! Every failure becomes a [`Failure`]: the [`BackendError`] the client would see, plus what the
+//! router should do about it ([`Next`]): retry the same target (429, 5xx, connection errors,
+//! truncated bodies), move to the next target (bad credentials, unknown model, a host that is not
+//! allowed), or stop (the request itself was refused: invalid input, content policy). Keeping
+//! that decision next to the status codes means the router never inspects errors itself.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use easel_core::BackendError;
+use reqwest::header::HeaderMap;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::resilience::retry_after;
+
+/// What the router does after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Retry this target after a backoff (then fall back).
+    Retry,
+    /// Do not retry this target; try the next one.
+    Fallback,
+    /// The request is at fault (or the client left): answer now.
+    Stop,
+}
+
+#[derive(Debug)]
+pub struct Failure {
+    pub error: BackendError,
+    pub next: Next,
+    /// The provider's `Retry-After`, when it sent one.
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    pub fn new(error: BackendError, next: Next) -> Self {
+        Self { error, next, retry_after: None }
+    }
+
+    /// A provider answer that makes no sense (bad JSON, no images): not worth retrying here.
+    pub fn protocol(message: impl Into<String>) -> Self {
+        Self::new(BackendError::Upstream { status: None, message: message.into() }, Next::Fallback)
+    }
+
+    /// A broken connection or body: worth retrying.
+    pub fn network(message: impl Into<String>) -> Self {
+        Self::new(BackendError::Upstream { status: None, message: message.into() }, Next::Retry)
+    }
+
+    pub fn cancelled() -> Self {
+        Self::new(BackendError::Cancelled, Next::Stop)
+    }
+}
+
+/// OpenAI's error envelope, as most compatible services send it.
+#[derive(Debug, Deserialize)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ErrorBody {
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub code: Option<Value>,
+    #[serde(default)]
+    pub param: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+}
+
+fn code_str(code: &Option<Value>) -> Option<String> {
+    match code {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The failure for a non-success HTTP status with an OpenAI-style (or unknown) body.
+pub fn status_failure(provider: &str, status: u16, headers: &HeaderMap, body: &[u8]) -> Failure {
+    let parsed = serde_json::from_slice::<ErrorEnvelope>(body).ok().map(|e| e.error);
+    let message = parsed.as_ref().and_then(|e| e.message.clone()).unwrap_or_else(|| snippet(body));
+    let code = parsed.as_ref().and_then(|e| code_str(&e.code)).unwrap_or_default();
+    let param = parsed.as_ref().and_then(|e| e.param.clone());
+    let policy = ["content_policy_violation", "moderation_blocked", "content_filter"].contains(&code.as_str())
+        || message.contains("safety system");
+    classify(provider, status, headers, message, policy, param)
+}
+
+/// Maps a status (plus whether the body says "content policy") to a failure.
+pub fn classify(
+    provider: &str,
+    status: u16,
+    headers: &HeaderMap,
+    message: String,
+    policy: bool,
+    param: Option<String>,
+) -> Failure {
+    let retry_after = retry_after(headers);
+    let upstream = |message: String| BackendError::Upstream { status: Some(status), message };
+    let mut failure = match status {
+        _ if policy => Failure::new(BackendError::ContentPolicy { message }, Next::Stop),
+        400 | 413 | 415 | 422 => Failure::new(
+            BackendError::InvalidInput {
+                param,
+                message: format!("The upstream provider rejected the request: {message}"),
+            },
+            Next::Stop,
+        ),
+        429 => Failure::new(
+            BackendError::Overloaded { retry_after: retry_after.unwrap_or(Duration::from_secs(1)) },
+            Next::Retry,
+        ),
+        401 | 403 => Failure::new(
+            upstream(format!("The upstream provider '{provider}' refused the credentials (HTTP {status}): {message}")),
+            Next::Fallback,
+        ),
+        408 | 409 | 425 | 500..=599 => Failure::new(
+            upstream(format!("The upstream provider '{provider}' failed (HTTP {status}): {message}")),
+            Next::Retry,
+        ),
+        _ => Failure::new(
+            upstream(format!("The upstream provider '{provider}' answered HTTP {status}: {message}")),
+            Next::Fallback,
+        ),
+    };
+    failure.retry_after = retry_after;
+    failure
+}
+
+/// The start of a body, for messages.
+pub fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
+    if text.trim().is_empty() { "(empty body)".into() } else { text.trim().to_string() }
+}
+
+/// A `reqwest` error before or while reading a response.
+pub fn request_failure(provider: &str, e: &reqwest::Error) -> Failure {
+    if e.is_timeout() {
+        return Failure::new(
+            BackendError::Timeout { message: format!("The upstream provider '{provider}' did not answer in time.") },
+            Next::Fallback,
+        );
+    }
+    let what = if e.is_connect() { "could not be reached" } else { "broke the connection" };
+    Failure::network(format!("The upstream provider '{provider}' {what}: {}", error_chain(e)))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Sends a request and reads the whole body, whatever the status; only network failures (a
+/// truncated body included) are failures here.
+pub async fn send_raw(provider: &str, request: reqwest::RequestBuilder) -> Result<(u16, HeaderMap, Bytes), Failure> {
+    let response = request.send().await.map_err(|e| request_failure(provider, &e))?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.bytes().await.map_err(|e| {
+        let mut f = request_failure(provider, &e);
+        if f.next == Next::Retry {
+            f.error = BackendError::Upstream {
+                status: Some(status),
+                message: format!("The upstream provider '{provider}' sent a truncated response: {}", error_chain(&e)),
+            };
+        }
+        f
+    })?;
+    Ok((status, headers, body))
+}
+
+/// Sends a request and reads the whole body; non-success statuses become failures.
+pub async fn send(provider: &str, request: reqwest::RequestBuilder) -> Result<(HeaderMap, Bytes), Failure> {
+    let (status, headers, body) = send_raw(provider, request).await?;
+    if !(200..300).contains(&status) {
+        return Err(status_failure(provider, status, &headers, &body));
+    }
+    Ok((headers, body))
+}
+
+/// Parses a JSON body; a body that does not parse (a truncated one included) is retried.
+pub fn json<'a, T: Deserialize<'a>>(provider: &str, body: &'a [u8]) -> Result<T, Failure> {
+    serde_json::from_slice(body).map_err(|e| {
+        let message = format!("The upstream provider '{provider}' sent a response that could not be read: {e}");
+        if e.is_eof() { Failure::network(message) } else { Failure::protocol(message) }
+    })
+}

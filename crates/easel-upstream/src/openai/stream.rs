@@ -1,0 +1,82 @@
+//! Reading an OpenAI image stream (SSE) and passing partial images on.
+//!
+//! SSE framing is parsed by `eventsource-stream`; each event's JSON `type` says what it is.
+//! Partial images go to the core through `cx.partials` as they arrive (the core re-encodes them
+//! only when the format differs); `*.completed` events carry the final images.
+
+use easel_core::BackendError;
+use easel_core::backend::{BackendOutput, CallContext, PartialImage};
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+
+use super::wire::StreamEvent;
+use crate::http::{Failure, Next};
+use crate::media::from_b64;
+
+pub async fn read(
+    provider: &str,
+    response: reqwest::Response,
+    cx: &CallContext,
+    trust_usage: bool,
+) -> Result<BackendOutput, Failure> {
+    let mut events = response.bytes_stream().eventsource();
+    let mut output = BackendOutput::default();
+    let mut partials = 0u32;
+    while let Some(event) = events.next().await {
+        let event = event
+            .map_err(|e| Failure::network(format!("The upstream provider '{provider}' broke off its stream: {e}")))?;
+        let data = event.data.trim();
+        if data == "[DONE]" {
+            break;
+        }
+        if data.is_empty() {
+            continue;
+        }
+        let parsed: StreamEvent<'_> = serde_json::from_str(data).map_err(|e| {
+            Failure::protocol(format!("The upstream provider '{provider}' sent an unreadable stream event: {e}"))
+        })?;
+        if let Some(error) = parsed.error {
+            let message = error.message.unwrap_or_else(|| "the stream reported an error".into());
+            let code = error.code.as_ref().and_then(|c| c.as_str()).unwrap_or_default().to_string();
+            let policy = code == "moderation_blocked" || code == "content_policy_violation";
+            return Err(if policy {
+                Failure::new(BackendError::ContentPolicy { message }, Next::Stop)
+            } else {
+                Failure::new(
+                    BackendError::Upstream {
+                        status: None,
+                        message: format!("The upstream provider '{provider}' failed mid-stream: {message}"),
+                    },
+                    Next::Fallback,
+                )
+            });
+        }
+        let kind = parsed.kind.as_deref().unwrap_or(event.event.as_str());
+        let Some(b64) = parsed.b64_json.as_deref().filter(|b| !b.is_empty()) else {
+            continue;
+        };
+        if kind.ends_with("partial_image") {
+            if let Some(tx) = &cx.partials {
+                let image = from_b64(provider, b64)?;
+                let index = parsed.partial_image_index.unwrap_or(partials);
+                partials += 1;
+                // The core stops listening once it has what it wants; that is not an error.
+                let _ = tx.send(PartialImage { index, image }).await;
+            }
+        } else if kind.ends_with("completed") {
+            output.images.push(from_b64(provider, b64)?);
+            if trust_usage && let Some(u) = parsed.usage.as_ref().and_then(|u| u.to_usage()) {
+                output.usage = Some(u);
+            }
+            if output.revised_prompt.is_none() {
+                output.revised_prompt = parsed.revised_prompt;
+            }
+        }
+    }
+    if output.images.is_empty() {
+        return Err(Failure::network(format!(
+            "The upstream provider '{provider}' ended its stream before the image was completed."
+        )));
+    }
+    Ok(output)
+}
