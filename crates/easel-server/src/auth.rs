@@ -50,18 +50,21 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let token = header.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))).map(str::trim);
+        if let Some(token) = token
+            && let Some(key) = state.keys.verify(token).await?
+        {
+            return Ok(Self::Key(key));
+        }
         if state.open_when_keyless && !state.keys.any_active().await? {
             return Ok(Self::Open);
         }
-        let header = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))) else {
-            return Err(ApiError::Unauthorized(
-                "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).".into(),
-            ));
-        };
-        match state.keys.verify(token.trim()).await? {
-            Some(key) => Ok(Self::Key(key)),
-            None => Err(ApiError::Unauthorized("Incorrect API key provided.".into())),
-        }
+        Err(ApiError::Unauthorized(match token {
+            Some(_) => "Incorrect API key provided.".into(),
+            None => "You didn't provide an API key. You need to provide your API key in an Authorization header \
+                     using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+                .into(),
+        }))
     }
 }
