@@ -3,6 +3,7 @@
 
 mod auth;
 mod backend;
+mod conformance;
 mod edits;
 mod errors;
 mod generations;
