@@ -1,6 +1,6 @@
 //! The model registry, built from `[[models]]`: each entry's `backend` names the kind of backend
-//! that serves it (`upstream` for providers in `[[providers]]`), and the rest of the table is that
-//! backend's own configuration. Any model whose id ends in `-pe` (or with `prompt_enhance = true`)
+//! that serves it (`local` for diffusion on this machine, `upstream` for providers in
+//! `[[providers]]`), and the rest of the table is that backend's own configuration. Any model whose id ends in `-pe` (or with `prompt_enhance = true`)
 //! is wrapped by the prompt enhancer of `[prompt_enhancer]`.
 
 use easel_core::backend::SharedBackend;
@@ -30,7 +30,13 @@ fn build_backend(entry: &ModelConfig, gateway: &Gateway) -> anyhow::Result<Share
     let options = Value::Object(entry.options.clone());
     let backend = match entry.backend.as_str() {
         "upstream" => gateway.build_model(&entry.id, &options)?,
-        other => anyhow::bail!("model '{}': unknown backend '{other}' (expected \"upstream\")", entry.id),
+        "local" => {
+            // `prompt_enhance` belongs to the wrapper below, not to the local backend.
+            let mut local = entry.options.clone();
+            local.remove("prompt_enhance");
+            easel_diffusion::build(&entry.id, &Value::Object(local))?
+        }
+        other => anyhow::bail!("model '{}': unknown backend '{other}' (expected \"local\" or \"upstream\")", entry.id),
     };
     if Gateway::wants_enhancement(&entry.id, &options) {
         return gateway.enhance(&entry.id, backend, &options);

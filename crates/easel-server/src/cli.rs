@@ -1,4 +1,5 @@
-//! The command line: `easel serve`, `easel keys create|list|revoke`.
+//! The command line: `easel serve`, `easel models create-random|list|pull`,
+//! `easel keys create|list|revoke`.
 
 use std::path::PathBuf;
 
@@ -24,6 +25,11 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP server (defaults: 127.0.0.1:8080, ./easel-data).
     Serve(ServeArgs),
+    /// Make, list and download local models (`create-random`, `list`, `pull`).
+    Models {
+        #[command(subcommand)]
+        command: easel_diffusion::cli::ModelsCommand,
+    },
     /// Create, list and revoke API keys.
     Keys {
         #[command(subcommand)]
@@ -87,6 +93,7 @@ pub enum KeysCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Models { command } => easel_diffusion::cli::run(command).await,
         Command::Keys { command, config } => keys(command, &config.load()?).await,
     }
 }

@@ -52,6 +52,17 @@ check('images.edit with a list of images and a mask', async () => {
   assert.equal(Buffer.from(result.data[0].b64_json, 'base64')[0], 0xff);
 });
 
+check('images.edit with a mask', async () => {
+  const result = await client.images.edit({
+    model: MODEL,
+    image: fs.createReadStream(fixture('image.png')),
+    mask: await toFile(fs.readFileSync(fixture('mask.png')), 'mask.png', { type: 'image/png' }),
+    prompt: 'paint the right half',
+    size: '64x64',
+  });
+  assert.deepEqual(pngSize(result.data[0].b64_json), [64, 64]);
+});
+
 check('images.createVariation', async () => {
   const result = await client.images.createVariation({ model: MODEL, image: fs.createReadStream(fixture('image.png')), n: 2 });
   assert.equal(result.data.length, 2);

@@ -75,6 +75,12 @@ def test_edit_list_of_images_with_mask():
     assert result.usage.input_tokens_details.image_tokens > 0
 
 
+def test_edit_with_mask():
+    with open(fixture("image.png"), "rb") as image, open(fixture("mask.png"), "rb") as mask:
+        result = client.images.edit(model=MODEL, image=image, mask=mask, prompt="paint the right half", size="64x64")
+    assert png_size(base64.b64decode(result.data[0].b64_json)) == (64, 64)
+
+
 def test_variations():
     with open(fixture("image.png"), "rb") as image:
         result = client.images.create_variation(model=MODEL, image=image, n=2, response_format="url")

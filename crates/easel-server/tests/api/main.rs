@@ -9,6 +9,7 @@ mod errors;
 mod generations;
 mod helpers;
 mod hosted;
+mod local;
 mod models;
 mod sdk;
 mod streaming;

@@ -23,12 +23,12 @@ fn fixtures(dir: &Path) {
 }
 
 #[derive(Clone, Copy)]
-enum Sdk {
+pub enum Sdk {
     Python,
     Node,
 }
 
-async fn run_sdk(sdk: Sdk, app: &TestApp, model: &str, skip: &[&str]) {
+pub async fn run_sdk(sdk: Sdk, app: &TestApp, model: &str, skip: &[&str]) {
     let fixture_dir = tempfile::tempdir().unwrap();
     fixtures(fixture_dir.path());
     let root = repo_root();

@@ -1,0 +1,159 @@
+//! CPU (or CUDA) benchmark: time per image and peak RSS for one model folder.
+//!
+//! Times the text encoders, the denoising loop and the VAE decode separately, over `--runs`
+//! runs after one warm-up, and reads the peak resident set size from `/proc/self/status`.
+//! Random weights give honest numbers: latency does not depend on weight values.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{DType, Device};
+use clap::Parser;
+use easel_diffusion::Family;
+use easel_diffusion::model::Model;
+use easel_diffusion::pipeline::{self, Generate, Hooks, Preview};
+use easel_diffusion::scheduler::SchedulerKind;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    family: String,
+    #[arg(long, default_value_t = 512)]
+    size: usize,
+    #[arg(long, default_value_t = 1)]
+    steps: usize,
+    #[arg(long, default_value_t = 0.0)]
+    guidance: f64,
+    #[arg(long, default_value = "euler")]
+    scheduler: String,
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Skip the warm-up run (first-call costs are then included).
+    #[arg(long)]
+    no_warmup: bool,
+    /// Time single VAE-decoder-sized operations instead (conv 3x3, group norm, silu, upsample).
+    #[arg(long)]
+    ops: bool,
+    /// `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let family = Family::parse(&a.family)?;
+    let scheduler: SchedulerKind = serde_json::from_value(serde_json::Value::String(a.scheduler.clone()))?;
+    let (dev, dtype) = match a.device.as_str() {
+        "cpu" => (Device::Cpu, DType::F32),
+        _ => (Device::new_cuda(0)?, DType::F16),
+    };
+    if a.ops {
+        return ops(a.size);
+    }
+    let t = Instant::now();
+    let model = Model::load(&a.model, family, &dev, dtype)?;
+    println!("load: {:.2} s, peak RSS {:.0} MiB", t.elapsed().as_secs_f64(), peak_rss_mib());
+    let g = Generate {
+        prompt: "an astronaut riding a horse on mars".into(),
+        negative_prompt: String::new(),
+        width: a.size,
+        height: a.size,
+        seeds: vec![42],
+        steps: a.steps,
+        guidance_scale: a.guidance,
+        scheduler,
+        init: None,
+        partials: 0,
+        preview: Preview::Approx,
+    };
+    let never = || false;
+    let mut ignore = |_| {};
+    let runs = if a.no_warmup { a.runs } else { a.runs + 1 };
+    for run in 0..runs {
+        let t0 = Instant::now();
+        let cond = pipeline::encode_text(&model, ["", &g.prompt], g.guidance_scale > 1.0, 1, (a.size, a.size))?;
+        drop(cond);
+        let text = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let mut hooks = Hooks { cancelled: &never, partial: &mut ignore };
+        let latents = pipeline::denoise(&model, &g, &mut hooks).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        dev.synchronize()?;
+        let loop_s = t1.elapsed().as_secs_f64() - text;
+        let t2 = Instant::now();
+        let image = model.vae.decode(&latents.to_dtype(dtype)?)?;
+        let _ = pipeline::tensor_to_images(&image)?;
+        let vae = t2.elapsed().as_secs_f64();
+        let label = if run == 0 && !a.no_warmup { "warm-up" } else { "run" };
+        println!(
+            "{label}: text {text:.2} s, unet {loop_s:.2} s ({} steps), vae decode {vae:.2} s, total {:.2} s, peak RSS {:.0} MiB",
+            a.steps,
+            text + loop_s + vae,
+            peak_rss_mib()
+        );
+    }
+    Ok(())
+}
+
+/// The decoder's last level at `size`: 128 channels at full resolution.
+fn ops(size: usize) -> Result<()> {
+    use candle_core::{Module, Tensor};
+    let dev = Device::Cpu;
+    let vm = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
+    let conv =
+        candle_nn::conv2d(128, 128, 3, candle_nn::Conv2dConfig { padding: 1, ..Default::default() }, vb.pp("c"))?;
+    let gn = candle_nn::group_norm(32, 128, 1e-6, vb.pp("g"))?;
+    let x = Tensor::randn(0f32, 1.0, (1, 128, size, size), &dev)?;
+    let time = |name: &str, f: &dyn Fn() -> candle_core::Result<Tensor>| -> Result<()> {
+        f()?;
+        let t = Instant::now();
+        for _ in 0..3 {
+            f()?;
+        }
+        println!("{name}: {:.3} s", t.elapsed().as_secs_f64() / 3.0);
+        Ok(())
+    };
+    time("conv3x3 128->128", &|| conv.forward(&x))?;
+    let cols = Tensor::randn(0f32, 1.0, (size * size, 128 * 9), &dev)?;
+    let w = Tensor::randn(0f32, 1.0, (128 * 9, 128), &dev)?;
+    time("matmul, same flops", &|| cols.matmul(&w))?;
+    let wt = Tensor::randn(0f32, 1.0, (128, 128 * 9), &dev)?;
+    let colst = Tensor::randn(0f32, 1.0, (128 * 9, size * size), &dev)?;
+    time("matmul W x cols (NCHW out)", &|| wt.matmul(&colst))?;
+    let fast = easel_diffusion::ops::Conv::new(
+        vb.pp("c"),
+        128,
+        128,
+        3,
+        candle_nn::Conv2dConfig { padding: 1, ..Default::default() },
+    )?;
+    time("easel conv3x3 128->128", &|| fast.forward(&x).map_err(|e| candle_core::Error::Msg(e.to_string())))?;
+    let fgn = easel_diffusion::ops::GroupNorm::new(vb.pp("g"), 32, 128, 1e-6)?;
+    time("easel group_norm+silu", &|| fgn.forward(&x, true).map_err(|e| candle_core::Error::Msg(e.to_string())))?;
+    let q = Tensor::randn(0f32, 1.0, (2, 8, 4096, 40), &dev)?;
+    let kt = Tensor::randn(0f32, 1.0, (2, 8, 40, 4096), &dev)?;
+    let v = Tensor::randn(0f32, 1.0, (2, 8, 4096, 40), &dev)?;
+    for budget in [64 << 20, 8 << 20] {
+        let name = format!("attention 2x8x4096x40, chunks of {} Mi scores", budget >> 20);
+        time(&name, &|| {
+            easel_diffusion::blocks::attend(&q, &kt, &v, budget).map_err(|e| candle_core::Error::Msg(e.to_string()))
+        })?;
+    }
+    time("group_norm 32x128", &|| gn.forward(&x))?;
+    time("silu", &|| candle_nn::ops::silu(&x))?;
+    let half = x.narrow(2, 0, size / 2)?.narrow(3, 0, size / 2)?.contiguous()?;
+    time("upsample x2", &|| half.upsample_nearest2d(size, size))?;
+    Ok(())
+}

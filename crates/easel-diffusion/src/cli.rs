@@ -1,0 +1,148 @@
+//! `easel models …`: make, list and fetch model folders.
+//!
+//! The server binary embeds [`ModelsCommand`] as a subcommand. `pull` needs the optional `hub`
+//! cargo feature (hf-hub); without it the command says how to get the feature or the files.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::family::{FAMILY_NAMES, Family};
+use crate::random::{self, Scale};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ModelsCommand {
+    /// Write a model with RANDOM weights in the diffusers layout (for tests and benchmarks).
+    CreateRandom {
+        /// sd-1.5, sd-1.5-inpaint, sd-2.1, sd-2-inpaint, sd-turbo, sdxl, sdxl-inpaint or sdxl-turbo.
+        #[arg(long)]
+        family: String,
+        /// `tiny` for tests, `full` for the family's real sizes.
+        #[arg(long, value_enum, default_value = "tiny")]
+        scale: Scale,
+        /// The folder to create (must be empty or absent).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// OpenAI's CLIP BPE merges as plain text (`bpe_simple_vocab_16e6.txt`, gunzipped) for a
+        /// real tokenizer; without it every character is its own token.
+        #[arg(long)]
+        bpe: Option<PathBuf>,
+    },
+    /// List the model folders in a directory.
+    List {
+        #[arg(long, default_value = "./easel-data/models")]
+        dir: PathBuf,
+    },
+    /// Download a model repository from the Hugging Face hub (needs the `hub` feature).
+    Pull {
+        /// A hub repository id, e.g. `stabilityai/sd-turbo`.
+        id: String,
+        /// Where to put it (default: `<dir>/<name>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value = "./easel-data/models")]
+        dir: PathBuf,
+        /// Also download `*.fp16.safetensors` variants instead of the f32 files.
+        #[arg(long)]
+        fp16: bool,
+    },
+}
+
+pub async fn run(cmd: ModelsCommand) -> Result<()> {
+    match cmd {
+        ModelsCommand::CreateRandom { family, scale, out, seed, bpe } => {
+            let fam = Family::parse(&family)?;
+            let out2 = out.clone();
+            let made =
+                tokio::task::spawn_blocking(move || random::create(fam, scale, &out2, seed, bpe.as_deref())).await??;
+            println!("Wrote a model with RANDOM weights to {}.", out.display());
+            println!("It is NOT a trained model: it makes noise, not pictures. Use it for tests and benchmarks.");
+            println!("family {}, scale {:?}, seed {seed}", fam.name(), scale);
+            for (name, n) in &made.params {
+                println!("  {name:<16} {n:>13} parameters (random)");
+            }
+            if made.merges == 0 {
+                println!(
+                    "  tokenizer: CLIP's byte alphabet without merges (one token per character); pass --bpe for real merges"
+                );
+            } else {
+                println!("  tokenizer: {} CLIP BPE merges", made.merges);
+            }
+            println!(
+                "Use it with: [[models]] id = \"...\", backend = \"local\", family = \"{}\", path = \"{}\"",
+                fam.name(),
+                out.display()
+            );
+            Ok(())
+        }
+        ModelsCommand::List { dir } => list(&dir),
+        ModelsCommand::Pull { id, out, dir, fp16 } => {
+            let name = id.rsplit('/').next().unwrap_or(&id).to_string();
+            let out = out.unwrap_or_else(|| dir.join(name));
+            pull(&id, &out, fp16).await
+        }
+    }
+}
+
+fn dir_size(p: &Path) -> u64 {
+    match std::fs::read_dir(p) {
+        Err(_) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+        Ok(entries) => entries.flatten().map(|e| dir_size(&e.path())).sum(),
+    }
+}
+
+fn list(dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("No models: {} does not exist.", dir.display());
+            return Ok(());
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    let mut rows = Vec::new();
+    for e in entries.flatten() {
+        let p = e.path();
+        let Ok(index) = crate::model::read_json(&p.join("model_index.json")) else {
+            continue;
+        };
+        let class = index.get("_class_name").and_then(|v| v.as_str()).unwrap_or("?").to_string();
+        let info = crate::model::read_json(&p.join("random_model_info.json")).ok();
+        let what = match &info {
+            Some(i) => format!(
+                "RANDOM {} ({})",
+                i.get("family").and_then(|v| v.as_str()).unwrap_or("?"),
+                i.get("scale").and_then(|v| v.as_str()).unwrap_or("?")
+            ),
+            None => "weights".to_string(),
+        };
+        rows.push((e.file_name().to_string_lossy().into_owned(), class, what, dir_size(&p)));
+    }
+    rows.sort();
+    if rows.is_empty() {
+        println!("No model folders (with model_index.json) in {}.", dir.display());
+    }
+    for (name, class, what, bytes) in rows {
+        println!("{name:<32} {class:<28} {what:<24} {:>9.1} MiB", bytes as f64 / 1048576.0);
+    }
+    println!("Families: {}", FAMILY_NAMES.join(", "));
+    Ok(())
+}
+
+#[cfg(not(feature = "hub"))]
+async fn pull(id: &str, out: &Path, _fp16: bool) -> Result<()> {
+    anyhow::bail!(
+        "this easel was built without the `hub` feature, so it cannot download '{id}'.\n\
+         Rebuild with `cargo build --release --features easel-diffusion/hub` (it honours HF_ENDPOINT and HF_TOKEN),\n\
+         or download the repository in the diffusers layout yourself (for example\n\
+         `huggingface-cli download {id} --local-dir {}`) and point the model's `path` at it.",
+        out.display()
+    )
+}
+
+#[cfg(feature = "hub")]
+async fn pull(id: &str, out: &Path, fp16: bool) -> Result<()> {
+    crate::hub::pull(id, out, fp16).await
+}

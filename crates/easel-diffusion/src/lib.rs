@@ -1,0 +1,46 @@
+//! Native local diffusion on candle: Stable Diffusion 1.5, 2.1, SD-Turbo, SDXL, SDXL-Turbo and
+//! their inpainting variants, behind Easel's [`easel_core::backend::ImageBackend`] seam.
+//!
+//! - [`build`] turns a `[[models]]` entry into a backend; the weights load on its worker thread.
+//! - [`cli`] is `easel models create-random | list | pull`.
+//! - Model code: [`clip`] (text encoders), [`unet`] (with SDXL micro-conditioning), [`vae`];
+//!   [`model`] loads a diffusers-layout folder; [`pipeline`] runs one batch; [`scheduler`] and
+//!   [`noise`] make sampling reproducible from a seed; [`worker`] and [`backend`] serve it.
+
+pub mod backend;
+pub mod blocks;
+pub mod cli;
+pub mod clip;
+pub mod config;
+pub mod family;
+#[cfg(feature = "hub")]
+mod hub;
+pub mod model;
+pub mod noise;
+pub mod ops;
+pub mod pipeline;
+pub mod random;
+pub mod scheduler;
+pub mod tokenizer;
+pub mod unet;
+pub mod vae;
+pub mod weights;
+pub mod worker;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use easel_core::backend::SharedBackend;
+
+pub use backend::LocalBackend;
+pub use config::LocalConfig;
+pub use family::Family;
+
+/// Builds the local backend for model `id` from its `[[models]]` options (the table without `id`
+/// and `backend`). Returns at once; the weights load on the worker thread and `readiness()`
+/// reports "loading" or the load error until the model is ready.
+pub fn build(id: &str, options: &serde_json::Value) -> anyhow::Result<SharedBackend> {
+    let cfg = LocalConfig::from_options(options).with_context(|| format!("model '{id}': invalid local options"))?;
+    let resolved = cfg.resolve().with_context(|| format!("model '{id}'"))?;
+    Ok(Arc::new(LocalBackend::start(id, resolved)?))
+}

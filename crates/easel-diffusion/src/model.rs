@@ -1,0 +1,120 @@
+//! Loading a model folder in the diffusers layout.
+//!
+//! `model_index.json`, `unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/` and, for SDXL,
+//! `text_encoder_2/` and `tokenizer_2/`. Every architecture parameter comes from the folder's JSON
+//! configs; weights are safetensors read tensor by tensor (`*.safetensors`, or the `*.fp16.safetensors`
+//! variant when that is all there is). Text encoders always run in f32, as diffusers does on CPU
+//! and candle's example does everywhere; the UNet and VAE run in the configured dtype.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use serde_json::Value;
+
+use crate::clip::{ClipConfig, ClipText};
+use crate::family::Family;
+use crate::scheduler::TrainSchedule;
+use crate::tokenizer::ClipTokenizer;
+use crate::unet::{UNet, UNetConfig};
+use crate::vae::{Vae, VaeConfig};
+
+pub struct TextEncoder {
+    pub model: ClipText,
+    pub tokenizer: ClipTokenizer,
+}
+
+pub struct Model {
+    pub family: Family,
+    pub device: Device,
+    pub dtype: DType,
+    pub text: TextEncoder,
+    /// SDXL's second encoder (OpenCLIP bigG with projection).
+    pub text2: Option<TextEncoder>,
+    pub unet: UNet,
+    pub vae: Vae,
+    pub train: TrainSchedule,
+    /// diffusers' SDXL `force_zeros_for_empty_prompt`: an empty negative prompt is all zeros.
+    pub zeros_for_empty_prompt: bool,
+}
+
+pub fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
+/// The weights file of a component folder.
+pub fn weights_file(dir: &Path, stem: &str) -> Result<PathBuf> {
+    for name in [format!("{stem}.safetensors"), format!("{stem}.fp16.safetensors")] {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("no {stem}.safetensors in {}", dir.display())
+}
+
+/// Bytes of weights a folder would load (for the memory budget).
+pub fn weights_bytes(root: &Path) -> u64 {
+    let mut total = 0;
+    for dir in ["unet", "vae", "text_encoder", "text_encoder_2"] {
+        for stem in ["diffusion_pytorch_model", "model"] {
+            if let Ok(p) = weights_file(&root.join(dir), stem) {
+                total += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+fn weights(file: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    crate::weights::var_builder(file, dtype, device)
+}
+
+fn text_encoder(root: &Path, enc: &str, tok: &str, device: &Device) -> Result<TextEncoder> {
+    let dir = root.join(enc);
+    let cfg: ClipConfig = serde_json::from_value(read_json(&dir.join("config.json"))?)
+        .with_context(|| format!("{enc}/config.json is not a CLIP text config"))?;
+    let vb = weights(&weights_file(&dir, "model")?, DType::F32, device)?;
+    let model = ClipText::new(vb, &cfg).with_context(|| format!("loading {enc}"))?;
+    let tokenizer = ClipTokenizer::load(&root.join(tok))?;
+    Ok(TextEncoder { model, tokenizer })
+}
+
+impl Model {
+    pub fn load(root: &Path, family: Family, device: &Device, dtype: DType) -> Result<Self> {
+        let index = read_json(&root.join("model_index.json"))?;
+        let text = text_encoder(root, "text_encoder", "tokenizer", device)?;
+        let text2 =
+            if family.is_xl() { Some(text_encoder(root, "text_encoder_2", "tokenizer_2", device)?) } else { None };
+        let ucfg = UNetConfig::from_json(&read_json(&root.join("unet/config.json"))?)?;
+        match (family.is_inpaint(), ucfg.in_channels) {
+            (true, 9) | (false, 4) => {}
+            (true, c) => bail!("family {} needs a 9-channel inpainting UNet, the folder's has {c}", family.name()),
+            (false, c) => {
+                bail!("family {} needs a 4-channel UNet, the folder's has {c} (use the -inpaint family)", family.name())
+            }
+        }
+        if family.is_xl() != ucfg.text_time.is_some() {
+            bail!("family {} does not match the UNet's addition_embed_type", family.name());
+        }
+        let unet =
+            UNet::new(weights(&weights_file(&root.join("unet"), "diffusion_pytorch_model")?, dtype, device)?, &ucfg)
+                .context("loading unet")?;
+        let vcfg = VaeConfig::from_json(&read_json(&root.join("vae/config.json"))?)?;
+        let vae =
+            Vae::new(weights(&weights_file(&root.join("vae"), "diffusion_pytorch_model")?, dtype, device)?, &vcfg)
+                .context("loading vae")?;
+        let sched = root.join("scheduler/scheduler_config.json");
+        let train = TrainSchedule::from_json(&read_json(&sched)?)?;
+        let zeros_for_empty_prompt =
+            family.is_xl() && index.get("force_zeros_for_empty_prompt").and_then(Value::as_bool).unwrap_or(true);
+        Ok(Self { family, device: device.clone(), dtype, text, text2, unet, vae, train, zeros_for_empty_prompt })
+    }
+
+    /// The downscale factor from pixels to latents.
+    pub fn latent_factor(&self) -> usize {
+        1 << (self.vae.config().block_out_channels.len() - 1)
+    }
+}

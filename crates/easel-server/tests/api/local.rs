@@ -1,0 +1,145 @@
+//! A tiny random local model, made with `easel models create-random` (the real CLI) and served
+//! through the HTTP API: generations, img2img and masked edits, variations, streaming, and the
+//! official SDKs.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use reqwest::multipart::Form;
+use serde_json::json;
+
+use crate::helpers::{TestApp, assert_error, b64_bytes, file_part, images, json_body, mask, png, spawn_app_with};
+use crate::sdk::{Sdk, run_sdk};
+
+/// One tiny sd-turbo folder for the whole test binary.
+fn model_dir() -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap();
+    let dir = DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_easel"))
+            .args(["models", "create-random", "--family", "sd-turbo", "--scale", "tiny", "--seed", "7", "--out"])
+            .arg(dir.path().join("turbo"))
+            .output()
+            .unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "create-random failed: {said}");
+        assert!(said.to_lowercase().contains("random"), "create-random must say the weights are random: {said}");
+        dir
+    });
+    dir.path().join("turbo")
+}
+
+/// A server with the tiny model as `turbo`, once it is ready.
+pub async fn local_app() -> TestApp {
+    let path = model_dir();
+    let app = spawn_app_with(
+        move |c| {
+            let mut options = serde_json::Map::new();
+            for (k, v) in [
+                ("family", json!("sd-turbo")),
+                ("path", json!(path)),
+                ("min_edge", json!(32)),
+                ("default_size", json!("64x64")),
+                ("steps", json!(4)),
+            ] {
+                options.insert(k.into(), v);
+            }
+            c.models = vec![easel_server::config::ModelConfig { id: "turbo".into(), backend: "local".into(), options }];
+        },
+        Vec::new(),
+    )
+    .await;
+    let started = Instant::now();
+    loop {
+        let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+        if ready.status() == 200 {
+            return app;
+        }
+        let body = ready.text().await.unwrap();
+        assert!(body.contains("loading"), "the model failed to load: {body}");
+        assert!(started.elapsed() < Duration::from_secs(120), "the model did not load: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn generations_are_reproducible_by_seed() {
+    let app = local_app().await;
+    let request = json!({"model": "turbo", "prompt": "a lighthouse", "n": 2, "seed": 5, "size": "64x48"});
+    let first = json_body(app.generate(request.clone()).await, 200).await;
+    let pictures = images(&first);
+    assert_eq!(pictures.len(), 2);
+    assert!(pictures.iter().all(|p| (p.width(), p.height()) == (64, 48)));
+    assert_ne!(b64_bytes(&first["data"][0]), b64_bytes(&first["data"][1]), "n images are distinct");
+    let again = json_body(app.generate(request).await, 200).await;
+    assert_eq!(b64_bytes(&first["data"][0]), b64_bytes(&again["data"][0]), "same seed, same bytes");
+    let other = json_body(
+        app.generate(json!({"model": "turbo", "prompt": "a lighthouse", "seed": 6, "size": "64x48"})).await,
+        200,
+    )
+    .await;
+    assert_ne!(b64_bytes(&first["data"][0]), b64_bytes(&other["data"][0]), "another seed, another image");
+}
+
+#[tokio::test]
+async fn edits_img2img_masks_and_variations() {
+    let app = local_app().await;
+    let form = Form::new()
+        .text("model", "turbo")
+        .text("prompt", "make it blue")
+        .text("strength", "0.6")
+        .part("image", file_part(png(64, 64, [200, 10, 10]), "a.png"));
+    let body = json_body(app.post_form("/v1/images/edits", form).await, 200).await;
+    assert_eq!(body["size"], "64x64");
+
+    let form = Form::new()
+        .text("model", "turbo")
+        .text("prompt", "paint the right half")
+        .part("image", file_part(png(64, 64, [12, 34, 56]), "a.png"))
+        .part("mask", file_part(mask(64, 64, |x, _| if x < 32 { 255 } else { 0 }), "m.png"));
+    let body = json_body(app.post_form("/v1/images/edits", form).await, 200).await;
+    let out = images(&body)[0].to_rgb8();
+    assert_eq!(out.get_pixel(4, 4).0, [12, 34, 56], "opaque mask pixels are kept");
+
+    let form = Form::new()
+        .text("model", "turbo")
+        .text("prompt", "p")
+        .part("image[]", file_part(png(64, 64, [1, 1, 1]), "a.png"))
+        .part("image[]", file_part(png(64, 64, [2, 2, 2]), "b.png"));
+    assert_error(app.post_form("/v1/images/edits", form).await, 400, Some("image"), "too_many_images").await;
+
+    let form =
+        Form::new().text("model", "turbo").text("n", "2").part("image", file_part(png(64, 64, [9, 9, 9]), "a.png"));
+    let body = json_body(app.post_form("/v1/images/variations", form).await, 200).await;
+    assert_eq!(images(&body).len(), 2);
+}
+
+#[tokio::test]
+async fn streams_real_partial_images() {
+    let app = local_app().await;
+    let text = app
+        .generate(json!({"model": "turbo", "prompt": "p", "stream": true, "partial_images": 2, "size": "64x64"}))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(
+        kinds,
+        ["image_generation.partial_image", "image_generation.partial_image", "image_generation.completed"]
+    );
+}
+
+#[tokio::test]
+async fn python_sdk_with_a_local_model() {
+    run_sdk(Sdk::Python, &local_app().await, "turbo", &["test_edit_list_of_images_with_mask"]).await;
+}
+
+#[tokio::test]
+async fn node_sdk_with_a_local_model() {
+    run_sdk(Sdk::Node, &local_app().await, "turbo", &["images.edit with a list of images and a mask"]).await;
+}
