@@ -216,6 +216,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[expect(clippy::result_large_err, reason = "figment's Jail fixes the closure's error type")]
     fn defaults_validate_and_env_overrides() {
         let config = Config::default();
         config.validate().unwrap();

@@ -110,3 +110,26 @@ async fn the_keys_cli_creates_lists_and_revokes() {
     easel(&["keys", "revoke", &id]);
     assert!(easel(&["keys", "list"]).contains("revoked"));
 }
+
+#[test]
+fn the_example_gateway_config_checks() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let output = Command::new(env!("CARGO_BIN_EXE_easel"))
+        .args(["serve", "--check-config", "--config"])
+        .arg(root.join("examples/gateway.toml"))
+        .env("OPENAI_API_KEY", "k")
+        .env("DASHSCOPE_API_KEY", "k")
+        .env("IG1AI_API_KEY", "k")
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains("configuration OK: 3 model(s)"), "{said}");
+    let without_keys = Command::new(env!("CARGO_BIN_EXE_easel"))
+        .args(["serve", "--check-config", "--config"])
+        .arg(root.join("examples/gateway.toml"))
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .unwrap();
+    assert!(!without_keys.status.success(), "a missing key variable is an error");
+}

@@ -40,7 +40,7 @@ async fn conformance(app: &TestApp, model: &str, edit_model: Option<&str>) {
         .text()
         .await
         .unwrap();
-    let last = text.lines().filter_map(|l| l.strip_prefix("data: ")).last().unwrap();
+    let last = text.lines().rev().find_map(|l| l.strip_prefix("data: ")).unwrap();
     let last: Value = serde_json::from_str(last).unwrap();
     assert_eq!(
         (last["type"].as_str(), last["size"].as_str()),
