@@ -32,8 +32,16 @@ impl Default for EncodeSettings {
     }
 }
 
-/// The format and dimensions of an image, from its header only.
-pub fn probe(bytes: &[u8]) -> Result<(InputFormat, ImageSize), ImageError> {
+/// What an image's header says, without decoding its pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub format: InputFormat,
+    pub size: ImageSize,
+    pub has_alpha: bool,
+}
+
+/// The format, dimensions and channel layout of an image, from its header only.
+pub fn header(bytes: &[u8]) -> Result<Header, ImageError> {
     let format = sniff(bytes).ok_or(ImageError::UnknownFormat)?;
     let reader = ImageReader::with_format(Cursor::new(bytes), image_format(format));
     let decoder = reader.into_decoder().map_err(|e| ImageError::Corrupt(e.to_string()))?;
@@ -41,7 +49,12 @@ pub fn probe(bytes: &[u8]) -> Result<(InputFormat, ImageSize), ImageError> {
     if width == 0 || height == 0 {
         return Err(ImageError::Corrupt("the image has no pixels".into()));
     }
-    Ok((format, ImageSize::new(width, height)))
+    Ok(Header { format, size: ImageSize::new(width, height), has_alpha: decoder.color_type().has_alpha() })
+}
+
+/// The format and dimensions of an image, from its header only.
+pub fn probe(bytes: &[u8]) -> Result<(InputFormat, ImageSize), ImageError> {
+    header(bytes).map(|h| (h.format, h.size))
 }
 
 /// Decodes a PNG, JPEG or WebP image, refusing images over `max_pixels`.

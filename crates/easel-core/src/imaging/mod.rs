@@ -10,7 +10,7 @@ mod composite;
 mod resize;
 mod sniff;
 
-pub use codec::{EncodeSettings, decode, encode, probe};
+pub use codec::{EncodeSettings, Header, decode, encode, header, probe};
 pub use composite::{apply_mask, flatten, has_transparency};
 pub use resize::{resize_cover, resize_exact};
 pub use sniff::sniff;

@@ -8,7 +8,7 @@ use crate::job::ImageJob;
 use crate::request::{ImageRef, ImageRequest, NamedImage};
 use crate::types::{Background, ImageSize, Operation, OutputFormat, Quality, SizeRequest};
 
-use super::{ImageService, blocking};
+use super::ImageService;
 
 impl ImageService {
     pub async fn prepare(&self, request: ImageRequest) -> Result<ImageJob, CoreError> {
@@ -158,7 +158,7 @@ impl ImageService {
             Some(named) => {
                 let param = named.param.clone();
                 let mask = self.load(named, 0).await?;
-                check_mask(&param, &mask, inputs[0].size, self.settings.max_input_pixels).await?;
+                check_mask(&param, &mask, inputs[0].size)?;
                 Some(mask)
             }
         };
@@ -243,18 +243,17 @@ fn check_n(n: Option<u32>, caps: &Capabilities) -> Result<u32, CoreError> {
     Ok(n)
 }
 
-/// The mask must decode, have an alpha channel and match the first image's size.
-async fn check_mask(param: &str, mask: &InputImage, first: ImageSize, max_pixels: u64) -> Result<(), CoreError> {
+/// The mask must have an alpha channel and match the first image's size. Its header says both,
+/// so the mask is decoded only once, when it is composited.
+fn check_mask(param: &str, mask: &InputImage, first: ImageSize) -> Result<(), CoreError> {
     if mask.size != first {
         return Err(CoreError::invalid_value(
             param,
             format!("The mask is {} but the first image is {first}; they must have the same dimensions.", mask.size),
         ));
     }
-    let bytes = mask.bytes.clone();
-    let decoded = blocking(move || imaging::decode(&bytes, max_pixels)).await?;
-    let decoded = decoded.map_err(|e| image_error(param, 0, &e))?;
-    if !decoded.color().has_alpha() {
+    let header = imaging::header(&mask.bytes).map_err(|e| image_error(param, 0, &e))?;
+    if !header.has_alpha {
         return Err(CoreError::invalid_image(
             Some(param.to_string()),
             "The mask must have an alpha channel: fully transparent pixels mark the area to edit.",

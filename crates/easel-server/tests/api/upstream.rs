@@ -50,15 +50,20 @@ async fn gateway_app(
     .await
 }
 
-#[tokio::test]
-async fn qwen_dialect_to_an_openai_provider() {
-    let fake = Fake::start(&key()).await;
-    let app = gateway_app(
-        vec![provider("oa", "openai", &fake, None)],
+/// An app whose model `relay` is gpt-image-1.5 on the fake OpenAI service.
+async fn relay_app(fake: &Fake) -> TestApp {
+    gateway_app(
+        vec![provider("oa", "openai", fake, None)],
         vec![model("relay", json!([{"provider": "oa", "model": "gpt-image-1.5"}]))],
         None,
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn qwen_dialect_to_an_openai_provider() {
+    let fake = Fake::start(&key()).await;
+    let app = relay_app(&fake).await;
     let body = json_body(
         app.generate(json!({
             "model": "relay",
@@ -136,12 +141,7 @@ async fn dashscope_async_task_with_revised_prompt_and_hosted_url() {
 #[tokio::test]
 async fn failures_after_retries_are_502_and_not_retried_by_sdks() {
     let fake = Fake::start(&key()).await;
-    let app = gateway_app(
-        vec![provider("oa", "openai", &fake, None)],
-        vec![model("relay", json!([{"provider": "oa", "model": "gpt-image-1.5"}]))],
-        None,
-    )
-    .await;
+    let app = relay_app(&fake).await;
     for _ in 0..2 {
         fake.push(Reply::Json(
             500,
@@ -178,12 +178,7 @@ async fn prompt_enhanced_models_return_the_rewrite() {
 #[tokio::test]
 async fn upstream_partial_images_stream_through() {
     let fake = Fake::start(&key()).await;
-    let app = gateway_app(
-        vec![provider("oa", "openai", &fake, None)],
-        vec![model("relay", json!([{"provider": "oa", "model": "gpt-image-1.5"}]))],
-        None,
-    )
-    .await;
+    let app = relay_app(&fake).await;
     let response = app
         .generate(json!({"model": "relay", "prompt": "p", "stream": true, "partial_images": 2, "size": "1024x1024"}))
         .await;
