@@ -8,16 +8,23 @@ use serde::Serialize;
 
 use crate::response::UsageBody;
 
+/// The fields every image event carries.
 #[derive(Debug, Clone, Serialize)]
-pub struct PartialImageEvent {
-    #[serde(rename = "type")]
-    pub kind: String,
+pub struct EventImage {
     pub b64_json: String,
     pub created_at: i64,
     pub size: String,
     pub quality: Quality,
     pub background: Background,
     pub output_format: OutputFormat,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartialImageEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(flatten)]
+    pub image: EventImage,
     pub partial_image_index: u32,
 }
 
@@ -25,12 +32,8 @@ pub struct PartialImageEvent {
 pub struct CompletedEvent {
     #[serde(rename = "type")]
     pub kind: String,
-    pub b64_json: String,
-    pub created_at: i64,
-    pub size: String,
-    pub quality: Quality,
-    pub background: Background,
-    pub output_format: OutputFormat,
+    #[serde(flatten)]
+    pub image: EventImage,
     pub usage: UsageBody,
     /// An Easel addition for `response_format=url`: the hosted copy of the image.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -128,7 +128,8 @@ impl ImageService {
         }
     }
 
-    /// The first image and the mask, decoded once per job, when a mask must be composited.
+    /// The first image and the mask, decoded and brought to the delivered size once per job,
+    /// when a mask must be composited.
     async fn decode_mask_inputs(
         &self,
         job: &ImageJob,
@@ -137,13 +138,17 @@ impl ImageService {
             return Ok((None, None));
         };
         let (mask_bytes, first_bytes) = (mask.bytes.clone(), first.bytes.clone());
-        let max = self.settings.max_input_pixels;
+        let (max, size) = (self.settings.max_input_pixels, job.size);
         let (mask, first) =
             blocking(move || (imaging::decode(&mask_bytes, max), imaging::decode(&first_bytes, max))).await?;
         let first = first.map_err(|e| {
             CoreError::invalid_image(Some("image".into()), format!("Invalid image file or mode for image 1: {e}."))
         })?;
         let mask = mask.map_err(|e| CoreError::invalid_image(Some("mask".into()), format!("Invalid mask: {e}.")))?;
+        let resized = blocking(move || -> anyhow::Result<_> {
+            Ok((imaging::resize_cover(&first, size)?, imaging::resize_cover(&mask, size)?))
+        });
+        let (first, mask) = resized.await??;
         Ok((Some(Arc::new(first)), Some(Arc::new(mask))))
     }
 }

@@ -60,9 +60,8 @@ pub(super) fn finish(
     };
     let mut pixels = imaging::resize_cover(&pixels, params.size)?;
     if let (Some(source), Some(mask)) = (source, mask) {
-        let source = imaging::resize_cover(source, params.size)?;
-        let mask = imaging::resize_cover(mask, params.size)?;
-        pixels = imaging::apply_mask(&pixels, &source, &mask);
+        // Both already have the delivered size (see `decode_mask_inputs`).
+        pixels = imaging::apply_mask(&pixels, source, mask);
     }
     if params.format == OutputFormat::Jpeg || params.background == Background::Opaque {
         pixels = imaging::flatten(&pixels, WHITE);

@@ -11,7 +11,7 @@ use std::convert::Infallible;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use easel_core::job::{EncodedPartial, ImageJob, JobContext};
-use easel_wire::events::{CompletedEvent, PartialImageEvent, completed_type, partial_type};
+use easel_wire::events::{CompletedEvent, EventImage, PartialImageEvent, completed_type, partial_type};
 use easel_wire::response::UsageBody;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -45,12 +45,7 @@ async fn run(state: AppState, ledger: Ledger, job: ImageJob, events: mpsc::Sende
             while let Some(partial) = partials_rx.recv().await {
                 let body = PartialImageEvent {
                     kind: partial_kind.clone(),
-                    b64_json: base64_simd::STANDARD.encode_to_string(&partial.bytes),
-                    created_at: now(),
-                    size: job.size.to_string(),
-                    quality: job.resolved_quality,
-                    background: job.resolved_background(),
-                    output_format: job.output_format,
+                    image: event_image(&job, base64_simd::STANDARD.encode_to_string(&partial.bytes)),
                     partial_image_index: partial.index,
                 };
                 if let Some(event) = json_event(&partial_kind, &body)
@@ -74,12 +69,7 @@ async fn run(state: AppState, ledger: Ledger, job: ImageJob, events: mpsc::Sende
             for image in response.data {
                 let body = CompletedEvent {
                     kind: kind.clone(),
-                    b64_json: image.b64_json.unwrap_or_default(),
-                    created_at: now(),
-                    size: job.size.to_string(),
-                    quality: job.resolved_quality,
-                    background: job.resolved_background(),
-                    output_format: job.output_format,
+                    image: event_image(&job, image.b64_json.unwrap_or_default()),
                     usage: usage.unwrap_or_else(|| UsageBody::from_usage(&Default::default(), false)),
                     url: image.url,
                     revised_prompt: image.revised_prompt,
@@ -92,6 +82,18 @@ async fn run(state: AppState, ledger: Ledger, job: ImageJob, events: mpsc::Sende
             }
         }
         Err(error) => send_error(&events, &error).await,
+    }
+}
+
+/// The fields every event of this job carries, around one image.
+fn event_image(job: &ImageJob, b64_json: String) -> EventImage {
+    EventImage {
+        b64_json,
+        created_at: now(),
+        size: job.size.to_string(),
+        quality: job.resolved_quality,
+        background: job.resolved_background(),
+        output_format: job.output_format,
     }
 }
 
