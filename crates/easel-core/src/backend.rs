@@ -18,10 +18,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::BackendError;
-use crate::request::Extensions;
-use crate::types::{
-    Background, ImageSize, InputFidelity, InputFormat, Moderation, Operation, OutputFormat, Quality, Style,
-};
+use crate::range::{FloatRange, IntRange};
+use crate::request::Options;
+use crate::types::{ImageSize, InputFormat, Operation, OutputFormat, Quality};
 use crate::usage::Usage;
 
 /// Which sizes a backend can make.
@@ -36,6 +35,25 @@ pub enum SizeRule {
 }
 
 impl SizeRule {
+    /// Exactly the sizes in `list`, as `(width, height)` pairs.
+    pub fn fixed(list: &[(u32, u32)]) -> Self {
+        Self::Fixed(list.iter().map(|&(w, h)| ImageSize::new(w, h)).collect())
+    }
+
+    /// What clients may ask of a service that makes only a few sizes: any reasonable size
+    /// (multiples of 8, 256 to 2048 pixels an edge, up to 4:1), made at the nearest native size
+    /// and resized by the core.
+    pub fn broad() -> Self {
+        Self::Range {
+            multiple_of: 8,
+            min_edge: 256,
+            max_edge: 2048,
+            min_pixels: 256 * 256,
+            max_pixels: 2048 * 2048,
+            max_aspect: 4.0,
+        }
+    }
+
     /// gpt-image-2's rule: multiples of 16, 655,360 to 8,294,400 pixels, edges up to 3840, 3:1.
     pub fn gpt_image_2() -> Self {
         Self::Range {
@@ -144,6 +162,12 @@ pub struct Capabilities {
     pub partial_images: bool,
     /// Longest prompt, in characters.
     pub max_prompt_chars: usize,
+    /// The ranges of the open-model extensions this model accepts.
+    pub extensions: ExtensionRanges,
+    /// Whether the backend works on pixels: the core then decodes the first input image and the
+    /// mask once per job, at the call size, and hands them over in [`BackendCall::pixels`].
+    /// Backends that relay bytes leave it false and never pay for a decode.
+    pub takes_pixels: bool,
 }
 
 impl Capabilities {
@@ -152,12 +176,35 @@ impl Capabilities {
     }
 }
 
-/// An input image whose format and size are known from its header.
+/// The values a model accepts for Easel's open-model extensions; the core checks requests
+/// against them once, naming the parameter. `seed` and `negative_prompt` have no range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExtensionRanges {
+    pub steps: IntRange,
+    pub guidance_scale: FloatRange,
+    pub strength: FloatRange,
+}
+
+impl Default for ExtensionRanges {
+    /// The widest Easel accepts, for backends that pass the values on (upstream services that
+    /// document their own limits narrow them).
+    fn default() -> Self {
+        Self {
+            steps: IntRange::new(1, 500),
+            guidance_scale: FloatRange::new(0.0, 50.0),
+            strength: FloatRange::new(0.0, 1.0),
+        }
+    }
+}
+
+/// An input image whose format, size and channels are known from its header, read once when the
+/// request was prepared.
 #[derive(Clone)]
 pub struct InputImage {
     pub bytes: Bytes,
     pub format: InputFormat,
     pub size: ImageSize,
+    pub has_alpha: bool,
 }
 
 impl std::fmt::Debug for InputImage {
@@ -166,33 +213,39 @@ impl std::fmt::Debug for InputImage {
     }
 }
 
-/// One call to a backend: everything already validated and resolved.
+/// The first input image and the mask as pixels, decoded once per job and brought to the call
+/// size (cover, then centre crop), for backends that declare [`Capabilities::takes_pixels`].
+#[derive(Debug, Clone)]
+pub struct SourcePixels {
+    pub image: Arc<DynamicImage>,
+    /// OpenAI's convention: fully transparent pixels mark the area to edit.
+    pub mask: Option<Arc<DynamicImage>>,
+}
+
+/// One call to a backend: everything already validated and resolved. Built by the core with
+/// [`crate::job::ImageJob::call`]; tests build them with `easel_core::testing::CallBuilder`.
 #[derive(Debug, Clone)]
 pub struct BackendCall {
     pub operation: Operation,
     /// The model id the client used (the registry key).
     pub model: String,
     pub prompt: String,
+    /// The input images as encoded bytes, for backends that relay them.
     pub images: Vec<InputImage>,
     /// Present only when the backend declares `native_masks`.
     pub mask: Option<InputImage>,
+    /// Present only when the backend declares `takes_pixels` and the request has an image.
+    pub pixels: Option<SourcePixels>,
     /// Images to make, at most `max_n_per_call`.
     pub n: u32,
     /// A size from the backend's native rule.
     pub size: ImageSize,
     pub quality: Quality,
-    pub style: Option<Style>,
-    pub background: Background,
-    /// The format the client wants; a backend returning pixels or another format is transcoded.
-    pub output_format: OutputFormat,
-    pub output_compression: Option<u8>,
-    pub moderation: Option<Moderation>,
-    pub input_fidelity: Option<InputFidelity>,
     /// Partial images wanted while streaming (0 when not streaming).
     pub partial_images: u8,
-    pub user: Option<String>,
-    /// Open-model extensions; `seed` is already offset for this call when the core fans out.
-    pub extensions: Extensions,
+    /// Everything else the client asked for, unchanged; `options.extensions.seed` is already
+    /// offset for this call when the core fans out.
+    pub options: Options,
 }
 
 /// An image a backend made.

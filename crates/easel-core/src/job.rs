@@ -7,12 +7,10 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::InputImage;
+use crate::backend::{BackendCall, InputImage, SourcePixels};
 use crate::registry::Model;
-use crate::request::Extensions;
-use crate::types::{
-    Background, ImageSize, InputFidelity, Moderation, Operation, OutputFormat, Quality, ResponseFormat, Style,
-};
+use crate::request::Options;
+use crate::types::{Background, ImageSize, Operation, OutputFormat, Quality, ResponseFormat};
 use crate::usage::Usage;
 
 #[derive(Debug, Clone)]
@@ -29,26 +27,44 @@ pub struct ImageJob {
     pub quality: Quality,
     /// The quality reported back (`auto` resolved).
     pub resolved_quality: Quality,
-    pub style: Option<Style>,
-    pub background: Background,
-    pub output_format: OutputFormat,
-    pub output_compression: Option<u8>,
-    pub moderation: Option<Moderation>,
-    pub input_fidelity: Option<InputFidelity>,
     pub response_format: ResponseFormat,
     pub stream: bool,
     /// Partial images wanted (0 unless streaming).
     pub partial_images: u8,
-    pub user: Option<String>,
-    pub extensions: Extensions,
+    /// The options carried unchanged from the request, checked against the model.
+    pub options: Options,
 }
 
 impl ImageJob {
     /// The background reported back: `transparent` only when asked for and possible.
     pub fn resolved_background(&self) -> Background {
-        match self.background {
-            Background::Transparent => Background::Transparent,
-            Background::Auto | Background::Opaque => Background::Opaque,
+        self.options.background.resolved()
+    }
+
+    /// The output format delivered.
+    pub fn output_format(&self) -> OutputFormat {
+        self.options.output_format
+    }
+
+    /// The backend call for `n` images starting at image `offset` of the job (which offsets the
+    /// seed, so fanned-out calls make different images), at the backend's `size`, with the
+    /// job's decoded `pixels` when the backend takes them.
+    pub fn call(&self, n: u32, offset: u32, size: ImageSize, pixels: Option<SourcePixels>) -> BackendCall {
+        let caps = self.model.backend.capabilities();
+        let mut options = self.options.clone();
+        options.extensions.seed = options.extensions.seed.map(|seed| seed.wrapping_add(u64::from(offset)));
+        BackendCall {
+            operation: self.operation,
+            model: self.model.id.clone(),
+            prompt: self.prompt.clone(),
+            images: self.images.clone(),
+            mask: if caps.native_masks { self.mask.clone() } else { None },
+            pixels: if caps.takes_pixels { pixels } else { None },
+            n,
+            size,
+            quality: self.quality,
+            partial_images: self.partial_images,
+            options,
         }
     }
 }

@@ -1,10 +1,9 @@
 //! Easel's domain, independent of any transport or inference engine.
 //!
 //! # Layout
-//! - [`types`]: validated values (`ImageSize`, `OutputFormat`, `Quality`, ...). Each is built by a
-//!   parser, so nothing past the edge holds an unchecked string.
-//! - [`request`]: [`request::ImageRequest`], what a client asked for once its dialect is parsed;
-//!   the same for every inbound dialect.
+//! - [`types`], [`request`], [`range`], [`limits`], [`error`]: the data, from the `easel-types`
+//!   crate (re-exported here under the same names). Values are built by parsers, so nothing past
+//!   the edge holds an unchecked string.
 //! - [`backend`]: the seam between the core and whatever makes pixels ([`backend::ImageBackend`]),
 //!   with [`backend::Capabilities`] saying what a backend does natively.
 //! - [`registry`]: models by id, built from config at startup.
@@ -12,18 +11,21 @@
 //!   the backend and fills every gap (n fan-out, sizes, formats, masks, background).
 //! - [`imaging`]: pixel work (sniffing, codecs, resizing, mask compositing), run on the blocking pool.
 //! - [`usage`]: token accounting in OpenAI's image usage shape.
-//! - [`fetch`]: downloads of image URLs, only from allow-listed hosts.
-//! - [`error`]: the errors each layer can raise; the HTTP meaning lives in the server crate.
+//! - [`fetch`]: downloads of image URLs, only from allow-listed hosts. It lives in the core, not
+//!   the server, because the service fetches input images while it prepares a job (before any
+//!   backend is called), and upstream backends reuse it for providers that answer with links.
+//!
+//! `docs/architecture.md` is the map: the crates, the path of a request, the error table.
 
 pub mod backend;
-pub mod error;
 pub mod fetch;
 pub mod imaging;
 pub mod job;
 pub mod registry;
-pub mod request;
 pub mod service;
-pub mod types;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod usage;
 
+pub use easel_types::{error, limits, range, request, types};
 pub use error::{BackendError, CoreError};

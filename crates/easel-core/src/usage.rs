@@ -14,34 +14,10 @@
 
 use std::sync::OnceLock;
 
-use serde::{Deserialize, Serialize};
 use tiktoken_rs::CoreBPE;
 
 use crate::types::{ImageSize, Quality};
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    pub input_text_tokens: u64,
-    pub input_image_tokens: u64,
-    pub output_tokens: u64,
-}
-
-impl Usage {
-    pub fn input_tokens(&self) -> u64 {
-        self.input_text_tokens + self.input_image_tokens
-    }
-    pub fn total_tokens(&self) -> u64 {
-        self.input_tokens() + self.output_tokens
-    }
-}
-
-impl std::ops::AddAssign for Usage {
-    fn add_assign(&mut self, other: Self) {
-        self.input_text_tokens += other.input_text_tokens;
-        self.input_image_tokens += other.input_image_tokens;
-        self.output_tokens += other.output_tokens;
-    }
-}
+pub use easel_types::usage::Usage;
 
 /// Loaded on first use: the vocabulary costs about 30 MB of memory an idle server need not hold.
 fn bpe() -> Option<&'static CoreBPE> {

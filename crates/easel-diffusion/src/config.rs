@@ -7,12 +7,27 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
+use easel_core::backend::ExtensionRanges;
+use easel_core::limits;
+use easel_core::range::{FloatRange, IntRange};
 use easel_core::types::ImageSize;
 use serde::Deserialize;
 
 use crate::family::{Family, FamilyDefaults};
 use crate::pipeline::Preview;
 use crate::scheduler::SchedulerKind;
+
+/// Sizes are multiples of the VAE's downsampling factor, 8 for every family served.
+pub const SIZE_MULTIPLE: u32 = 8;
+
+/// What local models accept for the open-model extensions, in requests (the core checks them
+/// against the model's capabilities) and as `[[models]]` defaults alike. Zero strength would skip
+/// every step, so it starts above zero.
+pub const EXTENSION_RANGES: ExtensionRanges = ExtensionRanges {
+    steps: IntRange::new(1, 200),
+    guidance_scale: FloatRange::new(0.0, 50.0),
+    strength: FloatRange::above(0.0, 1.0),
+};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,16 +131,13 @@ impl LocalConfig {
             (Some(other), _) => bail!("dtype must be 'f32', 'f16' or 'bf16', not '{other}'"),
         };
         let mut defaults = family.defaults();
+        let ranges = EXTENSION_RANGES;
         if let Some(s) = self.steps {
-            if s == 0 || s > 200 {
-                bail!("steps must be between 1 and 200");
-            }
+            ranges.steps.check("steps", i64::from(s))?;
             defaults.steps = s;
         }
         if let Some(g) = self.guidance_scale {
-            if !(0.0..=50.0).contains(&g) {
-                bail!("guidance_scale must be between 0 and 50");
-            }
+            ranges.guidance_scale.check("guidance_scale", g)?;
             defaults.guidance_scale = g;
         }
         if let Some(s) = self.scheduler {
@@ -137,12 +149,13 @@ impl LocalConfig {
         if let Some(m) = self.max_edge {
             defaults.max_edge = m;
         }
-        if defaults.min_edge % 8 != 0
-            || defaults.max_edge % 8 != 0
-            || defaults.min_edge < 8
+        let m = SIZE_MULTIPLE;
+        if defaults.min_edge % m != 0
+            || defaults.max_edge % m != 0
+            || defaults.min_edge < m
             || defaults.min_edge > defaults.max_edge
         {
-            bail!("min_edge and max_edge must be multiples of 8 with min_edge <= max_edge");
+            bail!("min_edge and max_edge must be multiples of {m} with min_edge <= max_edge");
         }
         let default_size = match &self.default_size {
             Some(s) => ImageSize::parse(s).map_err(|e| anyhow::anyhow!("default_size: {e}"))?,
@@ -151,10 +164,7 @@ impl LocalConfig {
                 ImageSize::new(e, e)
             }
         };
-        let strength = self.strength.unwrap_or(0.8);
-        if !(0.0..=1.0).contains(&strength) || strength == 0.0 {
-            bail!("strength must be in (0, 1]");
-        }
+        let strength = ranges.strength.check("strength", self.strength.unwrap_or(0.8))?;
         if self.queue_size == 0 {
             bail!("queue_size must be at least 1");
         }
@@ -169,7 +179,7 @@ impl LocalConfig {
             max_batch: self.max_batch.unwrap_or(4).max(1),
             memory_budget: self.memory_budget_mib.map(|m| m * 1024 * 1024),
             default_size,
-            max_n: self.max_n.unwrap_or(10).clamp(1, 10),
+            max_n: self.max_n.unwrap_or(limits::MAX_N).clamp(1, limits::MAX_N),
             preview: self.preview.unwrap_or(Preview::Vae),
         })
     }

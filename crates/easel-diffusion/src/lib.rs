@@ -36,6 +36,16 @@ pub use backend::LocalBackend;
 pub use config::LocalConfig;
 pub use family::Family;
 
+/// Checks model `id`'s `[[models]]` options without serving it: the options resolve against the
+/// family, and the folder's configs and tokenizers parse and its weights files exist. No tensor
+/// is read and no thread started (`easel serve --check-config`).
+pub fn check(id: &str, options: &serde_json::Value) -> anyhow::Result<()> {
+    let cfg = LocalConfig::from_options(options).with_context(|| format!("model '{id}': invalid local options"))?;
+    let resolved = cfg.resolve().with_context(|| format!("model '{id}'"))?;
+    model::Layout::read(&resolved.path, resolved.family).with_context(|| format!("model '{id}'"))?;
+    Ok(())
+}
+
 /// Builds the local backend for model `id` from its `[[models]]` options (the table without `id`
 /// and `backend`). Returns at once; the weights load on the worker thread and `readiness()`
 /// reports "loading" or the load error until the model is ready.

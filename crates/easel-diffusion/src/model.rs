@@ -72,22 +72,48 @@ fn weights(file: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'sta
     crate::weights::var_builder(file, dtype, device)
 }
 
-fn text_encoder(root: &Path, enc: &str, tok: &str, device: &Device) -> Result<TextEncoder> {
-    let dir = root.join(enc);
-    let cfg: ClipConfig = serde_json::from_value(read_json(&dir.join("config.json"))?)
-        .with_context(|| format!("{enc}/config.json is not a CLIP text config"))?;
-    let vb = weights(&weights_file(&dir, "model")?, DType::F32, device)?;
-    let model = ClipText::new(vb, &cfg).with_context(|| format!("loading {enc}"))?;
-    let tokenizer = ClipTokenizer::load(&root.join(tok))?;
-    Ok(TextEncoder { model, tokenizer })
+/// A text encoder's parts, read from its small files.
+struct EncoderLayout {
+    config: ClipConfig,
+    weights: PathBuf,
+    tokenizer: ClipTokenizer,
 }
 
-impl Model {
-    pub fn load(root: &Path, family: Family, device: &Device, dtype: DType) -> Result<Self> {
+impl EncoderLayout {
+    fn read(root: &Path, enc: &str, tok: &str) -> Result<Self> {
+        let dir = root.join(enc);
+        let config = serde_json::from_value(read_json(&dir.join("config.json"))?)
+            .with_context(|| format!("{enc}/config.json is not a CLIP text config"))?;
+        Ok(Self { config, weights: weights_file(&dir, "model")?, tokenizer: ClipTokenizer::load(&root.join(tok))? })
+    }
+
+    fn load(self, enc: &str, device: &Device) -> Result<TextEncoder> {
+        let vb = weights(&self.weights, DType::F32, device)?;
+        let model = ClipText::new(vb, &self.config).with_context(|| format!("loading {enc}"))?;
+        Ok(TextEncoder { model, tokenizer: self.tokenizer })
+    }
+}
+
+/// What a model folder holds, from its small files only: every config parsed and checked against
+/// the family, every weights file found, no tensor read. `easel serve --check-config` stops here;
+/// [`Model::load`] goes on to read the weights.
+pub struct Layout {
+    family: Family,
+    text: EncoderLayout,
+    text2: Option<EncoderLayout>,
+    unet: (UNetConfig, PathBuf),
+    vae: (VaeConfig, PathBuf),
+    train: TrainSchedule,
+    zeros_for_empty_prompt: bool,
+}
+
+impl Layout {
+    pub fn read(root: &Path, family: Family) -> Result<Self> {
+        anyhow::ensure!(root.is_dir(), "the model folder {} does not exist", root.display());
         let index = read_json(&root.join("model_index.json"))?;
-        let text = text_encoder(root, "text_encoder", "tokenizer", device)?;
+        let text = EncoderLayout::read(root, "text_encoder", "tokenizer")?;
         let text2 =
-            if family.is_xl() { Some(text_encoder(root, "text_encoder_2", "tokenizer_2", device)?) } else { None };
+            if family.is_xl() { Some(EncoderLayout::read(root, "text_encoder_2", "tokenizer_2")?) } else { None };
         let ucfg = UNetConfig::from_json(&read_json(&root.join("unet/config.json"))?)?;
         match (family.is_inpaint(), ucfg.in_channels) {
             (true, 9) | (false, 4) => {}
@@ -99,18 +125,41 @@ impl Model {
         if family.is_xl() != ucfg.text_time.is_some() {
             bail!("family {} does not match the UNet's addition_embed_type", family.name());
         }
-        let unet =
-            UNet::new(weights(&weights_file(&root.join("unet"), "diffusion_pytorch_model")?, dtype, device)?, &ucfg)
-                .context("loading unet")?;
-        let vcfg = VaeConfig::from_json(&read_json(&root.join("vae/config.json"))?)?;
-        let vae =
-            Vae::new(weights(&weights_file(&root.join("vae"), "diffusion_pytorch_model")?, dtype, device)?, &vcfg)
-                .context("loading vae")?;
-        let sched = root.join("scheduler/scheduler_config.json");
-        let train = TrainSchedule::from_json(&read_json(&sched)?)?;
+        let unet = (ucfg, weights_file(&root.join("unet"), "diffusion_pytorch_model")?);
+        let vae = (
+            VaeConfig::from_json(&read_json(&root.join("vae/config.json"))?)?,
+            weights_file(&root.join("vae"), "diffusion_pytorch_model")?,
+        );
+        let train = TrainSchedule::from_json(&read_json(&root.join("scheduler/scheduler_config.json"))?)?;
         let zeros_for_empty_prompt =
             family.is_xl() && index.get("force_zeros_for_empty_prompt").and_then(Value::as_bool).unwrap_or(true);
-        Ok(Self { family, device: device.clone(), dtype, text, text2, unet, vae, train, zeros_for_empty_prompt })
+        Ok(Self { family, text, text2, unet, vae, train, zeros_for_empty_prompt })
+    }
+}
+
+impl Model {
+    pub fn load(root: &Path, family: Family, device: &Device, dtype: DType) -> Result<Self> {
+        let layout = Layout::read(root, family)?;
+        let text = layout.text.load("text_encoder", device)?;
+        let text2 = match layout.text2 {
+            Some(l) => Some(l.load("text_encoder_2", device)?),
+            None => None,
+        };
+        let (ucfg, ufile) = layout.unet;
+        let unet = UNet::new(weights(&ufile, dtype, device)?, &ucfg).context("loading unet")?;
+        let (vcfg, vfile) = layout.vae;
+        let vae = Vae::new(weights(&vfile, dtype, device)?, &vcfg).context("loading vae")?;
+        Ok(Self {
+            family: layout.family,
+            device: device.clone(),
+            dtype,
+            text,
+            text2,
+            unet,
+            vae,
+            train: layout.train,
+            zeros_for_empty_prompt: layout.zeros_for_empty_prompt,
+        })
     }
 
     /// The downscale factor from pixels to latents.

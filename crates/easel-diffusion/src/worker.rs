@@ -29,10 +29,9 @@ pub enum LoadState {
     Failed(String),
 }
 
-/// A request the worker can run: the decoded, resolved generation plus how to answer.
+/// A request the worker can run: the resolved generation plus how to answer.
 pub struct Job {
-    /// Builds the generation on the worker thread (decoding images there, off the runtime).
-    pub prepare: Prepare,
+    pub generate: Generate,
     pub cancel: CancellationToken,
     pub partials: Option<mpsc::Sender<PartialImage>>,
     pub reply: oneshot::Sender<Result<Vec<DynamicImage>, BackendError>>,
@@ -99,9 +98,9 @@ fn run(cfg: Resolved, state: Arc<Mutex<LoadState>>, mut rx: mpsc::Receiver<Job>,
     let weights = weights_bytes(&cfg.path);
     while let Some(job) = rx.blocking_recv() {
         let started = Instant::now();
-        let Job { prepare, cancel, partials, reply } = job;
+        let Job { generate, cancel, partials, reply } = job;
         let cancelled = || cancel.is_cancelled() || reply.is_closed();
-        let result = serve(&model, &cfg, weights, prepare, &cancelled, partials.as_ref());
+        let result = serve(&model, &cfg, weights, generate, &cancelled, partials.as_ref());
         last_job_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let _ = reply.send(result);
     }
@@ -123,20 +122,17 @@ fn load(cfg: &Resolved) -> anyhow::Result<Model> {
     Model::load(&cfg.path, cfg.family, &device, cfg.dtype)
 }
 
-pub type Prepare = Box<dyn FnOnce(&Model) -> Result<Generate, BackendError> + Send>;
-
 fn serve(
     model: &Model,
     cfg: &Resolved,
     weights: u64,
-    prepare: Prepare,
+    mut g: Generate,
     cancelled: &dyn Fn() -> bool,
     partials: Option<&mpsc::Sender<PartialImage>>,
 ) -> Result<Vec<DynamicImage>, BackendError> {
     if cancelled() {
         return Err(BackendError::Cancelled);
     }
-    let mut g = prepare(model)?;
     let all_seeds = std::mem::take(&mut g.seeds);
     let size = easel_core::types::ImageSize::new(g.width as u32, g.height as u32);
     let batch = cfg.batch_for(size, g.guidance_scale > 1.0, weights) as usize;

@@ -5,11 +5,10 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use easel_core::backend::{BackendCall, BackendOutput, CallContext, InputImage, OutputImage, SharedBackend};
+use easel_core::backend::{BackendCall, BackendOutput, CallContext, OutputImage, SharedBackend};
 use easel_core::error::BackendError;
-use easel_core::request::Extensions;
-use easel_core::types::{Background, ImageSize, InputFormat, Operation, OutputFormat, Quality};
+use easel_core::testing::CallBuilder;
+use easel_core::types::{ImageSize, Operation};
 use easel_diffusion::random::{Scale, create};
 use easel_diffusion::{Family, build};
 use image::{DynamicImage, Rgba, RgbaImage};
@@ -45,35 +44,11 @@ async fn backend(family: &str, extra: serde_json::Value) -> SharedBackend {
 }
 
 fn call(prompt: &str, seed: u64, n: u32) -> BackendCall {
-    BackendCall {
-        operation: Operation::Generate,
-        model: "test".into(),
-        prompt: prompt.into(),
-        images: vec![],
-        mask: None,
-        n,
-        size: ImageSize::new(64, 64),
-        quality: Quality::Auto,
-        style: None,
-        background: Background::Auto,
-        output_format: OutputFormat::Png,
-        output_compression: None,
-        moderation: None,
-        input_fidelity: None,
-        partial_images: 0,
-        user: None,
-        extensions: Extensions { seed: Some(seed), ..Extensions::default() },
-    }
+    with(Operation::Generate, prompt, seed, n).build()
 }
 
-fn png(img: &DynamicImage) -> InputImage {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut buf, image::ImageFormat::Png).unwrap();
-    InputImage {
-        bytes: Bytes::from(buf.into_inner()),
-        format: InputFormat::Png,
-        size: ImageSize::new(img.width(), img.height()),
-    }
+fn with(operation: Operation, prompt: &str, seed: u64, n: u32) -> CallBuilder {
+    CallBuilder::new(operation).prompt(prompt).seed(seed).n(n)
 }
 
 fn source() -> DynamicImage {
@@ -138,11 +113,11 @@ async fn every_family_generates_with_guidance_and_each_scheduler() {
     ] {
         let b = backend(family, json!({"steps": 2, "scheduler": scheduler})).await;
         let mut c = call("a lighthouse at dusk", 3, 1);
-        c.extensions.guidance_scale = Some(5.0);
-        c.extensions.negative_prompt = Some("blurry".into());
+        c.options.extensions.guidance_scale = Some(5.0);
+        c.options.extensions.negative_prompt = Some("blurry".into());
         let out = pixels(&run(&b, c).await.unwrap_or_else(|e| panic!("{family}: {e:#}")));
         let mut c = call("a lighthouse at dusk", 3, 1);
-        c.extensions.guidance_scale = Some(1.0);
+        c.options.extensions.guidance_scale = Some(1.0);
         let plain = pixels(&run(&b, c).await.unwrap());
         assert_ne!(out, plain, "{family}: guidance changed nothing");
     }
@@ -159,18 +134,14 @@ async fn long_prompts_are_truncated_not_refused() {
 #[tokio::test]
 async fn img2img_and_variations_start_from_the_image() {
     let b = backend("sd-turbo", json!({"steps": 4})).await;
-    let mut c = call("make it blue", 5, 1);
-    c.operation = Operation::Edit;
-    c.images = vec![png(&source())];
-    c.extensions.strength = Some(0.5);
+    let mut c = with(Operation::Edit, "make it blue", 5, 1).image(&source()).build();
+    c.options.extensions.strength = Some(0.5);
     let edited = pixels(&run(&b, c.clone()).await.unwrap());
     let generated = pixels(&run(&b, call("make it blue", 5, 1)).await.unwrap());
     assert_ne!(edited, generated);
-    c.extensions.strength = Some(0.25);
+    c.options.extensions.strength = Some(0.25);
     assert_ne!(pixels(&run(&b, c).await.unwrap()), edited, "strength must matter");
-    let mut v = call("ignored", 5, 2);
-    v.operation = Operation::Variation;
-    v.images = vec![png(&source())];
+    let v = with(Operation::Variation, "ignored", 5, 2).image(&source()).build();
     let vars = pixels(&run(&b, v).await.unwrap());
     assert_ne!(vars[0], vars[1]);
 }
@@ -179,12 +150,9 @@ async fn img2img_and_variations_start_from_the_image() {
 async fn inpainting_with_latent_blending_and_with_a_9_channel_unet() {
     for family in ["sd-turbo", "sd-1.5-inpaint"] {
         let b = backend(family, json!({"steps": 2})).await;
-        let mut c = call("a cat", 9, 1);
-        c.operation = Operation::Edit;
-        c.images = vec![png(&source())];
-        c.mask = Some(png(&half_mask()));
+        let mut c = with(Operation::Edit, "a cat", 9, 1).image(&source()).mask(&half_mask()).build();
         let a = pixels(&run(&b, c.clone()).await.unwrap());
-        c.extensions.seed = Some(10);
+        c.options.extensions.seed = Some(10);
         let other = pixels(&run(&b, c).await.unwrap());
         // Other noise repaints the transparent (left) half differently.
         let left = |p: &Vec<u8>| p.chunks(64 * 3).flat_map(|row| row[..16 * 3].to_vec()).collect::<Vec<u8>>();
@@ -193,18 +161,30 @@ async fn inpainting_with_latent_blending_and_with_a_9_channel_unet() {
 }
 
 #[tokio::test]
-async fn too_many_input_images_is_a_400() {
+async fn capabilities_declare_what_the_core_checks() {
+    // The core refuses a second image, out-of-range steps or strength and odd sizes before a local
+    // model is called (tests/api/local.rs in the server shows the 400s); the backend declares them.
     let b = backend("sd-turbo", json!({})).await;
-    let mut c = call("two", 1, 1);
-    c.operation = Operation::Edit;
-    c.images = vec![png(&source()), png(&source())];
-    match run(&b, c).await {
-        Err(BackendError::InvalidInput { param, message }) => {
-            assert_eq!(param.as_deref(), Some("image"));
-            assert!(message.contains("one input image"), "{message}");
-        }
-        other => panic!("expected InvalidInput, got {other:?}"),
-    }
+    let caps = b.capabilities();
+    assert_eq!(caps.max_input_images, 1);
+    assert!(caps.takes_pixels && caps.native_masks);
+    assert_eq!(caps.extensions, easel_diffusion::config::EXTENSION_RANGES);
+    assert!(
+        caps.extensions.steps.check("steps", 201).is_err() && caps.extensions.strength.check("strength", 0.0).is_err()
+    );
+    assert!(caps.sizes.check(ImageSize::new(68, 64)).is_err() && caps.sizes.check(ImageSize::new(72, 64)).is_ok());
+}
+
+#[test]
+fn check_reads_the_folder_without_loading_it() {
+    let dir = model_dir("sd-turbo");
+    easel_diffusion::check("m", &json!({"family": "sd-turbo", "path": dir})).unwrap();
+    let err = easel_diffusion::check("m", &json!({"family": "sd-turbo", "path": "/nonexistent/model"})).unwrap_err();
+    assert!(format!("{err:#}").contains("/nonexistent/model"), "{err:#}");
+    let err = easel_diffusion::check("m", &json!({"family": "sd-1.5-inpaint", "path": dir})).unwrap_err();
+    assert!(format!("{err:#}").contains("9-channel"), "{err:#}");
+    let err = easel_diffusion::check("m", &json!({"family": "sd-turbo", "path": dir, "steps": 0})).unwrap_err();
+    assert!(format!("{err:#}").contains("steps"), "{err:#}");
 }
 
 #[tokio::test]
@@ -247,12 +227,12 @@ async fn cancellation_stops_the_work_between_steps() {
     // Measure one step, then ask for far more than the test will wait.
     let t = Instant::now();
     let mut c = call("slow", 1, 1);
-    c.extensions.steps = Some(2);
+    c.options.extensions.steps = Some(2);
     run(&b, c).await.unwrap();
     let two_steps = t.elapsed();
     let token = CancellationToken::new();
     let mut long = call("slow", 1, 1);
-    long.extensions.steps = Some(200);
+    long.options.extensions.steps = Some(200);
     let (b2, tok) = (b.clone(), token.clone());
     let handle = tokio::spawn(async move { b2.call(long, CallContext::new(tok)).await });
     tokio::time::sleep(two_steps).await;
@@ -261,7 +241,7 @@ async fn cancellation_stops_the_work_between_steps() {
     // The worker is free again long before 200 steps could have run.
     let t = Instant::now();
     let mut c = call("after", 1, 1);
-    c.extensions.steps = Some(2);
+    c.options.extensions.steps = Some(2);
     run(&b, c).await.unwrap();
     assert!(t.elapsed() < two_steps * 20, "the cancelled job kept the worker busy");
 }

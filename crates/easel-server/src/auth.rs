@@ -35,14 +35,7 @@ impl Caller {
     }
 
     pub fn check_model(&self, model: &str) -> Result<(), ApiError> {
-        if self.may_use(model) {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden {
-                message: format!("This API key is not allowed to use the model '{model}'."),
-                code: "model_not_allowed",
-            })
-        }
+        if self.may_use(model) { Ok(()) } else { Err(ApiError::ModelNotAllowed(model.to_string())) }
     }
 }
 

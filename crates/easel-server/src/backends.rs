@@ -30,13 +30,8 @@ fn build_backend(entry: &ModelConfig, gateway: &Gateway) -> anyhow::Result<Share
     let options = Value::Object(entry.options.clone());
     let backend = match entry.backend.as_str() {
         "upstream" => gateway.build_model(&entry.id, &options)?,
-        "local" => {
-            // `prompt_enhance` belongs to the wrapper below, not to the local backend.
-            let mut local = entry.options.clone();
-            local.remove("prompt_enhance");
-            easel_diffusion::build(&entry.id, &Value::Object(local))?
-        }
-        other => anyhow::bail!("model '{}': unknown backend '{other}' (expected \"local\" or \"upstream\")", entry.id),
+        "local" => easel_diffusion::build(&entry.id, &local_options(entry))?,
+        other => anyhow::bail!(unknown_backend(&entry.id, other)),
     };
     if Gateway::wants_enhancement(&entry.id, &options) {
         return gateway.enhance(&entry.id, backend, &options);
@@ -45,7 +40,32 @@ fn build_backend(entry: &ModelConfig, gateway: &Gateway) -> anyhow::Result<Share
 }
 
 /// Checks every `[[providers]]` and `[[models]]` entry as far as can be done without serving,
-/// for `easel serve --check-config`.
+/// for `easel serve --check-config`: local models resolve their options and read their folder's
+/// configs (no weights, no worker thread); upstream models build their routing table, which is
+/// plain data (no connection is made), and every `-pe` model finds the prompt enhancer.
 pub fn check(config: &Config) -> anyhow::Result<()> {
-    build_registry(config, Vec::new()).map(drop)
+    let gateway = Gateway::from_config(&config.providers, config.prompt_enhancer.as_ref())?;
+    for entry in &config.models {
+        let options = Value::Object(entry.options.clone());
+        match entry.backend.as_str() {
+            "upstream" => drop(gateway.build_model(&entry.id, &options)?),
+            "local" => easel_diffusion::check(&entry.id, &local_options(entry))?,
+            other => anyhow::bail!(unknown_backend(&entry.id, other)),
+        }
+        if Gateway::wants_enhancement(&entry.id, &options) {
+            gateway.check_enhancement(&entry.id, &options)?;
+        }
+    }
+    Ok(())
+}
+
+/// A local model's own options: `prompt_enhance` belongs to the wrapper, not the local backend.
+fn local_options(entry: &ModelConfig) -> Value {
+    let mut local = entry.options.clone();
+    local.remove("prompt_enhance");
+    Value::Object(local)
+}
+
+fn unknown_backend(id: &str, backend: &str) -> String {
+    format!("model '{id}': unknown backend '{backend}' (expected \"local\" or \"upstream\")")
 }

@@ -1,20 +1,36 @@
 //! Configuration: compiled-in defaults, then an optional TOML file (`--config`), then
 //! environment variables `EASEL__SECTION__KEY`, then command-line flags.
 //!
-//! Parsed in two phases (TensorZero's `Uninitialized*`): [`Config`] is the serde shape with
-//! `deny_unknown_fields`, so a typo is an error and not a silently ignored key; [`Config::validate`]
-//! is pure (no file system, network or model loading) and is all `easel serve --check-config`
-//! runs. Secrets never live in the file: it names environment variables that hold them.
+//! Two phases: [`Config`] is the serde shape with `deny_unknown_fields`, so a typo is an error and
+//! not a silently ignored key; [`Config::validate`] is pure (no file system, network or model
+//! loading) and returns the parsed values, [`Validated`], that `Application::build` uses as they
+//! are, so nothing is parsed twice. `easel serve --check-config` runs `validate` and then checks
+//! each model without serving it (`crate::backends::check`). Secrets never live in the file: it
+//! names environment variables that hold them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use easel_core::fetch::HostPattern;
+use easel_core::imaging::EncodeSettings;
+use easel_core::limits;
+use easel_core::service::ServiceSettings;
 use easel_core::types::ResponseFormat;
 use easel_wire::request::UnknownParams;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use url::Url;
+
+/// What [`Config::validate`] parsed, used as it is by `Application::build`.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub bind: SocketAddr,
+    pub allow_image_hosts: Vec<HostPattern>,
+    pub service: ServiceSettings,
+    pub database_url: String,
+    pub blobs_dir: PathBuf,
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,6 +143,8 @@ pub struct ImagesConfig {
     pub webp_method: u8,
     /// The most pixels an input image may have.
     pub max_input_pixels: u64,
+    /// The most input images an edit may carry, whatever the model (OpenAI: 16).
+    pub max_input_images: usize,
 }
 
 impl Default for ImagesConfig {
@@ -137,7 +155,8 @@ impl Default for ImagesConfig {
             jpeg_quality: encode.jpeg_quality,
             webp_quality: encode.webp_quality,
             webp_method: encode.webp_method,
-            max_input_pixels: 64 * 1024 * 1024,
+            max_input_pixels: limits::MAX_INPUT_PIXELS,
+            max_input_images: limits::MAX_INPUT_IMAGES,
         }
     }
 }
@@ -164,17 +183,26 @@ impl Config {
         Ok(config)
     }
 
-    /// Pure checks: addresses parse, ids are unique, values are in range.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        self.bind_addr()?;
-        anyhow::ensure!(self.images.webp_method <= 6, "images.webp_method must be 0 to 6");
-        anyhow::ensure!((1..=100).contains(&self.images.jpeg_quality), "images.jpeg_quality must be 1 to 100");
-        anyhow::ensure!(self.images.webp_quality <= 100, "images.webp_quality must be 0 to 100");
-        anyhow::ensure!(self.images.fan_out >= 1, "images.fan_out must be at least 1");
+    /// Pure checks: addresses parse, ids are unique, values are in range. Returns what it
+    /// parsed.
+    pub fn validate(&self) -> anyhow::Result<Validated> {
+        let bind = self.server.bind.parse().map_err(|e| {
+            anyhow::anyhow!("server.bind '{}' is not an address like 127.0.0.1:8080: {e}", self.server.bind)
+        })?;
+        let images = &self.images;
+        anyhow::ensure!(images.webp_method <= 6, "images.webp_method must be 0 to 6");
+        anyhow::ensure!((1..=100).contains(&images.jpeg_quality), "images.jpeg_quality must be 1 to 100");
+        anyhow::ensure!(images.webp_quality <= 100, "images.webp_quality must be 0 to 100");
+        anyhow::ensure!(images.fan_out >= 1, "images.fan_out must be at least 1");
+        anyhow::ensure!(images.max_input_images >= 1, "images.max_input_images must be at least 1");
+        anyhow::ensure!(images.max_input_pixels >= 1, "images.max_input_pixels must be at least 1");
         anyhow::ensure!(self.storage.url_ttl_secs >= 1, "storage.url_ttl_secs must be at least 1");
-        for host in &self.server.allow_image_hosts {
-            easel_core::fetch::HostPattern::parse(host).map_err(anyhow::Error::msg)?;
-        }
+        let allow_image_hosts = self
+            .server
+            .allow_image_hosts
+            .iter()
+            .map(|h| HostPattern::parse(h).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut ids = std::collections::HashSet::new();
         for model in &self.models {
             anyhow::ensure!(!model.id.trim().is_empty(), "a [[models]] entry has an empty id");
@@ -183,12 +211,23 @@ impl Config {
         if let Some(default) = &self.server.default_model {
             anyhow::ensure!(ids.contains(default), "server.default_model '{default}' is not a configured model");
         }
-        Ok(())
-    }
-
-    pub fn bind_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.server.bind.parse().map_err(|e| {
-            anyhow::anyhow!("server.bind '{}' is not an address like 127.0.0.1:8080: {e}", self.server.bind)
+        let service = ServiceSettings {
+            default_response_format: self.server.default_response_format,
+            max_input_images: images.max_input_images,
+            max_input_pixels: images.max_input_pixels,
+            fan_out: images.fan_out,
+            encode: EncodeSettings {
+                jpeg_quality: images.jpeg_quality,
+                webp_quality: images.webp_quality,
+                webp_method: images.webp_method,
+            },
+        };
+        Ok(Validated {
+            bind,
+            allow_image_hosts,
+            service,
+            database_url: self.database_url(),
+            blobs_dir: self.blobs_dir()?,
         })
     }
 
@@ -219,8 +258,7 @@ mod tests {
     #[expect(clippy::result_large_err, reason = "figment's Jail fixes the closure's error type")]
     fn defaults_validate_and_env_overrides() {
         let config = Config::default();
-        config.validate().unwrap();
-        assert_eq!(config.bind_addr().unwrap().port(), 8080);
+        assert_eq!(config.validate().unwrap().bind.port(), 8080);
         figment::Jail::expect_with(|jail| {
             jail.create_file("easel.toml", "[server]\nbind = \"127.0.0.1:9000\"\n[[models]]\nid = \"m\"\nbackend = \"local\"\nfamily = \"sd-turbo\"\n")?;
             jail.set_env("EASEL__SERVER__UNKNOWN_PARAMETERS", "ignore");

@@ -1,17 +1,19 @@
 //! The one place where errors get their HTTP meaning.
 //!
 //! Every error a handler can return is an [`ApiError`]; [`ApiError::parts`] maps each variant to
-//! a status, OpenAI error `type` and `code` in an exhaustive match with no wildcard, so a new
-//! variant does not compile until someone decides what clients see. The body is always OpenAI's
-//! envelope. Internal failures are logged with their cause chain; the client gets a generic
-//! message. `x-should-retry` tells the SDKs whether a retry can help (they honour it over their
-//! own rules).
+//! a status, OpenAI error `type` and [`Code`] in an exhaustive match with no wildcard, so a new
+//! variant does not compile until someone decides what clients see. Every `code` string Easel
+//! sends is a variant of [`Code`], written once in [`Code::as_str`]; the wire and core crates only
+//! name the problem ([`InvalidCode`], the variants of `CoreError` and `BackendError`). The body is
+//! always OpenAI's envelope. Internal failures are logged with their cause chain; the client gets
+//! one generic body. `x-should-retry` tells the SDKs whether a retry can help (they honour it over
+//! their own rules).
 
 use std::time::Duration;
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use easel_core::error::{BackendError, CoreError, Fault};
+use easel_core::error::{BackendError, CoreError, Fault, InvalidCode};
 use easel_wire::error::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,16 +22,118 @@ pub enum ApiError {
     Core(#[from] CoreError),
     #[error("{0}")]
     Unauthorized(String),
-    #[error("{message}")]
-    Forbidden { message: String, code: &'static str },
-    #[error("{message}")]
-    NotFound { message: String, code: &'static str },
+    #[error("This API key is not allowed to use the model '{0}'.")]
+    ModelNotAllowed(String),
+    #[error("This image link is not signed.")]
+    LinkUnsigned,
+    #[error("This image link's signature is invalid.")]
+    LinkBadSignature,
+    #[error("This image link has expired.")]
+    LinkExpired,
+    #[error("No such image: it may have expired and been deleted.")]
+    ImageNotFound,
+    #[error("Unknown request URL: {0}.")]
+    UnknownUrl(String),
+    #[error("Method {method} is not allowed for {path}.")]
+    MethodNotAllowed { method: Method, path: String },
     #[error("The request body is larger than {0} bytes.")]
     PayloadTooLarge(usize),
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+/// Every OpenAI error `code` Easel sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    InvalidValue,
+    InvalidType,
+    MissingRequiredParameter,
+    UnknownParameter,
+    IntegerAboveMaxValue,
+    IntegerBelowMinValue,
+    InvalidImageUrl,
+    UnsupportedFileId,
+    TooManyImages,
+    InvalidJson,
+    InvalidMultipart,
+    InvalidPngOutputCompression,
+    UnsupportedOperation,
+    InvalidImageFile,
+    ModelNotFound,
+    ContentPolicyViolation,
+    Overloaded,
+    ModelUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+    RequestCancelled,
+    InvalidApiKey,
+    ModelNotAllowed,
+    InvalidSignature,
+    UrlExpired,
+    ImageNotFound,
+    UnknownUrl,
+    MethodNotAllowed,
+    RequestTooLarge,
+    UnsupportedMediaType,
+}
+
+impl Code {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidValue => "invalid_value",
+            Self::InvalidType => "invalid_type",
+            Self::MissingRequiredParameter => "missing_required_parameter",
+            Self::UnknownParameter => "unknown_parameter",
+            Self::IntegerAboveMaxValue => "integer_above_max_value",
+            Self::IntegerBelowMinValue => "integer_below_min_value",
+            Self::InvalidImageUrl => "invalid_image_url",
+            Self::UnsupportedFileId => "unsupported_file_id",
+            Self::TooManyImages => "too_many_images",
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidMultipart => "invalid_multipart",
+            Self::InvalidPngOutputCompression => "invalid_png_output_compression",
+            Self::UnsupportedOperation => "unsupported_operation",
+            Self::InvalidImageFile => "invalid_image_file",
+            Self::ModelNotFound => "model_not_found",
+            Self::ContentPolicyViolation => "content_policy_violation",
+            Self::Overloaded => "overloaded",
+            Self::ModelUnavailable => "model_unavailable",
+            Self::UpstreamError => "upstream_error",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::RequestCancelled => "request_cancelled",
+            Self::InvalidApiKey => "invalid_api_key",
+            Self::ModelNotAllowed => "model_not_allowed",
+            Self::InvalidSignature => "invalid_signature",
+            Self::UrlExpired => "url_expired",
+            Self::ImageNotFound => "image_not_found",
+            Self::UnknownUrl => "unknown_url",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::RequestTooLarge => "request_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+        }
+    }
+}
+
+impl From<InvalidCode> for Code {
+    fn from(code: InvalidCode) -> Self {
+        match code {
+            InvalidCode::InvalidValue => Self::InvalidValue,
+            InvalidCode::InvalidType => Self::InvalidType,
+            InvalidCode::MissingRequiredParameter => Self::MissingRequiredParameter,
+            InvalidCode::UnknownParameter => Self::UnknownParameter,
+            InvalidCode::IntegerAboveMaxValue => Self::IntegerAboveMaxValue,
+            InvalidCode::IntegerBelowMinValue => Self::IntegerBelowMinValue,
+            InvalidCode::InvalidImageUrl => Self::InvalidImageUrl,
+            InvalidCode::UnsupportedFileId => Self::UnsupportedFileId,
+            InvalidCode::TooManyImages => Self::TooManyImages,
+            InvalidCode::InvalidJson => Self::InvalidJson,
+            InvalidCode::InvalidMultipart => Self::InvalidMultipart,
+            InvalidCode::InvalidPngOutputCompression => Self::InvalidPngOutputCompression,
+            InvalidCode::UnsupportedOperation => Self::UnsupportedOperation,
+        }
+    }
 }
 
 impl From<BackendError> for ApiError {
@@ -43,7 +147,8 @@ impl From<BackendError> for ApiError {
 pub struct Parts {
     pub status: StatusCode,
     pub kind: &'static str,
-    pub code: Option<&'static str>,
+    /// `None` only for internal errors, as OpenAI sends them.
+    pub code: Option<Code>,
     pub param: Option<String>,
     pub message: String,
     pub retry_after: Option<Duration>,
@@ -54,53 +159,72 @@ const INVALID: &str = "invalid_request_error";
 const SERVER: &str = "server_error";
 const GENERIC_500: &str = "The server had an error while processing your request. Sorry about that!";
 
+impl Parts {
+    fn new(status: StatusCode, kind: &'static str, code: Code, param: Option<String>, message: String) -> Self {
+        Self { status, kind, code: Some(code), param, message, retry_after: None, should_retry: None }
+    }
+
+    fn invalid(status: StatusCode, code: Code, message: String) -> Self {
+        Self::new(status, INVALID, code, None, message)
+    }
+
+    /// The one body of every internal failure, whichever layer it came from.
+    fn internal() -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: SERVER,
+            code: None,
+            param: None,
+            message: GENERIC_500.into(),
+            retry_after: None,
+            should_retry: Some(false),
+        }
+    }
+
+    fn retry(self, should_retry: bool) -> Self {
+        Self { should_retry: Some(should_retry), ..self }
+    }
+}
+
 impl ApiError {
     pub fn parts(&self) -> Parts {
-        let p = |status, kind, code: Option<&'static str>, param: Option<String>, message: String| Parts {
-            status,
-            kind,
-            code,
-            param,
-            message,
-            retry_after: None,
-            should_retry: None,
-        };
+        let message = self.to_string();
         match self {
             Self::Core(core) => match core {
-                CoreError::InvalidRequest { param, code, message } => {
-                    p(StatusCode::BAD_REQUEST, INVALID, Some(code.as_str()), param.clone(), message.clone())
+                CoreError::InvalidRequest { param, code, .. } => {
+                    Parts::new(StatusCode::BAD_REQUEST, INVALID, (*code).into(), param.clone(), message)
                 }
-                CoreError::InvalidImage { param, message } => p(
+                CoreError::InvalidImage { param, .. } => Parts::new(
                     StatusCode::BAD_REQUEST,
                     "image_generation_user_error",
-                    Some("invalid_image_file"),
+                    Code::InvalidImageFile,
                     param.clone(),
-                    message.clone(),
+                    message,
                 ),
                 CoreError::ModelNotFound(_) => {
-                    p(StatusCode::NOT_FOUND, INVALID, Some("model_not_found"), Some("model".into()), core.to_string())
+                    Parts::new(StatusCode::NOT_FOUND, INVALID, Code::ModelNotFound, Some("model".into()), message)
                 }
                 CoreError::Backend(backend) => backend_parts(backend),
-                CoreError::Internal(_) => Parts {
-                    should_retry: Some(false),
-                    ..p(StatusCode::INTERNAL_SERVER_ERROR, SERVER, None, None, GENERIC_500.into())
-                },
+                CoreError::Internal(_) => Parts::internal(),
             },
-            Self::Unauthorized(message) => {
-                p(StatusCode::UNAUTHORIZED, INVALID, Some("invalid_api_key"), None, message.clone())
+            Self::Unauthorized(_) => Parts::invalid(StatusCode::UNAUTHORIZED, Code::InvalidApiKey, message),
+            Self::ModelNotAllowed(_) => {
+                Parts::new(StatusCode::FORBIDDEN, INVALID, Code::ModelNotAllowed, Some("model".into()), message)
             }
-            Self::Forbidden { message, code } => p(StatusCode::FORBIDDEN, INVALID, Some(code), None, message.clone()),
-            Self::NotFound { message, code } => p(StatusCode::NOT_FOUND, INVALID, Some(code), None, message.clone()),
-            Self::PayloadTooLarge(_) => {
-                p(StatusCode::PAYLOAD_TOO_LARGE, INVALID, Some("request_too_large"), None, self.to_string())
+            Self::LinkUnsigned | Self::LinkBadSignature => {
+                Parts::invalid(StatusCode::FORBIDDEN, Code::InvalidSignature, message)
             }
-            Self::UnsupportedMediaType(message) => {
-                p(StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID, Some("unsupported_media_type"), None, message.clone())
+            Self::LinkExpired => Parts::invalid(StatusCode::FORBIDDEN, Code::UrlExpired, message),
+            Self::ImageNotFound => Parts::invalid(StatusCode::NOT_FOUND, Code::ImageNotFound, message),
+            Self::UnknownUrl(_) => Parts::invalid(StatusCode::NOT_FOUND, Code::UnknownUrl, message),
+            Self::MethodNotAllowed { .. } => {
+                Parts::invalid(StatusCode::METHOD_NOT_ALLOWED, Code::MethodNotAllowed, message)
             }
-            Self::Internal(_) => Parts {
-                should_retry: Some(false),
-                ..p(StatusCode::INTERNAL_SERVER_ERROR, SERVER, None, None, GENERIC_500.into())
-            },
+            Self::PayloadTooLarge(_) => Parts::invalid(StatusCode::PAYLOAD_TOO_LARGE, Code::RequestTooLarge, message),
+            Self::UnsupportedMediaType(_) => {
+                Parts::invalid(StatusCode::UNSUPPORTED_MEDIA_TYPE, Code::UnsupportedMediaType, message)
+            }
+            Self::Internal(_) => Parts::internal(),
         }
     }
 
@@ -115,49 +239,37 @@ impl ApiError {
 }
 
 fn backend_parts(error: &BackendError) -> Parts {
-    let base = |status, kind, code: &'static str, param: Option<String>, message: String, should_retry| Parts {
-        status,
-        kind,
-        code: Some(code),
-        param,
-        message,
-        retry_after: None,
-        should_retry,
-    };
+    let message = error.to_string();
     match error {
-        BackendError::InvalidInput { param, message } => {
-            base(StatusCode::BAD_REQUEST, INVALID, "invalid_value", param.clone(), message.clone(), None)
+        BackendError::InvalidInput { param, .. } => {
+            Parts::new(StatusCode::BAD_REQUEST, INVALID, Code::InvalidValue, param.clone(), message)
         }
-        BackendError::ContentPolicy { message } => {
-            base(StatusCode::BAD_REQUEST, INVALID, "content_policy_violation", None, message.clone(), Some(false))
+        BackendError::ContentPolicy { .. } => {
+            Parts::invalid(StatusCode::BAD_REQUEST, Code::ContentPolicyViolation, message).retry(false)
         }
         BackendError::Overloaded { retry_after } => Parts {
             retry_after: Some(*retry_after),
-            ..base(StatusCode::SERVICE_UNAVAILABLE, SERVER, "overloaded", None, error.to_string(), Some(true))
+            ..Parts::new(StatusCode::SERVICE_UNAVAILABLE, SERVER, Code::Overloaded, None, message).retry(true)
         },
-        BackendError::Unavailable { message, retry_after } => Parts {
+        BackendError::Unavailable { retry_after, .. } => Parts {
             retry_after: *retry_after,
-            ..base(StatusCode::SERVICE_UNAVAILABLE, SERVER, "model_unavailable", None, message.clone(), Some(true))
+            ..Parts::new(StatusCode::SERVICE_UNAVAILABLE, SERVER, Code::ModelUnavailable, None, message).retry(true)
         },
         // The upstream backend has already retried with backoff and tried every fallback; an
         // SDK's automatic retries would only bill the same failing generation again.
-        BackendError::Upstream { message, .. } => {
-            base(StatusCode::BAD_GATEWAY, SERVER, "upstream_error", None, message.clone(), Some(false))
+        BackendError::Upstream { .. } => {
+            Parts::new(StatusCode::BAD_GATEWAY, SERVER, Code::UpstreamError, None, message).retry(false)
         }
-        BackendError::Timeout { message } => {
-            base(StatusCode::GATEWAY_TIMEOUT, SERVER, "upstream_timeout", None, message.clone(), Some(false))
+        BackendError::Timeout { .. } => {
+            Parts::new(StatusCode::GATEWAY_TIMEOUT, SERVER, Code::UpstreamTimeout, None, message).retry(false)
         }
-        BackendError::Cancelled => base(
+        BackendError::Cancelled => Parts::invalid(
             StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-            INVALID,
-            "request_cancelled",
-            None,
-            error.to_string(),
-            Some(false),
-        ),
-        BackendError::Internal(_) => {
-            base(StatusCode::INTERNAL_SERVER_ERROR, SERVER, "server_error", None, GENERIC_500.into(), Some(false))
-        }
+            Code::RequestCancelled,
+            message,
+        )
+        .retry(false),
+        BackendError::Internal(_) => Parts::internal(),
     }
 }
 
@@ -165,7 +277,7 @@ impl ApiError {
     /// The envelope as sent, for SSE `error` events too.
     pub fn body(&self) -> ErrorBody {
         let parts = self.parts();
-        ErrorBody::new(parts.message, parts.kind, parts.param, parts.code)
+        ErrorBody::new(parts.message, parts.kind, parts.param, parts.code.map(Code::as_str))
     }
 
     pub fn log(&self) {
@@ -192,7 +304,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.log();
         let parts = self.parts();
-        let body = ErrorBody::new(parts.message, parts.kind, parts.param, parts.code);
+        let body = ErrorBody::new(parts.message, parts.kind, parts.param, parts.code.map(Code::as_str));
         let mut response = (parts.status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         if let Some(retry_after) = parts.retry_after {
@@ -211,20 +323,31 @@ pub type ApiResult<T> = Result<T, ApiError>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use easel_core::error::InvalidCode;
 
     /// The public contract: every variant's (status, type, code). A change here is a change
     /// clients see.
     #[test]
     fn the_error_table() {
+        let invalid = |code| CoreError::invalid("p", code, "x");
         let cases: Vec<(ApiError, u16, &str, Option<&str>)> = vec![
             (CoreError::missing("prompt").into(), 400, INVALID, Some("missing_required_parameter")),
+            (invalid(InvalidCode::IntegerAboveMaxValue).into(), 400, INVALID, Some("integer_above_max_value")),
+            (invalid(InvalidCode::IntegerBelowMinValue).into(), 400, INVALID, Some("integer_below_min_value")),
+            (invalid(InvalidCode::InvalidType).into(), 400, INVALID, Some("invalid_type")),
+            (invalid(InvalidCode::UnknownParameter).into(), 400, INVALID, Some("unknown_parameter")),
+            (invalid(InvalidCode::InvalidImageUrl).into(), 400, INVALID, Some("invalid_image_url")),
+            (invalid(InvalidCode::UnsupportedFileId).into(), 400, INVALID, Some("unsupported_file_id")),
+            (invalid(InvalidCode::TooManyImages).into(), 400, INVALID, Some("too_many_images")),
+            (invalid(InvalidCode::InvalidJson).into(), 400, INVALID, Some("invalid_json")),
+            (invalid(InvalidCode::InvalidMultipart).into(), 400, INVALID, Some("invalid_multipart")),
             (
-                CoreError::invalid("n", InvalidCode::IntegerAboveMaxValue, "x").into(),
+                invalid(InvalidCode::InvalidPngOutputCompression).into(),
                 400,
                 INVALID,
-                Some("integer_above_max_value"),
+                Some("invalid_png_output_compression"),
             ),
+            (invalid(InvalidCode::UnsupportedOperation).into(), 400, INVALID, Some("unsupported_operation")),
+            (invalid(InvalidCode::InvalidValue).into(), 400, INVALID, Some("invalid_value")),
             (
                 CoreError::invalid_image(Some("image".into()), "x").into(),
                 400,
@@ -254,24 +377,44 @@ mod tests {
             ),
             (BackendError::Timeout { message: "x".into() }.into(), 504, SERVER, Some("upstream_timeout")),
             (BackendError::Cancelled.into(), 499, INVALID, Some("request_cancelled")),
-            (BackendError::Internal(anyhow::anyhow!("boom")).into(), 500, SERVER, Some("server_error")),
+            (BackendError::Internal(anyhow::anyhow!("boom")).into(), 500, SERVER, None),
             (CoreError::Internal(anyhow::anyhow!("boom")).into(), 500, SERVER, None),
             (ApiError::Unauthorized("x".into()), 401, INVALID, Some("invalid_api_key")),
+            (ApiError::ModelNotAllowed("m".into()), 403, INVALID, Some("model_not_allowed")),
+            (ApiError::LinkUnsigned, 403, INVALID, Some("invalid_signature")),
+            (ApiError::LinkBadSignature, 403, INVALID, Some("invalid_signature")),
+            (ApiError::LinkExpired, 403, INVALID, Some("url_expired")),
+            (ApiError::ImageNotFound, 404, INVALID, Some("image_not_found")),
+            (ApiError::UnknownUrl("/x".into()), 404, INVALID, Some("unknown_url")),
             (
-                ApiError::Forbidden { message: "x".into(), code: "model_not_allowed" },
-                403,
+                ApiError::MethodNotAllowed { method: Method::DELETE, path: "/v1/models".into() },
+                405,
                 INVALID,
-                Some("model_not_allowed"),
+                Some("method_not_allowed"),
             ),
-            (ApiError::NotFound { message: "x".into(), code: "not_found" }, 404, INVALID, Some("not_found")),
             (ApiError::PayloadTooLarge(1), 413, INVALID, Some("request_too_large")),
             (ApiError::UnsupportedMediaType("x".into()), 415, INVALID, Some("unsupported_media_type")),
             (ApiError::Internal(anyhow::anyhow!("secret detail")), 500, SERVER, None),
         ];
         for (error, status, kind, code) in cases {
             let parts = error.parts();
-            assert_eq!((parts.status.as_u16(), parts.kind, parts.code), (status, kind, code), "{error:?}");
+            assert_eq!(
+                (parts.status.as_u16(), parts.kind, parts.code.map(Code::as_str)),
+                (status, kind, code),
+                "{error:?}"
+            );
             assert!(!parts.message.contains("secret detail") && !parts.message.contains("boom"));
         }
+    }
+
+    /// Every internal failure looks the same to a client, whichever layer it came from.
+    #[test]
+    fn internal_errors_have_one_body() {
+        let core = ApiError::from(CoreError::Internal(anyhow::anyhow!("a")));
+        let backend = ApiError::from(BackendError::Internal(anyhow::anyhow!("b")));
+        let server = ApiError::Internal(anyhow::anyhow!("c"));
+        assert_eq!(core.body(), backend.body());
+        assert_eq!(core.body(), server.body());
+        assert_eq!(core.parts(), server.parts());
     }
 }

@@ -12,10 +12,9 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::response::IntoResponse;
-use easel_core::fetch::{HostPattern, ImageFetcher};
-use easel_core::imaging::EncodeSettings;
+use easel_core::fetch::ImageFetcher;
 use easel_core::registry::Model;
-use easel_core::service::{ImageService, ServiceSettings};
+use easel_core::service::ImageService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
@@ -47,15 +46,15 @@ impl Application {
 
     /// Like [`Application::build`], with models built in code added to the configured ones.
     pub async fn build_with(config: Config, extra_models: Vec<Model>) -> anyhow::Result<Self> {
-        config.validate()?;
+        let valid = config.validate()?;
         let data_dir = &config.storage.data_dir;
         std::fs::create_dir_all(data_dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))?;
-        let db = db::connect(&config.database_url()).await?;
-        let blobs = Blobs::local(&config.blobs_dir()?)?;
+        let db = db::connect(&valid.database_url).await?;
+        let blobs = Blobs::local(&valid.blobs_dir)?;
         let keys = ApiKeys::new(db.clone());
         let signer = UrlSigner::new(signing::load_key(config.auth.url_signing_key_env.as_deref(), data_dir)?)?;
 
-        let bind = config.bind_addr()?;
+        let bind = valid.bind;
         let open_allowed = bind.ip().is_loopback() || config.server.insecure_no_auth;
         let has_keys = keys.any_active().await?;
         anyhow::ensure!(
@@ -72,25 +71,9 @@ impl Application {
         }
 
         let registry = backends::build_registry(&config, extra_models)?;
-        let allow = config
-            .server
-            .allow_image_hosts
-            .iter()
-            .map(|h| HostPattern::parse(h).map_err(anyhow::Error::msg))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let fetcher = ImageFetcher::new(allow, config.server.max_download_bytes, Duration::from_secs(30))?;
-        let settings = ServiceSettings {
-            default_response_format: config.server.default_response_format,
-            max_input_images: 16,
-            max_input_pixels: config.images.max_input_pixels,
-            fan_out: config.images.fan_out,
-            encode: EncodeSettings {
-                jpeg_quality: config.images.jpeg_quality,
-                webp_quality: config.images.webp_quality,
-                webp_method: config.images.webp_method,
-            },
-        };
-        let service = ImageService::new(std::sync::Arc::new(registry), fetcher, settings);
+        let fetcher =
+            ImageFetcher::new(valid.allow_image_hosts, config.server.max_download_bytes, Duration::from_secs(30))?;
+        let service = ImageService::new(std::sync::Arc::new(registry), fetcher, valid.service);
 
         let listener = TcpListener::bind(bind).await.map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
         let address = listener.local_addr()?;
@@ -185,15 +168,9 @@ async fn shutdown_signal() {
 }
 
 async fn not_found(uri: Uri) -> impl IntoResponse {
-    ApiError::NotFound { message: format!("Unknown request URL: {}.", uri.path()), code: "unknown_url" }
+    ApiError::UnknownUrl(uri.path().to_string())
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> impl IntoResponse {
-    let mut response = ApiError::NotFound {
-        message: format!("Method {method} is not allowed for {}.", uri.path()),
-        code: "method_not_allowed",
-    }
-    .into_response();
-    *response.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
-    response
+    ApiError::MethodNotAllowed { method, path: uri.path().to_string() }
 }

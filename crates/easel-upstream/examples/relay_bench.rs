@@ -90,9 +90,10 @@ async fn bench(base_url: &str, body: &str, requests: usize, concurrency: usize, 
         request.model = Some("relay".into());
         request.prompt = Some("A cute baby sea otter wearing a beret".into());
         request.size = Some(SizeRequest::Exact(size));
-        request.output_format = Some(OutputFormat::Png);
+        request.options.output_format = OutputFormat::Png;
         request.response_format = Some(ResponseFormat::B64Json);
-        let job = service.prepare(request).await?;
+        let model = service.resolve(request.operation, request.model.as_deref())?;
+        let job = service.prepare(request, model).await?;
         let output = service.run(&job, JobContext { cancel: CancellationToken::new(), partials: None }).await?;
         if !with_body {
             return anyhow::Ok(output.images[0].bytes.len());

@@ -221,7 +221,7 @@ impl ImageBackend for EnhancedBackend {
             let mut c = call.clone();
             c.n = per_call.min(call.n - planned);
             c.prompt = prompt.clone();
-            c.extensions.seed = call.extensions.seed.map(|s| s.wrapping_add(u64::from(planned)));
+            c.options.extensions.seed = call.options.extensions.seed.map(|s| s.wrapping_add(u64::from(planned)));
             calls.push(c);
             planned += per_call.min(call.n - planned);
         }

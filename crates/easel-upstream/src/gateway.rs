@@ -135,13 +135,19 @@ impl Gateway {
     /// Wraps any backend so prompts are rewritten by the `[prompt_enhancer]` first. `options` is
     /// the model's table; only `prompt_enhance` is read from it, other keys are ignored.
     pub fn enhance(&self, id: &str, inner: SharedBackend, options: &Value) -> anyhow::Result<SharedBackend> {
+        let enhancer = self.check_enhancement(id, options)?;
+        Ok(Arc::new(EnhancedBackend::new(id.to_string(), inner, enhancer)))
+    }
+
+    /// Whether model `id` can be wrapped by the prompt enhancer (its option is a boolean and a
+    /// `[prompt_enhancer]` is configured); the enhancer if so.
+    pub fn check_enhancement(&self, id: &str, options: &Value) -> anyhow::Result<Arc<Enhancer>> {
         if let Some(v) = options.get("prompt_enhance").filter(|v| !v.is_boolean()) {
             bail!("model '{id}': 'prompt_enhance' must be true or false, got {v}");
         }
-        let enhancer = self.enhancer.clone().with_context(|| {
+        self.enhancer.clone().with_context(|| {
             format!("model '{id}' asks for prompt enhancement (an id ending in -pe or prompt_enhance = true), but no [prompt_enhancer] is configured")
-        })?;
-        Ok(Arc::new(EnhancedBackend::new(id.to_string(), inner, enhancer)))
+        })
     }
 
     /// Provider ids, for diagnostics.

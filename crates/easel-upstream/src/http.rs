@@ -6,15 +6,13 @@
 //! allowed), or stop (the request itself was refused: invalid input, content policy). Keeping
 //! that decision next to the status codes means the router never inspects errors itself.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use easel_core::BackendError;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
-
-use crate::resilience::retry_after;
 
 /// What the router does after a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,4 +194,40 @@ pub fn json<'a, T: Deserialize<'a>>(provider: &str, body: &'a [u8]) -> Result<T,
         let message = format!("The upstream provider '{provider}' sent a response that could not be read: {e}");
         if e.is_eof() { Failure::network(message) } else { Failure::protocol(message) }
     })
+}
+
+/// `retry-after-ms`, or `Retry-After` in seconds or as an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(ms) =
+        headers.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok())
+        && ms.is_finite()
+        && ms >= 0.0
+    {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
+    }
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", "2".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        h.insert("retry-after", later.parse().unwrap());
+        let d = retry_after(&h).unwrap();
+        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+        h.insert("retry-after-ms", "150".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(150)));
+    }
 }

@@ -96,23 +96,6 @@ pub struct Quirks {
     pub usage: bool,
 }
 
-fn sizes(list: &[(u32, u32)]) -> SizeRule {
-    SizeRule::Fixed(list.iter().map(|&(w, h)| ImageSize::new(w, h)).collect())
-}
-
-/// What clients may ask of a provider that makes only a few sizes: any reasonable size, made at
-/// the nearest native one and resized.
-fn broad_sizes() -> SizeRule {
-    SizeRule::Range {
-        multiple_of: 8,
-        min_edge: 256,
-        max_edge: 2048,
-        min_pixels: 65_536,
-        max_pixels: 2048 * 2048,
-        max_aspect: 4.0,
-    }
-}
-
 const GPT_QUALITIES: &[Quality] = &[Quality::Low, Quality::Medium, Quality::High, Quality::Auto];
 const ALL_FORMATS: &[OutputFormat] = &[OutputFormat::Png, OutputFormat::Jpeg, OutputFormat::Webp];
 
@@ -178,7 +161,7 @@ impl Quirks {
             params: vec![Param::Quality, Param::User],
             size_param: SizeParam::Size,
             native_sizes: None,
-            sizes: broad_sizes(),
+            sizes: SizeRule::broad(),
             default_size: ImageSize::new(1024, 1024),
             edits: EditStyle::Multipart,
             variations: false,
@@ -208,16 +191,19 @@ impl Quirks {
                 };
                 return Self::named(family, model);
             }
-            "gpt-image" => {
-                gpt("gpt-image", sizes(&[(1024, 1024), (1536, 1024), (1024, 1536)]), !model.contains("mini"), true)
-            }
+            "gpt-image" => gpt(
+                "gpt-image",
+                SizeRule::fixed(&[(1024, 1024), (1536, 1024), (1024, 1536)]),
+                !model.contains("mini"),
+                true,
+            ),
             "gpt-image-2" => gpt("gpt-image-2", SizeRule::gpt_image_2(), false, false),
             "dall-e-3" => Self {
                 name: "dall-e-3".into(),
                 max_n: 1,
                 max_n_per_call: 1,
                 params: vec![Param::Quality, Param::Style, Param::User],
-                sizes: sizes(&[(1024, 1024), (1792, 1024), (1024, 1792)]),
+                sizes: SizeRule::fixed(&[(1024, 1024), (1792, 1024), (1024, 1792)]),
                 edits: EditStyle::None,
                 qualities: vec![Quality::Standard, Quality::Hd, Quality::Auto],
                 default_quality: Quality::Standard,
@@ -225,7 +211,7 @@ impl Quirks {
             },
             "dall-e-2" => Self {
                 name: "dall-e-2".into(),
-                sizes: sizes(&[(256, 256), (512, 512), (1024, 1024)]),
+                sizes: SizeRule::fixed(&[(256, 256), (512, 512), (1024, 1024)]),
                 variations: true,
                 qualities: vec![Quality::Standard, Quality::Auto],
                 max_prompt_chars: 1000,
@@ -240,7 +226,7 @@ impl Quirks {
                 max_n_per_call: 1,
                 response_format: Some("b64_json".into()),
                 params: vec![Param::Quality, Param::OutputFormat],
-                sizes: broad_sizes(),
+                sizes: SizeRule::broad(),
                 edits: EditStyle::Json,
                 masks: false,
                 qualities: Quality::ALL.to_vec(),
@@ -260,8 +246,8 @@ impl Quirks {
                 max_n_per_call: 1,
                 response_format: Some("b64_json".into()),
                 params: vec![Param::Quality, Param::Style, Param::User],
-                native_sizes: Some(sizes(&[(1024, 1024), (1792, 1024), (1024, 1792)])),
-                sizes: broad_sizes(),
+                native_sizes: Some(SizeRule::fixed(&[(1024, 1024), (1792, 1024), (1024, 1792)])),
+                sizes: SizeRule::broad(),
                 edits: EditStyle::Multipart,
                 masks: true,
                 qualities: Quality::ALL.to_vec(),
@@ -277,7 +263,7 @@ impl Quirks {
                 response_format: Some("b64_json".into()),
                 params: vec![Param::User],
                 size_param: SizeParam::AspectRatio,
-                sizes: broad_sizes(),
+                sizes: SizeRule::broad(),
                 edits: EditStyle::None,
                 masks: false,
                 qualities: Quality::ALL.to_vec(),

@@ -3,7 +3,7 @@
 //! the spec marks required is always present. The server frames them as SSE with a matching
 //! `event:` line.
 
-use easel_core::types::{Background, Operation, OutputFormat, Quality};
+use easel_types::types::{Background, Operation, OutputFormat, Quality};
 use serde::Serialize;
 
 use crate::response::UsageBody;

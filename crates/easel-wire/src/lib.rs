@@ -2,7 +2,7 @@
 //!
 //! Inbound, [`request`] parses every dialect Easel accepts (OpenAI JSON generations, multipart
 //! and JSON edits, multipart variations, the Qwen `input.messages` shape, the IG1 JSON edit body)
-//! into one [`easel_core::request::ImageRequest`]; outbound, [`response`], [`events`] and [`error`]
+//! into one [`easel_types::request::ImageRequest`]; outbound, [`response`], [`events`] and [`error`]
 //! are the bodies clients parse. No I/O happens here: the server collects bytes and parts, this
 //! crate only reads them, so every dialect can be tested without a socket.
 

@@ -3,8 +3,8 @@
 //! Absent fields are omitted rather than sent as `null` (some third-party parsers test presence),
 //! and `usage` always carries `input_tokens_details`, which LiteLLM and others validate.
 
-use easel_core::types::{Background, OutputFormat, Quality};
-use easel_core::usage::Usage;
+use easel_types::types::{Background, OutputFormat, Quality};
+use easel_types::usage::Usage;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

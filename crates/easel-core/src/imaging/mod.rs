@@ -8,12 +8,11 @@
 mod codec;
 mod composite;
 mod resize;
-mod sniff;
 
 pub use codec::{EncodeSettings, Header, decode, encode, header, probe};
 pub use composite::{apply_mask, flatten, has_transparency};
+pub use easel_types::sniff::sniff;
 pub use resize::{resize_cover, resize_exact};
-pub use sniff::sniff;
 
 /// Why an image could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use image::DynamicImage;
 use tokio::sync::mpsc;
 
-use crate::backend::{BackendCall, CallContext, PartialImage};
+use crate::backend::{CallContext, PartialImage, SourcePixels};
 use crate::error::{BackendError, CoreError};
 use crate::imaging;
 use crate::job::{EncodedPartial, ImageJob, JobContext, JobOutput};
+use crate::types::ImageSize;
 use crate::usage::{self, Usage};
 
 use super::postprocess::{Finish, finish, finish_partial};
@@ -24,12 +24,15 @@ impl ImageService {
             _ => job.size,
         };
 
+        // Decoded once per job, before anything is spent: the first image and the mask at the
+        // delivered size for compositing, and at the call size for backends that take pixels.
+        let sources = self.decode_sources(job, call_size, caps.takes_pixels).await?;
         let per_call = caps.max_n_per_call.max(1);
         let mut calls = Vec::new();
         let mut planned = 0;
         while planned < job.n {
             let n = per_call.min(job.n - planned);
-            calls.push(self.call_for(job, n, planned, call_size, caps.native_masks));
+            calls.push(job.call(n, planned, call_size, sources.for_backend.clone()));
             planned += n;
         }
 
@@ -59,7 +62,7 @@ impl ImageService {
         };
         let outputs = outputs?;
 
-        let (source, mask) = self.decode_mask_inputs(job).await?;
+        let (source, mask) = sources.for_compositing.map_or((None, None), |p| (Some(p.image), p.mask));
         let finish_params = Finish::for_job(job, &self.settings);
         let mut images = Vec::with_capacity(job.n as usize);
         let mut reported = Some(Usage::default());
@@ -97,60 +100,59 @@ impl ImageService {
         Ok(JobOutput { images, usage, revised_prompt, partials_sent })
     }
 
-    fn call_for(
+    /// Decodes the first image and the mask once, when a mask must be composited or the backend
+    /// takes pixels, and brings them to the sizes each use needs.
+    async fn decode_sources(
         &self,
         job: &ImageJob,
-        n: u32,
-        offset: u32,
-        size: crate::types::ImageSize,
-        native_masks: bool,
-    ) -> BackendCall {
-        let mut extensions = job.extensions.clone();
-        extensions.seed = extensions.seed.map(|seed| seed.wrapping_add(u64::from(offset)));
-        BackendCall {
-            operation: job.operation,
-            model: job.model.id.clone(),
-            prompt: job.prompt.clone(),
-            images: job.images.clone(),
-            mask: if native_masks { job.mask.clone() } else { None },
-            n,
-            size,
-            quality: job.quality,
-            style: job.style,
-            background: job.background,
-            output_format: job.output_format,
-            output_compression: job.output_compression,
-            moderation: job.moderation,
-            input_fidelity: job.input_fidelity,
-            partial_images: job.partial_images,
-            user: job.user.clone(),
-            extensions,
+        call_size: ImageSize,
+        takes_pixels: bool,
+    ) -> Result<Sources, CoreError> {
+        let Some(first) = job.images.first() else { return Ok(Sources::default()) };
+        if job.mask.is_none() && !takes_pixels {
+            return Ok(Sources::default());
         }
-    }
-
-    /// The first image and the mask, decoded and brought to the delivered size once per job,
-    /// when a mask must be composited.
-    async fn decode_mask_inputs(
-        &self,
-        job: &ImageJob,
-    ) -> Result<(Option<Arc<DynamicImage>>, Option<Arc<DynamicImage>>), CoreError> {
-        let (Some(mask), Some(first)) = (&job.mask, job.images.first()) else {
-            return Ok((None, None));
-        };
-        let (mask_bytes, first_bytes) = (mask.bytes.clone(), first.bytes.clone());
+        let (first_bytes, mask_bytes) = (first.bytes.clone(), job.mask.as_ref().map(|m| m.bytes.clone()));
         let (max, size) = (self.settings.max_input_pixels, job.size);
-        let (mask, first) =
-            blocking(move || (imaging::decode(&mask_bytes, max), imaging::decode(&first_bytes, max))).await?;
-        let first = first.map_err(|e| {
-            CoreError::invalid_image(Some("image".into()), format!("Invalid image file or mode for image 1: {e}."))
-        })?;
-        let mask = mask.map_err(|e| CoreError::invalid_image(Some("mask".into()), format!("Invalid mask: {e}.")))?;
-        let resized = blocking(move || -> anyhow::Result<_> {
-            Ok((imaging::resize_cover(&first, size)?, imaging::resize_cover(&mask, size)?))
+        let decoded = blocking(move || {
+            let first = imaging::decode(&first_bytes, max).map_err(|e| {
+                CoreError::invalid_image(Some("image".into()), format!("Invalid image file or mode for image 1: {e}."))
+            })?;
+            let mask = match mask_bytes {
+                Some(bytes) => Some(
+                    imaging::decode(&bytes, max)
+                        .map_err(|e| CoreError::invalid_image(Some("mask".into()), format!("Invalid mask: {e}.")))?,
+                ),
+                None => None,
+            };
+            let at = |size: ImageSize| -> Result<SourcePixels, CoreError> {
+                let image = Arc::new(imaging::resize_cover(&first, size)?);
+                let mask = match &mask {
+                    Some(mask) => Some(Arc::new(imaging::resize_cover(mask, size)?)),
+                    None => None,
+                };
+                Ok(SourcePixels { image, mask })
+            };
+            let delivered = at(size)?;
+            let for_backend = match (takes_pixels, call_size == size) {
+                (false, _) => None,
+                (true, true) => Some(delivered.clone()),
+                (true, false) => Some(at(call_size)?),
+            };
+            let for_compositing = delivered.mask.is_some().then_some(delivered);
+            Ok::<_, CoreError>(Sources { for_backend, for_compositing })
         });
-        let (first, mask) = resized.await??;
-        Ok((Some(Arc::new(first)), Some(Arc::new(mask))))
+        decoded.await?
     }
+}
+
+/// The decoded sources of one job.
+#[derive(Default)]
+struct Sources {
+    /// At the call size, for backends that take pixels.
+    for_backend: Option<SourcePixels>,
+    /// At the delivered size, when a mask is composited.
+    for_compositing: Option<SourcePixels>,
 }
 
 /// Encodes partial images as they arrive and passes them on, at most `limit`; returns how many

@@ -1,10 +1,11 @@
 //! The image service: from a dialect-free request to delivered images.
 //!
-//! [`ImageService::prepare`] resolves the model and checks the request against its
-//! [`Capabilities`](crate::backend::Capabilities) before any compute or money is spent;
-//! [`ImageService::run`] calls the backend and fills what it lacks, per the gap-filling table of
-//! `DESIGN.md`: n fan-out with bounded concurrency, generating at a native size and resizing,
-//! transcoding, compositing masks, flattening backgrounds.
+//! [`ImageService::resolve`] finds the model, [`ImageService::prepare`] checks the request against
+//! its [`Capabilities`](crate::backend::Capabilities) before any compute or money is spent (every
+//! range and model-specific rule is checked there, once); [`ImageService::run`] decodes what must
+//! be decoded once per job, calls the backend and fills what it lacks: n fan-out with bounded
+//! concurrency, generating at a native size and resizing, transcoding, compositing masks,
+//! flattening backgrounds. `docs/architecture.md` has the table of gaps filled.
 
 mod execute;
 mod postprocess;
@@ -34,8 +35,8 @@ impl Default for ServiceSettings {
     fn default() -> Self {
         Self {
             default_response_format: ResponseFormat::B64Json,
-            max_input_images: 16,
-            max_input_pixels: 64 * 1024 * 1024,
+            max_input_images: crate::limits::MAX_INPUT_IMAGES,
+            max_input_pixels: crate::limits::MAX_INPUT_PIXELS,
             fan_out: 4,
             encode: EncodeSettings::default(),
         }

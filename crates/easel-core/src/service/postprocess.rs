@@ -27,9 +27,9 @@ impl Finish {
     pub(super) fn for_job(job: &ImageJob, settings: &ServiceSettings) -> Self {
         Self {
             size: job.size,
-            format: job.output_format,
-            compression: job.output_compression,
-            background: job.background,
+            format: job.options.output_format,
+            compression: job.options.output_compression,
+            background: job.options.background,
             encode: settings.encode,
             max_pixels: settings.max_input_pixels.max(job.size.pixels() * 4),
         }

@@ -1,28 +1,40 @@
 //! Request → job: model resolution, defaults, input images, and every model-specific check.
 
+use std::sync::Arc;
+
 use crate::backend::{Capabilities, InputImage};
 use crate::error::{CoreError, InvalidCode};
 use crate::fetch::FetchError;
 use crate::imaging::{self, ImageError};
 use crate::job::ImageJob;
-use crate::request::{ImageRef, ImageRequest, NamedImage};
-use crate::types::{Background, ImageSize, Operation, OutputFormat, Quality, SizeRequest};
+use crate::range::IntRange;
+use crate::registry::Model;
+use crate::request::{ImageRef, ImageRequest, NamedImage, Options};
+use crate::types::{Background, ImageSize, Operation, Quality, SizeRequest};
 
 use super::ImageService;
 
 impl ImageService {
-    pub async fn prepare(&self, request: ImageRequest) -> Result<ImageJob, CoreError> {
-        let operation = request.operation;
-        let model = match &request.model {
-            Some(id) => self.registry.get(id).ok_or_else(|| CoreError::ModelNotFound(id.clone()))?,
+    /// The model a request names, or the default for its operation. The server resolves it once,
+    /// checks the caller may use it, and hands it to [`ImageService::prepare`].
+    pub fn resolve(&self, operation: Operation, id: Option<&str>) -> Result<Arc<Model>, CoreError> {
+        match id {
+            Some(id) => self.registry.get(id).ok_or_else(|| CoreError::ModelNotFound(id.to_string())),
             None => self.registry.default_for(operation).ok_or_else(|| {
                 CoreError::invalid_value(
                     "model",
                     "No model was given and this server has no default model; set 'model'.",
                 )
-            })?,
-        };
-        let caps = model.backend.capabilities().clone();
+            }),
+        }
+    }
+
+    /// Checks `request` against `model` (resolved by [`ImageService::resolve`]) and makes it a
+    /// job: every default applied, every image fetched and its header read, every range checked
+    /// against the model's capabilities. Nothing is spent before this succeeds.
+    pub async fn prepare(&self, request: ImageRequest, model: Arc<Model>) -> Result<ImageJob, CoreError> {
+        let operation = request.operation;
+        let caps = model.backend.capabilities();
         if !caps.supports(operation) {
             let what = match operation {
                 Operation::Generate => "image generation",
@@ -36,9 +48,10 @@ impl ImageService {
             ));
         }
 
-        let prompt = check_prompt(operation, request.prompt, &caps)?;
-        let n = check_n(request.n, &caps)?;
-        let (images, mask) = self.resolve_images(operation, request.images, request.mask, &caps).await?;
+        let prompt = check_prompt(operation, request.prompt, caps)?;
+        let n = IntRange::new(1, i64::from(caps.max_n)).check("n", request.n.unwrap_or(1))? as u32;
+        let options = check_options(request.options, caps, &model.id)?;
+        let (images, mask) = self.resolve_images(operation, request.images, request.mask, caps).await?;
 
         let size = match request.size.unwrap_or(SizeRequest::Auto) {
             SizeRequest::Exact(size) => {
@@ -62,27 +75,9 @@ impl ImageService {
         }
         let resolved_quality = if quality == Quality::Auto { caps.default_quality } else { quality };
 
-        let output_format = request.output_format.unwrap_or(OutputFormat::Png);
-        let background = request.background.unwrap_or(Background::Auto);
-        if background == Background::Transparent {
-            if !caps.transparency {
-                return Err(CoreError::invalid_value(
-                    "background",
-                    format!("The model '{}' cannot make transparent backgrounds; use 'opaque' or 'auto'.", model.id),
-                ));
-            }
-            if !output_format.supports_alpha() {
-                return Err(CoreError::invalid_value(
-                    "output_format",
-                    "Transparent backgrounds need output_format 'png' or 'webp'.",
-                ));
-            }
-        }
-
         let partial_images = if request.stream { request.partial_images.unwrap_or(0) } else { 0 };
         Ok(ImageJob {
             operation,
-            model,
             prompt,
             images,
             mask,
@@ -90,17 +85,11 @@ impl ImageService {
             size,
             quality,
             resolved_quality,
-            style: request.style,
-            background,
-            output_format,
-            output_compression: request.output_compression,
-            moderation: request.moderation,
-            input_fidelity: request.input_fidelity,
             response_format: request.response_format.unwrap_or(self.settings.default_response_format),
             stream: request.stream,
             partial_images,
-            user: request.user,
-            extensions: request.extensions,
+            options,
+            model,
         })
     }
 
@@ -187,7 +176,8 @@ impl ImageService {
                 CoreError::invalid(param.clone(), InvalidCode::InvalidImageUrl, message)
             })?,
         };
-        let (format, size) = imaging::probe(&bytes).map_err(|e| image_error(&param, number, &e))?;
+        let header = imaging::header(&bytes).map_err(|e| image_error(&param, number, &e))?;
+        let size = header.size;
         if size.pixels() > self.settings.max_input_pixels {
             let e = ImageError::TooLarge {
                 width: size.width,
@@ -196,7 +186,7 @@ impl ImageService {
             };
             return Err(image_error(&param, number, &e));
         }
-        Ok(InputImage { bytes, format, size })
+        Ok(InputImage { bytes, format: header.format, size, has_alpha: header.has_alpha })
     }
 }
 
@@ -228,23 +218,37 @@ fn check_prompt(operation: Operation, prompt: Option<String>, caps: &Capabilitie
     Ok(prompt)
 }
 
-fn check_n(n: Option<u32>, caps: &Capabilities) -> Result<u32, CoreError> {
-    let n = n.unwrap_or(1);
-    if n > caps.max_n {
-        return Err(CoreError::invalid(
-            "n",
-            InvalidCode::IntegerAboveMaxValue,
-            format!(
-                "Invalid 'n': integer above maximum value. Expected a value <= {}, but got {n} instead.",
-                caps.max_n
-            ),
-        ));
+/// The options against the model: transparency, and the open-model extensions' ranges.
+fn check_options(options: Options, caps: &Capabilities, model: &str) -> Result<Options, CoreError> {
+    if options.background == Background::Transparent {
+        if !caps.transparency {
+            return Err(CoreError::invalid_value(
+                "background",
+                format!("The model '{model}' cannot make transparent backgrounds; use 'opaque' or 'auto'."),
+            ));
+        }
+        if !options.output_format.supports_alpha() {
+            return Err(CoreError::invalid_value(
+                "output_format",
+                "Transparent backgrounds need output_format 'png' or 'webp'.",
+            ));
+        }
     }
-    Ok(n)
+    let (x, ranges) = (&options.extensions, &caps.extensions);
+    if let Some(steps) = x.steps {
+        ranges.steps.check("steps", i64::from(steps))?;
+    }
+    if let Some(g) = x.guidance_scale {
+        ranges.guidance_scale.check("guidance_scale", g)?;
+    }
+    if let Some(s) = x.strength {
+        ranges.strength.check("strength", s)?;
+    }
+    Ok(options)
 }
 
-/// The mask must have an alpha channel and match the first image's size. Its header says both,
-/// so the mask is decoded only once, when it is composited.
+/// The mask must have an alpha channel and match the first image's size. Its header, read once
+/// when it was loaded, says both, so the mask is decoded only once, when it is composited.
 fn check_mask(param: &str, mask: &InputImage, first: ImageSize) -> Result<(), CoreError> {
     if mask.size != first {
         return Err(CoreError::invalid_value(
@@ -252,8 +256,7 @@ fn check_mask(param: &str, mask: &InputImage, first: ImageSize) -> Result<(), Co
             format!("The mask is {} but the first image is {first}; they must have the same dimensions.", mask.size),
         ));
     }
-    let header = imaging::header(&mask.bytes).map_err(|e| image_error(param, 0, &e))?;
-    if !header.has_alpha {
+    if !mask.has_alpha {
         return Err(CoreError::invalid_image(
             Some(param.to_string()),
             "The mask must have an alpha channel: fully transparent pixels mark the area to edit.",

@@ -14,7 +14,7 @@ use easel_core::usage::Usage;
 use easel_wire::response::{ImageData, ImagesResponse, UsageBody};
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Code};
 use crate::state::AppState;
 use crate::storage::blobs::Blobs;
 use crate::storage::now;
@@ -26,7 +26,7 @@ pub struct Ledger {
     state: AppState,
     key_id: Option<String>,
     operation: Operation,
-    model: Option<(String, &'static str)>,
+    model: (String, &'static str),
     end_user: Option<String>,
     started: Instant,
 }
@@ -36,7 +36,7 @@ impl Ledger {
         state: &AppState,
         caller: &Caller,
         operation: Operation,
-        model: Option<&Model>,
+        model: &Model,
         end_user: Option<String>,
         started: Instant,
     ) -> Self {
@@ -44,15 +44,15 @@ impl Ledger {
             state: state.clone(),
             key_id: caller.key_id(),
             operation,
-            model: model.map(|m| (m.id.clone(), m.backend.kind())),
+            model: (model.id.clone(), model.backend.kind()),
             end_user,
             started,
         }
     }
 
-    fn usage_record(&self, outcome: String, status: u16, job: Option<&ImageJob>, usage: Usage) -> Option<UsageRecord> {
-        let (model, backend) = self.model.clone()?;
-        Some(UsageRecord {
+    fn usage_record(&self, outcome: String, status: u16, job: Option<&ImageJob>, usage: Usage) -> UsageRecord {
+        let (model, backend) = self.model.clone();
+        UsageRecord {
             id: uuid::Uuid::now_v7(),
             key_id: self.key_id.clone(),
             model,
@@ -62,21 +62,20 @@ impl Ledger {
             status,
             size: job.map(|j| j.size.to_string()),
             quality: job.map(|j| j.resolved_quality.to_string()),
-            output_format: job.map(|j| j.output_format.to_string()),
+            output_format: job.map(|j| j.output_format().to_string()),
             usage,
             latency_ms: self.started.elapsed().as_millis() as i64,
             end_user: self.end_user.clone(),
             created_at: now(),
-        })
+        }
     }
 
     /// Records a failed request (best effort) and hands the error back.
     pub async fn failed(&self, error: ApiError) -> ApiError {
         let parts = error.parts();
-        let outcome = parts.code.unwrap_or(parts.kind).to_string();
-        if let Some(record) = self.usage_record(outcome, parts.status.as_u16(), None, Usage::default())
-            && let Err(e) = records::record(&self.state.db, &record, &[]).await
-        {
+        let outcome = parts.code.map_or(parts.kind, Code::as_str).to_string();
+        let record = self.usage_record(outcome, parts.status.as_u16(), None, Usage::default());
+        if let Err(e) = records::record(&self.state.db, &record, &[]).await {
             tracing::warn!(error = %e, "could not record a failed request");
         }
         error
@@ -125,9 +124,7 @@ impl Ledger {
                 expires_at: hosted.then_some(expires),
             });
         }
-        let record = self
-            .usage_record("ok".into(), 200, Some(job), output.usage)
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a job ran without a resolved model")))?;
+        let record = self.usage_record("ok".into(), 200, Some(job), output.usage);
         if let Err(e) = records::record(&self.state.db, &record, &images).await {
             cleanup(&self.state.blobs, &written).await;
             return Err(ApiError::Internal(e.context("recording usage")));
@@ -136,7 +133,7 @@ impl Ledger {
             created,
             data,
             background: Some(job.resolved_background()),
-            output_format: Some(job.output_format),
+            output_format: Some(job.output_format()),
             quality: Some(job.resolved_quality),
             size: Some(job.size.to_string()),
             usage: Some(UsageBody::from_usage(&output.usage, true)),

@@ -21,41 +21,24 @@ pub struct Signed {
     signature: Option<String>,
 }
 
-fn not_found() -> ApiError {
-    ApiError::NotFound {
-        message: "No such image: it may have expired and been deleted.".into(),
-        code: "image_not_found",
-    }
-}
-
 pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
     query: Result<Query<Signed>, QueryRejection>,
 ) -> ApiResult<Response> {
     let (Some(expires), Some(signature)) = query.map_or((None, None), |Query(q)| (q.expires, q.signature)) else {
-        return Err(ApiError::Forbidden {
-            message: "This image link is not signed.".into(),
-            code: "invalid_signature",
-        });
+        return Err(ApiError::LinkUnsigned);
     };
     let now = now();
     match state.signer.verify(&name, expires, &signature, now) {
         Verdict::Valid => {}
-        Verdict::Expired => {
-            return Err(ApiError::Forbidden { message: "This image link has expired.".into(), code: "url_expired" });
-        }
-        Verdict::BadSignature => {
-            return Err(ApiError::Forbidden {
-                message: "This image link's signature is invalid.".into(),
-                code: "invalid_signature",
-            });
-        }
+        Verdict::Expired => return Err(ApiError::LinkExpired),
+        Verdict::BadSignature => return Err(ApiError::LinkBadSignature),
     }
-    let (id, extension) = name.rsplit_once('.').ok_or_else(not_found)?;
-    let format = OutputFormat::from_extension(extension).ok_or_else(not_found)?;
-    let (key, _) = records::hosted_image(&state.db, id).await?.ok_or_else(not_found)?;
-    let bytes = state.blobs.get(&key).await?.ok_or_else(not_found)?;
+    let (id, extension) = name.rsplit_once('.').ok_or(ApiError::ImageNotFound)?;
+    let format = OutputFormat::from_extension(extension).ok_or(ApiError::ImageNotFound)?;
+    let (key, _) = records::hosted_image(&state.db, id).await?.ok_or(ApiError::ImageNotFound)?;
+    let bytes = state.blobs.get(&key).await?.ok_or(ApiError::ImageNotFound)?;
     let mut response = Body::from(bytes).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.mime()));

@@ -1,7 +1,8 @@
 //! `POST /v1/images/generations`, `/v1/images/edits`, `/v1/images/variations`.
 //!
-//! All three take the same path: read the dialect, check the caller may use the model, prepare
-//! the job against the model's capabilities, then either answer with JSON or stream events.
+//! All three take the same path: read the dialect, resolve the model once and check the caller
+//! may use it, prepare the job against the model's capabilities, then either answer with JSON or
+//! stream events.
 
 use std::time::Instant;
 
@@ -33,15 +34,10 @@ pub async fn variations(State(state): State<AppState>, caller: Caller, request: 
 async fn handle(state: AppState, caller: Caller, operation: Operation, request: Request) -> ApiResult<Response> {
     let started = Instant::now();
     let request = extract::image_request(operation, &state, request).await?;
-    let model = match &request.model {
-        Some(id) => state.service.registry().get(id),
-        None => state.service.registry().default_for(operation),
-    };
-    if let Some(model) = &model {
-        caller.check_model(&model.id)?;
-    }
-    let ledger = deliver::Ledger::new(&state, &caller, operation, model.as_deref(), request.user.clone(), started);
-    let job = match state.service.prepare(request).await {
+    let model = state.service.resolve(operation, request.model.as_deref())?;
+    caller.check_model(&model.id)?;
+    let ledger = deliver::Ledger::new(&state, &caller, operation, &model, request.options.user.clone(), started);
+    let job = match state.service.prepare(request, model).await {
         Ok(job) => job,
         Err(e) => return Err(ledger.failed(e.into()).await),
     };

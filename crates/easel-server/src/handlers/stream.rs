@@ -93,7 +93,7 @@ fn event_image(job: &ImageJob, b64_json: String) -> EventImage {
         size: job.size.to_string(),
         quality: job.resolved_quality,
         background: job.resolved_background(),
-        output_format: job.output_format,
+        output_format: job.output_format(),
     }
 }
 

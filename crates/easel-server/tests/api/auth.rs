@@ -48,7 +48,7 @@ async fn keys_limited_to_models() {
         .send()
         .await
         .unwrap();
-    assert_error(response, 403, None, "model_not_allowed").await;
+    assert_error(response, 403, Some("model"), "model_not_allowed").await;
     let response = app
         .client
         .post(app.url("/v1/images/generations"))

@@ -47,6 +47,8 @@ pub fn capabilities() -> Capabilities {
         default_quality: Quality::Medium,
         partial_images: true,
         max_prompt_chars: 32_000,
+        extensions: Default::default(),
+        takes_pixels: false,
     }
 }
 
@@ -102,9 +104,9 @@ impl ImageBackend for TestBackend {
         }
         let images = (0..call.n)
             .map(|i| {
-                let c = colour(&call.prompt, call.extensions.seed, i);
+                let c = colour(&call.prompt, call.options.extensions.seed, i);
                 let size = call.size;
-                let pixels = if call.background == easel_core::types::Background::Transparent {
+                let pixels = if call.options.background == easel_core::types::Background::Transparent {
                     DynamicImage::ImageRgba8(RgbaImage::from_pixel(
                         size.width,
                         size.height,

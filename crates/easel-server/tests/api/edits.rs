@@ -84,7 +84,7 @@ async fn seed_003_multipart_names_and_fields() {
     assert_eq!(image.headers()["content-type"], "image/png");
     let call = app.backend("test-image").last_call.lock().unwrap().clone().unwrap();
     assert_eq!(call.images.len(), 2);
-    assert_eq!(call.input_fidelity, Some(easel_core::types::InputFidelity::High));
+    assert_eq!(call.options.input_fidelity, Some(easel_core::types::InputFidelity::High));
 }
 
 #[tokio::test]

@@ -65,10 +65,10 @@ async fn every_parameter_is_honoured() {
     let backend = app.backend("test-image");
     assert_eq!(backend.calls.load(Ordering::SeqCst), 2);
     let last = backend.last_call.lock().unwrap().clone().unwrap();
-    assert_eq!((last.n, last.extensions.seed), (1, Some(42)));
-    assert_eq!(last.extensions.negative_prompt.as_deref(), Some("fog"));
-    assert_eq!((last.extensions.steps, last.extensions.guidance_scale), (Some(3), Some(2.5)));
-    assert_eq!(last.user.as_deref(), Some("user-1"));
+    assert_eq!((last.n, last.options.extensions.seed), (1, Some(42)));
+    assert_eq!(last.options.extensions.negative_prompt.as_deref(), Some("fog"));
+    assert_eq!((last.options.extensions.steps, last.options.extensions.guidance_scale), (Some(3), Some(2.5)));
+    assert_eq!(last.options.user.as_deref(), Some("user-1"));
     // Distinct images, in order.
     let first = pictures[0].to_rgb8().get_pixel(5, 5).0;
     let third = pictures[2].to_rgb8().get_pixel(5, 5).0;

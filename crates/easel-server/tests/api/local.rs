@@ -143,3 +143,60 @@ async fn python_sdk_with_a_local_model() {
 async fn node_sdk_with_a_local_model() {
     run_sdk(Sdk::Node, &local_app().await, "turbo", &["images.edit with a list of images and a mask"]).await;
 }
+
+/// The local model's ranges (steps 1-200, strength above 0) come from its capabilities and are
+/// checked once, by the core, with the parameter named; a size off the latent grid likewise.
+#[tokio::test]
+async fn the_models_own_ranges_are_checked_before_it_runs() {
+    let app = local_app().await;
+    let cases = [
+        (json!({"model": "turbo", "prompt": "p", "steps": 201}), "steps", "integer_above_max_value"),
+        (json!({"model": "turbo", "prompt": "p", "steps": 0}), "steps", "integer_below_min_value"),
+        (json!({"model": "turbo", "prompt": "p", "guidance_scale": 51}), "guidance_scale", "invalid_value"),
+        (json!({"model": "turbo", "prompt": "p", "size": "68x64"}), "size", "invalid_value"),
+        (json!({"model": "turbo", "prompt": "p", "n": 11}), "n", "integer_above_max_value"),
+    ];
+    for (body, param, code) in cases {
+        assert_error(app.generate(body).await, 400, Some(param), code).await;
+    }
+    let form = Form::new()
+        .text("model", "turbo")
+        .text("prompt", "p")
+        .text("strength", "0")
+        .part("image", file_part(png(64, 64, [1, 1, 1]), "a.png"));
+    let message =
+        assert_error(app.post_form("/v1/images/edits", form).await, 400, Some("strength"), "invalid_value").await;
+    assert!(message.contains("greater than 0"), "{message}");
+}
+
+/// `easel serve --check-config` reads a local model's folder but loads nothing: it answers at
+/// once, and names a missing folder.
+#[tokio::test]
+async fn check_config_reads_local_models_without_loading_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("easel.toml");
+    let write = |path: &std::path::Path| {
+        let body = format!(
+            "[storage]\ndata_dir = {:?}\n[[models]]\nid = \"turbo\"\nbackend = \"local\"\nfamily = \"sd-turbo\"\npath = {:?}\n",
+            dir.path().join("data"),
+            path
+        );
+        std::fs::write(&config, body).unwrap();
+    };
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_easel"))
+            .args(["serve", "--check-config", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    write(&model_dir());
+    let output = check();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("configuration OK"));
+    assert!(!dir.path().join("data").exists(), "checking the config must not create the data folder");
+    write(std::path::Path::new("/nonexistent/model"));
+    let output = check();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/model"));
+}

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use easel_core::BackendError;
-use easel_core::backend::{BackendCall, BackendOutput, CallContext, Capabilities, SizeRule};
+use easel_core::backend::{BackendCall, BackendOutput, CallContext, Capabilities, ExtensionRanges, SizeRule};
 use easel_core::types::{ImageSize, Operation, Quality};
 use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
@@ -74,7 +74,7 @@ struct Family {
 }
 
 fn fixed(list: &[(u32, u32)]) -> Option<SizeRule> {
-    Some(SizeRule::Fixed(list.iter().map(|&(w, h)| ImageSize::new(w, h)).collect()))
+    Some(SizeRule::fixed(list))
 }
 
 fn edges(min: u32, max: u32) -> Option<SizeRule> {
@@ -220,14 +220,7 @@ impl DashScopeTarget {
         }
         let caps = Capabilities {
             operations,
-            sizes: SizeRule::Range {
-                multiple_of: 8,
-                min_edge: 256,
-                max_edge: 2048,
-                min_pixels: 65_536,
-                max_pixels: 2048 * 2048,
-                max_aspect: 4.0,
-            },
+            sizes: SizeRule::broad(),
             native_sizes: family.native_sizes.clone(),
             default_size: ImageSize::new(1024, 1024),
             max_n: 10,
@@ -239,6 +232,8 @@ impl DashScopeTarget {
             default_quality: Quality::High,
             partial_images: false,
             max_prompt_chars: 2000,
+            extensions: ExtensionRanges::default(),
+            takes_pixels: false,
         };
         Self { provider, model, family, caps, prompt_extend, extra }
     }
@@ -267,7 +262,7 @@ impl DashScopeTarget {
         if let Some(size) = self.size(call) {
             p.insert("size".into(), json!(size));
         }
-        let x = &call.extensions;
+        let x = &call.options.extensions;
         if let Some(seed) = x.seed {
             p.insert("seed".into(), json!(seed % 2_147_483_648));
         }

@@ -26,7 +26,7 @@ const POLL_ERRORS: u32 = 5;
 pub async fn text2image(t: &DashScopeTarget, call: &BackendCall) -> Result<BackendOutput, Failure> {
     let mut input = Map::new();
     input.insert("prompt".into(), json!(call.prompt));
-    if let Some(neg) = &call.extensions.negative_prompt {
+    if let Some(neg) = &call.options.extensions.negative_prompt {
         input.insert("negative_prompt".into(), json!(neg));
     }
     let body = json!({ "model": t.model, "input": input, "parameters": t.parameters(call, false) });
@@ -45,7 +45,7 @@ pub async fn image2image(t: &DashScopeTarget, call: &BackendCall) -> Result<Back
     } else {
         input.insert("images".into(), Value::Array(call.images.iter().map(|i| json!(data_url(i))).collect()));
     }
-    if let Some(neg) = &call.extensions.negative_prompt {
+    if let Some(neg) = &call.options.extensions.negative_prompt {
         input.insert("negative_prompt".into(), json!(neg));
     }
     let body = json!({ "model": t.model, "input": input, "parameters": t.parameters(call, false) });

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use easel_core::BackendError;
-use easel_core::backend::{BackendCall, BackendOutput, CallContext, Capabilities};
+use easel_core::backend::{BackendCall, BackendOutput, CallContext, Capabilities, ExtensionRanges};
 use easel_core::types::Operation;
 use serde_json::{Map, Value};
 
@@ -141,6 +141,9 @@ pub fn capabilities(q: &Quirks) -> Capabilities {
         default_quality: q.default_quality,
         partial_images: q.streaming,
         max_prompt_chars: q.max_prompt_chars,
+        // Passed on as the client gave them; OpenAI-compatible services document no ranges.
+        extensions: ExtensionRanges::default(),
+        takes_pixels: false,
     }
 }
 

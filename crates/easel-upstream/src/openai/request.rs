@@ -89,28 +89,28 @@ pub fn fields(
     {
         put("quality", json!(value));
     }
-    if let (true, Some(style)) = (accepts(Param::Style), call.style) {
+    if let (true, Some(style)) = (accepts(Param::Style), call.options.style) {
         put("style", json!(style.as_str()));
     }
-    if accepts(Param::Background) && call.background != Background::Auto {
-        put("background", json!(call.background.as_str()));
+    if accepts(Param::Background) && call.options.background != Background::Auto {
+        put("background", json!(call.options.background.as_str()));
     }
-    if accepts(Param::OutputFormat) && q.output_formats.contains(&call.output_format) {
-        put("output_format", json!(call.output_format.as_str()));
-        if let (true, Some(c)) = (accepts(Param::OutputCompression), call.output_compression) {
+    if accepts(Param::OutputFormat) && q.output_formats.contains(&call.options.output_format) {
+        put("output_format", json!(call.options.output_format.as_str()));
+        if let (true, Some(c)) = (accepts(Param::OutputCompression), call.options.output_compression) {
             put("output_compression", json!(c));
         }
     }
-    if let (true, Some(m)) = (accepts(Param::Moderation), call.moderation) {
+    if let (true, Some(m)) = (accepts(Param::Moderation), call.options.moderation) {
         put("moderation", json!(m.as_str()));
     }
-    if let (true, true, Some(f)) = (accepts(Param::InputFidelity), edit, call.input_fidelity) {
+    if let (true, true, Some(f)) = (accepts(Param::InputFidelity), edit, call.options.input_fidelity) {
         put("input_fidelity", json!(f.as_str()));
     }
-    if let (true, Some(u)) = (accepts(Param::User), &call.user) {
+    if let (true, Some(u)) = (accepts(Param::User), &call.options.user) {
         put("user", json!(u));
     }
-    let x = &call.extensions;
+    let x = &call.options.extensions;
     if let (true, Some(v)) = (accepts(Param::NegativePrompt), &x.negative_prompt) {
         put("negative_prompt", json!(v));
     }

@@ -22,8 +22,8 @@ async fn text2image_submits_async_polls_and_downloads() {
     assert_eq!(m.kind(), "dashscope");
     assert_eq!(m.capabilities().max_n_per_call, 4);
     let mut c = call(Operation::Generate, 2, (1280, 720));
-    c.extensions.seed = Some(5);
-    c.extensions.negative_prompt = Some("people".into());
+    c.options.extensions.seed = Some(5);
+    c.options.extensions.negative_prompt = Some("people".into());
     let out = run(&m, c).await.unwrap();
     assert_eq!(sizes(&out), vec![(1280, 720), (1280, 720)]);
     assert_eq!(
@@ -184,7 +184,7 @@ async fn qwen_image_edit_is_a_sync_multimodal_call_with_images_then_text() {
     assert!(caps.supports(Operation::Edit) && !caps.supports(Operation::Generate));
     assert!(!caps.native_masks);
     let mut c = edit(1, 2);
-    c.extensions.negative_prompt = Some("blur".into());
+    c.options.extensions.negative_prompt = Some("blur".into());
     let out = run(&m, c).await.unwrap();
     assert_eq!(sizes(&out), vec![(640, 480)]);
     let hit = &fake.hits("multimodal-generation/generation")[0];

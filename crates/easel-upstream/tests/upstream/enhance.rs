@@ -76,7 +76,7 @@ impl ImageBackend for Local {
         call: BackendCall,
         _cx: easel_core::backend::CallContext,
     ) -> Result<BackendOutput, BackendError> {
-        self.prompts.lock().unwrap().push((call.prompt.clone(), call.n, call.extensions.seed));
+        self.prompts.lock().unwrap().push((call.prompt.clone(), call.n, call.options.extensions.seed));
         let images = (0..call.n)
             .map(|_| easel_core::backend::OutputImage::Encoded { bytes: png(8, 8).into(), format: OutputFormat::Png })
             .collect();
@@ -100,6 +100,8 @@ fn local(max_n_per_call: u32) -> Arc<Local> {
             default_quality: Quality::High,
             partial_images: false,
             max_prompt_chars: 1000,
+            extensions: Default::default(),
+            takes_pixels: false,
         },
         prompts: Default::default(),
     })
@@ -113,7 +115,7 @@ async fn any_backend_can_be_enhanced_and_seeds_follow_the_chunks() {
     let m = gw.enhance("sd-pe", inner.clone(), &json!({"family": "sd15", "path": "/models/x"})).unwrap();
     assert_eq!(m.capabilities().max_n_per_call, 4, "the whole n arrives at once");
     let mut c = call(Operation::Generate, 3, (8, 8));
-    c.extensions.seed = Some(10);
+    c.options.extensions.seed = Some(10);
     let out = run(&m, c).await.unwrap();
     assert_eq!(out.images.len(), 3);
     let prompts = inner.prompts.lock().unwrap().clone();

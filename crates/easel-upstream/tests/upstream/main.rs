@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use easel_core::backend::{BackendCall, BackendOutput, CallContext, InputImage, OutputImage, SharedBackend};
 use easel_core::error::BackendError;
-use easel_core::request::Extensions;
-use easel_core::types::{Background, ImageSize, InputFormat, Operation, OutputFormat, Quality};
+use easel_core::testing::CallBuilder;
+use easel_core::types::{ImageSize, Operation, OutputFormat};
 use easel_upstream::Gateway;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -62,29 +62,11 @@ pub fn model(gw: &Gateway, targets: Value) -> SharedBackend {
 }
 
 pub fn call(operation: Operation, n: u32, size: (u32, u32)) -> BackendCall {
-    BackendCall {
-        operation,
-        model: "m".into(),
-        prompt: "a red fox in the snow".into(),
-        images: Vec::new(),
-        mask: None,
-        n,
-        size: ImageSize::new(size.0, size.1),
-        quality: Quality::Auto,
-        style: None,
-        background: Background::Auto,
-        output_format: OutputFormat::Png,
-        output_compression: None,
-        moderation: None,
-        input_fidelity: None,
-        partial_images: 0,
-        user: None,
-        extensions: Extensions::default(),
-    }
+    CallBuilder::new(operation).model("m").n(n).size(size.0, size.1).build()
 }
 
 pub fn input(w: u32, h: u32) -> InputImage {
-    InputImage { bytes: png(w, h).into(), format: InputFormat::Png, size: ImageSize::new(w, h) }
+    easel_core::testing::png_input(&image::load_from_memory(&png(w, h)).unwrap())
 }
 
 pub fn edit(n: u32, images: usize) -> BackendCall {

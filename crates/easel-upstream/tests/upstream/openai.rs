@@ -20,11 +20,11 @@ async fn gpt_image_generation_sends_only_what_it_accepts_and_passes_bytes_throug
 
     let mut c = call(Operation::Generate, 2, (1536, 1024));
     c.quality = Quality::Low;
-    c.moderation = Some(Moderation::Low);
-    c.output_format = OutputFormat::Webp;
-    c.output_compression = Some(70);
-    c.user = Some("u-1".into());
-    c.extensions.seed = Some(7);
+    c.options.moderation = Some(Moderation::Low);
+    c.options.output_format = OutputFormat::Webp;
+    c.options.output_compression = Some(70);
+    c.options.user = Some("u-1".into());
+    c.options.extensions.seed = Some(7);
     let out = run(&m, c).await.unwrap();
     assert_eq!(out.images.len(), 2);
     assert_eq!(out.revised_prompt.as_deref(), Some("a revised prompt"));
@@ -56,7 +56,7 @@ async fn dall_e_3_gets_response_format_style_and_hd() {
     assert!(!m.capabilities().supports(Operation::Edit));
     let mut c = call(Operation::Generate, 1, (1792, 1024));
     c.quality = Quality::High;
-    c.style = Some(Style::Natural);
+    c.options.style = Some(Style::Natural);
     let out = run(&m, c).await.unwrap();
     assert_eq!(sizes(&out), vec![(1792, 1024)]);
     let body = fake.hits("generations")[0].json.clone().unwrap();
@@ -107,7 +107,7 @@ async fn gpt_image_multipart_edit_sends_several_images_as_image_array() {
     let m = model(&gw, json!([{"provider": "oa", "model": "gpt-image-1"}]));
     let mut c = edit(1, 3);
     c.mask = Some(input(64, 64));
-    c.input_fidelity = Some(easel_core::types::InputFidelity::High);
+    c.options.input_fidelity = Some(easel_core::types::InputFidelity::High);
     run(&m, c).await.unwrap();
     let hit = &fake.hits("/v1/images/edits")[0];
     assert_eq!(hit.files("image[]").len(), 3);
@@ -127,7 +127,7 @@ async fn ig1_json_edit_with_data_urls_one_image_per_call_and_no_mask() {
     let mut c = edit(1, 1);
     c.size = easel_core::types::ImageSize::new(1280, 720);
     c.quality = Quality::Low;
-    c.background = easel_core::types::Background::Opaque;
+    c.options.background = easel_core::types::Background::Opaque;
     let out = run(&m, c).await.unwrap();
     assert!(out.usage.is_none(), "IG1's usage figures are not passed through");
     let hit = &fake.hits("/v1/images/edits")[0];
@@ -147,7 +147,7 @@ async fn xai_gets_aspect_ratio_instead_of_size() {
     let m = model(&gw, json!([{"provider": "x", "model": "grok-2-image"}]));
     let mut c = call(Operation::Generate, 2, (1280, 720));
     c.quality = Quality::High;
-    c.style = Some(Style::Vivid);
+    c.options.style = Some(Style::Vivid);
     run(&m, c).await.unwrap();
     let body = fake.hits("generations")[0].json.clone().unwrap();
     assert_eq!(body["aspect_ratio"], "16:9");
@@ -166,9 +166,9 @@ async fn together_gets_width_height_and_extensions() {
         json!([{"provider": "t", "model": "black-forest-labs/FLUX.1-schnell", "extra": {"disable_safety_checker": true}}]),
     );
     let mut c = call(Operation::Generate, 1, (1024, 768));
-    c.extensions.steps = Some(4);
-    c.extensions.seed = Some(42);
-    c.extensions.negative_prompt = Some("blurry".into());
+    c.options.extensions.steps = Some(4);
+    c.options.extensions.seed = Some(42);
+    c.options.extensions.negative_prompt = Some("blurry".into());
     let out = run(&m, c).await.unwrap();
     assert_eq!(sizes(&out), vec![(1024, 768)]);
     let body = fake.hits("generations")[0].json.clone().unwrap();
@@ -247,11 +247,11 @@ async fn easel_nodes_get_every_parameter_and_extension() {
     assert_eq!(m.kind(), "easel");
     let mut c = edit(1, 1);
     c.mask = Some(input(64, 64));
-    c.extensions.seed = Some(9);
-    c.extensions.steps = Some(2);
-    c.extensions.guidance_scale = Some(1.5);
-    c.extensions.strength = Some(0.6);
-    c.extensions.negative_prompt = Some("text".into());
+    c.options.extensions.seed = Some(9);
+    c.options.extensions.steps = Some(2);
+    c.options.extensions.guidance_scale = Some(1.5);
+    c.options.extensions.strength = Some(0.6);
+    c.options.extensions.negative_prompt = Some("text".into());
     run(&m, c).await.unwrap();
     let body = fake.hits("/v1/images/edits")[0].json.clone().unwrap();
     assert!(body["mask"]["image_url"].as_str().unwrap().starts_with("data:image/png;base64,"));

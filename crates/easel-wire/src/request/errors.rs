@@ -1,12 +1,24 @@
 //! serde errors → OpenAI-style messages naming the parameter.
 
-use easel_core::error::{CoreError, InvalidCode};
+use easel_types::error::{CoreError, InvalidCode};
 
 /// Deserializes `value` into `T`, reporting the failing field as `param` (prefixed).
 pub fn from_value<T: serde::de::DeserializeOwned>(value: serde_json::Value, prefix: &str) -> Result<T, CoreError> {
+    from_value_named(value, |path| {
+        if path.is_empty() { prefix.trim_end_matches('.').to_string() } else { format!("{prefix}{path}") }
+    })
+}
+
+/// Deserializes `value` into `T`, reporting the failing field as `name(path)`: for bodies merged
+/// from several objects, where the path alone does not say which object the client wrote it in.
+/// The path of the whole value is empty.
+pub fn from_value_named<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    name: impl Fn(&str) -> String,
+) -> Result<T, CoreError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let param = if path == "." { prefix.trim_end_matches('.').to_string() } else { format!("{prefix}{path}") };
+        let param = name(if path == "." { "" } else { &path });
         let inner = e.into_inner().to_string();
         if inner.starts_with("Invalid value") || inner.starts_with("Invalid size") {
             CoreError::invalid(param, InvalidCode::InvalidValue, inner)

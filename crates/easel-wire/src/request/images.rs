@@ -3,8 +3,8 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use easel_core::error::{CoreError, InvalidCode};
-use easel_core::request::{ImageRef, NamedImage};
+use easel_types::error::{CoreError, InvalidCode};
+use easel_types::request::{ImageRef, NamedImage};
 use serde::Deserialize;
 use url::Url;
 
@@ -89,7 +89,7 @@ pub fn parse_reference(text: &str) -> Result<ImageRef, String> {
         return Url::parse(text).map(ImageRef::Url).map_err(|e| format!("Invalid image URL: {e}."));
     }
     match decode_base64(text) {
-        Some(bytes) if easel_core::imaging::sniff(&bytes).is_some() => Ok(ImageRef::Inline(bytes)),
+        Some(bytes) if easel_types::sniff::sniff(&bytes).is_some() => Ok(ImageRef::Inline(bytes)),
         _ => Err("Expected an image URL: an https URL or a base64 data URL (data:image/png;base64,...).".into()),
     }
 }

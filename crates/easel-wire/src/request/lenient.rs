@@ -34,6 +34,10 @@ pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     parse(d, "a non-negative integer")
 }
 
+pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    parse(d, "a non-negative integer")
+}
+
 pub fn f32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
     parse(d, "a number")
 }

@@ -18,9 +18,9 @@ mod multipart;
 mod openai;
 mod qwen;
 
-use easel_core::error::{CoreError, InvalidCode};
-use easel_core::request::ImageRequest;
-use easel_core::types::Operation;
+use easel_types::error::{CoreError, InvalidCode};
+use easel_types::request::ImageRequest;
+use easel_types::types::Operation;
 use serde_json::{Map, Value};
 
 pub use multipart::FormPart;

@@ -8,9 +8,9 @@
 //! text part parsed exactly like its JSON counterpart.
 
 use bytes::Bytes;
-use easel_core::error::{CoreError, InvalidCode};
-use easel_core::request::{ImageRef, ImageRequest, NamedImage};
-use easel_core::types::Operation;
+use easel_types::error::{CoreError, InvalidCode};
+use easel_types::request::{ImageRef, ImageRequest, NamedImage};
+use easel_types::types::Operation;
 use serde_json::{Map, Value};
 
 use super::openai::{Params, allowed_keys};
@@ -108,7 +108,7 @@ pub(super) fn parse(
 /// An image part: bytes that sniff as an image, a reference in a text part, or (with a file name)
 /// bytes that will be reported as an invalid image file.
 fn image_from_part(param: String, part: FormPart) -> Result<NamedImage, CoreError> {
-    if easel_core::imaging::sniff(&part.data).is_some() || part.filename.is_some() {
+    if easel_types::sniff::sniff(&part.data).is_some() || part.filename.is_some() {
         return Ok(NamedImage { param, source: ImageRef::Inline(part.data) });
     }
     let text = std::str::from_utf8(&part.data).unwrap_or_default().trim();

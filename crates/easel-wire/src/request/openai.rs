@@ -1,9 +1,11 @@
 //! The OpenAI parameter set (generations, JSON and multipart edits, variations) and Easel's
 //! documented extensions for open models, as one serde struct.
 
-use easel_core::error::{CoreError, InvalidCode};
-use easel_core::request::{Extensions, ImageRequest};
-use easel_core::types::{
+use easel_types::error::CoreError;
+use easel_types::limits;
+use easel_types::range::IntRange;
+use easel_types::request::{Extensions, ImageRequest, Options};
+use easel_types::types::{
     Background, InputFidelity, Moderation, Operation, OutputFormat, Quality, ResponseFormat, SizeRequest, Style,
 };
 use serde::Deserialize;
@@ -61,8 +63,8 @@ pub(super) struct Params {
     pub negative_prompt: Option<String>,
     #[serde(default, deserialize_with = "lenient::u64")]
     pub seed: Option<u64>,
-    #[serde(default, deserialize_with = "lenient::i64")]
-    pub steps: Option<i64>,
+    #[serde(default, deserialize_with = "lenient::u32")]
+    pub steps: Option<u32>,
     #[serde(default, deserialize_with = "lenient::f32")]
     pub guidance_scale: Option<f32>,
     #[serde(default, deserialize_with = "lenient::f32")]
@@ -92,57 +94,39 @@ pub(super) fn parse_json(
     params.into_request(operation)
 }
 
-fn range(param: &str, value: Option<i64>, min: i64, max: i64) -> Result<Option<i64>, CoreError> {
-    match value {
-        Some(v) if v < min => Err(CoreError::invalid(
-            param,
-            InvalidCode::IntegerBelowMinValue,
-            format!("Invalid '{param}': integer below minimum value. Expected a value >= {min}, but got {v} instead."),
-        )),
-        Some(v) if v > max => Err(CoreError::invalid(
-            param,
-            InvalidCode::IntegerAboveMaxValue,
-            format!("Invalid '{param}': integer above maximum value. Expected a value <= {max}, but got {v} instead."),
-        )),
-        other => Ok(other),
-    }
-}
-
-fn unit_range(param: &str, value: Option<f32>, min: f32, max: f32) -> Result<Option<f32>, CoreError> {
-    match value {
-        Some(v) if !(min..=max).contains(&v) || v.is_nan() => Err(CoreError::invalid_value(
-            param,
-            format!("Invalid '{param}': expected a number between {min} and {max}, but got {v} instead."),
-        )),
-        other => Ok(other),
-    }
+/// An API-wide range (`easel_types::limits`); model-dependent ranges are the core's to check.
+fn within(param: &str, value: Option<i64>, range: IntRange) -> Result<Option<u8>, CoreError> {
+    value.map(|v| range.check(param, v).map(|v| v as u8)).transpose()
 }
 
 impl Params {
-    /// Checks ranges and collects image references (JSON `images`, `image`, `mask`).
+    /// Collects image references (JSON `images`, `image`, `mask`) and checks the API-wide ranges;
+    /// everything that depends on the model is checked by the core.
     pub(super) fn into_request(self, operation: Operation) -> Result<ImageRequest, CoreError> {
         let mut request = ImageRequest::new(operation);
         request.model = self.model.filter(|m| !m.trim().is_empty());
         request.prompt = self.prompt;
-        request.n = range("n", self.n, 1, 10)?.map(|n| n as u32);
+        request.n = self.n;
         request.size = self.size;
         request.quality = self.quality;
-        request.style = self.style;
-        request.background = self.background;
-        request.output_format = self.output_format;
-        request.output_compression = range("output_compression", self.output_compression, 0, 100)?.map(|v| v as u8);
-        request.moderation = self.moderation;
         request.response_format = self.response_format;
         request.stream = self.stream.unwrap_or(false);
-        request.partial_images = range("partial_images", self.partial_images, 0, 3)?.map(|v| v as u8);
-        request.input_fidelity = self.input_fidelity;
-        request.user = self.user;
-        request.extensions = Extensions {
-            negative_prompt: self.negative_prompt.filter(|p| !p.is_empty()),
-            seed: self.seed,
-            steps: range("steps", self.steps, 1, 500)?.map(|v| v as u32),
-            guidance_scale: unit_range("guidance_scale", self.guidance_scale, 0.0, 50.0)?,
-            strength: unit_range("strength", self.strength, 0.0, 1.0)?,
+        request.partial_images = within("partial_images", self.partial_images, limits::PARTIAL_IMAGES)?;
+        request.options = Options {
+            style: self.style,
+            background: self.background.unwrap_or_default(),
+            output_format: self.output_format.unwrap_or_default(),
+            output_compression: within("output_compression", self.output_compression, limits::OUTPUT_COMPRESSION)?,
+            moderation: self.moderation,
+            input_fidelity: self.input_fidelity,
+            user: self.user,
+            extensions: Extensions {
+                negative_prompt: self.negative_prompt.filter(|p| !p.is_empty()),
+                seed: self.seed,
+                steps: self.steps,
+                guidance_scale: self.guidance_scale,
+                strength: self.strength,
+            },
         };
         if let Some(images) = self.images {
             for (i, image) in images.into_iter().enumerate() {

@@ -9,9 +9,9 @@
 //! `style`) are accepted and only mean something to DashScope. Top-level OpenAI parameters
 //! (`n`, `size`, `response_format`, ...) beside `input` are honoured and win over `parameters`.
 
-use easel_core::error::CoreError;
-use easel_core::request::ImageRequest;
-use easel_core::types::Operation;
+use easel_types::error::CoreError;
+use easel_types::request::ImageRequest;
+use easel_types::types::Operation;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -88,7 +88,9 @@ pub(super) fn parse(
     check_keys(&mut input, INPUT_KEYS, "input.", unknown)?;
     let input: Input = errors::from_value(Value::Object(input), "input.")?;
 
-    // Fold `parameters` under the top level; top-level values win.
+    // Fold `parameters` under the top level; top-level values win. The merged object is read
+    // once, and an error names the object the value came from (`parameters.n` or `n`).
+    let mut folded = Vec::new();
     if let Some(parameters) = map.remove("parameters") {
         let Value::Object(mut parameters) = parameters else {
             return Err(CoreError::invalid_value("parameters", "'parameters' must be an object."));
@@ -98,12 +100,17 @@ pub(super) fn parse(
         for ignored in ["prompt_extend", "watermark", "style"] {
             parameters.remove(ignored);
         }
-        let _: Params = errors::from_value(Value::Object(parameters.clone()), "parameters.")?;
         for (key, value) in parameters {
-            map.entry(key).or_insert(value);
+            if !map.contains_key(&key) {
+                folded.push(key.clone());
+                map.insert(key, value);
+            }
         }
     }
-    let params: Params = errors::from_value(Value::Object(map), "")?;
+    let params: Params = errors::from_value_named(Value::Object(map), |path| {
+        let field = path.split(['.', '[']).next().unwrap_or(path);
+        if folded.iter().any(|f| f == field) { format!("parameters.{path}") } else { path.to_string() }
+    })?;
     let mut request = params.into_request(operation)?;
 
     let inline = operation != Operation::Generate;
@@ -154,8 +161,9 @@ pub(super) fn parse(
         (None, false) => Some(text),
         (None, true) => request.prompt,
     };
-    if request.extensions.negative_prompt.is_none() {
-        request.extensions.negative_prompt = input.negative_prompt.filter(|p| !p.is_empty());
+    let extensions = &mut request.options.extensions;
+    if extensions.negative_prompt.is_none() {
+        extensions.negative_prompt = input.negative_prompt.filter(|p| !p.is_empty());
     }
     Ok(request)
 }

@@ -2,9 +2,9 @@
 
 use base64::Engine as _;
 use bytes::Bytes;
-use easel_core::error::{CoreError, InvalidCode};
-use easel_core::request::ImageRef;
-use easel_core::types::{ImageSize, Operation, OutputFormat, Quality, ResponseFormat, SizeRequest};
+use easel_types::error::{CoreError, InvalidCode};
+use easel_types::request::ImageRef;
+use easel_types::types::{ImageSize, Operation, OutputFormat, Quality, ResponseFormat, SizeRequest};
 
 use super::*;
 
@@ -65,13 +65,13 @@ fn every_generation_parameter_and_null_as_absent() {
     assert_eq!(r.n, Some(2));
     assert_eq!(r.size, Some(SizeRequest::Auto));
     assert_eq!(r.quality, Some(Quality::High));
-    assert_eq!(r.output_format, Some(OutputFormat::Webp));
-    assert_eq!(r.output_compression, Some(70));
+    assert_eq!(r.options.output_format, OutputFormat::Webp);
+    assert_eq!(r.options.output_compression, Some(70));
     assert_eq!(r.response_format, Some(ResponseFormat::Url));
     assert!(r.stream);
     assert_eq!(r.partial_images, Some(2));
-    assert_eq!(r.extensions.seed, Some(7));
-    assert_eq!(r.extensions.guidance_scale, Some(3.5));
+    assert_eq!(r.options.extensions.seed, Some(7));
+    assert_eq!(r.options.extensions.guidance_scale, Some(3.5));
     let r = json(Operation::Generate, serde_json::json!({"prompt": "p", "n": null, "size": null, "quality": null}))
         .unwrap();
     assert_eq!((r.n, r.size, r.quality), (None, None, None));
@@ -80,8 +80,17 @@ fn every_generation_parameter_and_null_as_absent() {
 #[test]
 fn bad_values_name_their_parameter() {
     let cases = [
-        (serde_json::json!({"prompt": "p", "n": 11}), "n", InvalidCode::IntegerAboveMaxValue),
-        (serde_json::json!({"prompt": "p", "n": 0}), "n", InvalidCode::IntegerBelowMinValue),
+        (
+            serde_json::json!({"prompt": "p", "output_compression": 101}),
+            "output_compression",
+            InvalidCode::IntegerAboveMaxValue,
+        ),
+        (
+            serde_json::json!({"prompt": "p", "output_compression": -1}),
+            "output_compression",
+            InvalidCode::IntegerBelowMinValue,
+        ),
+        (serde_json::json!({"prompt": "p", "steps": -1}), "steps", InvalidCode::InvalidType),
         (serde_json::json!({"prompt": "p", "n": "two"}), "n", InvalidCode::InvalidType),
         (serde_json::json!({"prompt": "p", "size": "huge"}), "size", InvalidCode::InvalidValue),
         (serde_json::json!({"prompt": "p", "quality": "ultra"}), "quality", InvalidCode::InvalidValue),
@@ -115,8 +124,8 @@ fn seed_001_qwen_generation_with_parameters() {
     .unwrap();
     assert_eq!(r.prompt.as_deref(), Some("A serene mountain lake at dawn, photorealistic."));
     assert_eq!(r.size, Some(SizeRequest::Exact(ImageSize::new(1024, 768))));
-    assert_eq!((r.n, r.extensions.seed), (Some(2), Some(9)));
-    assert_eq!(r.extensions.negative_prompt.as_deref(), Some("people"));
+    assert_eq!((r.n, r.options.extensions.seed), (Some(2), Some(9)));
+    assert_eq!(r.options.extensions.negative_prompt.as_deref(), Some("people"));
     assert_eq!(r.response_format, Some(ResponseFormat::Url));
     let top_wins = json(
         Operation::Generate,
@@ -124,6 +133,10 @@ fn seed_001_qwen_generation_with_parameters() {
     )
     .unwrap();
     assert_eq!(top_wins.n, Some(3));
+    // `parameters` is read once, merged, and its errors still name it.
+    let body = serde_json::json!({"model": "m", "input": {"messages": []}, "parameters": {"n": "two"}});
+    let (param, code) = param_and_code(json(Operation::Generate, body).unwrap_err());
+    assert_eq!((param.as_deref(), code), (Some("parameters.n"), InvalidCode::InvalidType));
     let (param, code) = param_and_code(
         json(
             Operation::Generate,
@@ -217,7 +230,7 @@ fn multipart_names_merge_in_order() {
     assert_eq!(r.n, Some(2));
     assert!(!r.stream);
     assert!(r.mask.is_some());
-    assert_eq!(r.user, None);
+    assert_eq!(r.options.user, None);
     let single =
         parse_multipart(Operation::Edit, vec![text("prompt", "p"), file("image")], UnknownParams::Reject).unwrap();
     assert_eq!(single.images[0].param, "image");

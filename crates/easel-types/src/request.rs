@@ -41,7 +41,8 @@ pub struct NamedImage {
     pub source: ImageRef,
 }
 
-/// Open-model extensions documented by Easel (not part of OpenAI's API).
+/// Open-model extensions documented by Easel (not part of OpenAI's API). Their ranges depend on
+/// the model (`Capabilities::extensions` in the core), which checks them once.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Extensions {
     pub negative_prompt: Option<String>,
@@ -49,6 +50,28 @@ pub struct Extensions {
     pub steps: Option<u32>,
     pub guidance_scale: Option<f32>,
     pub strength: Option<f32>,
+}
+
+/// The options that travel unchanged from the request, through the job, to every backend call:
+/// the wire crate fills them, the core checks them against the model, and backends read them.
+/// A new option of this kind is one field here, one in the wire's parameter struct, and its use
+/// in the backends that honour it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Options {
+    /// DALL·E 3's `style`.
+    pub style: Option<Style>,
+    /// `auto` unless the client said otherwise.
+    pub background: Background,
+    /// `png` unless the client said otherwise; a backend making another format is transcoded.
+    pub output_format: OutputFormat,
+    /// JPEG and WebP quality, 0-100.
+    pub output_compression: Option<u8>,
+    pub moderation: Option<Moderation>,
+    pub input_fidelity: Option<InputFidelity>,
+    /// The end user, for abuse tracking upstream and in the usage ledger.
+    pub user: Option<String>,
+    /// Open-model extensions; `seed` is offset per backend call when the core fans out `n`.
+    pub extensions: Extensions,
 }
 
 /// One Images API request, dialect-free. `None` means the client did not say.
@@ -59,20 +82,14 @@ pub struct ImageRequest {
     pub prompt: Option<String>,
     pub images: Vec<NamedImage>,
     pub mask: Option<NamedImage>,
-    pub n: Option<u32>,
+    /// As given; the core checks it against the model's `max_n`.
+    pub n: Option<i64>,
     pub size: Option<SizeRequest>,
     pub quality: Option<Quality>,
-    pub style: Option<Style>,
-    pub background: Option<Background>,
-    pub output_format: Option<OutputFormat>,
-    pub output_compression: Option<u8>,
-    pub moderation: Option<Moderation>,
     pub response_format: Option<ResponseFormat>,
     pub stream: bool,
     pub partial_images: Option<u8>,
-    pub input_fidelity: Option<InputFidelity>,
-    pub user: Option<String>,
-    pub extensions: Extensions,
+    pub options: Options,
 }
 
 impl ImageRequest {
@@ -86,17 +103,10 @@ impl ImageRequest {
             n: None,
             size: None,
             quality: None,
-            style: None,
-            background: None,
-            output_format: None,
-            output_compression: None,
-            moderation: None,
             response_format: None,
             stream: false,
             partial_images: None,
-            input_fidelity: None,
-            user: None,
-            extensions: Extensions::default(),
+            options: Options::default(),
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Each type has one parser (`FromStr` or a `parse` function) that says exactly what is wrong with
 //! a bad value; the wire crate turns those messages into OpenAI error envelopes with the right
-//! `param`. Model-specific rules (which sizes a model can make) live in [`crate::backend`].
+//! `param`. Model-specific rules (which sizes a model can make) live in `easel_core::backend`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -123,6 +123,13 @@ wire_enum!(
     OutputFormat { Png = "png", Jpeg = "jpeg", Webp = "webp" }
 );
 
+/// PNG unless the client says otherwise, as OpenAI does.
+impl Default for OutputFormat {
+    fn default() -> Self {
+        Self::Png
+    }
+}
+
 impl OutputFormat {
     pub const fn extension(self) -> &'static str {
         match self {
@@ -161,6 +168,22 @@ wire_enum!(
     /// Background handling for models that can make transparent images.
     Background { Auto = "auto", Transparent = "transparent", Opaque = "opaque" }
 );
+
+impl Default for Background {
+    fn default() -> Self {
+        Self::Auto
+    }
+}
+
+impl Background {
+    /// The background reported back: `transparent` only when asked for (and so possible).
+    pub const fn resolved(self) -> Self {
+        match self {
+            Self::Transparent => Self::Transparent,
+            Self::Auto | Self::Opaque => Self::Opaque,
+        }
+    }
+}
 
 wire_enum!(
     /// How images are returned: inline base64 or a hosted, signed, expiring URL.

@@ -1,4 +1,5 @@
-//! Errors of the core and of backends.
+//! The problems each layer can name: the wire crate and the core raise [`CoreError`], backends
+//! raise [`BackendError`].
 //!
 //! Two layers: [`BackendError`] is what a backend may report (a local model or an upstream
 //! provider); [`CoreError`] is what the service reports, wrapping backend errors. Neither knows
@@ -57,7 +58,8 @@ impl BackendError {
     }
 }
 
-/// OpenAI's error codes that Easel uses for invalid requests.
+/// What is wrong with an invalid request, named. The server's error table gives each its HTTP
+/// status and OpenAI `code` string (`easel_server::error`), so codes are written in one place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InvalidCode {
     InvalidValue,
@@ -73,26 +75,6 @@ pub enum InvalidCode {
     InvalidMultipart,
     InvalidPngOutputCompression,
     UnsupportedOperation,
-}
-
-impl InvalidCode {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidValue => "invalid_value",
-            Self::InvalidType => "invalid_type",
-            Self::MissingRequiredParameter => "missing_required_parameter",
-            Self::UnknownParameter => "unknown_parameter",
-            Self::IntegerAboveMaxValue => "integer_above_max_value",
-            Self::IntegerBelowMinValue => "integer_below_min_value",
-            Self::InvalidImageUrl => "invalid_image_url",
-            Self::UnsupportedFileId => "unsupported_file_id",
-            Self::TooManyImages => "too_many_images",
-            Self::InvalidJson => "invalid_json",
-            Self::InvalidMultipart => "invalid_multipart",
-            Self::InvalidPngOutputCompression => "invalid_png_output_compression",
-            Self::UnsupportedOperation => "unsupported_operation",
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
