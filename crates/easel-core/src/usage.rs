@@ -5,7 +5,7 @@
 //! - input text tokens: the prompt counted with the `o200k_base` BPE (the GPT image models'
 //!   tokenizer);
 //! - input image tokens: per input image, 65 + 129 per 512-pixel tile after scaling the short side
-//!   to 512 (the community-measured gpt-image-1 rule, see `reference/openai-images.md` §6.3);
+//!   to 512 (the community-measured gpt-image-1 rule; `docs/architecture.md` links the sources);
 //! - output tokens: OpenAI's table for 1024x1024, 1024x1536 and 1536x1024, and the gpt-image-2
 //!   formula for every other size; `standard` counts as `medium`, `hd` and `auto` as `high`.
 //!   Each partial image adds 100.

@@ -251,7 +251,7 @@ pub fn denoise(model: &Model, g: &Generate, hooks: &mut Hooks<'_>) -> Result<Ten
 
     let partial_at = partial_steps(g.partials, g.steps - start);
     let timesteps = sched.timesteps().to_vec();
-    #[allow(clippy::needless_range_loop)]
+    #[expect(clippy::needless_range_loop, reason = "`i` indexes the timesteps and is also the scheduler's step number")]
     for i in start..g.steps {
         if (hooks.cancelled)() {
             return Err(RunError::Cancelled);

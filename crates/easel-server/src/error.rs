@@ -44,22 +44,17 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
-/// Every OpenAI error `code` Easel sends.
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> Self {
+        Self::Core(CoreError::Backend(e))
+    }
+}
+
+/// Every OpenAI error `code` Easel sends: the problems the wire and core crates name in a request
+/// ([`InvalidCode`]), and the server's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
-    InvalidValue,
-    InvalidType,
-    MissingRequiredParameter,
-    UnknownParameter,
-    IntegerAboveMaxValue,
-    IntegerBelowMinValue,
-    InvalidImageUrl,
-    UnsupportedFileId,
-    TooManyImages,
-    InvalidJson,
-    InvalidMultipart,
-    InvalidPngOutputCompression,
-    UnsupportedOperation,
+    Invalid(InvalidCode),
     InvalidImageFile,
     ModelNotFound,
     ContentPolicyViolation,
@@ -82,19 +77,21 @@ pub enum Code {
 impl Code {
     pub const fn as_str(self) -> &'static str {
         match self {
-            Self::InvalidValue => "invalid_value",
-            Self::InvalidType => "invalid_type",
-            Self::MissingRequiredParameter => "missing_required_parameter",
-            Self::UnknownParameter => "unknown_parameter",
-            Self::IntegerAboveMaxValue => "integer_above_max_value",
-            Self::IntegerBelowMinValue => "integer_below_min_value",
-            Self::InvalidImageUrl => "invalid_image_url",
-            Self::UnsupportedFileId => "unsupported_file_id",
-            Self::TooManyImages => "too_many_images",
-            Self::InvalidJson => "invalid_json",
-            Self::InvalidMultipart => "invalid_multipart",
-            Self::InvalidPngOutputCompression => "invalid_png_output_compression",
-            Self::UnsupportedOperation => "unsupported_operation",
+            Self::Invalid(invalid) => match invalid {
+                InvalidCode::InvalidValue => "invalid_value",
+                InvalidCode::InvalidType => "invalid_type",
+                InvalidCode::MissingRequiredParameter => "missing_required_parameter",
+                InvalidCode::UnknownParameter => "unknown_parameter",
+                InvalidCode::IntegerAboveMaxValue => "integer_above_max_value",
+                InvalidCode::IntegerBelowMinValue => "integer_below_min_value",
+                InvalidCode::InvalidImageUrl => "invalid_image_url",
+                InvalidCode::UnsupportedFileId => "unsupported_file_id",
+                InvalidCode::TooManyImages => "too_many_images",
+                InvalidCode::InvalidJson => "invalid_json",
+                InvalidCode::InvalidMultipart => "invalid_multipart",
+                InvalidCode::InvalidPngOutputCompression => "invalid_png_output_compression",
+                InvalidCode::UnsupportedOperation => "unsupported_operation",
+            },
             Self::InvalidImageFile => "invalid_image_file",
             Self::ModelNotFound => "model_not_found",
             Self::ContentPolicyViolation => "content_policy_violation",
@@ -113,32 +110,6 @@ impl Code {
             Self::RequestTooLarge => "request_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
         }
-    }
-}
-
-impl From<InvalidCode> for Code {
-    fn from(code: InvalidCode) -> Self {
-        match code {
-            InvalidCode::InvalidValue => Self::InvalidValue,
-            InvalidCode::InvalidType => Self::InvalidType,
-            InvalidCode::MissingRequiredParameter => Self::MissingRequiredParameter,
-            InvalidCode::UnknownParameter => Self::UnknownParameter,
-            InvalidCode::IntegerAboveMaxValue => Self::IntegerAboveMaxValue,
-            InvalidCode::IntegerBelowMinValue => Self::IntegerBelowMinValue,
-            InvalidCode::InvalidImageUrl => Self::InvalidImageUrl,
-            InvalidCode::UnsupportedFileId => Self::UnsupportedFileId,
-            InvalidCode::TooManyImages => Self::TooManyImages,
-            InvalidCode::InvalidJson => Self::InvalidJson,
-            InvalidCode::InvalidMultipart => Self::InvalidMultipart,
-            InvalidCode::InvalidPngOutputCompression => Self::InvalidPngOutputCompression,
-            InvalidCode::UnsupportedOperation => Self::UnsupportedOperation,
-        }
-    }
-}
-
-impl From<BackendError> for ApiError {
-    fn from(e: BackendError) -> Self {
-        Self::Core(CoreError::Backend(e))
     }
 }
 
@@ -192,7 +163,7 @@ impl ApiError {
         match self {
             Self::Core(core) => match core {
                 CoreError::InvalidRequest { param, code, .. } => {
-                    Parts::new(StatusCode::BAD_REQUEST, INVALID, (*code).into(), param.clone(), message)
+                    Parts::new(StatusCode::BAD_REQUEST, INVALID, Code::Invalid(*code), param.clone(), message)
                 }
                 CoreError::InvalidImage { param, .. } => Parts::new(
                     StatusCode::BAD_REQUEST,
@@ -241,9 +212,13 @@ impl ApiError {
 fn backend_parts(error: &BackendError) -> Parts {
     let message = error.to_string();
     match error {
-        BackendError::InvalidInput { param, .. } => {
-            Parts::new(StatusCode::BAD_REQUEST, INVALID, Code::InvalidValue, param.clone(), message)
-        }
+        BackendError::InvalidInput { param, .. } => Parts::new(
+            StatusCode::BAD_REQUEST,
+            INVALID,
+            Code::Invalid(InvalidCode::InvalidValue),
+            param.clone(),
+            message,
+        ),
         BackendError::ContentPolicy { .. } => {
             Parts::invalid(StatusCode::BAD_REQUEST, Code::ContentPolicyViolation, message).retry(false)
         }

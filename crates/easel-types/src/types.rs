@@ -169,6 +169,7 @@ wire_enum!(
     Background { Auto = "auto", Transparent = "transparent", Opaque = "opaque" }
 );
 
+#[expect(clippy::derivable_impls, reason = "`wire_enum!` declares the enum, and its variants take no attributes")]
 impl Default for Background {
     fn default() -> Self {
         Self::Auto
