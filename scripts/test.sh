@@ -2,8 +2,10 @@
 # The whole test suite. Installs what the tests need when it is missing:
 #   - a Python venv (.venv) with the official `openai` SDK (tests/sdk/python/requirements.txt);
 #   - the official `openai` Node SDK (tests/sdk/node, from its package-lock.json);
-#   - cargo-nextest, if the machine lacks it.
-# Then runs every crate's tests with nextest (the SDK tests are among them).
+#   - cargo-nextest, if the machine lacks it;
+#   - PostgreSQL (apt) and Garage (cargo install), started throwaway on loopback for the storage
+#     tests by scripts/services.sh, and stopped on exit.
+# Then runs every crate's tests with nextest (the SDK and storage tests are among them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +32,11 @@ step "cargo-nextest"
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
+
+step "Services (PostgreSQL, Garage)"
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
+easel_services_start || exit 1
 
 step "Tests"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-0}"

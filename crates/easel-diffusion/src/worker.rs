@@ -38,6 +38,8 @@ pub struct Job {
 }
 
 pub struct Worker {
+    /// The model id, for the metrics' `model` label.
+    pub id: String,
     pub state: Arc<Mutex<LoadState>>,
     pub queue: mpsc::Sender<Job>,
     /// Milliseconds the last job took, for Retry-After.
@@ -51,8 +53,9 @@ impl Worker {
         let last_job_ms = Arc::new(AtomicU64::new(0));
         let (st, ms) = (Arc::clone(&state), Arc::clone(&last_job_ms));
         let name = format!("easel-local-{id}");
-        std::thread::Builder::new().name(name).spawn(move || run(cfg, st, rx, ms))?;
-        Ok(Self { state, queue: tx, last_job_ms })
+        let model = id.to_string();
+        std::thread::Builder::new().name(name).spawn(move || run(&model, cfg, st, rx, ms))?;
+        Ok(Self { id: id.to_string(), state, queue: tx, last_job_ms })
     }
 
     pub fn state(&self) -> LoadState {
@@ -61,7 +64,14 @@ impl Worker {
 
     /// Queues a job or refuses it at once.
     pub fn submit(&self, job: Job) -> Result<(), BackendError> {
-        match self.queue.try_send(job) {
+        // Counted before it is sent, so the worker's decrement never comes first.
+        let queued = metrics::gauge!("easel_local_queue_depth", "model" => self.id.clone());
+        queued.increment(1.0);
+        let sent = self.queue.try_send(job);
+        if sent.is_err() {
+            queued.decrement(1.0);
+        }
+        match sent {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let waiting = (self.queue.max_capacity() + 1) as u64;
@@ -77,7 +87,15 @@ impl Worker {
     }
 }
 
-fn run(cfg: Resolved, state: Arc<Mutex<LoadState>>, mut rx: mpsc::Receiver<Job>, last_job_ms: Arc<AtomicU64>) {
+fn run(
+    id: &str,
+    cfg: Resolved,
+    state: Arc<Mutex<LoadState>>,
+    mut rx: mpsc::Receiver<Job>,
+    last_job_ms: Arc<AtomicU64>,
+) {
+    let queued = metrics::gauge!("easel_local_queue_depth", "model" => id.to_string());
+    let in_flight = metrics::gauge!("easel_local_in_flight", "model" => id.to_string());
     let loaded = load(&cfg);
     let model = match loaded {
         Ok(m) => {
@@ -90,6 +108,7 @@ fn run(cfg: Resolved, state: Arc<Mutex<LoadState>>, mut rx: mpsc::Receiver<Job>,
             tracing::error!(path = %cfg.path.display(), error = %message, "local model failed to load");
             *state.lock().expect("state lock") = LoadState::Failed(message.clone());
             while let Some(job) = rx.blocking_recv() {
+                queued.decrement(1.0);
                 let _ = job.reply.send(Err(BackendError::Unavailable { message: message.clone(), retry_after: None }));
             }
             return;
@@ -97,11 +116,14 @@ fn run(cfg: Resolved, state: Arc<Mutex<LoadState>>, mut rx: mpsc::Receiver<Job>,
     };
     let weights = weights_bytes(&cfg.path);
     while let Some(job) = rx.blocking_recv() {
+        queued.decrement(1.0);
+        in_flight.set(1.0);
         let started = Instant::now();
         let Job { generate, cancel, partials, reply } = job;
         let cancelled = || cancel.is_cancelled() || reply.is_closed();
         let result = serve(&model, &cfg, weights, generate, &cancelled, partials.as_ref());
         last_job_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        in_flight.set(0.0);
         let _ = reply.send(result);
     }
 }

@@ -90,7 +90,11 @@ pub enum KeysCommand {
     Revoke { id: String },
 }
 
+/// Runs a command. Logging starts here, once the config says its format.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Command::Serve(_)) {
+        crate::telemetry::init(crate::config::LogFormat::Text);
+    }
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Models { command } => easel_diffusion::cli::run(command).await,
@@ -104,6 +108,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.server.bind = bind;
     }
     config.server.insecure_no_auth |= args.insecure_no_auth;
+    crate::telemetry::init(config.server.log_format);
     if args.check_config {
         config.validate()?;
         crate::backends::check(&config)?;

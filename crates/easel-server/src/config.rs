@@ -17,6 +17,9 @@ use easel_core::limits;
 use easel_core::service::ServiceSettings;
 use easel_core::types::ResponseFormat;
 use easel_wire::request::UnknownParams;
+
+use crate::storage::blobs::Spec;
+use crate::storage::db::Engine;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -26,10 +29,14 @@ use url::Url;
 #[derive(Debug, Clone)]
 pub struct Validated {
     pub bind: SocketAddr,
+    /// `/metrics` on a listener of its own.
+    pub metrics_bind: Option<SocketAddr>,
     pub allow_image_hosts: Vec<HostPattern>,
     pub service: ServiceSettings,
+    /// `sqlite://...` or `postgres://...`.
     pub database_url: String,
-    pub blobs_dir: PathBuf,
+    /// A folder, `file:///...` or `s3://bucket/prefix`.
+    pub blobs: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -43,6 +50,8 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub images: ImagesConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
     /// Upstream providers, handed to the upstream backend as they are.
@@ -76,6 +85,36 @@ pub struct ServerConfig {
     pub keep_alive_secs: u64,
     /// Serve without API keys even on a non-loopback address.
     pub insecure_no_auth: bool,
+    /// `text` (default) or `json` (one JSON object a line, each with the request id).
+    pub log_format: LogFormat,
+    /// Seconds in-flight requests may take to finish after SIGTERM; new requests get a 503
+    /// meanwhile, and the process exits 0 when they are done or the time is up.
+    pub shutdown_grace_secs: u64,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `GET /metrics` in Prometheus' text format.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// An address of its own (no API key asked there, so keep it private); without it the
+    /// main listener serves `/metrics` to any valid API key.
+    pub bind: Option<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true, bind: None }
+    }
 }
 
 impl Default for ServerConfig {
@@ -91,6 +130,8 @@ impl Default for ServerConfig {
             max_download_bytes: 25 * 1024 * 1024,
             keep_alive_secs: 5,
             insecure_no_auth: false,
+            log_format: LogFormat::Text,
+            shutdown_grace_secs: 30,
         }
     }
 }
@@ -100,9 +141,11 @@ impl Default for ServerConfig {
 pub struct StorageConfig {
     /// Where the embedded defaults live: `easel.db` (SQLite) and `blobs/`.
     pub data_dir: PathBuf,
-    /// A database URL (`sqlite://...`), instead of `data_dir/easel.db`.
+    /// A database URL, `sqlite://...` or `postgres://user@host:port/db`, instead of
+    /// `data_dir/easel.db`.
     pub database: Option<String>,
-    /// A blob store URL (`file:///...`), instead of `data_dir/blobs`.
+    /// Where hosted images live, instead of `data_dir/blobs`: a folder, `file:///...`, or
+    /// `s3://bucket/prefix` with the endpoint and credentials in `AWS_*` environment variables.
     pub blobs: Option<String>,
     /// Seconds hosted image URLs stay valid.
     pub url_ttl_secs: u64,
@@ -186,9 +229,11 @@ impl Config {
     /// Pure checks: addresses parse, ids are unique, values are in range. Returns what it
     /// parsed.
     pub fn validate(&self) -> anyhow::Result<Validated> {
-        let bind = self.server.bind.parse().map_err(|e| {
-            anyhow::anyhow!("server.bind '{}' is not an address like 127.0.0.1:8080: {e}", self.server.bind)
-        })?;
+        let bind = parse_addr(&self.server.bind, "server.bind")?;
+        let metrics_bind = match (&self.metrics.bind, self.metrics.enabled) {
+            (Some(addr), true) => Some(parse_addr(addr, "metrics.bind")?),
+            _ => None,
+        };
         let images = &self.images;
         anyhow::ensure!(images.webp_method <= 6, "images.webp_method must be 0 to 6");
         anyhow::ensure!((1..=100).contains(&images.jpeg_quality), "images.jpeg_quality must be 1 to 100");
@@ -197,6 +242,8 @@ impl Config {
         anyhow::ensure!(images.max_input_images >= 1, "images.max_input_images must be at least 1");
         anyhow::ensure!(images.max_input_pixels >= 1, "images.max_input_pixels must be at least 1");
         anyhow::ensure!(self.storage.url_ttl_secs >= 1, "storage.url_ttl_secs must be at least 1");
+        Engine::of(&self.database_url())?;
+        Spec::parse(&self.blobs())?;
         let allow_image_hosts = self
             .server
             .allow_image_hosts
@@ -224,10 +271,11 @@ impl Config {
         };
         Ok(Validated {
             bind,
+            metrics_bind,
             allow_image_hosts,
             service,
             database_url: self.database_url(),
-            blobs_dir: self.blobs_dir()?,
+            blobs: self.blobs(),
         })
     }
 
@@ -238,16 +286,17 @@ impl Config {
             .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.storage.data_dir.join("easel.db").display()))
     }
 
-    pub fn blobs_dir(&self) -> anyhow::Result<PathBuf> {
+    /// Where hosted images live: `storage.blobs`, or `data_dir/blobs`.
+    pub fn blobs(&self) -> String {
         match &self.storage.blobs {
-            None => Ok(self.storage.data_dir.join("blobs")),
-            Some(url) => {
-                let url = Url::parse(url).map_err(|e| anyhow::anyhow!("storage.blobs '{url}': {e}"))?;
-                anyhow::ensure!(url.scheme() == "file", "storage.blobs: only file:// URLs are supported so far");
-                url.to_file_path().map_err(|()| anyhow::anyhow!("storage.blobs '{url}' is not a file path"))
-            }
+            Some(spec) => spec.clone(),
+            None => self.storage.data_dir.join("blobs").display().to_string(),
         }
     }
+}
+
+fn parse_addr(text: &str, key: &str) -> anyhow::Result<SocketAddr> {
+    text.parse().map_err(|e| anyhow::anyhow!("{key} '{text}' is not an address like 127.0.0.1:8080: {e}"))
 }
 
 #[cfg(test)]

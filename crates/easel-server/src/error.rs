@@ -40,6 +40,8 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("This server is shutting down; retry the request (another node will take it).")]
+    ShuttingDown,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -72,6 +74,7 @@ pub enum Code {
     MethodNotAllowed,
     RequestTooLarge,
     UnsupportedMediaType,
+    ShuttingDown,
 }
 
 impl Code {
@@ -109,6 +112,7 @@ impl Code {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RequestTooLarge => "request_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::ShuttingDown => "shutting_down",
         }
     }
 }
@@ -195,6 +199,10 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => {
                 Parts::invalid(StatusCode::UNSUPPORTED_MEDIA_TYPE, Code::UnsupportedMediaType, message)
             }
+            Self::ShuttingDown => Parts {
+                retry_after: Some(Duration::from_secs(1)),
+                ..Parts::new(StatusCode::SERVICE_UNAVAILABLE, SERVER, Code::ShuttingDown, None, message).retry(true)
+            },
             Self::Internal(_) => Parts::internal(),
         }
     }
@@ -369,6 +377,7 @@ mod tests {
             ),
             (ApiError::PayloadTooLarge(1), 413, INVALID, Some("request_too_large")),
             (ApiError::UnsupportedMediaType("x".into()), 415, INVALID, Some("unsupported_media_type")),
+            (ApiError::ShuttingDown, 503, SERVER, Some("shutting_down")),
             (ApiError::Internal(anyhow::anyhow!("secret detail")), 500, SERVER, None),
         ];
         for (error, status, kind, code) in cases {

@@ -5,6 +5,8 @@
 //! - [`routes`]: the route table; [`handlers`]: one module per resource.
 //! - [`extract`] and [`auth`]: reading bodies and callers, rejecting in OpenAI's error shape.
 //! - [`error`]: the single table from errors to HTTP statuses and OpenAI error types and codes.
+//! - [`observe`], [`drain`], [`telemetry`]: the layer every request passes (metrics, draining),
+//!   request ids in logs, `/metrics`.
 //! - [`storage`]: the database (keys, usage, image records), blobs and signed URLs.
 //! - [`backends`]: the model registry from `[[models]]`.
 //! - [`cli`]: the `easel` command line; `main.rs` only calls it.
@@ -13,9 +15,11 @@ pub mod auth;
 pub mod backends;
 pub mod cli;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod observe;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -4,7 +4,7 @@
 use axum::Router;
 use axum::routing::{get, post};
 
-use crate::handlers::{files, health, images, models};
+use crate::handlers::{files, health, images, metrics, models};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -17,4 +17,14 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/models/{id}", get(models::get))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+}
+
+/// `/metrics` on the main listener (behind an API key).
+pub fn metrics() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics::get))
+}
+
+/// `/metrics` alone, for the private metrics listener.
+pub fn private_metrics() -> Router {
+    Router::new().route("/metrics", get(metrics::render))
 }

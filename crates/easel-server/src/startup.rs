@@ -17,18 +17,20 @@ use easel_core::registry::Model;
 use easel_core::service::ImageService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::trace::TraceLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use url::Url;
 
 use crate::backends;
 use crate::config::Config;
+use crate::drain::Drain;
 use crate::error::ApiError;
-use crate::routes;
 use crate::state::{AppState, Shared};
 use crate::storage::blobs::Blobs;
 use crate::storage::keys::ApiKeys;
 use crate::storage::signing::{self, UrlSigner};
 use crate::storage::{db, sweep};
+use crate::{observe, routes, telemetry};
 
 pub struct Application {
     listener: TcpListener,
@@ -37,6 +39,9 @@ pub struct Application {
     address: SocketAddr,
     stop: CancellationToken,
     sweep_interval: Duration,
+    /// `/metrics` on a listener of its own (`[metrics] bind`).
+    metrics_listener: Option<TcpListener>,
+    grace: Duration,
 }
 
 impl Application {
@@ -47,10 +52,14 @@ impl Application {
     /// Like [`Application::build`], with models built in code added to the configured ones.
     pub async fn build_with(config: Config, extra_models: Vec<Model>) -> anyhow::Result<Self> {
         let valid = config.validate()?;
+        // Before any backend is built: their workers take their metric handles when they start.
+        if config.metrics.enabled {
+            telemetry::metrics();
+        }
         let data_dir = &config.storage.data_dir;
         std::fs::create_dir_all(data_dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))?;
         let db = db::connect(&valid.database_url).await?;
-        let blobs = Blobs::local(&valid.blobs_dir)?;
+        let blobs = Blobs::open(&valid.blobs)?;
         let keys = ApiKeys::new(db.clone());
         let signer = UrlSigner::new(signing::load_key(config.auth.url_signing_key_env.as_deref(), data_dir)?)?;
 
@@ -93,12 +102,30 @@ impl Application {
             keep_alive: Duration::from_secs(config.server.keep_alive_secs.max(1)),
             open_when_keyless: open_allowed,
             max_body_bytes: config.server.max_body_bytes,
+            drain: Drain::default(),
         });
-        let router = routes::routes()
+        let metrics_listener = match valid.metrics_bind {
+            Some(addr) => {
+                Some(TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?)
+            }
+            None => None,
+        };
+        let mut router = routes::routes();
+        if config.metrics.enabled && metrics_listener.is_none() {
+            router = router.merge(routes::metrics());
+        }
+        let router = router
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(config.server.max_body_bytes))
-            .layer(TraceLayer::new_for_http())
+            .layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(request_span)
+                    .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+            )
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .with_state(state.clone());
         Ok(Self {
             listener,
@@ -107,6 +134,8 @@ impl Application {
             address,
             stop: CancellationToken::new(),
             sweep_interval: Duration::from_secs(config.storage.sweep_interval_secs.max(1)),
+            metrics_listener,
+            grace: Duration::from_secs(config.server.shutdown_grace_secs),
         })
     }
 
@@ -123,6 +152,14 @@ impl Application {
         self.stop.clone()
     }
 
+    /// The address of the private metrics listener, when there is one.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until SIGINT/SIGTERM (or the stop token), then drains: new requests get a 503
+    /// envelope and `/readyz` says not ready, while the work in flight gets up to
+    /// `[server] shutdown_grace_secs` to finish; then the listeners close.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         tracing::info!(address = %self.address, public_url = %self.state.public_url, "easel is listening");
         let sweeper = tokio::spawn(sweep::run(
@@ -131,19 +168,51 @@ impl Application {
             self.sweep_interval,
             self.stop.clone(),
         ));
-        let stop = self.stop.clone();
-        let result = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move {
+        let closed = CancellationToken::new();
+        let drainer = tokio::spawn({
+            let (stop, drain, grace, closed) =
+                (self.stop.clone(), self.state.drain.clone(), self.grace, closed.clone());
+            async move {
                 tokio::select! {
                     () = stop.cancelled() => {}
-                    () = shutdown_signal() => tracing::info!("shutting down: finishing in-flight requests"),
+                    () = shutdown_signal() => {}
                 }
-            })
-            .await;
+                tracing::info!(
+                    in_flight = drain.in_flight(),
+                    grace_secs = grace.as_secs(),
+                    "draining: new requests get 503"
+                );
+                match drain.drain(grace).await {
+                    0 => tracing::info!("drained: every request finished"),
+                    left => tracing::warn!(left, "the grace period is over: stopping with work still running"),
+                }
+                closed.cancel();
+            }
+        });
+        if let Some(listener) = self.metrics_listener {
+            let router = routes::private_metrics();
+            tokio::spawn(
+                axum::serve(listener, router).with_graceful_shutdown(closed.clone().cancelled_owned()).into_future(),
+            );
+        }
+        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(closed.clone().cancelled_owned());
+        // Once drained, connections still open (a client that keeps a finished stream open) get a
+        // moment to close, then are dropped.
+        let result = tokio::select! {
+            result = server => result,
+            () = async { closed.cancelled().await; tokio::time::sleep(Duration::from_secs(1)).await } => Ok(()),
+        };
         self.stop.cancel();
+        let _ = drainer.await;
         let _ = sweeper.await;
         result
     }
+}
+
+/// Each request's span, named by its `x-request-id`, so every log line it causes carries it.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+    tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path())
 }
 
 async fn shutdown_signal() {

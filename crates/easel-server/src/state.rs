@@ -7,6 +7,7 @@ use easel_core::service::ImageService;
 use easel_wire::request::UnknownParams;
 use url::Url;
 
+use crate::drain::Drain;
 use crate::storage::blobs::Blobs;
 use crate::storage::db::Db;
 use crate::storage::keys::ApiKeys;
@@ -32,6 +33,8 @@ pub struct Shared {
     /// `--insecure-no-auth`).
     pub open_when_keyless: bool,
     pub max_body_bytes: usize,
+    /// Work in flight, and whether the server is draining.
+    pub drain: Drain,
 }
 
 impl AppState {

@@ -83,6 +83,7 @@ where
             None => policy.backoff(tries),
         };
         tracing::info!(provider = who, attempt = tries, ?wait, error = %failure.error, "retrying upstream call");
+        metrics::counter!("easel_upstream_retries_total", "provider" => who.to_string()).increment(1);
         tokio::select! {
             biased;
             () = cancel.cancelled() => return Err(Failure::cancelled()),

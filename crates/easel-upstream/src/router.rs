@@ -150,18 +150,20 @@ impl ImageBackend for UpstreamBackend {
                 });
                 continue;
             }
-            match self.run_slot(slot, &call, &cx).await {
-                Ok(output) => {
-                    slot.breaker.success();
-                    return Ok(output);
-                }
-                Err(f) if f.next == Next::Stop => {
-                    slot.breaker.neutral();
-                    return Err(f.error);
-                }
+            let result = self.run_slot(slot, &call, &cx).await;
+            match &result {
+                Ok(_) => slot.breaker.success(),
+                Err(f) if f.next == Next::Stop => slot.breaker.neutral(),
+                Err(_) => slot.breaker.failure(),
+            }
+            let circuit = metrics::gauge!("easel_upstream_circuit_open", "provider" => slot.target.provider().id.clone(), "target" => slot.label());
+            circuit.set(if slot.breaker.is_open() { 1.0 } else { 0.0 });
+            match result {
+                Ok(output) => return Ok(output),
+                Err(f) if f.next == Next::Stop => return Err(f.error),
                 Err(f) => {
-                    slot.breaker.failure();
                     tracing::warn!(model = %self.id, target = %slot.label(), error = %f.error, "upstream target failed; trying the next");
+                    metrics::counter!("easel_upstream_fallbacks_total", "model" => self.id.clone()).increment(1);
                     last = Some(f.error);
                 }
             }

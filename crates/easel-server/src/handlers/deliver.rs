@@ -70,10 +70,24 @@ impl Ledger {
         }
     }
 
+    /// The request metrics: one request with its outcome, its latency, the images delivered.
+    fn observe(&self, outcome: &str, images: usize) {
+        let (model, operation) = (self.model.0.clone(), self.operation.as_str());
+        metrics::counter!("easel_image_requests_total", "model" => model.clone(), "operation" => operation, "outcome" => outcome.to_string())
+            .increment(1);
+        metrics::histogram!("easel_image_request_duration_seconds", "model" => model.clone(), "operation" => operation)
+            .record(self.started.elapsed().as_secs_f64());
+        if images > 0 {
+            metrics::counter!("easel_images_total", "model" => model, "operation" => operation)
+                .increment(images as u64);
+        }
+    }
+
     /// Records a failed request (best effort) and hands the error back.
     pub async fn failed(&self, error: ApiError) -> ApiError {
         let parts = error.parts();
         let outcome = parts.code.map_or(parts.kind, Code::as_str).to_string();
+        self.observe(&outcome, 0);
         let record = self.usage_record(outcome, parts.status.as_u16(), None, Usage::default());
         if let Err(e) = records::record(&self.state.db, &record, &[]).await {
             tracing::warn!(error = %e, "could not record a failed request");
@@ -127,8 +141,10 @@ impl Ledger {
         let record = self.usage_record("ok".into(), 200, Some(job), output.usage);
         if let Err(e) = records::record(&self.state.db, &record, &images).await {
             cleanup(&self.state.blobs, &written).await;
+            self.observe("server_error", 0);
             return Err(ApiError::Internal(e.context("recording usage")));
         }
+        self.observe("ok", images.len());
         Ok(ImagesResponse {
             created,
             data,

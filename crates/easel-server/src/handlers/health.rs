@@ -15,7 +15,10 @@ pub async fn healthz() -> Json<Value> {
 
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let mut checks = Map::new();
-    let mut ready = true;
+    let mut ready = !state.drain.is_draining();
+    if !ready {
+        checks.insert("draining".into(), json!({"ok": false, "error": "the server is shutting down"}));
+    }
     let mut note = |name: String, result: Result<(), String>| {
         ready &= result.is_ok();
         checks.insert(name, result.map_or_else(|e| json!({"ok": false, "error": e}), |()| json!({"ok": true})));

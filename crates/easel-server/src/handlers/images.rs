@@ -4,19 +4,25 @@
 //! may use it, prepare the job against the model's capabilities, then either answer with JSON or
 //! stream events.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use easel_core::job::JobContext;
+use easel_core::registry::Model;
+use easel_core::request::ImageRequest;
 use easel_core::types::Operation;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::{deliver, stream};
 use crate::auth::Caller;
+use crate::drain::InFlight;
 use crate::error::ApiResult;
 use crate::extract;
+use crate::observe::ModelLabel;
 use crate::state::AppState;
 
 pub async fn generations(State(state): State<AppState>, caller: Caller, request: Request) -> ApiResult<Response> {
@@ -33,8 +39,25 @@ pub async fn variations(State(state): State<AppState>, caller: Caller, request: 
 
 async fn handle(state: AppState, caller: Caller, operation: Operation, request: Request) -> ApiResult<Response> {
     let started = Instant::now();
+    // Held by the job's own task, so a draining server waits for the job, not just the handler.
+    let in_flight = request.extensions().get::<InFlight>().cloned();
     let request = extract::image_request(operation, &state, request).await?;
     let model = state.service.resolve(operation, request.model.as_deref())?;
+    let label = ModelLabel(model.id.clone());
+    let mut response = run(state, caller, operation, request, model, started, in_flight).await.into_response();
+    response.extensions_mut().insert(label);
+    Ok(response)
+}
+
+async fn run(
+    state: AppState,
+    caller: Caller,
+    operation: Operation,
+    request: ImageRequest,
+    model: Arc<Model>,
+    started: Instant,
+    in_flight: Option<InFlight>,
+) -> ApiResult<Response> {
     caller.check_model(&model.id)?;
     let ledger = deliver::Ledger::new(&state, &caller, operation, &model, request.options.user.clone(), started);
     let job = match state.service.prepare(request, model).await {
@@ -42,18 +65,22 @@ async fn handle(state: AppState, caller: Caller, operation: Operation, request: 
         Err(e) => return Err(ledger.failed(e.into()).await),
     };
     if job.stream {
-        return Ok(stream::respond(state, ledger, job).into_response());
+        return Ok(stream::respond(state, ledger, job, in_flight).into_response());
     }
     // The job runs in its own task so that it finishes its accounting even if the client goes
     // away; dropping this handler's future (the client left) cancels it.
     let cancel = CancellationToken::new();
     let cancel_on_drop = cancel.clone().drop_guard();
-    let task = tokio::spawn(async move {
-        match state.service.run(&job, JobContext { cancel, partials: None }).await {
-            Ok(output) => ledger.deliver(&job, output).await,
-            Err(e) => Err(ledger.failed(e.into()).await),
+    let task = tokio::spawn(
+        async move {
+            let _in_flight = in_flight;
+            match state.service.run(&job, JobContext { cancel, partials: None }).await {
+                Ok(output) => ledger.deliver(&job, output).await,
+                Err(e) => Err(ledger.failed(e.into()).await),
+            }
         }
-    });
+        .in_current_span(),
+    );
     let response = task.await.map_err(|e| anyhow::anyhow!("the image job panicked: {e}"))??;
     cancel_on_drop.disarm();
     Ok(Json(response).into_response())

@@ -4,5 +4,6 @@ pub mod deliver;
 pub mod files;
 pub mod health;
 pub mod images;
+pub mod metrics;
 pub mod models;
 pub mod stream;

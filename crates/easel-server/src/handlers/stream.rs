@@ -18,16 +18,31 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use tracing::Instrument as _;
+
 use super::deliver::Ledger;
+use crate::drain::InFlight;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::storage::now;
 
-pub fn respond(state: AppState, ledger: Ledger, job: ImageJob) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+pub fn respond(
+    state: AppState,
+    ledger: Ledger,
+    job: ImageJob,
+    in_flight: Option<InFlight>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let (events, rx) = mpsc::channel::<Event>(8);
     let cancel = CancellationToken::new();
     let keep_alive = state.keep_alive;
-    tokio::spawn(run(state, ledger, job, events, cancel.clone()));
+    let task = run(state, ledger, job, events, cancel.clone());
+    tokio::spawn(
+        async move {
+            let _in_flight = in_flight;
+            task.await;
+        }
+        .in_current_span(),
+    );
     let guard = cancel.drop_guard();
     let stream = ReceiverStream::new(rx).map(move |event| {
         let _ = &guard;

@@ -1,6 +1,7 @@
 //! Where facts and bytes live: facts (keys, usage, image records) in a SQL database through sqlx,
 //! bytes (hosted images) in an object store. Embedded defaults are SQLite and a local folder
-//! under `data_dir`.
+//! under `data_dir`; several nodes share PostgreSQL ([`db::connect`]) and an S3 bucket
+//! ([`blobs::Blobs::open`]).
 
 pub mod blobs;
 pub mod db;

@@ -22,6 +22,8 @@ pub struct TestApp {
     pub dir: tempfile::TempDir,
     pub backends: HashMap<String, Arc<TestBackend>>,
     pub app_state: easel_server::state::AppState,
+    /// The private metrics listener, when `[metrics] bind` is set.
+    pub metrics_address: Option<std::net::SocketAddr>,
     stop: CancellationToken,
 }
 
@@ -78,8 +80,9 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config), models: Vec<(St
     let address = format!("http://{}", app.address());
     let stop = app.stop_token();
     let app_state = app.state().clone();
+    let metrics_address = app.metrics_address();
     tokio::spawn(app.run_until_stopped());
-    TestApp { address, client: reqwest::Client::new(), dir, backends, app_state, stop }
+    TestApp { address, client: reqwest::Client::new(), dir, backends, app_state, metrics_address, stop }
 }
 
 impl TestApp {
@@ -97,6 +100,11 @@ impl TestApp {
 
     pub async fn generate(&self, body: Value) -> reqwest::Response {
         self.post_json("/v1/images/generations", &body).await
+    }
+
+    /// What SIGTERM does: the server starts draining.
+    pub fn begin_shutdown(&self) {
+        self.stop.cancel();
     }
 
     pub fn backend(&self, id: &str) -> &TestBackend {

@@ -132,6 +132,10 @@ async fn streams_real_partial_images() {
         kinds,
         ["image_generation.partial_image", "image_generation.partial_image", "image_generation.completed"]
     );
+    // The worker reports its queue and work in flight, idle again now.
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("easel_local_queue_depth{model=\"turbo\"} 0"), "{metrics}");
+    assert!(metrics.contains("easel_local_in_flight{model=\"turbo\"} 0"), "{metrics}");
 }
 
 #[tokio::test]

@@ -152,6 +152,11 @@ async fn failures_after_retries_are_502_and_not_retried_by_sdks() {
     let response = app.generate(json!({"model": "relay", "prompt": "p"})).await;
     assert_eq!(response.headers()["x-should-retry"], "false");
     assert_error(response, 502, None, "upstream_error").await;
+    // The retry and the failed-over target show in the metrics.
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l.starts_with("easel_upstream_retries_total{") && l.ends_with(" 1")), "{metrics}");
+    assert!(metrics.contains("easel_upstream_fallbacks_total{model=\"relay\"}"), "{metrics}");
+    assert!(metrics.contains("easel_upstream_circuit_open{"), "{metrics}");
     fake.push(Reply::Json(400, json!({"error": {"message": "Your request was rejected by the safety system.", "type": "image_generation_user_error", "param": null, "code": "moderation_blocked"}}), vec![]));
     let response = app.generate(json!({"model": "relay", "prompt": "p"})).await;
     assert_eq!(response.status(), 400);

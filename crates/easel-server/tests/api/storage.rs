@@ -1,0 +1,289 @@
+//! The storage layer against every engine it supports: each behaviour is one function, run by
+//! a test per engine (`<behaviour>::sqlite` / `::postgres`, `::local` / `::s3`), on real
+//! services (see `storage/services.rs`), so a query or a blob call that works on one engine
+//! only fails a test.
+
+mod schema;
+mod services;
+
+use bytes::Bytes;
+use easel_core::usage::Usage;
+use easel_server::storage::blobs::Blobs;
+use easel_server::storage::db::{self, Db, Engine};
+use easel_server::storage::keys::ApiKeys;
+use easel_server::storage::records::{self, ImageRecord, UsageRecord};
+use easel_server::storage::{now, sweep};
+use services::TestBlobs;
+use sqlx::Row;
+
+/// `mod $name { sqlite, postgres }`, each calling `$name(db)` on a fresh database.
+macro_rules! on_each_database {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                let test = super::services::sqlite().await;
+                super::$name(&test.db).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let Some(test) = super::services::postgres().await else { return };
+                super::$name(&test.db).await;
+            }
+        }
+    };
+}
+
+/// `mod $name { local, s3 }`, each calling `$name(blobs)` on a fresh, empty store.
+macro_rules! on_each_blob_store {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn local() {
+                super::$name(&super::services::local_blobs()).await;
+            }
+
+            #[tokio::test]
+            async fn s3() {
+                let Some(test) = super::services::s3_blobs() else { return };
+                super::$name(&test).await;
+            }
+        }
+    };
+}
+
+on_each_database!(keys_lifecycle);
+async fn keys_lifecycle(db: &Db) {
+    let keys = ApiKeys::new(db.clone());
+    assert!(!keys.any_active().await.unwrap());
+    let all = keys.create("ci", None).await.unwrap();
+    let limited = keys.create("limited", Some(vec!["turbo".into(), "flux".into()])).await.unwrap();
+    assert!(keys.any_active().await.unwrap());
+
+    let verified = keys.verify(&limited.plaintext).await.unwrap().expect("a new key verifies");
+    assert_eq!(verified, limited.record);
+    assert!(verified.allows("flux") && !verified.allows("other"));
+    assert!(keys.verify(&all.plaintext).await.unwrap().unwrap().allows("anything"));
+    // Same id, another secret of the right shape: not a key.
+    let forged = format!("{}{}", &all.plaintext[..all.plaintext.len() - 4], "zzzz");
+    assert_ne!(forged, all.plaintext);
+    assert_eq!(keys.verify(&forged).await.unwrap(), None);
+    assert_eq!(keys.verify("sk-easel-nonsense").await.unwrap(), None);
+
+    let listed = keys.list().await.unwrap();
+    let mut expected = vec![all.record.clone(), limited.record.clone()];
+    expected.sort_by_key(|k| (k.created_at, k.id.clone()));
+    assert_eq!(listed, expected, "list shows every key, by creation then id");
+
+    assert!(keys.revoke(&all.record.id).await.unwrap(), "revoking by id");
+    assert!(!keys.revoke(&all.record.id).await.unwrap(), "a revoked key is not revoked twice");
+    assert_eq!(keys.verify(&all.plaintext).await.unwrap(), None);
+    assert!(keys.any_active().await.unwrap());
+    assert!(keys.revoke(&limited.plaintext).await.unwrap(), "revoking by the whole key");
+    assert!(!keys.any_active().await.unwrap());
+    let listed = keys.list().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|k| k.revoked_at.is_some_and(|at| at >= k.created_at)));
+}
+
+fn usage_record(images: usize) -> UsageRecord {
+    UsageRecord {
+        id: uuid::Uuid::now_v7(),
+        key_id: Some("abc123def456".into()),
+        model: "turbo".into(),
+        backend: "local".into(),
+        operation: "generate".into(),
+        outcome: "ok".into(),
+        status: 200,
+        size: Some("512x512".into()),
+        quality: None,
+        output_format: Some("png".into()),
+        usage: Usage { input_text_tokens: 7, input_image_tokens: 0, output_tokens: 272 * images as u64 },
+        latency_ms: 1234,
+        end_user: None,
+        // Past i32::MAX, so an INTEGER column where BIGINT belongs fails on PostgreSQL.
+        created_at: 4_102_444_800,
+    }
+}
+
+fn image_record(hosted_until: Option<i64>) -> ImageRecord {
+    let id = uuid::Uuid::now_v7();
+    ImageRecord {
+        id,
+        width: 512,
+        height: 768,
+        format: "png".into(),
+        bytes: 3_000_000_000,
+        blob_key: hosted_until.map(|at| Blobs::key_for(&id, "png", at)),
+        expires_at: hosted_until,
+    }
+}
+
+on_each_database!(usage_and_images_are_one_transaction);
+async fn usage_and_images_are_one_transaction(db: &Db) {
+    let usage = usage_record(2);
+    let hosted = image_record(Some(now() + 3600));
+    let inline = image_record(None);
+    records::record(db, &usage, &[hosted.clone(), inline.clone()]).await.unwrap();
+
+    let row = sqlx::query(
+        "SELECT status, image_count, total_tokens, latency_ms, created_at, quality, key_id FROM usage WHERE id = $1",
+    )
+    .bind(usage.id.to_string())
+    .fetch_one(db)
+    .await
+    .unwrap();
+    assert_eq!(row.try_get::<i64, _>("status").unwrap(), 200);
+    assert_eq!(row.try_get::<i64, _>("image_count").unwrap(), 2);
+    assert_eq!(row.try_get::<i64, _>("total_tokens").unwrap(), 7 + 2 * 272);
+    assert_eq!(row.try_get::<i64, _>("latency_ms").unwrap(), 1234);
+    assert_eq!(row.try_get::<i64, _>("created_at").unwrap(), usage.created_at);
+    assert_eq!(row.try_get::<Option<String>, _>("quality").unwrap(), None);
+    assert_eq!(row.try_get::<Option<String>, _>("key_id").unwrap(), usage.key_id);
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM images WHERE usage_id = $1")
+        .bind(usage.id.to_string())
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(row.try_get::<i64, _>("n").unwrap(), 2);
+    let row = sqlx::query("SELECT width, height, bytes FROM images WHERE id = $1")
+        .bind(hosted.id.to_string())
+        .fetch_one(db)
+        .await
+        .unwrap();
+    let dims: (i64, i64, i64) =
+        (row.try_get("width").unwrap(), row.try_get("height").unwrap(), row.try_get("bytes").unwrap());
+    assert_eq!(dims, (512, 768, 3_000_000_000));
+
+    // A failing image insert (a duplicate id) rolls the usage row back with it.
+    let failed = usage_record(2);
+    let err = records::record(db, &failed, &[image_record(None), inline.clone()]).await;
+    assert!(err.is_err(), "a duplicate image id is rejected");
+    let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM usage WHERE id = $1")
+        .bind(failed.id.to_string())
+        .fetch_one(db)
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap();
+    assert_eq!(n, 0, "no usage row without its images");
+    let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM images").fetch_one(db).await.unwrap().try_get("n").unwrap();
+    assert_eq!(n, 2, "no images from the failed request");
+}
+
+on_each_database!(hosted_image_lookup);
+async fn hosted_image_lookup(db: &Db) {
+    let hosted = image_record(Some(now() + 3600));
+    let inline = image_record(None);
+    records::record(db, &usage_record(2), &[hosted.clone(), inline.clone()]).await.unwrap();
+    let found = records::hosted_image(db, &hosted.id.to_string()).await.unwrap();
+    assert_eq!(found, Some((hosted.blob_key.clone().unwrap(), hosted.expires_at)));
+    assert_eq!(records::hosted_image(db, &inline.id.to_string()).await.unwrap(), None, "not hosted");
+    assert_eq!(records::hosted_image(db, &uuid::Uuid::now_v7().to_string()).await.unwrap(), None);
+    records::mark_deleted(db, &hosted.id.to_string(), now()).await.unwrap();
+    assert_eq!(records::hosted_image(db, &hosted.id.to_string()).await.unwrap(), None, "swept");
+}
+
+on_each_blob_store!(blob_round_trip);
+async fn blob_round_trip(test: &TestBlobs) {
+    let blobs = &test.blobs;
+    blobs.check().await.unwrap_or_else(|e| panic!("{}: {e:#}", test.spec));
+    let key = Blobs::key_for(&uuid::Uuid::now_v7(), "webp", now());
+    assert_eq!(blobs.get(&key).await.unwrap(), None);
+    let bytes = Bytes::from((0..=255u8).cycle().take(300_000).collect::<Vec<_>>());
+    blobs.put(&key, bytes.clone()).await.unwrap();
+    assert_eq!(blobs.get(&key).await.unwrap(), Some(bytes));
+    blobs.put(&key, Bytes::from_static(b"second")).await.unwrap();
+    assert_eq!(blobs.get(&key).await.unwrap().as_deref(), Some(b"second".as_slice()), "put overwrites");
+    blobs.delete(&key).await.unwrap();
+    assert_eq!(blobs.get(&key).await.unwrap(), None);
+    blobs.delete(&key).await.expect("deleting a missing blob succeeds");
+}
+
+on_each_blob_store!(stores_are_isolated_by_location);
+async fn stores_are_isolated_by_location(test: &TestBlobs) {
+    test.blobs.put("images/1/a.png", Bytes::from_static(b"a")).await.unwrap();
+    let same = Blobs::open(&test.spec).unwrap();
+    assert_eq!(same.get("images/1/a.png").await.unwrap().as_deref(), Some(b"a".as_slice()), "reopened");
+    let sibling = Blobs::open(&format!("{}-other", test.spec)).unwrap();
+    assert_eq!(sibling.get("images/1/a.png").await.unwrap(), None);
+}
+
+/// The expiry sweep on a database and a blob store: expired hosted images lose their blob and
+/// their link, everything else stays.
+async fn sweep_expired(db: &Db, blobs: &Blobs) {
+    let expired = image_record(Some(now() - 10));
+    let live = image_record(Some(now() + 3600));
+    let inline = image_record(None);
+    let usage = usage_record(3);
+    records::record(db, &usage, &[expired.clone(), live.clone(), inline]).await.unwrap();
+    for image in [&expired, &live] {
+        blobs.put(image.blob_key.as_ref().unwrap(), Bytes::from_static(b"png")).await.unwrap();
+    }
+
+    assert_eq!(sweep::sweep_once(db, blobs).await.unwrap(), 1);
+    assert_eq!(blobs.get(expired.blob_key.as_ref().unwrap()).await.unwrap(), None, "the expired blob is gone");
+    assert!(blobs.get(live.blob_key.as_ref().unwrap()).await.unwrap().is_some(), "the live blob stays");
+    assert_eq!(records::hosted_image(db, &expired.id.to_string()).await.unwrap(), None);
+    assert!(records::hosted_image(db, &live.id.to_string()).await.unwrap().is_some());
+    let deleted_at: Option<i64> = sqlx::query("SELECT deleted_at FROM images WHERE id = $1")
+        .bind(expired.id.to_string())
+        .fetch_one(db)
+        .await
+        .unwrap()
+        .try_get("deleted_at")
+        .unwrap();
+    assert!(deleted_at.is_some(), "the row is kept for the ledger, marked deleted");
+    assert_eq!(sweep::sweep_once(db, blobs).await.unwrap(), 0, "nothing left to sweep");
+}
+
+mod sweep_expired {
+    #[tokio::test]
+    async fn sqlite_and_local() {
+        let (db, blobs) = (super::services::sqlite().await, super::services::local_blobs());
+        super::sweep_expired(&db.db, &blobs.blobs).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_and_s3() {
+        let db = super::services::postgres().await;
+        let blobs = super::services::s3_blobs();
+        let (Some(db), Some(blobs)) = (db, blobs) else { return };
+        super::sweep_expired(&db.db, &blobs.blobs).await;
+    }
+}
+
+#[tokio::test]
+async fn migration_sets_define_the_same_schema() {
+    let Some(postgres) = services::postgres().await else { return };
+    let sqlite = services::sqlite().await;
+    let sqlite_schema = schema::describe(&sqlite.db, Engine::Sqlite).await;
+    let postgres_schema = schema::describe(&postgres.db, Engine::Postgres).await;
+    for table in ["api_keys", "usage", "images"] {
+        assert!(sqlite_schema.iter().any(|l| l.starts_with(&format!("column {table}."))), "{sqlite_schema:#?}");
+    }
+    assert!(sqlite_schema.iter().any(|l| l.contains("index images_expiry") && l.ends_with("(partial)")));
+    let only_in = |a: &[String], b: &[String]| a.iter().filter(|l| !b.contains(l)).cloned().collect::<Vec<_>>();
+    let (sqlite_only, postgres_only) =
+        (only_in(&sqlite_schema, &postgres_schema), only_in(&postgres_schema, &sqlite_schema));
+    assert!(
+        sqlite_only.is_empty() && postgres_only.is_empty(),
+        "migrations/sqlite and migrations/postgres define different schemas:\n only in SQLite: {sqlite_only:#?}\n \
+         only in PostgreSQL: {postgres_only:#?}"
+    );
+    // Connecting again finds every migration applied (and unchanged).
+    db::connect(&postgres.url).await.expect("a migrated PostgreSQL database reopens");
+    db::connect(&sqlite.url).await.expect("a migrated SQLite database reopens");
+}
+
+#[tokio::test]
+async fn unreachable_s3_bucket_fails_the_check_clearly() {
+    if services::service("EASEL_TEST_S3_URL", "an S3 endpoint").is_none() {
+        return;
+    }
+    let spec = format!("s3://easel-missing-{:016x}", rand::random::<u64>());
+    let blobs = Blobs::open(&spec).unwrap();
+    let err = format!("{:#}", blobs.check().await.unwrap_err());
+    assert!(err.contains(&spec), "the error names the store: {err}");
+}
