@@ -1,8 +1,10 @@
 //! Who is calling: the [`Caller`] extractor checks `Authorization: Bearer <key>`.
 //!
-//! While no key exists and the server may run open (a loopback bind, or `--insecure-no-auth`),
-//! every request is served, whatever key it presents: SDKs insist on sending one. As soon as one
-//! key exists, every request needs a valid, unrevoked key.
+//! While no key was ever made and the server may run open (a loopback bind, or
+//! `--insecure-no-auth`), every request is served, whatever key it presents: SDKs insist on
+//! sending one. As soon as one key has existed, every request needs a valid, unrevoked, unexpired
+//! key, even after the last one is revoked: a server never falls back to open. [`Admin`] is a
+//! caller whose key is an admin key (or the open server's).
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -48,9 +50,12 @@ impl FromRequestParts<AppState> for Caller {
         if let Some(token) = token
             && let Some(key) = state.keys.verify(token).await?
         {
+            if key.is_expired(crate::storage::now()) {
+                return Err(ApiError::Unauthorized("This API key has expired.".into()));
+            }
             return Ok(Self::Key(key));
         }
-        if state.open_when_keyless && !state.keys.any_active().await? {
+        if state.open_when_keyless && !state.keys.any_ever().await? {
             return Ok(Self::Open);
         }
         Err(ApiError::Unauthorized(match token {
@@ -59,5 +64,20 @@ impl FromRequestParts<AppState> for Caller {
                      using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
                 .into(),
         }))
+    }
+}
+
+/// A caller allowed to use the admin API.
+#[derive(Debug, Clone)]
+pub struct Admin(pub Caller);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Key(key) if !key.admin => Err(ApiError::AdminRequired),
+            caller => Ok(Self(caller)),
+        }
     }
 }

@@ -53,6 +53,8 @@ pub struct Config {
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
     pub models: Vec<ModelConfig>,
     /// Upstream providers, handed to the upstream backend as they are.
     #[serde(default)]
@@ -99,6 +101,21 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// Per-key limits (set on each key: `easel keys create|update`, `/admin/v1/keys`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// How long a request's quota reservation is held before any node's sweep releases it (the
+    /// node that made it died). Longer than the slowest generation.
+    pub reservation_ttl_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { reservation_ttl_secs: 3600 }
+    }
 }
 
 /// `GET /metrics` in Prometheus' text format.

@@ -16,6 +16,17 @@ use axum::response::{IntoResponse, Response};
 use easel_core::error::{BackendError, CoreError, Fault, InvalidCode};
 use easel_wire::error::ErrorBody;
 
+use crate::storage::limits::{Exceeded, LimitError};
+
+impl From<LimitError> for ApiError {
+    fn from(e: LimitError) -> Self {
+        match e {
+            LimitError::Exceeded(exceeded) => Self::LimitExceeded(exceeded),
+            LimitError::Db(e) => Self::Internal(e),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error(transparent)]
@@ -24,6 +35,12 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("This API key is not allowed to use the model '{0}'.")]
     ModelNotAllowed(String),
+    #[error("This needs an admin key (easel keys create --admin).")]
+    AdminRequired,
+    #[error("{}", .0.message())]
+    LimitExceeded(Exceeded),
+    #[error("No API key with id '{0}'.")]
+    KeyNotFound(String),
     #[error("This image link is not signed.")]
     LinkUnsigned,
     #[error("This image link's signature is invalid.")]
@@ -67,6 +84,11 @@ pub enum Code {
     RequestCancelled,
     InvalidApiKey,
     ModelNotAllowed,
+    AdminRequired,
+    RateLimitExceeded,
+    QuotaExceeded,
+    KeyNotFound,
+    DatabaseUnavailable,
     InvalidSignature,
     UrlExpired,
     ImageNotFound,
@@ -105,6 +127,11 @@ impl Code {
             Self::RequestCancelled => "request_cancelled",
             Self::InvalidApiKey => "invalid_api_key",
             Self::ModelNotAllowed => "model_not_allowed",
+            Self::AdminRequired => "admin_key_required",
+            Self::RateLimitExceeded => "rate_limit_exceeded",
+            Self::QuotaExceeded => "quota_exceeded",
+            Self::KeyNotFound => "key_not_found",
+            Self::DatabaseUnavailable => "database_unavailable",
             Self::InvalidSignature => "invalid_signature",
             Self::UrlExpired => "url_expired",
             Self::ImageNotFound => "image_not_found",
@@ -186,6 +213,20 @@ impl ApiError {
             Self::ModelNotAllowed(_) => {
                 Parts::new(StatusCode::FORBIDDEN, INVALID, Code::ModelNotAllowed, Some("model".into()), message)
             }
+            Self::AdminRequired => Parts::invalid(StatusCode::FORBIDDEN, Code::AdminRequired, message),
+            Self::KeyNotFound(_) => Parts::invalid(StatusCode::NOT_FOUND, Code::KeyNotFound, message),
+            Self::LimitExceeded(exceeded) => {
+                let standing = exceeded.standing;
+                let (kind, code) = if standing.counter.is_quota() {
+                    ("insufficient_quota", Code::QuotaExceeded)
+                } else {
+                    (standing.counter.dimension().as_str(), Code::RateLimitExceeded)
+                };
+                Parts {
+                    retry_after: Some(Duration::from_secs(standing.reset_secs)),
+                    ..Parts::new(StatusCode::TOO_MANY_REQUESTS, kind, code, None, message)
+                }
+            }
             Self::LinkUnsigned | Self::LinkBadSignature => {
                 Parts::invalid(StatusCode::FORBIDDEN, Code::InvalidSignature, message)
             }
@@ -203,6 +244,14 @@ impl ApiError {
                 retry_after: Some(Duration::from_secs(1)),
                 ..Parts::new(StatusCode::SERVICE_UNAVAILABLE, SERVER, Code::ShuttingDown, None, message).retry(true)
             },
+            Self::Internal(e) if crate::storage::db::is_unavailable(e) => Parts::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                SERVER,
+                Code::DatabaseUnavailable,
+                None,
+                "The database is unavailable; retry shortly.".into(),
+            )
+            .retry(true),
             Self::Internal(_) => Parts::internal(),
         }
     }
@@ -306,6 +355,12 @@ pub type ApiResult<T> = Result<T, ApiError>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::limits::{Counter, Standing};
+
+    fn exceeded(counter: Counter) -> ApiError {
+        let standing = Standing { counter, limit: 2, remaining: 0, reset_secs: 30 };
+        ApiError::LimitExceeded(Exceeded { standing, asked: 1 })
+    }
 
     /// The public contract: every variant's (status, type, code). A change here is a change
     /// clients see.
@@ -378,6 +433,17 @@ mod tests {
             (ApiError::PayloadTooLarge(1), 413, INVALID, Some("request_too_large")),
             (ApiError::UnsupportedMediaType("x".into()), 415, INVALID, Some("unsupported_media_type")),
             (ApiError::ShuttingDown, 503, SERVER, Some("shutting_down")),
+            (ApiError::AdminRequired, 403, INVALID, Some("admin_key_required")),
+            (ApiError::KeyNotFound("k".into()), 404, INVALID, Some("key_not_found")),
+            (exceeded(Counter::RequestsPerMinute), 429, "requests", Some("rate_limit_exceeded")),
+            (exceeded(Counter::ImagesPerMinute), 429, "images", Some("rate_limit_exceeded")),
+            (exceeded(Counter::TokensPerMonth), 429, "insufficient_quota", Some("quota_exceeded")),
+            (
+                ApiError::Internal(anyhow::Error::new(sqlx::Error::PoolTimedOut)),
+                503,
+                SERVER,
+                Some("database_unavailable"),
+            ),
             (ApiError::Internal(anyhow::anyhow!("secret detail")), 500, SERVER, None),
         ];
         for (error, status, kind, code) in cases {

@@ -4,7 +4,7 @@
 use axum::Router;
 use axum::routing::{get, post};
 
-use crate::handlers::{files, health, images, metrics, models};
+use crate::handlers::{admin, files, health, images, metrics, models};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -15,6 +15,9 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/images/files/{name}", get(files::get))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))
+        .route("/admin/v1/keys", get(admin::list_keys).post(admin::create_key))
+        .route("/admin/v1/keys/{id}", get(admin::get_key).patch(admin::update_key).delete(admin::revoke_key))
+        .route("/admin/v1/usage", get(admin::usage))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
 }

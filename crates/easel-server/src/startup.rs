@@ -28,7 +28,9 @@ use crate::error::ApiError;
 use crate::state::{AppState, Shared};
 use crate::storage::blobs::Blobs;
 use crate::storage::keys::ApiKeys;
+use crate::storage::limits::Limiter;
 use crate::storage::signing::{self, UrlSigner};
+use crate::storage::writer::Writer;
 use crate::storage::{db, sweep};
 use crate::{observe, routes, telemetry};
 
@@ -59,13 +61,15 @@ impl Application {
         let data_dir = &config.storage.data_dir;
         std::fs::create_dir_all(data_dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))?;
         let db = db::connect(&valid.database_url).await?;
+        let writer = Writer::spawn(db::connect_writer(&valid.database_url).await?);
         let blobs = Blobs::open(&valid.blobs)?;
         let keys = ApiKeys::new(db.clone());
+        let db_for_limits = db.clone();
         let signer = UrlSigner::new(signing::load_key(config.auth.url_signing_key_env.as_deref(), data_dir)?)?;
 
         let bind = valid.bind;
         let open_allowed = bind.ip().is_loopback() || config.server.insecure_no_auth;
-        let has_keys = keys.any_active().await?;
+        let has_keys = keys.any_ever().await?;
         anyhow::ensure!(
             open_allowed || has_keys,
             "refusing to serve {bind} without API keys: create one with `easel keys create --name NAME`, \
@@ -93,6 +97,7 @@ impl Application {
         let state = AppState::new(Shared {
             service,
             db,
+            writer,
             blobs,
             keys,
             signer,
@@ -103,6 +108,7 @@ impl Application {
             open_when_keyless: open_allowed,
             max_body_bytes: config.server.max_body_bytes,
             drain: Drain::default(),
+            limiter: Limiter::new(db_for_limits, Duration::from_secs(config.limits.reservation_ttl_secs.max(1))),
         });
         let metrics_listener = match valid.metrics_bind {
             Some(addr) => {
@@ -165,6 +171,7 @@ impl Application {
         let sweeper = tokio::spawn(sweep::run(
             self.state.db.clone(),
             self.state.blobs.clone(),
+            self.state.limiter.clone(),
             self.sweep_interval,
             self.stop.clone(),
         ));
@@ -204,6 +211,8 @@ impl Application {
         };
         self.stop.cancel();
         let _ = drainer.await;
+        // Requests are drained: commit the ledger rows they queued before the process exits.
+        self.state.writer.close().await;
         let _ = sweeper.await;
         result
     }

@@ -11,7 +11,9 @@ use crate::drain::Drain;
 use crate::storage::blobs::Blobs;
 use crate::storage::db::Db;
 use crate::storage::keys::ApiKeys;
+use crate::storage::limits::Limiter;
 use crate::storage::signing::UrlSigner;
+use crate::storage::writer::Writer;
 
 #[derive(Debug, Clone)]
 pub struct AppState(Arc<Shared>);
@@ -20,6 +22,8 @@ pub struct AppState(Arc<Shared>);
 pub struct Shared {
     pub service: ImageService,
     pub db: Db,
+    /// Commits the ledger (usage and image rows), several requests per transaction.
+    pub writer: Writer,
     pub blobs: Blobs,
     pub keys: ApiKeys,
     pub signer: UrlSigner,
@@ -35,6 +39,8 @@ pub struct Shared {
     pub max_body_bytes: usize,
     /// Work in flight, and whether the server is draining.
     pub drain: Drain,
+    /// Per-key limits and quotas.
+    pub limiter: Limiter,
 }
 
 impl AppState {

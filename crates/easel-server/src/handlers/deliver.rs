@@ -18,7 +18,7 @@ use crate::error::{ApiError, ApiResult, Code};
 use crate::state::AppState;
 use crate::storage::blobs::Blobs;
 use crate::storage::now;
-use crate::storage::records::{self, ImageRecord, UsageRecord};
+use crate::storage::records::{ImageRecord, UsageRecord};
 
 /// The accounting context of one request.
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ impl Ledger {
         let outcome = parts.code.map_or(parts.kind, Code::as_str).to_string();
         self.observe(&outcome, 0);
         let record = self.usage_record(outcome, parts.status.as_u16(), None, Usage::default());
-        if let Err(e) = records::record(&self.state.db, &record, &[]).await {
+        if let Err(e) = self.state.writer.record(&record, &[]).await {
             tracing::warn!(error = %e, "could not record a failed request");
         }
         error
@@ -139,7 +139,7 @@ impl Ledger {
             });
         }
         let record = self.usage_record("ok".into(), 200, Some(job), output.usage);
-        if let Err(e) = records::record(&self.state.db, &record, &images).await {
+        if let Err(e) = self.state.writer.record(&record, &images).await {
             cleanup(&self.state.blobs, &written).await;
             self.observe("server_error", 0);
             return Err(ApiError::Internal(e.context("recording usage")));

@@ -17,6 +17,7 @@ use easel_core::types::Operation;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use super::quota::{self, RateHeaders};
 use super::{deliver, stream};
 use crate::auth::Caller;
 use crate::drain::InFlight;
@@ -41,31 +42,47 @@ async fn handle(state: AppState, caller: Caller, operation: Operation, request: 
     let started = Instant::now();
     // Held by the job's own task, so a draining server waits for the job, not just the handler.
     let in_flight = request.extensions().get::<InFlight>().cloned();
-    let request = extract::image_request(operation, &state, request).await?;
-    let model = state.service.resolve(operation, request.model.as_deref())?;
-    let label = ModelLabel(model.id.clone());
-    let mut response = run(state, caller, operation, request, model, started, in_flight).await.into_response();
-    response.extensions_mut().insert(label);
+    let mut rate = RateHeaders::default();
+    let mut label = None;
+    let result = async {
+        quota::admit(&state, &caller, &mut rate).await?;
+        let request = extract::image_request(operation, &state, request).await?;
+        let model = state.service.resolve(operation, request.model.as_deref())?;
+        label = Some(ModelLabel(model.id.clone()));
+        run(state, caller, Accepted { operation, request, model, started, in_flight }, &mut rate).await
+    }
+    .await;
+    let mut response = result.into_response();
+    rate.apply(response.headers_mut());
+    if let Some(label) = label {
+        response.extensions_mut().insert(label);
+    }
     Ok(response)
 }
 
-async fn run(
-    state: AppState,
-    caller: Caller,
+/// A request read and its model resolved.
+struct Accepted {
     operation: Operation,
     request: ImageRequest,
     model: Arc<Model>,
     started: Instant,
     in_flight: Option<InFlight>,
-) -> ApiResult<Response> {
+}
+
+async fn run(state: AppState, caller: Caller, accepted: Accepted, rate: &mut RateHeaders) -> ApiResult<Response> {
+    let Accepted { operation, request, model, started, in_flight } = accepted;
     caller.check_model(&model.id)?;
     let ledger = deliver::Ledger::new(&state, &caller, operation, &model, request.options.user.clone(), started);
     let job = match state.service.prepare(request, model).await {
         Ok(job) => job,
         Err(e) => return Err(ledger.failed(e.into()).await),
     };
+    let hold = match quota::reserve(&state, &caller, &job, rate).await {
+        Ok(hold) => hold,
+        Err(e) => return Err(ledger.failed(e).await),
+    };
     if job.stream {
-        return Ok(stream::respond(state, ledger, job, in_flight).into_response());
+        return Ok(stream::respond(state, ledger, job, hold, in_flight).into_response());
     }
     // The job runs in its own task so that it finishes its accounting even if the client goes
     // away; dropping this handler's future (the client left) cancels it.
@@ -74,10 +91,14 @@ async fn run(
     let task = tokio::spawn(
         async move {
             let _in_flight = in_flight;
-            match state.service.run(&job, JobContext { cancel, partials: None }).await {
+            let result = match state.service.run(&job, JobContext { cancel, partials: None }).await {
                 Ok(output) => ledger.deliver(&job, output).await,
                 Err(e) => Err(ledger.failed(e.into()).await),
+            };
+            if let Some(hold) = hold {
+                hold.settle(&result).await;
             }
+            result
         }
         .in_current_span(),
     );

@@ -1,9 +1,11 @@
 //! One module per resource; the paths live in [`crate::routes`].
 
+pub mod admin;
 pub mod deliver;
 pub mod files;
 pub mod health;
 pub mod images;
 pub mod metrics;
 pub mod models;
+pub mod quota;
 pub mod stream;

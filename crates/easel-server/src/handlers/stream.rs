@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::deliver::Ledger;
+use super::quota::Hold;
 use crate::drain::InFlight;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -30,12 +31,13 @@ pub fn respond(
     state: AppState,
     ledger: Ledger,
     job: ImageJob,
+    hold: Option<Hold>,
     in_flight: Option<InFlight>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let (events, rx) = mpsc::channel::<Event>(8);
     let cancel = CancellationToken::new();
     let keep_alive = state.keep_alive;
-    let task = run(state, ledger, job, events, cancel.clone());
+    let task = run(state, ledger, job, hold, events, cancel.clone());
     tokio::spawn(
         async move {
             let _in_flight = in_flight;
@@ -51,7 +53,14 @@ pub fn respond(
     Sse::new(stream).keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive"))
 }
 
-async fn run(state: AppState, ledger: Ledger, job: ImageJob, events: mpsc::Sender<Event>, cancel: CancellationToken) {
+async fn run(
+    state: AppState,
+    ledger: Ledger,
+    job: ImageJob,
+    hold: Option<Hold>,
+    events: mpsc::Sender<Event>,
+    cancel: CancellationToken,
+) {
     let (partials_tx, mut partials_rx) = mpsc::channel::<EncodedPartial>(4);
     let partial_kind = partial_type(job.operation);
     let forward = {
@@ -77,6 +86,9 @@ async fn run(state: AppState, ledger: Ledger, job: ImageJob, events: mpsc::Sende
         Ok(output) => ledger.deliver_with(&job, output, true).await,
         Err(e) => Err(ledger.failed(e.into()).await),
     };
+    if let Some(hold) = hold {
+        hold.settle(&result).await;
+    }
     match result {
         Ok(response) => {
             let kind = completed_type(job.operation);

@@ -13,15 +13,21 @@ use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{Executor, SqlSafeStr};
+use sqlx::{Executor, Row, SqlSafeStr};
 
 pub type Db = sqlx::Pool<sqlx::Any>;
 
 /// `(version, name, sql)`; both lists must have the same versions and names.
 type Migrations = &'static [(i64, &'static str, &'static str)];
 
-const SQLITE_MIGRATIONS: Migrations = &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))];
-const POSTGRES_MIGRATIONS: Migrations = &[(1, "init", include_str!("../../migrations/postgres/0001_init.sql"))];
+const SQLITE_MIGRATIONS: Migrations = &[
+    (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+    (2, "limits", include_str!("../../migrations/sqlite/0002_limits.sql")),
+];
+const POSTGRES_MIGRATIONS: Migrations = &[
+    (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+    (2, "limits", include_str!("../../migrations/postgres/0002_limits.sql")),
+];
 
 /// The database engines `connect` accepts, chosen by the URL scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,40 +60,128 @@ impl Engine {
 
 /// Opens the database at `url` (a SQLite file is created when the URL says `mode=rwc`; a
 /// PostgreSQL database must exist) and applies pending migrations.
+///
+/// This is the pool for reads and for the rare writes outside the ledger (keys, the sweep); the
+/// ledger's own writes go through [`connect_writer`]'s pool, so on SQLite a read never queues
+/// behind a ledger commit for a pool connection, and in WAL mode never for a lock either.
 pub async fn connect(url: &str) -> anyhow::Result<Db> {
     sqlx::any::install_default_drivers();
     let engine = Engine::of(url)?;
+    // Each request holds a connection for one short query (the key check), so connections
+    // beyond twice the cores only add idle threads (SQLite) or server processes (PostgreSQL,
+    // whose `max_connections`, 100 by default, the other nodes share).
+    let size = node_pool_size();
     let options = match engine {
-        Engine::Sqlite => AnyPoolOptions::new().max_connections(8).after_connect(|conn, _| {
-            Box::pin(async move {
-                // WAL lets readers run beside the writer; with it, synchronous = NORMAL cannot
-                // corrupt the database (a power cut may lose the last commits, not the file) and
-                // saves an fsync per request. The busy timeout queues writers instead of failing them.
-                conn.execute(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; \
-                     PRAGMA foreign_keys = ON;",
-                )
-                .await?;
-                Ok(())
-            })
-        }),
-        // Each request holds a connection only for a few short statements (one transaction per
-        // request), so a small pool per node suffices and leaves the server's connection limit
-        // (100 by default) to the other nodes; idle connections are closed, and recycled
-        // periodically so failovers and server-side limits do not leave stale ones.
-        Engine::Postgres => AnyPoolOptions::new()
-            .max_connections(16)
-            .min_connections(0)
-            .idle_timeout(Duration::from_secs(300))
-            .max_lifetime(Duration::from_secs(1800)),
+        Engine::Sqlite => sqlite_options(size, ""),
+        // Idle connections are closed, and recycled periodically so failovers and server-side
+        // limits do not leave stale ones.
+        Engine::Postgres => postgres_options(size),
     };
-    let pool = options
+    let pool = open(options, url).await?;
+    migrator(engine).run(&pool).await.map_err(|e| anyhow::anyhow!("database migration failed: {e}"))?;
+    Ok(pool)
+}
+
+/// Opens the pool the ledger writer ([`super::writer::Writer`]) commits through, on a database
+/// [`connect`] has already migrated.
+///
+/// SQLite: two connections, one committing and one copying the WAL back into the database in
+/// the background (see [`checkpoint`]), so checkpoints never sit on the commit path; automatic
+/// checkpoints at commit are only a backstop. PostgreSQL: one connection, since the writer
+/// commits one group at a time.
+pub async fn connect_writer(url: &str) -> anyhow::Result<Db> {
+    sqlx::any::install_default_drivers();
+    let options = match Engine::of(url)? {
+        Engine::Sqlite => sqlite_options(
+            2,
+            // 8192 pages (32 MiB): far above the writer's own bound (WAL_RESTART_FRAMES), so this
+            // runs only when the background checkpoints fail; the size limit gives the disk back
+            // whenever the WAL restarts.
+            "PRAGMA wal_autocheckpoint = 8192; PRAGMA journal_size_limit = 33554432;",
+        ),
+        Engine::Postgres => postgres_options(1),
+    };
+    open(options.min_connections(1), url).await
+}
+
+/// Twice the cores, between 4 and 32.
+fn node_pool_size() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) as u32;
+    (2 * cores).clamp(4, 32)
+}
+
+fn sqlite_options(size: u32, extra_pragmas: &'static str) -> AnyPoolOptions {
+    AnyPoolOptions::new().max_connections(size).after_connect(move |conn, _| {
+        Box::pin(async move {
+            // WAL lets readers run beside the writer; with it, synchronous = NORMAL cannot
+            // corrupt the database (a power cut may lose the last commits, not the file) and
+            // saves an fsync per commit. The busy timeout queues the rare second writer (a key
+            // created while the ledger commits) instead of failing it.
+            let pragmas = format!(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; \
+                 PRAGMA foreign_keys = ON; {extra_pragmas}"
+            );
+            conn.execute(sqlx::AssertSqlSafe(pragmas)).await?;
+            Ok(())
+        })
+    })
+}
+
+fn postgres_options(size: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(size)
+        .min_connections(0)
+        .idle_timeout(Duration::from_secs(300))
+        .max_lifetime(Duration::from_secs(1800))
+}
+
+async fn open(options: AnyPoolOptions, url: &str) -> anyhow::Result<Db> {
+    options
         .acquire_timeout(Duration::from_secs(10))
         .connect(url)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot open the database at {}: {e}", redact(url)))?;
-    migrator(engine).run(&pool).await.map_err(|e| anyhow::anyhow!("database migration failed: {e}"))?;
-    Ok(pool)
+        .map_err(|e| anyhow::anyhow!("cannot open the database at {}: {e}", redact(url)))
+}
+
+/// The engine a pool talks to.
+pub fn engine(db: &Db) -> Engine {
+    // `connect` accepted the URL, so only the two schemes it knows can be here.
+    Engine::of(db.connect_options().database_url.as_str()).unwrap_or(Engine::Postgres)
+}
+
+/// The `-wal` file of a SQLite database (`None` in memory).
+pub async fn wal_path(db: &Db) -> anyhow::Result<Option<std::path::PathBuf>> {
+    let row = sqlx::query("SELECT file FROM pragma_database_list WHERE name = 'main'").fetch_one(db).await?;
+    let file: String = row.try_get(0)?;
+    Ok((!file.is_empty()).then(|| format!("{file}-wal").into()))
+}
+
+/// How a SQLite WAL checkpoint copies the log back into the database file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// Copies what it can without waiting for anyone; runs beside the writer and readers.
+    Passive,
+    /// Waits for the writer and for readers of old snapshots, copies everything and truncates
+    /// the WAL file to zero bytes.
+    Truncate,
+}
+
+/// What a checkpoint left: the frames (pages) in the WAL, and whether it was cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalState {
+    pub busy: bool,
+    pub frames: i64,
+    pub checkpointed: i64,
+}
+
+/// Runs a WAL checkpoint on a SQLite database (`PRAGMA wal_checkpoint`).
+pub async fn checkpoint(db: &Db, mode: Checkpoint) -> anyhow::Result<WalState> {
+    let sql = match mode {
+        Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+        Checkpoint::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
+    };
+    let row = sqlx::query(sql).fetch_one(db).await.map_err(|e| anyhow::anyhow!("{sql} failed: {e}"))?;
+    Ok(WalState { busy: row.try_get::<i64, _>(0)? != 0, frames: row.try_get(1)?, checkpointed: row.try_get(2)? })
 }
 
 fn migrator(engine: Engine) -> Migrator {
@@ -116,6 +210,18 @@ fn redact(url: &str) -> String {
 pub async fn ping(db: &Db) -> anyhow::Result<()> {
     sqlx::query("SELECT 1").execute(db).await?;
     Ok(())
+}
+
+/// Whether `error` says the database cannot be reached (down, refusing connections, the pool
+/// exhausted), as opposed to a query that failed: requests then get a 503 `database_unavailable`,
+/// and the pool reconnects on its own when the database is back.
+pub fn is_unavailable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_))
+        )
+    })
 }
 
 #[cfg(test)]

@@ -10,20 +10,37 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 use subtle::ConstantTimeEq;
 
+use serde::{Deserialize, Serialize};
+
 use super::db::Db;
+use super::limits::Limits;
 use super::now;
+
+/// The columns [`record`] reads, as a literal so queries stay static strings.
+macro_rules! columns {
+    () => {
+        "id, name, models, admin, rpm, images_per_min, daily_images, monthly_images, monthly_tokens, expires_at, \
+         created_at, revoked_at"
+    };
+}
 
 /// NEVER CHANGE: existing keys carry it.
 const PREFIX: &str = "sk-easel-";
 const ID_LEN: usize = 12;
 const SECRET_LEN: usize = 40;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KeyRecord {
     pub id: String,
     pub name: String,
     /// Models this key may use; `None` = every model.
     pub models: Option<Vec<String>>,
+    /// Whether the key reaches the admin API.
+    pub admin: bool,
+    #[serde(flatten)]
+    pub limits: Limits,
+    /// Unix seconds after which the key no longer works.
+    pub expires_at: Option<i64>,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
 }
@@ -31,6 +48,70 @@ pub struct KeyRecord {
 impl KeyRecord {
     pub fn allows(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|m| m.iter().any(|id| id == model))
+    }
+
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// What a key is created with, or what an update changes (`None` leaves a field as it is).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySettings {
+    pub name: Option<String>,
+    /// Model ids; an empty list means every model.
+    pub models: Option<Vec<String>>,
+    pub admin: Option<bool>,
+    /// Each limit: a number, or 0 to lift it.
+    pub rpm: Option<u64>,
+    pub images_per_min: Option<u64>,
+    pub daily_images: Option<u64>,
+    pub monthly_images: Option<u64>,
+    pub monthly_tokens: Option<u64>,
+    /// Unix seconds; 0 for no expiry.
+    pub expires_at: Option<i64>,
+}
+
+impl KeySettings {
+    /// A new key's settings: a name, every model, no limits.
+    pub fn named(name: &str) -> Self {
+        Self { name: Some(name.to_string()), ..Self::default() }
+    }
+
+    pub fn models(mut self, models: &[&str]) -> Self {
+        self.models = Some(models.iter().map(|m| m.to_string()).collect());
+        self
+    }
+
+    /// `current` with these changes applied; errors name the field.
+    fn apply(self, mut key: KeyRecord) -> anyhow::Result<KeyRecord> {
+        if let Some(name) = self.name {
+            anyhow::ensure!(!name.trim().is_empty(), "name: a key needs a name");
+            key.name = name.trim().to_string();
+        }
+        if let Some(models) = self.models {
+            let models: Vec<String> =
+                models.into_iter().map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect();
+            key.models = (!models.is_empty()).then_some(models);
+        }
+        if let Some(admin) = self.admin {
+            key.admin = admin;
+        }
+        if let Some(at) = self.expires_at {
+            anyhow::ensure!(at >= 0, "expires_at: expected Unix seconds (0 for no expiry), got {at}");
+            key.expires_at = (at > 0).then_some(at);
+        }
+        let l = key.limits;
+        key.limits = Limits {
+            rpm: self.rpm.or(l.rpm),
+            images_per_min: self.images_per_min.or(l.images_per_min),
+            daily_images: self.daily_images.or(l.daily_images),
+            monthly_images: self.monthly_images.or(l.monthly_images),
+            monthly_tokens: self.monthly_tokens.or(l.monthly_tokens),
+        }
+        .normalized();
+        Ok(key)
     }
 }
 
@@ -66,24 +147,77 @@ impl ApiKeys {
         Self { db }
     }
 
-    pub async fn create(&self, name: &str, models: Option<Vec<String>>) -> anyhow::Result<NewKey> {
-        anyhow::ensure!(!name.trim().is_empty(), "a key needs a name");
+    /// A new key with `settings` (a name is required).
+    pub async fn create(&self, settings: KeySettings) -> anyhow::Result<NewKey> {
+        anyhow::ensure!(settings.name.as_deref().is_some_and(|n| !n.trim().is_empty()), "name: a key needs a name");
         let (id, secret) = (random(ID_LEN), random(SECRET_LEN));
-        let record = KeyRecord { id: id.clone(), name: name.to_string(), models, created_at: now(), revoked_at: None };
-        let models_json = record.models.as_ref().map(serde_json::to_string).transpose()?;
-        sqlx::query("INSERT INTO api_keys (id, name, secret_hash, models, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(&record.id)
-            .bind(&record.name)
-            .bind(hash(&secret))
-            .bind(models_json)
-            .bind(record.created_at)
-            .execute(&self.db)
-            .await?;
+        let blank = KeyRecord {
+            id: id.clone(),
+            name: String::new(),
+            models: None,
+            admin: false,
+            limits: Limits::default(),
+            expires_at: None,
+            created_at: now(),
+            revoked_at: None,
+        };
+        let record = settings.apply(blank)?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, secret_hash, models, created_at, admin, rpm, images_per_min, daily_images, \
+             monthly_images, monthly_tokens, expires_at) VALUES ($1, $2, $3, $4, $5, 0, NULL, NULL, NULL, NULL, NULL, NULL)",
+        )
+        .bind(&record.id)
+        .bind(&record.name)
+        .bind(hash(&secret))
+        .bind(Option::<String>::None)
+        .bind(record.created_at)
+        .execute(&self.db)
+        .await?;
+        self.write(&record).await?;
         Ok(NewKey { record, plaintext: format!("{PREFIX}{id}-{secret}") })
     }
 
+    /// Changes an active key; `None` when there is none with that id.
+    pub async fn update(&self, id: &str, settings: KeySettings) -> anyhow::Result<Option<KeyRecord>> {
+        let Some(current) = self.get(id).await?.filter(|k| k.revoked_at.is_none()) else { return Ok(None) };
+        let record = settings.apply(current)?;
+        self.write(&record).await?;
+        Ok(Some(record))
+    }
+
+    /// Stores every setting of `record`.
+    async fn write(&self, record: &KeyRecord) -> anyhow::Result<()> {
+        let limit = |v: Option<u64>| v.map(|v| v as i64);
+        let l = &record.limits;
+        sqlx::query(
+            "UPDATE api_keys SET name = $1, models = $2, admin = $3, rpm = $4, images_per_min = $5, daily_images = $6, \
+             monthly_images = $7, monthly_tokens = $8, expires_at = $9 WHERE id = $10",
+        )
+        .bind(&record.name)
+        .bind(record.models.as_ref().map(serde_json::to_string).transpose()?)
+        .bind(i32::from(record.admin))
+        .bind(limit(l.rpm))
+        .bind(limit(l.images_per_min))
+        .bind(limit(l.daily_images))
+        .bind(limit(l.monthly_images))
+        .bind(limit(l.monthly_tokens))
+        .bind(record.expires_at)
+        .bind(&record.id)
+        .execute(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, id: &str) -> anyhow::Result<Option<KeyRecord>> {
+        let row = sqlx::query(concat!("SELECT ", columns!(), " FROM api_keys WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.db)
+            .await?;
+        row.as_ref().map(record).transpose()
+    }
+
     pub async fn list(&self) -> anyhow::Result<Vec<KeyRecord>> {
-        let rows = sqlx::query("SELECT id, name, models, created_at, revoked_at FROM api_keys ORDER BY created_at, id")
+        let rows = sqlx::query(concat!("SELECT ", columns!(), " FROM api_keys ORDER BY created_at, id"))
             .fetch_all(&self.db)
             .await?;
         rows.iter().map(record).collect()
@@ -105,9 +239,11 @@ impl ApiKeys {
         let Some((id, secret)) = parse(presented) else {
             return Ok(None);
         };
-        let row = sqlx::query(
-            "SELECT id, name, models, created_at, revoked_at, secret_hash FROM api_keys WHERE id = $1 AND revoked_at IS NULL",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            ", secret_hash FROM api_keys WHERE id = $1 AND revoked_at IS NULL"
+        ))
         .bind(id)
         .fetch_optional(&self.db)
         .await?;
@@ -116,19 +252,32 @@ impl ApiKeys {
         if bool::from(stored.as_bytes().ct_eq(hash(secret).as_bytes())) { Ok(Some(record(&row)?)) } else { Ok(None) }
     }
 
-    pub async fn any_active(&self) -> anyhow::Result<bool> {
-        let row =
-            sqlx::query("SELECT COUNT(*) AS n FROM api_keys WHERE revoked_at IS NULL").fetch_one(&self.db).await?;
+    /// Whether any key was ever made, revoked ones included: a server that has had a key never
+    /// runs open again.
+    pub async fn any_ever(&self) -> anyhow::Result<bool> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_keys").fetch_one(&self.db).await?;
         Ok(row.try_get::<i64, _>("n")? > 0)
     }
 }
 
 fn record(row: &sqlx::any::AnyRow) -> anyhow::Result<KeyRecord> {
     let models: Option<String> = row.try_get("models")?;
+    let limit = |name: &str| -> anyhow::Result<Option<u64>> {
+        Ok(row.try_get::<Option<i64>, _>(name)?.map(|v| v.max(0) as u64))
+    };
     Ok(KeyRecord {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         models: models.map(|m| serde_json::from_str(&m)).transpose()?,
+        admin: row.try_get::<i64, _>("admin")? != 0,
+        limits: Limits {
+            rpm: limit("rpm")?,
+            images_per_min: limit("images_per_min")?,
+            daily_images: limit("daily_images")?,
+            monthly_images: limit("monthly_images")?,
+            monthly_tokens: limit("monthly_tokens")?,
+        },
+        expires_at: row.try_get("expires_at")?,
         created_at: row.try_get("created_at")?,
         revoked_at: row.try_get("revoked_at")?,
     })

@@ -6,9 +6,12 @@
 pub mod blobs;
 pub mod db;
 pub mod keys;
+pub mod limits;
 pub mod records;
+pub mod reports;
 pub mod signing;
 pub mod sweep;
+pub mod writer;
 
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {

@@ -1,5 +1,7 @@
 //! Usage and image facts. A request's usage row and its image rows are written in one
-//! transaction, so the ledger never shows images without the usage that paid for them.
+//! transaction, so the ledger never shows images without the usage that paid for them; the
+//! ledger writer ([`super::writer`]) puts several requests in one transaction
+//! ([`record_group`]), since a commit costs far more than a row.
 
 use easel_core::usage::Usage;
 use sqlx::Row;
@@ -36,54 +38,104 @@ pub struct ImageRecord {
     pub expires_at: Option<i64>,
 }
 
+/// Writes one request's usage row and image rows in one transaction.
 pub async fn record(db: &Db, usage: &UsageRecord, images: &[ImageRecord]) -> anyhow::Result<()> {
+    record_group(db, &[(usage, images)]).await
+}
+
+/// Writes several requests' rows in one transaction: all of them or none. Rows go in multi-row
+/// INSERTs (see [`STATEMENT_SIZES`]), so a group of any size costs a few statements (one round
+/// trip each on PostgreSQL) and one commit.
+pub async fn record_group(db: &Db, group: &[(&UsageRecord, &[ImageRecord])]) -> anyhow::Result<()> {
     let mut tx = db.begin().await?;
-    sqlx::query(
-        "INSERT INTO usage (id, key_id, model, backend, operation, outcome, status, image_count, size, quality, \
-         output_format, input_text_tokens, input_image_tokens, output_tokens, total_tokens, latency_ms, end_user, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-    )
-    .bind(usage.id.to_string())
-    .bind(&usage.key_id)
-    .bind(&usage.model)
-    .bind(&usage.backend)
-    .bind(&usage.operation)
-    .bind(&usage.outcome)
-    .bind(i32::from(usage.status))
-    .bind(images.len() as i32)
-    .bind(&usage.size)
-    .bind(&usage.quality)
-    .bind(&usage.output_format)
-    .bind(usage.usage.input_text_tokens as i64)
-    .bind(usage.usage.input_image_tokens as i64)
-    .bind(usage.usage.output_tokens as i64)
-    .bind(usage.usage.total_tokens() as i64)
-    .bind(usage.latency_ms)
-    .bind(&usage.end_user)
-    .bind(usage.created_at)
-    .execute(&mut *tx)
-    .await?;
-    for image in images {
-        sqlx::query(
-            "INSERT INTO images (id, usage_id, key_id, model, width, height, format, bytes, blob_key, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(image.id.to_string())
-        .bind(usage.id.to_string())
-        .bind(&usage.key_id)
-        .bind(&usage.model)
-        .bind(image.width as i32)
-        .bind(image.height as i32)
-        .bind(&image.format)
-        .bind(image.bytes as i64)
-        .bind(&image.blob_key)
-        .bind(usage.created_at)
-        .bind(image.expires_at)
-        .execute(&mut *tx)
-        .await?;
+    for chunk in chunks(group) {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_sql(USAGE_INSERT, USAGE_COLUMNS, chunk.len())));
+        for (usage, images) in chunk {
+            query = query
+                .bind(usage.id.to_string())
+                .bind(&usage.key_id)
+                .bind(&usage.model)
+                .bind(&usage.backend)
+                .bind(&usage.operation)
+                .bind(&usage.outcome)
+                .bind(i32::from(usage.status))
+                .bind(images.len() as i32)
+                .bind(&usage.size)
+                .bind(&usage.quality)
+                .bind(&usage.output_format)
+                .bind(usage.usage.input_text_tokens as i64)
+                .bind(usage.usage.input_image_tokens as i64)
+                .bind(usage.usage.output_tokens as i64)
+                .bind(usage.usage.total_tokens() as i64)
+                .bind(usage.latency_ms)
+                .bind(&usage.end_user)
+                .bind(usage.created_at);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    let images = group.iter().flat_map(|(usage, images)| images.iter().map(move |image| (*usage, image)));
+    for chunk in chunks(&images.collect::<Vec<_>>()) {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_sql(IMAGES_INSERT, IMAGES_COLUMNS, chunk.len())));
+        for (usage, image) in chunk {
+            query = query
+                .bind(image.id.to_string())
+                .bind(usage.id.to_string())
+                .bind(&usage.key_id)
+                .bind(&usage.model)
+                .bind(image.width as i32)
+                .bind(image.height as i32)
+                .bind(&image.format)
+                .bind(image.bytes as i64)
+                .bind(&image.blob_key)
+                .bind(usage.created_at)
+                .bind(image.expires_at);
+        }
+        query.execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(())
+}
+
+const USAGE_INSERT: &str = "INSERT INTO usage (id, key_id, model, backend, operation, outcome, status, image_count, \
+     size, quality, output_format, input_text_tokens, input_image_tokens, output_tokens, total_tokens, latency_ms, \
+     end_user, created_at) VALUES ";
+const USAGE_COLUMNS: usize = 18;
+const IMAGES_INSERT: &str = "INSERT INTO images (id, usage_id, key_id, model, width, height, format, bytes, \
+     blob_key, created_at, expires_at) VALUES ";
+const IMAGES_COLUMNS: usize = 11;
+
+/// The row counts of the INSERT statements: a group of `n` rows is cut into these sizes
+/// (largest first), so at most 7 statement shapes per table exist and every one stays in each
+/// connection's prepared-statement cache. 64 rows of 18 columns is far below the bind-parameter
+/// limits of SQLite (32,766) and PostgreSQL (65,535).
+const STATEMENT_SIZES: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
+
+fn chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        let size = *STATEMENT_SIZES.iter().find(|&&size| size <= rest.len())?;
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+/// `prefix` followed by `rows` tuples of `$n` placeholders.
+fn insert_sql(prefix: &str, columns: usize, rows: usize) -> String {
+    let mut sql = String::with_capacity(prefix.len() + rows * columns * 6);
+    sql.push_str(prefix);
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * columns + column + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 /// A hosted image's blob key and expiry, if it exists and was not swept.
@@ -113,4 +165,25 @@ pub async fn expired(db: &Db, now: i64, limit: i64) -> anyhow::Result<Vec<(Strin
 pub async fn mark_deleted(db: &Db, id: &str, now: i64) -> anyhow::Result<()> {
     sqlx::query("UPDATE images SET deleted_at = $1 WHERE id = $2").bind(now).bind(id).execute(db).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_are_cut_into_few_statement_shapes() {
+        let sizes = |n: usize| chunks(&vec![(); n]).map(<[()]>::len).collect::<Vec<_>>();
+        assert_eq!(sizes(0), Vec::<usize>::new());
+        assert_eq!(sizes(1), [1]);
+        assert_eq!(sizes(13), [8, 4, 1]);
+        assert_eq!(sizes(64), [64]);
+        assert_eq!(sizes(200), [64, 64, 64, 8]);
+    }
+
+    #[test]
+    fn placeholders_number_every_column_of_every_row() {
+        assert_eq!(insert_sql("INSERT INTO t (a, b) VALUES ", 2, 1), "INSERT INTO t (a, b) VALUES ($1, $2)");
+        assert_eq!(insert_sql("V ", 3, 2), "V ($1, $2, $3), ($4, $5, $6)");
+    }
 }

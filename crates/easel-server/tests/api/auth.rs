@@ -4,10 +4,12 @@ use std::process::Command;
 
 use serde_json::json;
 
+use easel_server::storage::keys::KeySettings;
+
 use crate::helpers::{assert_error, json_body, spawn_app, spawn_app_with, test_models};
 
 #[tokio::test]
-async fn keyless_loopback_servers_are_open_until_a_key_exists() {
+async fn keyless_loopback_servers_are_open_until_a_key_exists_and_never_again() {
     let app = spawn_app().await;
     let open = app
         .client
@@ -16,7 +18,7 @@ async fn keyless_loopback_servers_are_open_until_a_key_exists() {
         .json(&json!({"model": "test-image", "prompt": "p"}));
     json_body(open.send().await.unwrap(), 200).await;
 
-    let key = app.app_state.keys.create("ci", None).await.unwrap();
+    let key = app.app_state.keys.create(KeySettings::named("ci")).await.unwrap();
     let request = |token: Option<&str>| {
         let r = app.client.post(app.url("/v1/images/generations")).json(&json!({"model": "test-image", "prompt": "p"}));
         match token {
@@ -32,14 +34,15 @@ async fn keyless_loopback_servers_are_open_until_a_key_exists() {
     assert_error(app.client.get(app.url("/v1/models")).send().await.unwrap(), 401, None, "invalid_api_key").await;
 
     assert!(app.app_state.keys.revoke(&key.record.id).await.unwrap());
-    // The last key is gone: loopback serves open again.
-    json_body(request(None).send().await.unwrap(), 200).await;
+    // The last key is revoked, but a server that has had a key never falls back to open.
+    assert_error(request(None).send().await.unwrap(), 401, None, "invalid_api_key").await;
+    assert_error(request(Some(&key.plaintext)).send().await.unwrap(), 401, None, "invalid_api_key").await;
 }
 
 #[tokio::test]
 async fn keys_limited_to_models() {
     let app = spawn_app().await;
-    let key = app.app_state.keys.create("limited", Some(vec!["test-fixed".into()])).await.unwrap();
+    let key = app.app_state.keys.create(KeySettings::named("limited").models(&["test-fixed"])).await.unwrap();
     let response = app
         .client
         .post(app.url("/v1/images/generations"))

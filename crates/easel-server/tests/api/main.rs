@@ -9,6 +9,7 @@ mod errors;
 mod generations;
 mod helpers;
 mod hosted;
+mod limits;
 mod local;
 mod models;
 mod operations;

@@ -4,12 +4,14 @@ use reqwest::multipart::Form;
 use serde_json::json;
 use sqlx::Row;
 
+use easel_server::storage::keys::KeySettings;
+
 use crate::helpers::{file_part, json_body, png, spawn_app};
 
 #[tokio::test]
 async fn usage_and_images_are_recorded_with_the_response_figures() {
     let app = spawn_app().await;
-    let key = app.app_state.keys.create("billing", None).await.unwrap();
+    let key = app.app_state.keys.create(KeySettings::named("billing")).await.unwrap();
     let response = app
         .client
         .post(app.url("/v1/images/generations"))

@@ -20,7 +20,12 @@ pub fn from_value_named<T: serde::de::DeserializeOwned>(
         let path = e.path().to_string();
         let param = name(if path == "." { "" } else { &path });
         let inner = e.into_inner().to_string();
-        if inner.starts_with("Invalid value") || inner.starts_with("Invalid size") {
+        if let Some(rest) = inner.strip_prefix("unknown field `") {
+            // The path already ends at the unknown field.
+            let field = rest.split('`').next().unwrap_or_default();
+            let param = if param.is_empty() { field.to_string() } else { param };
+            CoreError::invalid(param.clone(), InvalidCode::UnknownParameter, format!("Unknown parameter: '{param}'."))
+        } else if inner.starts_with("Invalid value") || inner.starts_with("Invalid size") {
             CoreError::invalid(param, InvalidCode::InvalidValue, inner)
         } else if let Some(field) = inner.strip_prefix("missing field ") {
             let field = field.trim_matches('`');

@@ -23,6 +23,7 @@ use easel_types::request::ImageRequest;
 use easel_types::types::Operation;
 use serde_json::{Map, Value};
 
+pub use errors::from_value;
 pub use multipart::FormPart;
 
 /// What to do with parameters Easel does not know.

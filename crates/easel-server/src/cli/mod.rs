@@ -1,5 +1,11 @@
 //! The command line: `easel serve`, `easel models create-random|list|pull`,
-//! `easel keys create|list|revoke`.
+//! `easel keys create|update|list|revoke` ([`keys`]) and `easel usage` ([`usage`]).
+
+mod keys;
+mod usage;
+
+pub use keys::KeysCommand;
+pub use usage::UsageArgs;
 
 use std::path::PathBuf;
 
@@ -7,8 +13,6 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 use crate::startup::Application;
-use crate::storage::db;
-use crate::storage::keys::ApiKeys;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,10 +34,17 @@ pub enum Command {
         #[command(subcommand)]
         command: easel_diffusion::cli::ModelsCommand,
     },
-    /// Create, list and revoke API keys.
+    /// Create, update, list and revoke API keys, with their limits.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Print a usage report: requests, images and tokens by model, key or day.
+    Usage {
+        #[command(flatten)]
+        args: UsageArgs,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -50,6 +61,8 @@ pub struct ConfigArgs {
 }
 
 impl ConfigArgs {
+    /// The config, for commands that only need the database: nothing is built or checked
+    /// beyond parsing.
     pub fn load(&self) -> anyhow::Result<Config> {
         let mut config = Config::load(self.config.as_deref())?;
         if let Some(dir) = &self.data_dir {
@@ -74,22 +87,6 @@ pub struct ServeArgs {
     pub check_config: bool,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum KeysCommand {
-    /// Create a key and print it (it is shown only once).
-    Create {
-        #[arg(long)]
-        name: String,
-        /// Comma-separated model ids the key may use (default: all).
-        #[arg(long, value_delimiter = ',')]
-        models: Option<Vec<String>>,
-    },
-    /// List keys (never their secrets).
-    List,
-    /// Revoke a key by its id (or the whole key).
-    Revoke { id: String },
-}
-
 /// Runs a command. Logging starts here, once the config says its format.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if !matches!(cli.command, Command::Serve(_)) {
@@ -98,7 +95,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Models { command } => easel_diffusion::cli::run(command).await,
-        Command::Keys { command, config } => keys(command, &config.load()?).await,
+        Command::Keys { command, config } => keys::run(command, &config.load()?).await,
+        Command::Usage { args, config } => usage::run(args, &config.load()?).await,
     }
 }
 
@@ -116,35 +114,5 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     Application::build(config).await?.run_until_stopped().await?;
-    Ok(())
-}
-
-async fn keys(command: KeysCommand, config: &Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.storage.data_dir)?;
-    let keys = ApiKeys::new(db::connect(&config.database_url()).await?);
-    match command {
-        KeysCommand::Create { name, models } => {
-            let models =
-                models.map(|m| m.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
-            let key = keys.create(&name, models).await?;
-            println!("{}", key.plaintext);
-            eprintln!(
-                "Created key '{}' (id {}). Store it now: it cannot be shown again.",
-                key.record.name, key.record.id
-            );
-        }
-        KeysCommand::List => {
-            println!("{:<14} {:<20} {:<8} {:<12} MODELS", "ID", "NAME", "STATUS", "CREATED");
-            for key in keys.list().await? {
-                let status = if key.revoked_at.is_some() { "revoked" } else { "active" };
-                let models = key.models.map_or_else(|| "*".to_string(), |m| m.join(","));
-                println!("{:<14} {:<20} {:<8} {:<12} {models}", key.id, key.name, status, key.created_at);
-            }
-        }
-        KeysCommand::Revoke { id } => {
-            anyhow::ensure!(keys.revoke(&id).await?, "no active key with id '{id}'");
-            println!("revoked {id}");
-        }
-    }
     Ok(())
 }
