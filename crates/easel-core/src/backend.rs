@@ -54,6 +54,18 @@ impl SizeRule {
         }
     }
 
+    /// Any size at all: for backends that check sizes themselves (another Easel node).
+    pub fn any() -> Self {
+        Self::Range {
+            multiple_of: 1,
+            min_edge: 1,
+            max_edge: u32::MAX,
+            min_pixels: 1,
+            max_pixels: u64::MAX,
+            max_aspect: f64::INFINITY,
+        }
+    }
+
     /// gpt-image-2's rule: multiples of 16, 655,360 to 8,294,400 pixels, edges up to 3840, 3:1.
     pub fn gpt_image_2() -> Self {
         Self::Range {

@@ -7,6 +7,7 @@
 //! caller whose key is an admin key (or the open server's).
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
@@ -45,7 +46,14 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+        Caller::from_headers(&parts.headers, state).await
+    }
+}
+
+impl Caller {
+    /// The caller a request's headers name.
+    pub async fn from_headers(headers: &HeaderMap, state: &AppState) -> Result<Self, ApiError> {
+        let header = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
         let token = header.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))).map(str::trim);
         if let Some(token) = token
             && let Some(key) = state.keys.verify(token).await?
@@ -67,6 +75,16 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+impl Caller {
+    /// Whether this caller may use the admin API (and see `/readyz`'s details).
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Self::Key(key) => key.admin,
+            Self::Open => true,
+        }
+    }
+}
+
 /// A caller allowed to use the admin API.
 #[derive(Debug, Clone)]
 pub struct Admin(pub Caller);
@@ -75,9 +93,7 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        match Caller::from_request_parts(parts, state).await? {
-            Caller::Key(key) if !key.admin => Err(ApiError::AdminRequired),
-            caller => Ok(Self(caller)),
-        }
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if caller.is_admin() { Ok(Self(caller)) } else { Err(ApiError::AdminRequired) }
     }
 }

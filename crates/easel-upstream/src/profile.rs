@@ -326,7 +326,9 @@ impl Quirks {
                     Param::GuidanceScale,
                     Param::Strength,
                 ],
-                sizes: SizeRule::gpt_image_2(),
+                // The remote node knows its model's sizes and says so in a 400 naming `size`;
+                // guessing a rule here would resize requests the remote could make as asked.
+                sizes: SizeRule::any(),
                 edits: EditStyle::Json,
                 variations: true,
                 masks: true,

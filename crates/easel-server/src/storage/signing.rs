@@ -62,6 +62,12 @@ pub fn load_key(env: Option<&str>, data_dir: &std::path::Path) -> anyhow::Result
     if let Some(var) = env {
         let value = std::env::var(var)
             .map_err(|_| anyhow::anyhow!("auth.url_signing_key_env names {var}, which is not set"))?;
+        // Anyone who guesses the key can mint links to every hosted image.
+        anyhow::ensure!(
+            value.len() >= 32,
+            "{var} holds {} bytes; a URL signing key needs at least 32 (openssl rand -hex 32)",
+            value.len()
+        );
         return Ok(value.into_bytes());
     }
     let path = data_dir.join("url-signing.key");

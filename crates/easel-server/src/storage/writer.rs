@@ -66,10 +66,9 @@ impl Writer {
     pub async fn record(&self, usage: &UsageRecord, images: &[ImageRecord]) -> anyhow::Result<()> {
         let (done, committed) = oneshot::channel();
         let entry = Entry { usage: usage.clone(), images: images.to_vec(), done };
-        self.queue
-            .send(entry)
-            .await
-            .map_err(|_| anyhow::anyhow!("the ledger writer has stopped (the server is shutting down)"))?;
+        self.queue.send(entry).await.map_err(|_| {
+            anyhow::anyhow!("the ledger writer has stopped (the server is shutting down, or it failed)")
+        })?;
         committed.await.map_err(|_| anyhow::anyhow!("the ledger writer stopped before committing this request"))?
     }
 
@@ -82,6 +81,8 @@ impl Writer {
 }
 
 async fn run(db: Db, mut receiver: mpsc::Receiver<Entry>, closing: CancellationToken, stopped: CancellationToken) {
+    // Also on a panic, so `close` never waits for a task that is gone.
+    let _stopped = stopped.drop_guard();
     let mut wal = match db::engine(&db) {
         Engine::Sqlite => Some(Wal::open(db.clone()).await),
         Engine::Postgres => None,
@@ -122,7 +123,6 @@ async fn run(db: Db, mut receiver: mpsc::Receiver<Entry>, closing: CancellationT
     if let Some(wal) = &mut wal {
         wal.close().await;
     }
-    stopped.cancel();
 }
 
 /// Commits the group and answers every caller in it.

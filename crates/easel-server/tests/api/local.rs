@@ -14,7 +14,7 @@ use crate::helpers::{TestApp, assert_error, b64_bytes, file_part, images, json_b
 use crate::sdk::{Sdk, run_sdk};
 
 /// One tiny sd-turbo folder for the whole test binary.
-fn model_dir() -> PathBuf {
+pub fn model_dir() -> PathBuf {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap();

@@ -3,7 +3,9 @@
 
 mod auth;
 mod backend;
+mod cluster;
 mod conformance;
+mod deploy;
 mod edits;
 mod errors;
 mod generations;

@@ -28,13 +28,14 @@ async fn models_list_and_get() {
     .await;
 }
 
+/// A local model whose weights did not load (`local` is the kind that makes a node unready).
 #[derive(Debug)]
 struct Broken(Capabilities);
 
 #[async_trait]
 impl ImageBackend for Broken {
     fn kind(&self) -> &'static str {
-        "broken"
+        "local"
     }
     fn capabilities(&self) -> &Capabilities {
         &self.0
@@ -74,4 +75,21 @@ async fn health_and_readiness() {
     assert_eq!(ready["status"], "not_ready");
     assert!(ready["checks"]["model:broken"]["error"].as_str().unwrap().contains("truncated"));
     stop.cancel();
+}
+
+/// Once keys exist, `/readyz` tells anyone only whether the node is ready; the checks, which name
+/// models and carry error details, are for admin keys.
+#[tokio::test]
+async fn readiness_details_are_for_admin_keys() {
+    use easel_server::storage::keys::KeySettings;
+    let app = spawn_app().await;
+    let admin =
+        app.app_state.keys.create(KeySettings { admin: Some(true), ..KeySettings::named("ops") }).await.unwrap();
+    let plain = app.app_state.keys.create(KeySettings::named("app")).await.unwrap();
+    let anonymous = json_body(app.client.get(app.url("/readyz")).send().await.unwrap(), 200).await;
+    assert_eq!(anonymous, serde_json::json!({"status": "ready"}));
+    let ordinary = app.client.get(app.url("/readyz")).bearer_auth(&plain.plaintext).send().await.unwrap();
+    assert!(json_body(ordinary, 200).await.get("checks").is_none());
+    let full = app.client.get(app.url("/readyz")).bearer_auth(&admin.plaintext).send().await.unwrap();
+    assert_eq!(json_body(full, 200).await["checks"]["model:test-image"]["ok"], true);
 }

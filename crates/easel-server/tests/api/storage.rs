@@ -5,7 +5,7 @@
 
 mod limits;
 mod schema;
-mod services;
+pub mod services;
 mod writer;
 
 use bytes::Bytes;
