@@ -17,6 +17,7 @@ use easel_core::registry::Model;
 use easel_core::service::ImageService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use url::Url;
@@ -125,6 +126,8 @@ impl Application {
             .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(config.server.max_body_bytes))
             .layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe))
+            // Inside the observer: a panicking handler becomes a 500 envelope that is counted.
+            .layer(CatchPanicLayer::custom(panic_response))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(
                 TraceLayer::new_for_http()
@@ -216,6 +219,16 @@ impl Application {
         let _ = sweeper.await;
         result
     }
+}
+
+/// A handler panicked: log it and answer with the one internal-error body; the server goes on.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    ApiError::Internal(anyhow::anyhow!("a handler panicked: {detail}")).into_response()
 }
 
 /// Each request's span, named by its `x-request-id`, so every log line it causes carries it.

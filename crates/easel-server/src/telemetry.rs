@@ -19,6 +19,7 @@
 //! | `easel_local_queue_depth`, `easel_local_in_flight` | gauge | `model` |
 //! | `easel_upstream_retries_total`, `easel_upstream_fallbacks_total` | counter | `provider` / `model` |
 //! | `easel_upstream_circuit_open` | gauge | `provider`, `target` (1 while open) |
+//! | `easel_limit_rejections_total` | counter | `limit` (`requests/minute`, `images/day`, ...) |
 
 use std::sync::OnceLock;
 

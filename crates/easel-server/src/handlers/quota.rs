@@ -35,6 +35,7 @@ impl RateHeaders {
     fn note_error(&mut self, error: LimitError) -> ApiError {
         if let LimitError::Exceeded(exceeded) = &error {
             self.note([exceeded.standing]);
+            metrics::counter!("easel_limit_rejections_total", "limit" => exceeded.standing.counter.name()).increment(1);
         }
         error.into()
     }

@@ -111,20 +111,23 @@ fn node_pool_size() -> u32 {
 }
 
 fn sqlite_options(size: u32, extra_pragmas: &'static str) -> AnyPoolOptions {
-    AnyPoolOptions::new().max_connections(size).after_connect(move |conn, _| {
-        Box::pin(async move {
-            // WAL lets readers run beside the writer; with it, synchronous = NORMAL cannot
-            // corrupt the database (a power cut may lose the last commits, not the file) and
-            // saves an fsync per commit. The busy timeout queues the rare second writer (a key
-            // created while the ledger commits) instead of failing it.
-            let pragmas = format!(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; \
+    // Writers queue behind SQLite's one write lock (busy_timeout 5 s), so waits can be long.
+    AnyPoolOptions::new().max_connections(size).acquire_timeout(Duration::from_secs(10)).after_connect(
+        move |conn, _| {
+            Box::pin(async move {
+                // WAL lets readers run beside the writer; with it, synchronous = NORMAL cannot
+                // corrupt the database (a power cut may lose the last commits, not the file) and
+                // saves an fsync per commit. The busy timeout queues the rare second writer (a key
+                // created while the ledger commits) instead of failing it.
+                let pragmas = format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; \
                  PRAGMA foreign_keys = ON; {extra_pragmas}"
-            );
-            conn.execute(sqlx::AssertSqlSafe(pragmas)).await?;
-            Ok(())
-        })
-    })
+                );
+                conn.execute(sqlx::AssertSqlSafe(pragmas)).await?;
+                Ok(())
+            })
+        },
+    )
 }
 
 fn postgres_options(size: u32) -> AnyPoolOptions {
@@ -133,14 +136,13 @@ fn postgres_options(size: u32) -> AnyPoolOptions {
         .min_connections(0)
         .idle_timeout(Duration::from_secs(300))
         .max_lifetime(Duration::from_secs(1800))
+        // A database that cannot be reached answers 503 `database_unavailable` in seconds, not
+        // after a long wait; the pool keeps trying for later requests.
+        .acquire_timeout(Duration::from_secs(3))
 }
 
 async fn open(options: AnyPoolOptions, url: &str) -> anyhow::Result<Db> {
-    options
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open the database at {}: {e}", redact(url)))
+    options.connect(url).await.map_err(|e| anyhow::anyhow!("cannot open the database at {}: {e}", redact(url)))
 }
 
 /// The engine a pool talks to.

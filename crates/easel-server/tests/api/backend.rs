@@ -23,6 +23,8 @@ pub struct TestBackend {
     pub fail_with: Mutex<Option<BackendError>>,
     pub calls: AtomicUsize,
     pub last_call: Mutex<Option<BackendCall>>,
+    /// `readiness()` panics (a bug in a handler's path, for the catch-panic test).
+    pub panic_on_readiness: std::sync::atomic::AtomicBool,
 }
 
 pub fn capabilities() -> Capabilities {
@@ -61,6 +63,7 @@ impl TestBackend {
             fail_with: Mutex::new(None),
             calls: AtomicUsize::new(0),
             last_call: Mutex::new(None),
+            panic_on_readiness: Default::default(),
         }
     }
 }
@@ -78,6 +81,11 @@ pub fn colour(prompt: &str, seed: Option<u64>, index: u32) -> Rgb<u8> {
 impl ImageBackend for TestBackend {
     fn kind(&self) -> &'static str {
         "test"
+    }
+
+    async fn readiness(&self) -> Result<(), String> {
+        assert!(!self.panic_on_readiness.load(Ordering::SeqCst), "the test backend was told to panic");
+        Ok(())
     }
 
     fn capabilities(&self) -> &Capabilities {

@@ -51,6 +51,8 @@ async fn requests_per_minute_answer_429_with_openais_headers() {
     assert_eq!(header(third.headers(), "x-ratelimit-remaining-requests"), "0");
     let message = assert_error(third, 429, None, "rate_limit_exceeded").await;
     assert!(message.contains("2 requests/minute") && message.contains("resets in"), "{message}");
+    let metrics = app.client.get(app.url("/metrics")).bearer_auth(&key).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("easel_limit_rejections_total{limit=\"requests/minute\"}"), "{metrics}");
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ mod conformance;
 mod deploy;
 mod edits;
 mod errors;
+mod faults;
 mod generations;
 mod helpers;
 mod hosted;

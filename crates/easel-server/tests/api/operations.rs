@@ -142,3 +142,19 @@ async fn sigterm_exits_zero_and_json_logs_name_the_request() {
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
 }
+
+/// A handler that panics answers with the internal-error envelope, and the server goes on.
+#[tokio::test]
+async fn a_panicking_handler_is_a_500_envelope_and_the_server_goes_on() {
+    let app = spawn_app().await;
+    app.backend("test-image").panic_on_readiness.store(true, std::sync::atomic::Ordering::SeqCst);
+    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(response.headers()["x-should-retry"], "false");
+    let body = json_body(response, 500).await;
+    assert_eq!(
+        (body["error"]["type"].as_str(), &body["error"]["code"]),
+        (Some("server_error"), &serde_json::Value::Null)
+    );
+    app.backend("test-image").panic_on_readiness.store(false, std::sync::atomic::Ordering::SeqCst);
+    json_body(app.generate(json!({"model": "test-image", "prompt": "p"})).await, 200).await;
+}
