@@ -93,7 +93,16 @@ impl Application {
         let address = listener.local_addr()?;
         let public_url = match &config.server.public_url {
             Some(url) => url.clone(),
-            None => Url::parse(&format!("http://{address}"))?,
+            None => {
+                if address.ip().is_unspecified() {
+                    tracing::warn!(
+                        %address,
+                        "server.public_url is not set on a wildcard bind: hosted image URLs (response_format=url) \
+                         would name {address}, which clients cannot reach; set server.public_url"
+                    );
+                }
+                Url::parse(&format!("http://{address}"))?
+            }
         };
         let state = AppState::new(Shared {
             service,

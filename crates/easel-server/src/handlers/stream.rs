@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use easel_core::job::{EncodedPartial, ImageJob, JobContext};
 use easel_wire::events::{CompletedEvent, EventImage, PartialImageEvent, completed_type, partial_type};
-use easel_wire::response::UsageBody;
+use easel_wire::response::{InputTokensDetails, UsageBody};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -92,12 +92,13 @@ async fn run(
     match result {
         Ok(response) => {
             let kind = completed_type(job.operation);
-            let usage = response.usage.map(|u| UsageBody { output_tokens_details: None, ..u });
-            for image in response.data {
+            let total = response.usage.unwrap_or_else(|| UsageBody::from_usage(&Default::default(), false));
+            let shares = split_usage(total, response.data.len());
+            for (image, usage) in response.data.into_iter().zip(shares) {
                 let body = CompletedEvent {
                     kind: kind.clone(),
                     image: event_image(&job, image.b64_json.unwrap_or_default()),
-                    usage: usage.unwrap_or_else(|| UsageBody::from_usage(&Default::default(), false)),
+                    usage,
                     url: image.url,
                     revised_prompt: image.revised_prompt,
                 };
@@ -110,6 +111,28 @@ async fn run(
         }
         Err(error) => send_error(&events, &error).await,
     }
+}
+
+/// The job's usage shared over its `n` completed events so that a client adding them up gets the
+/// job's usage exactly once: an even share each, the remainders on the last.
+fn split_usage(total: UsageBody, n: usize) -> Vec<UsageBody> {
+    let n = n.max(1) as u64;
+    let share = |v: u64, last: bool| if last { v / n + v % n } else { v / n };
+    (0..n)
+        .map(|i| {
+            let last = i + 1 == n;
+            let text = share(total.input_tokens_details.text_tokens, last);
+            let image = share(total.input_tokens_details.image_tokens, last);
+            let output = share(total.output_tokens, last);
+            UsageBody {
+                total_tokens: text + image + output,
+                input_tokens: text + image,
+                output_tokens: output,
+                input_tokens_details: InputTokensDetails { text_tokens: text, image_tokens: image },
+                output_tokens_details: None,
+            }
+        })
+        .collect()
 }
 
 /// The fields every event of this job carries, around one image.

@@ -75,12 +75,16 @@ pub fn load_key(env: Option<&str>, data_dir: &std::path::Path) -> anyhow::Result
         Ok(hex_key) => Ok(hex::decode(hex_key.trim())?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key: [u8; 32] = rand::random();
-            std::fs::write(&path, hex::encode(key))?;
+            // Created owner-only: there is no moment at which another user could read it.
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
             #[cfg(unix)]
             {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
             }
+            let mut file = options.open(&path).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+            std::io::Write::write_all(&mut file, hex::encode(key).as_bytes())?;
             Ok(key.to_vec())
         }
         Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
@@ -100,5 +104,26 @@ mod tests {
         assert_eq!(signer.verify("b.png", 100, &sig, 50), Verdict::BadSignature);
         assert_eq!(signer.verify("a.png", 200, &sig, 50), Verdict::BadSignature);
         assert_eq!(signer.verify("a.png", 100, "zz", 50), Verdict::BadSignature);
+    }
+
+    #[test]
+    fn a_generated_key_is_owner_only_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = load_key(None, dir.path()).unwrap();
+        assert_eq!(key.len(), 32);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("url-signing.key")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(load_key(None, dir.path()).unwrap(), key, "the same key after a restart");
+    }
+
+    #[test]
+    fn a_short_key_from_the_environment_is_refused() {
+        // Cargo sets CARGO_PKG_NAME ("easel-server", 12 bytes) for every test process.
+        let err = load_key(Some("CARGO_PKG_NAME"), std::path::Path::new("/nonexistent")).unwrap_err();
+        assert!(err.to_string().contains("at least 32"), "{err}");
     }
 }

@@ -82,6 +82,13 @@ async fn edit_stream_uses_edit_event_types_and_n_completions() {
     let (events, _) = sse(app.post_form("/v1/images/edits", form).await).await;
     let kinds: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(kinds, ["image_edit.partial_image", "image_edit.completed", "image_edit.completed"]);
+    // Each completed event carries its share of the job's usage: summed, they are the job's,
+    // as recorded in the ledger, counted once.
+    let sum = |field: &str| -> u64 { events[1..].iter().map(|(_, data)| data["usage"][field].as_u64().unwrap()).sum() };
+    let row = sqlx::query("SELECT total_tokens, output_tokens FROM usage").fetch_one(&app.app_state.db).await.unwrap();
+    use sqlx::Row;
+    assert_eq!(sum("total_tokens"), row.get::<i64, _>("total_tokens") as u64);
+    assert_eq!(sum("output_tokens"), row.get::<i64, _>("output_tokens") as u64);
 }
 
 #[tokio::test]
