@@ -91,7 +91,12 @@ ticks_of() {
     done
     echo "$total"
 }
-pg_pids() { pgrep -u postgres -x postgres || true; }
+# This cluster's processes only (the postmaster and its children), not any other cluster's.
+pg_pids() {
+    local postmaster
+    postmaster="$(head -n 1 "$work/pg/data/postmaster.pid" 2>/dev/null)" || return 0
+    echo "$postmaster"; pgrep -P "$postmaster" || true
+}
 metric() { curl -fsS "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2}' | head -n 1; }
 
 echo "nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); load $(cut -d' ' -f1-3 /proc/loadavg)"

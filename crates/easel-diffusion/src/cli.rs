@@ -109,7 +109,7 @@ fn list(dir: &Path) -> Result<()> {
             continue;
         };
         let class = index.get("_class_name").and_then(|v| v.as_str()).unwrap_or("?").to_string();
-        let info = crate::model::read_json(&p.join("random_model_info.json")).ok();
+        let info = crate::model::read_json(&p.join(crate::random::INFO_FILE)).ok();
         let what = match &info {
             Some(i) => format!(
                 "RANDOM {} ({})",

@@ -52,5 +52,12 @@ pub fn check(id: &str, options: &serde_json::Value) -> anyhow::Result<()> {
 pub fn build(id: &str, options: &serde_json::Value) -> anyhow::Result<SharedBackend> {
     let cfg = LocalConfig::from_options(options).with_context(|| format!("model '{id}': invalid local options"))?;
     let resolved = cfg.resolve().with_context(|| format!("model '{id}'"))?;
+    if resolved.path.join(random::INFO_FILE).is_file() {
+        tracing::warn!(
+            model = id,
+            path = %resolved.path.display(),
+            "THIS MODEL HAS RANDOM WEIGHTS (made by `easel models create-random`): it makes noise, not images"
+        );
+    }
     Ok(Arc::new(LocalBackend::start(id, resolved)?))
 }

@@ -23,6 +23,9 @@ use crate::family::Family;
 use crate::unet::{UNet, UNetConfig};
 use crate::vae::{Vae, VaeConfig};
 
+/// The file that marks a folder's weights as random; the server warns when it serves one.
+pub const INFO_FILE: &str = "random_model_info.json";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scale {
     /// A few hundred thousand parameters per component: for tests (images of 64 px).
@@ -422,6 +425,6 @@ pub fn create(family: Family, scale: Scale, out: &Path, seed: u64, merges_file: 
         "parameters": params.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "bpe_merges": merges,
     });
-    write_json(&out.join("random_model_info.json"), &info)?;
+    write_json(&out.join(INFO_FILE), &info)?;
     Ok(Created { params, merges })
 }

