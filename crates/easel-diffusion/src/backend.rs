@@ -4,7 +4,8 @@
 //! extension ranges of [`crate::config::EXTENSION_RANGES`], pixels in), which the core checks
 //! every request against before calling; it turns a [`BackendCall`] into a [`Generate`] on the
 //! worker thread (the source image and mask arrive decoded, at the call size) and waits for the
-//! worker's answer or the client's cancellation.
+//! worker's answer or the client's cancellation. Its readiness is the worker's: loading, a load
+//! failure, a stopped thread, or too many panicking jobs in a row (see [`crate::worker`]).
 
 use std::sync::Arc;
 
@@ -128,7 +129,13 @@ impl ImageBackend for LocalBackend {
 
     async fn readiness(&self) -> Result<(), String> {
         match self.worker.state() {
-            LoadState::Ready => Ok(()),
+            LoadState::Ready if !self.worker.alive() => {
+                Err(format!("model '{}': its worker thread has stopped", self.id))
+            }
+            LoadState::Ready => match self.worker.health.problem() {
+                Some(problem) => Err(format!("model '{}' is failing: {problem}", self.id)),
+                None => Ok(()),
+            },
             LoadState::Loading => Err(format!("model '{}' is still loading", self.id)),
             LoadState::Failed(e) => Err(format!("model '{}' failed to load: {e}", self.id)),
         }

@@ -6,8 +6,22 @@
 //! channel. Admission is `try_send`: a full queue is refused at once (503 with Retry-After, from
 //! the measured time per job), never left to pile up. The loop checks the job's cancellation
 //! token (and whether its caller is still waiting) between steps.
+//!
+//! A panic inside a job (a bug in model code, a shape candle refuses with a panic, an
+//! out-of-memory abort that unwinds) is caught around that job alone: the job answers
+//! [`BackendError::Internal`] (a 500 with the generic message) and the thread goes on with the
+//! next one. Keeping the thread rather than restarting it is safe because a job cannot leave the
+//! model half-changed: [`Model`] holds immutable weights and tokenizers, `pipeline::run` only
+//! borrows it, and everything a job mutates (scheduler, latents, noise, the partial-image
+//! sender) lives in the job's own frames and is dropped as the panic unwinds. Restarting would
+//! reload the weights (seconds to minutes) and drop the queue for nothing. What a restart would
+//! not fix either, a broken device, shows as panics in a row: [`Health`] counts them, and after
+//! [`UNREADY_AFTER_PANICS`] consecutive panics `readiness()` fails so `/readyz` takes the node
+//! out of rotation; any job that ends without a panic clears the streak. A panic while loading
+//! is a load failure, and a worker thread that is gone for any other reason is reported as such.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +51,48 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<Vec<DynamicImage>, BackendError>>,
 }
 
+/// Consecutive panicking jobs after which the worker reports itself not ready.
+pub const UNREADY_AFTER_PANICS: u32 = 3;
+
+/// Panics caught in jobs, for readiness and metrics (`easel_local_panics_total`).
+#[derive(Debug, Default)]
+pub struct Health {
+    total: AtomicU64,
+    streak: AtomicU32,
+    last: Mutex<Option<String>>,
+}
+
+impl Health {
+    /// Panics caught since the worker started.
+    pub fn panics(&self) -> u64 {
+        self.total.load(Ordering::SeqCst)
+    }
+
+    /// Jobs in a row that panicked, up to the last one.
+    pub fn streak(&self) -> u32 {
+        self.streak.load(Ordering::SeqCst)
+    }
+
+    /// Why the worker should not be trusted with traffic, if it should not.
+    pub fn problem(&self) -> Option<String> {
+        let streak = self.streak();
+        (streak >= UNREADY_AFTER_PANICS).then(|| {
+            let last = self.last.lock().expect("health lock").clone().unwrap_or_default();
+            format!("its last {streak} jobs panicked (the last: {last})")
+        })
+    }
+
+    fn panicked(&self, message: &str) -> u32 {
+        self.total.fetch_add(1, Ordering::SeqCst);
+        *self.last.lock().expect("health lock") = Some(message.to_string());
+        self.streak.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    fn finished(&self) {
+        self.streak.store(0, Ordering::SeqCst);
+    }
+}
+
 pub struct Worker {
     /// The model id, for the metrics' `model` label.
     pub id: String,
@@ -44,6 +100,7 @@ pub struct Worker {
     pub queue: mpsc::Sender<Job>,
     /// Milliseconds the last job took, for Retry-After.
     pub last_job_ms: Arc<AtomicU64>,
+    pub health: Arc<Health>,
 }
 
 impl Worker {
@@ -51,15 +108,21 @@ impl Worker {
         let state = Arc::new(Mutex::new(LoadState::Loading));
         let (tx, rx) = mpsc::channel(cfg.queue_size);
         let last_job_ms = Arc::new(AtomicU64::new(0));
-        let (st, ms) = (Arc::clone(&state), Arc::clone(&last_job_ms));
+        let health = Arc::new(Health::default());
+        let (st, ms, h) = (Arc::clone(&state), Arc::clone(&last_job_ms), Arc::clone(&health));
         let name = format!("easel-local-{id}");
         let model = id.to_string();
-        std::thread::Builder::new().name(name).spawn(move || run(&model, cfg, st, rx, ms))?;
-        Ok(Self { id: id.to_string(), state, queue: tx, last_job_ms })
+        std::thread::Builder::new().name(name).spawn(move || run(&model, cfg, st, rx, ms, &h))?;
+        Ok(Self { id: id.to_string(), state, queue: tx, last_job_ms, health })
     }
 
     pub fn state(&self) -> LoadState {
         self.state.lock().expect("state lock").clone()
+    }
+
+    /// Whether the thread still takes jobs: it ends only if something outside a job panicked.
+    pub fn alive(&self) -> bool {
+        !self.queue.is_closed()
     }
 
     /// Queues a job or refuses it at once.
@@ -93,10 +156,13 @@ fn run(
     state: Arc<Mutex<LoadState>>,
     mut rx: mpsc::Receiver<Job>,
     last_job_ms: Arc<AtomicU64>,
+    health: &Health,
 ) {
     let queued = metrics::gauge!("easel_local_queue_depth", "model" => id.to_string());
     let in_flight = metrics::gauge!("easel_local_in_flight", "model" => id.to_string());
-    let loaded = load(&cfg);
+    let panics = metrics::counter!("easel_local_panics_total", "model" => id.to_string());
+    let loaded = catch_unwind(AssertUnwindSafe(|| load(&cfg)))
+        .unwrap_or_else(|payload| Err(anyhow::anyhow!("loading panicked: {}", panic_message(payload.as_ref()))));
     let model = match loaded {
         Ok(m) => {
             tracing::info!(family = cfg.family.name(), path = %cfg.path.display(), "local model loaded");
@@ -121,7 +187,23 @@ fn run(
         let started = Instant::now();
         let Job { generate, cancel, partials, reply } = job;
         let cancelled = || cancel.is_cancelled() || reply.is_closed();
-        let result = serve(&model, &cfg, weights, generate, &cancelled, partials.as_ref());
+        // Only this job's frames unwind; the model is borrowed immutably (see the module docs).
+        let served = catch_unwind(AssertUnwindSafe(|| {
+            serve(id, &model, &cfg, weights, generate, &cancelled, partials.as_ref())
+        }));
+        let result = match served {
+            Ok(result) => {
+                health.finished();
+                result
+            }
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                let streak = health.panicked(&message);
+                panics.increment(1);
+                tracing::error!(model = id, panic = %message, streak, "a local job panicked; the worker goes on with the next job");
+                Err(BackendError::Internal(anyhow::anyhow!("the local diffusion job panicked: {message}")))
+            }
+        };
         last_job_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         in_flight.set(0.0);
         let _ = reply.send(result);
@@ -144,7 +226,17 @@ fn load(cfg: &Resolved) -> anyhow::Result<Model> {
     Model::load(&cfg.path, cfg.family, &device, cfg.dtype)
 }
 
+/// The text of a panic's payload (`panic!` with a message gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(text), _) => (*text).to_string(),
+        (_, Some(text)) => text.clone(),
+        _ => "a panic without a message".to_string(),
+    }
+}
+
 fn serve(
+    id: &str,
     model: &Model,
     cfg: &Resolved,
     weights: u64,
@@ -155,6 +247,7 @@ fn serve(
     if cancelled() {
         return Err(BackendError::Cancelled);
     }
+    fault::maybe_panic(id);
     let all_seeds = std::mem::take(&mut g.seeds);
     let size = easel_core::types::ImageSize::new(g.width as u32, g.height as u32);
     let batch = cfg.batch_for(size, g.guidance_scale > 1.0, weights) as usize;
@@ -180,4 +273,44 @@ fn serve(
         g.partials = 0;
     }
     Ok(images)
+}
+
+/// Fault injection, for tests of panic handling from outside this crate (integration tests
+/// cannot see `cfg(test)` items, and nothing a request carries should be able to make a job
+/// panic on purpose). Armed per model id by Rust code in the same process only; unarmed it costs
+/// one relaxed atomic load per job.
+#[doc(hidden)]
+pub mod fault {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static ARMED: AtomicBool = AtomicBool::new(false);
+    static PANICS: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
+
+    /// Makes the next `jobs` jobs of model `id` panic inside the job, where a bug would.
+    pub fn panic_next_jobs(id: &str, jobs: u32) {
+        let mut armed = PANICS.lock().expect("fault lock");
+        armed.retain(|(model, _)| model != id);
+        armed.push((id.to_string(), jobs));
+        ARMED.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn maybe_panic(id: &str) {
+        if !ARMED.load(Ordering::Relaxed) {
+            return;
+        }
+        let fire = {
+            let mut armed = PANICS.lock().expect("fault lock");
+            match armed.iter_mut().find(|(model, left)| model == id && *left > 0) {
+                Some((_, left)) => {
+                    *left -= 1;
+                    true
+                }
+                None => false,
+            }
+        };
+        if fire {
+            panic!("injected fault in model '{id}'");
+        }
+    }
 }

@@ -347,3 +347,34 @@ async fn the_models_cli_creates_lists_and_explains_pull() {
         assert!(format!("{err}").contains("`hub` feature"), "{err}");
     }
 }
+
+#[tokio::test]
+async fn a_panicking_job_answers_500_and_the_worker_serves_the_next() {
+    // Its own model id, so the fault armed here touches no other test's worker.
+    let id = "panicky";
+    let mut options =
+        json!({"family": "sd-turbo", "path": model_dir("sd-turbo"), "min_edge": 32, "default_size": "64x64"});
+    options["steps"] = json!(1);
+    let b = build(id, &options).unwrap();
+    while let Err(e) = b.readiness().await {
+        assert!(e.contains("loading"), "{e}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    easel_diffusion::worker::fault::panic_next_jobs(id, 1);
+    let err = run(&b, call("boom", 1, 1)).await.unwrap_err();
+    assert!(matches!(err, BackendError::Internal(_)), "{err:?}");
+    assert!(format!("{err:#}").contains("panicked"), "{err:#}");
+    // The same worker serves the next job, and one panic does not make it unready.
+    assert_eq!(pixels(&run(&b, call("after", 1, 1)).await.unwrap()).len(), 1);
+    b.readiness().await.unwrap();
+
+    // Panics in a row take it out of rotation; a job that completes puts it back.
+    easel_diffusion::worker::fault::panic_next_jobs(id, 3);
+    for i in 0..3 {
+        assert!(matches!(run(&b, call("boom", i, 1)).await, Err(BackendError::Internal(_))));
+    }
+    let reason = b.readiness().await.unwrap_err();
+    assert!(reason.contains("panicked") && reason.contains("3"), "{reason}");
+    assert_eq!(pixels(&run(&b, call("recovered", 1, 1)).await.unwrap()).len(), 1);
+    b.readiness().await.unwrap();
+}

@@ -205,6 +205,12 @@ pub struct ImagesConfig {
     pub max_input_pixels: u64,
     /// The most input images an edit may carry, whatever the model (OpenAI: 16).
     pub max_input_images: usize,
+    /// The most bytes one input image may take once decoded (checked on its header, before
+    /// any pixel buffer exists).
+    pub max_decoded_bytes: u64,
+    /// Image decodes (and the pixel work after them) running at once across all requests;
+    /// 0 = twice the CPU cores.
+    pub max_concurrent_decodes: usize,
 }
 
 impl Default for ImagesConfig {
@@ -217,6 +223,8 @@ impl Default for ImagesConfig {
             webp_method: encode.webp_method,
             max_input_pixels: limits::MAX_INPUT_PIXELS,
             max_input_images: limits::MAX_INPUT_IMAGES,
+            max_decoded_bytes: ServiceSettings::default().max_decoded_bytes,
+            max_concurrent_decodes: 0,
         }
     }
 }
@@ -258,6 +266,7 @@ impl Config {
         anyhow::ensure!(images.fan_out >= 1, "images.fan_out must be at least 1");
         anyhow::ensure!(images.max_input_images >= 1, "images.max_input_images must be at least 1");
         anyhow::ensure!(images.max_input_pixels >= 1, "images.max_input_pixels must be at least 1");
+        anyhow::ensure!(images.max_decoded_bytes >= 1, "images.max_decoded_bytes must be at least 1");
         anyhow::ensure!(self.storage.url_ttl_secs >= 1, "storage.url_ttl_secs must be at least 1");
         Engine::of(&self.database_url())?;
         Spec::parse(&self.blobs())?;
@@ -279,6 +288,11 @@ impl Config {
             default_response_format: self.server.default_response_format,
             max_input_images: images.max_input_images,
             max_input_pixels: images.max_input_pixels,
+            max_decoded_bytes: images.max_decoded_bytes,
+            max_concurrent_decodes: match images.max_concurrent_decodes {
+                0 => ServiceSettings::default_concurrent_decodes(),
+                n => n,
+            },
             fan_out: images.fan_out,
             encode: EncodeSettings {
                 jpeg_quality: images.jpeg_quality,

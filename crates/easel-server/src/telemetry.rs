@@ -20,6 +20,8 @@
 //! | `easel_upstream_retries_total`, `easel_upstream_fallbacks_total` | counter | `provider` / `model` |
 //! | `easel_upstream_circuit_open` | gauge | `provider`, `target` (1 while open) |
 //! | `easel_limit_rejections_total` | counter | `limit` (`requests/minute`, `images/day`, ...) |
+//! | `easel_local_panics_total` | counter | `model` (a job that panicked; the worker goes on) |
+//! | `easel_ledger_commits_total`, `easel_ledger_records_total` | counter | — (their ratio is the group size) |
 
 use std::sync::OnceLock;
 

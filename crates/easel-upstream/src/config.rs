@@ -46,8 +46,10 @@ pub struct ProviderConfig {
     /// The environment variable holding the API key; none means no `Authorization` header.
     #[serde(default)]
     pub api_key_env: Option<String>,
-    /// Hosts result images may be downloaded from (`host`, `*.host`, `prefix-*.host`, `:port`,
-    /// `http://` to allow plain HTTP). DashScope's default: `dashscope-result*.aliyuncs.com`.
+    /// Hosts result images may be downloaded from (`host`, `*.host`, `prefix-*.host`, each `*`
+    /// within one DNS label; an IP address to reach that address even if it is not public;
+    /// `:port`; `http://` to allow plain HTTP). Names must resolve to public addresses.
+    /// DashScope's default: `dashscope-result*.oss-*.aliyuncs.com`.
     #[serde(default)]
     pub allow_hosts: Option<Vec<String>>,
     /// Kind `openai`: a named quirk profile, or an inline table of quirks (optionally `base`).
@@ -77,6 +79,10 @@ pub struct ProviderConfig {
     /// The largest result image downloaded, bytes.
     #[serde(default)]
     pub max_image_bytes: Option<usize>,
+    /// The largest response body read from the provider (JSON, base64 images and event streams
+    /// included), bytes; larger answers fail as an upstream error. Default 64 MiB.
+    #[serde(default)]
+    pub max_response_bytes: Option<usize>,
     /// DashScope tasks: first poll delay and the cap it grows to.
     #[serde(default)]
     pub poll_interval_secs: Option<f64>,

@@ -5,11 +5,17 @@
 //! truncated bodies), move to the next target (bad credentials, unknown model, a host that is not
 //! allowed), or stop (the request itself was refused: invalid input, content policy). Keeping
 //! that decision next to the status codes means the router never inspects errors itself.
+//!
+//! Bodies are read as they stream with a running total against the provider's
+//! `max_response_bytes` ([`DEFAULT_MAX_RESPONSE_BYTES`] unless set): a provider is a remote party
+//! like any other, and one that answers with an endless body must cost a clear upstream error,
+//! not the host's memory.
 
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use easel_core::BackendError;
+use futures::StreamExt;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
@@ -160,32 +166,88 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Sends a request and reads the whole body, whatever the status; only network failures (a
-/// truncated body included) are failures here.
-pub async fn send_raw(provider: &str, request: reqwest::RequestBuilder) -> Result<(u16, HeaderMap, Bytes), Failure> {
+/// The most bytes read from one provider response when the provider sets no
+/// `max_response_bytes` (and for the prompt enhancer): room for ten large base64 PNGs, far below
+/// what would hurt the host. Bodies are read whole before they are parsed, so without a cap a
+/// broken or hostile provider could make this server buffer without end.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The failure for a body over `limit`: not retried on this target (it would answer the same),
+/// the next target may do better.
+pub fn too_large(provider: &str, status: Option<u16>, limit: usize) -> Failure {
+    Failure::new(
+        BackendError::Upstream {
+            status,
+            message: format!(
+                "The upstream provider '{provider}' sent a response larger than {limit} bytes, the most this server reads from it (max_response_bytes)."
+            ),
+        },
+        Next::Fallback,
+    )
+}
+
+/// Reads a response body as it streams, failing as soon as the running total passes `limit`
+/// (at once when `Content-Length` already says so), so an oversized answer is never buffered.
+pub async fn read_body(provider: &str, response: reqwest::Response, limit: usize) -> Result<Bytes, Failure> {
+    let status = response.status().as_u16();
+    if response.content_length().is_some_and(|len| len > limit as u64) {
+        return Err(too_large(provider, Some(status), limit));
+    }
+    let mut body = BytesMut::with_capacity(response.content_length().map_or(0, |len| len as usize));
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            let mut f = request_failure(provider, &e);
+            if f.next == Next::Retry {
+                f.error = BackendError::Upstream {
+                    status: Some(status),
+                    message: format!(
+                        "The upstream provider '{provider}' sent a truncated response: {}",
+                        error_chain(&e)
+                    ),
+                };
+            }
+            f
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large(provider, Some(status), limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Sends a request and reads the whole body (at most `limit` bytes), whatever the status; only
+/// network failures (a truncated body included) and oversized bodies are failures here.
+pub async fn send_raw(
+    provider: &str,
+    request: reqwest::RequestBuilder,
+    limit: usize,
+) -> Result<(u16, HeaderMap, Bytes), Failure> {
     let response = request.send().await.map_err(|e| request_failure(provider, &e))?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let body = response.bytes().await.map_err(|e| {
-        let mut f = request_failure(provider, &e);
-        if f.next == Next::Retry {
-            f.error = BackendError::Upstream {
-                status: Some(status),
-                message: format!("The upstream provider '{provider}' sent a truncated response: {}", error_chain(&e)),
-            };
-        }
-        f
-    })?;
+    let body = read_body(provider, response, limit).await?;
     Ok((status, headers, body))
 }
 
-/// Sends a request and reads the whole body; non-success statuses become failures.
-pub async fn send(provider: &str, request: reqwest::RequestBuilder) -> Result<(HeaderMap, Bytes), Failure> {
-    let (status, headers, body) = send_raw(provider, request).await?;
+/// Sends a request and reads the whole body (at most `limit` bytes); non-success statuses become
+/// failures.
+pub async fn send_limited(
+    provider: &str,
+    request: reqwest::RequestBuilder,
+    limit: usize,
+) -> Result<(HeaderMap, Bytes), Failure> {
+    let (status, headers, body) = send_raw(provider, request, limit).await?;
     if !(200..300).contains(&status) {
         return Err(status_failure(provider, status, &headers, &body));
     }
     Ok((headers, body))
+}
+
+/// [`send_limited`] with [`DEFAULT_MAX_RESPONSE_BYTES`], for callers without a provider table.
+pub async fn send(provider: &str, request: reqwest::RequestBuilder) -> Result<(HeaderMap, Bytes), Failure> {
+    send_limited(provider, request, DEFAULT_MAX_RESPONSE_BYTES).await
 }
 
 /// Parses a JSON body; a body that does not parse (a truncated one included) is retried.

@@ -4,8 +4,10 @@
 //! Results are returned to the core as encoded bytes in the format they sniff as, never decoded
 //! here: when the provider already made what the client asked for, the core passes them through.
 //! Links are downloaded with the provider's [`ImageFetcher`] (its `allow_hosts`, https unless
-//! allowed otherwise, no redirects off the list, a size cap, a magic-byte check), because
-//! DashScope's links expire and clients must not be handed a provider's URL.
+//! allowed otherwise, public addresses only unless an entry names the address, every redirect hop
+//! checked, a size cap, a magic-byte check), because DashScope's links expire and clients must not
+//! be handed a provider's URL. A provider's answer is as untrusted as a client's URL: a
+//! compromised or confused provider must not make this server fetch from its own network.
 
 use base64_simd::STANDARD;
 use bytes::Bytes;
@@ -67,12 +69,12 @@ pub async fn from_url(provider: &str, fetcher: &ImageFetcher, link: &str) -> Res
     })?;
     let bytes = fetcher.fetch(&url).await.map_err(|e| {
         let next = match e {
-            FetchError::Network(_) => Next::Retry,
+            FetchError::Unavailable { transient: true } => Next::Retry,
             _ => Next::Fallback,
         };
         let message = match e {
             FetchError::NotAllowed => format!(
-                "The upstream provider '{provider}' returned an image on host '{}', which is not in its allow_hosts.",
+                "The upstream provider '{provider}' returned an image on host '{}', which its allow_hosts do not allow (or which does not resolve to a public address).",
                 url.host_str().unwrap_or("?")
             ),
             other => format!("Could not download the image the upstream provider '{provider}' made: {other}."),

@@ -23,6 +23,8 @@ pub struct Provider {
     key: Option<Secret>,
     pub client: reqwest::Client,
     pub fetcher: ImageFetcher,
+    /// The most bytes read from one response (`max_response_bytes`).
+    pub max_response_bytes: usize,
     pub policy: RetryPolicy,
     pub circuit_failures: u32,
     pub circuit_cooldown: Duration,
@@ -68,8 +70,9 @@ impl Provider {
             .with_context(|| format!("{owner}: building the HTTP client"))?;
         let mut allow = Vec::new();
         let hosts = c.allow_hosts.unwrap_or_else(|| match c.kind {
-            // DashScope's result links: dashscope-result-<region>.oss-<region>.aliyuncs.com.
-            ProviderKind::Dashscope => vec!["dashscope-result*.aliyuncs.com".to_string()],
+            // DashScope's result links: dashscope-result-<region>.oss-<region>.aliyuncs.com
+            // (a `*` stands for part of one label only).
+            ProviderKind::Dashscope => vec!["dashscope-result*.oss-*.aliyuncs.com".to_string()],
             ProviderKind::Openai | ProviderKind::Easel => Vec::new(),
         });
         let downloads = !hosts.is_empty();
@@ -77,6 +80,10 @@ impl Provider {
             allow.push(HostPattern::parse(entry).map_err(|e| anyhow::anyhow!("{owner}: allow_hosts: {e}"))?);
         }
         let max_bytes = c.max_image_bytes.unwrap_or(32 * 1024 * 1024);
+        let max_response_bytes = c.max_response_bytes.unwrap_or(crate::http::DEFAULT_MAX_RESPONSE_BYTES);
+        if max_response_bytes == 0 {
+            bail!("{owner}: 'max_response_bytes' must be at least 1");
+        }
         let fetcher = ImageFetcher::new(allow, max_bytes, policy.timeout.min(Duration::from_secs(120)))
             .with_context(|| format!("{owner}: building the image fetcher"))?;
         if c.profile.is_some() && c.kind == ProviderKind::Dashscope {
@@ -89,6 +96,7 @@ impl Provider {
             key,
             client,
             fetcher,
+            max_response_bytes,
             policy,
             circuit_failures: c.circuit_failures.unwrap_or(5),
             circuit_cooldown: secs(c.circuit_cooldown_secs, 30.0, "circuit_cooldown_secs")?,

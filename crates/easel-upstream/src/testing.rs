@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64_simd::STANDARD;
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 /// One scripted answer, used instead of the normal one for the next request to a main endpoint.
@@ -31,6 +32,10 @@ pub enum Reply {
     Truncated,
     /// A `text/event-stream` of these JSON events (`event:` taken from each `type`).
     Sse(Vec<Value>),
+    /// A 200 whose body never ends and has no `Content-Length` (the start of a JSON answer, or
+    /// with `sse` of one `completed` event, then base64 forever): only a cap on the bytes read
+    /// stops a reader.
+    Endless { sse: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +188,21 @@ async fn answer(reply: Reply) -> Response {
                 text.push_str(&format!("event: {name}\ndata: {e}\n\n"));
             }
             ([(header::CONTENT_TYPE, "text/event-stream")], text).into_response()
+        }
+        Reply::Endless { sse } => {
+            let (content_type, head): (&str, &'static [u8]) = if sse {
+                ("text/event-stream", b"event: image_generation.completed\ndata: {\"b64_json\": \"")
+            } else {
+                ("application/json", b"{\"created\": 1, \"data\": [{\"b64_json\": \"")
+            };
+            let chunk = Bytes::from(vec![b'A'; 64 * 1024]);
+            let body = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from_static(head)) })
+                .chain(futures::stream::repeat_with(move || Ok(chunk.clone())));
+            Response::builder()
+                .status(200)
+                .header(header::CONTENT_TYPE, content_type)
+                .body(Body::from_stream(body))
+                .unwrap()
         }
         Reply::Truncated => {
             let chunks: Vec<Result<Bytes, std::io::Error>> = vec![

@@ -5,6 +5,11 @@
 //! a configurable `method` (speed/size trade-off; `image`'s own WebP encoder is lossless only).
 //! JPEG goes through `jpeg-encoder` with its AVX2 paths and 4:2:0 chroma subsampling (what
 //! libjpeg and Pillow do by default): about three times faster than `image`'s encoder.
+//!
+//! Every decode is bounded twice before it starts: by pixels and by the bytes the decoded pixels
+//! take, both read from the header ([`DecodeLimits`]), and then by the `image` crate's own
+//! allocation limit while it runs. A compressed image is tiny next to what it decodes to, so the
+//! size of the upload says nothing about the memory it costs.
 
 use std::io::Cursor;
 
@@ -38,6 +43,56 @@ pub struct Header {
     pub format: InputFormat,
     pub size: ImageSize,
     pub has_alpha: bool,
+    /// The bytes its decoded pixels take: width × height × bytes per pixel of the color type the
+    /// decoder produces (16-bit channels count two bytes).
+    pub decoded_bytes: u64,
+}
+
+/// The most a decode may produce: pixels, and bytes of decoded pixels.
+///
+/// Both, because pixels alone do not bound memory: a PNG of a few hundred bytes can declare
+/// 8192 × 8192 16-bit RGBA, 64 Mpx and 512 MiB once decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    pub max_pixels: u64,
+    pub max_bytes: u64,
+}
+
+impl DecodeLimits {
+    /// The default byte budget of one decoded image: 64 Mpx of 8-bit RGBA.
+    pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+    /// `max_pixels` with the default byte budget.
+    pub const fn pixels(max_pixels: u64) -> Self {
+        Self { max_pixels, max_bytes: Self::DEFAULT_MAX_BYTES }
+    }
+
+    /// Refuses a header over either limit.
+    pub fn check(&self, header: &Header) -> Result<(), ImageError> {
+        let (width, height) = (header.size.width, header.size.height);
+        if header.size.pixels() > self.max_pixels {
+            return Err(ImageError::TooLarge { width, height, max_pixels: self.max_pixels });
+        }
+        if header.decoded_bytes > self.max_bytes {
+            return Err(ImageError::TooManyBytes {
+                width,
+                height,
+                bytes: header.decoded_bytes,
+                max_bytes: self.max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// The `image` crate's own limits for a decode within these: its allocation cap covers the
+    /// output buffer and the codec's working memory (JPEG decodes component planes of the same
+    /// order as the output), so it is twice the byte budget; the budget itself was checked on the
+    /// header before.
+    fn for_image_crate(&self) -> image::Limits {
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(self.max_bytes.saturating_mul(2));
+        limits
+    }
 }
 
 /// The format, dimensions and channel layout of an image, from its header only.
@@ -49,7 +104,12 @@ pub fn header(bytes: &[u8]) -> Result<Header, ImageError> {
     if width == 0 || height == 0 {
         return Err(ImageError::Corrupt("the image has no pixels".into()));
     }
-    Ok(Header { format, size: ImageSize::new(width, height), has_alpha: decoder.color_type().has_alpha() })
+    Ok(Header {
+        format,
+        size: ImageSize::new(width, height),
+        has_alpha: decoder.color_type().has_alpha(),
+        decoded_bytes: decoder.total_bytes(),
+    })
 }
 
 /// The format and dimensions of an image, from its header only.
@@ -57,15 +117,29 @@ pub fn probe(bytes: &[u8]) -> Result<(InputFormat, ImageSize), ImageError> {
     header(bytes).map(|h| (h.format, h.size))
 }
 
-/// Decodes a PNG, JPEG or WebP image, refusing images over `max_pixels`.
+/// Decodes a PNG, JPEG or WebP image, refusing images over `max_pixels` or over the default byte
+/// budget ([`DecodeLimits::DEFAULT_MAX_BYTES`]).
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, ImageError> {
-    let (format, size) = probe(bytes)?;
-    if size.pixels() > max_pixels {
-        return Err(ImageError::TooLarge { width: size.width, height: size.height, max_pixels });
-    }
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), image_format(format));
-    reader.no_limits();
-    reader.decode().map_err(|e| ImageError::Corrupt(e.to_string()))
+    decode_limited(bytes, DecodeLimits::pixels(max_pixels))
+}
+
+/// Decodes a PNG, JPEG or WebP image within `limits`: the header is checked first, so an image
+/// over either limit is refused before any pixel buffer exists, and the decode itself runs under
+/// the `image` crate's allocation limit.
+pub fn decode_limited(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage, ImageError> {
+    let header = header(bytes)?;
+    limits.check(&header)?;
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), image_format(header.format));
+    reader.limits(limits.for_image_crate());
+    reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => ImageError::TooManyBytes {
+            width: header.size.width,
+            height: header.size.height,
+            bytes: header.decoded_bytes,
+            max_bytes: limits.max_bytes,
+        },
+        e => ImageError::Corrupt(e.to_string()),
+    })
 }
 
 fn image_format(format: InputFormat) -> image::ImageFormat {
@@ -181,6 +255,37 @@ mod tests {
         let back = decode(&bytes, u64::MAX).unwrap().to_rgba8();
         assert_eq!(back.get_pixel(0, 0)[3], 0);
         assert_eq!(back.get_pixel(15, 0)[3], 255);
+    }
+
+    #[test]
+    fn a_tiny_png_declaring_half_a_gigabyte_is_refused_from_its_header() {
+        let bomb = super::super::png_bomb(8192, 8192);
+        assert!(bomb.len() < 100, "{} bytes", bomb.len());
+        let header = header(&bomb).unwrap();
+        assert_eq!(header.size.pixels(), 64 * 1024 * 1024, "within the default pixel limit");
+        assert_eq!(header.decoded_bytes, 8192 * 8192 * 8, "16-bit RGBA is 8 bytes a pixel");
+        let started = std::time::Instant::now();
+        let refused = decode(&bomb, crate::limits::MAX_INPUT_PIXELS);
+        assert!(started.elapsed() < std::time::Duration::from_millis(100), "took {:?}", started.elapsed());
+        match refused {
+            Err(ImageError::TooManyBytes { width: 8192, height: 8192, bytes, max_bytes }) => {
+                assert_eq!((bytes, max_bytes), (512 * 1024 * 1024, DecodeLimits::DEFAULT_MAX_BYTES));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same bytes within a budget that admits them fail as corrupt, not by allocation.
+        let wide = DecodeLimits { max_pixels: u64::MAX, max_bytes: 1 << 30 };
+        assert!(matches!(decode_limited(&super::super::png_bomb(64, 64), wide), Err(ImageError::Corrupt(_))));
+    }
+
+    #[test]
+    fn the_byte_budget_counts_the_color_type() {
+        let rgb = encode(&gradient(), OutputFormat::Png, None, &EncodeSettings::default()).unwrap();
+        assert_eq!(header(&rgb).unwrap().decoded_bytes, 48 * 32 * 3);
+        let exact = DecodeLimits { max_pixels: u64::MAX, max_bytes: 48 * 32 * 3 };
+        assert!(decode_limited(&rgb, exact).is_ok());
+        let short = DecodeLimits { max_bytes: 48 * 32 * 3 - 1, ..exact };
+        assert!(matches!(decode_limited(&rgb, short), Err(ImageError::TooManyBytes { .. })));
     }
 
     #[test]

@@ -7,13 +7,13 @@ use tokio::sync::mpsc;
 
 use crate::backend::{CallContext, PartialImage, SourcePixels};
 use crate::error::{BackendError, CoreError};
-use crate::imaging;
+use crate::imaging::{self, DecodeLimits};
 use crate::job::{EncodedPartial, ImageJob, JobContext, JobOutput};
 use crate::types::ImageSize;
 use crate::usage::{self, Usage};
 
 use super::postprocess::{Finish, finish, finish_partial};
-use super::{ImageService, blocking};
+use super::{ImageService, PixelPool};
 
 impl ImageService {
     pub async fn run(&self, job: &ImageJob, cx: JobContext) -> Result<JobOutput, CoreError> {
@@ -39,8 +39,8 @@ impl ImageService {
         let (partial_tx, forwarder) = match (&cx.partials, job.partial_images, caps.partial_images) {
             (Some(out), wanted @ 1.., true) => {
                 let (tx, rx) = mpsc::channel(4);
-                let forward =
-                    forward_partials(rx, out.clone(), Finish::for_job(job, &self.settings), u32::from(wanted));
+                let params = Finish::for_job(job, &self.settings);
+                let forward = forward_partials(rx, out.clone(), params, u32::from(wanted), self.pixels.clone());
                 (Some(tx), Some(tokio::spawn(forward)))
             }
             _ => (None, None),
@@ -75,7 +75,8 @@ impl ImageService {
             revised_prompt = revised_prompt.or(output.revised_prompt);
             for image in output.images {
                 let (params, source, mask) = (finish_params.clone(), source.clone(), mask.clone());
-                images.push(blocking(move || finish(image, &params, source.as_deref(), mask.as_deref())).await??);
+                images
+                    .push(self.pixels.run(move || finish(image, &params, source.as_deref(), mask.as_deref())).await??);
             }
         }
         if images.is_empty() {
@@ -113,14 +114,16 @@ impl ImageService {
             return Ok(Sources::default());
         }
         let (first_bytes, mask_bytes) = (first.bytes.clone(), job.mask.as_ref().map(|m| m.bytes.clone()));
-        let (max, size) = (self.settings.max_input_pixels, job.size);
-        let decoded = blocking(move || {
-            let first = imaging::decode(&first_bytes, max).map_err(|e| {
+        let limits =
+            DecodeLimits { max_pixels: self.settings.max_input_pixels, max_bytes: self.settings.max_decoded_bytes };
+        let size = job.size;
+        let decoded = self.pixels.run(move || {
+            let first = imaging::decode_limited(&first_bytes, limits).map_err(|e| {
                 CoreError::invalid_image(Some("image".into()), format!("Invalid image file or mode for image 1: {e}."))
             })?;
             let mask = match mask_bytes {
                 Some(bytes) => Some(
-                    imaging::decode(&bytes, max)
+                    imaging::decode_limited(&bytes, limits)
                         .map_err(|e| CoreError::invalid_image(Some("mask".into()), format!("Invalid mask: {e}.")))?,
                 ),
                 None => None,
@@ -162,6 +165,7 @@ async fn forward_partials(
     out: mpsc::Sender<EncodedPartial>,
     params: Finish,
     limit: u32,
+    pixels: PixelPool,
 ) -> u32 {
     let mut sent = 0;
     while let Some(partial) = rx.recv().await {
@@ -169,7 +173,7 @@ async fn forward_partials(
             continue;
         }
         let params = params.clone();
-        let encoded = match blocking(move || finish_partial(partial.image, &params)).await {
+        let encoded = match pixels.run(move || finish_partial(partial.image, &params)).await {
             Ok(Ok(bytes)) => bytes,
             Ok(Err(e)) | Err(e) => {
                 tracing::warn!(error = %e, "dropping a partial image that could not be encoded");

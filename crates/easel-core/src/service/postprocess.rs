@@ -7,7 +7,7 @@ use bytes::Bytes;
 use image::{DynamicImage, Rgb};
 
 use crate::backend::OutputImage;
-use crate::imaging::{self, EncodeSettings};
+use crate::imaging::{self, DecodeLimits, EncodeSettings};
 use crate::job::{FinalImage, ImageJob};
 use crate::types::{Background, ImageSize, OutputFormat};
 
@@ -20,7 +20,10 @@ pub(super) struct Finish {
     compression: Option<u8>,
     background: Background,
     encode: EncodeSettings,
-    max_pixels: u64,
+    /// For the backend's images: up to four times the job's pixels (a backend may make more than
+    /// asked, the core resizes), and the byte budget or 8-bit RGBA at that many pixels, whichever
+    /// is larger.
+    limits: DecodeLimits,
 }
 
 impl Finish {
@@ -31,7 +34,10 @@ impl Finish {
             compression: job.options.output_compression,
             background: job.options.background,
             encode: settings.encode,
-            max_pixels: settings.max_input_pixels.max(job.size.pixels() * 4),
+            limits: {
+                let max_pixels = settings.max_input_pixels.max(job.size.pixels() * 4);
+                DecodeLimits { max_pixels, max_bytes: settings.max_decoded_bytes.max(max_pixels.saturating_mul(4)) }
+            },
         }
     }
 }
@@ -54,7 +60,7 @@ pub(super) fn finish(
             if untouched {
                 return Ok(FinalImage { bytes, format, size });
             }
-            imaging::decode(&bytes, params.max_pixels)?
+            imaging::decode_limited(&bytes, params.limits)?
         }
         OutputImage::Pixels(pixels) => pixels,
     };
@@ -74,7 +80,7 @@ pub(super) fn finish(
 pub(super) fn finish_partial(image: OutputImage, params: &Finish) -> anyhow::Result<Bytes> {
     let pixels = match image {
         OutputImage::Encoded { bytes, format } if format == params.format => return Ok(bytes),
-        OutputImage::Encoded { bytes, .. } => imaging::decode(&bytes, params.max_pixels)?,
+        OutputImage::Encoded { bytes, .. } => imaging::decode_limited(&bytes, params.limits)?,
         OutputImage::Pixels(pixels) => pixels,
     };
     let pixels = if params.format == OutputFormat::Jpeg { imaging::flatten(&pixels, WHITE) } else { pixels };

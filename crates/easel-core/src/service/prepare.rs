@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::backend::{Capabilities, InputImage};
 use crate::error::{CoreError, InvalidCode};
 use crate::fetch::FetchError;
-use crate::imaging::{self, ImageError};
+use crate::imaging::{self, DecodeLimits, ImageError};
 use crate::job::ImageJob;
 use crate::range::IntRange;
 use crate::registry::Model;
@@ -167,26 +167,24 @@ impl ImageService {
                 ));
             }
             ImageRef::Url(url) => self.fetcher.fetch(&url).await.map_err(|e| {
+                // Nothing about the remote side (status, address, connection error): the client
+                // chose the URL, and the answer must not map the network behind this server.
                 let message = match e {
                     FetchError::NotAllowed => format!(
-                        "Invalid image URL '{url}': this server only downloads images from hosts on its allow-list; send the image inline (a file part or a data URL) instead."
+                        "Invalid image URL '{url}': the URL is not allowed. This server only downloads images from hosts on its allow-list; send the image inline (a file part or a data URL) instead."
                     ),
-                    other => format!("Could not download the image at '{url}': {other}."),
+                    other => format!("Invalid image URL '{url}': {other}."),
                 };
                 CoreError::invalid(param.clone(), InvalidCode::InvalidImageUrl, message)
             })?,
         };
         let header = imaging::header(&bytes).map_err(|e| image_error(&param, number, &e))?;
-        let size = header.size;
-        if size.pixels() > self.settings.max_input_pixels {
-            let e = ImageError::TooLarge {
-                width: size.width,
-                height: size.height,
-                max_pixels: self.settings.max_input_pixels,
-            };
-            return Err(image_error(&param, number, &e));
-        }
-        Ok(InputImage { bytes, format: header.format, size, has_alpha: header.has_alpha })
+        // Pixels and decoded bytes, from the header: an image that would not fit is refused here,
+        // before anything is spent and long before a pixel buffer exists.
+        let limits =
+            DecodeLimits { max_pixels: self.settings.max_input_pixels, max_bytes: self.settings.max_decoded_bytes };
+        limits.check(&header).map_err(|e| image_error(&param, number, &e))?;
+        Ok(InputImage { bytes, format: header.format, size: header.size, has_alpha: header.has_alpha })
     }
 }
 
@@ -263,4 +261,45 @@ fn check_mask(param: &str, mask: &InputImage, first: ImageSize) -> Result<(), Co
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::fetch::ImageFetcher;
+    use crate::registry::ModelRegistry;
+    use crate::service::ServiceSettings;
+
+    fn with(settings: ServiceSettings) -> ImageService {
+        let fetcher = ImageFetcher::new(Vec::new(), 1 << 20, Duration::from_secs(5)).unwrap();
+        ImageService::new(Arc::new(ModelRegistry::new(None)), fetcher, settings)
+    }
+
+    fn named(param: &str, bytes: Vec<u8>) -> NamedImage {
+        NamedImage { param: param.into(), source: ImageRef::Inline(bytes.into()) }
+    }
+
+    #[tokio::test]
+    async fn an_image_that_decodes_past_the_byte_budget_is_refused_from_its_header() {
+        let service = with(ServiceSettings::default());
+        // 8192 x 8192 is within the default 64 Mpx; at 16-bit RGBA it decodes to 512 MiB.
+        let started = Instant::now();
+        let err = service.load(named("image[]", imaging::png_bomb(8192, 8192)), 2).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(100), "took {:?}", started.elapsed());
+        match err {
+            CoreError::InvalidImage { param, message } => {
+                assert_eq!(param.as_deref(), Some("image[]"));
+                assert!(message.contains("image 2") && message.contains("536870912 bytes"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = service.load(named("mask", imaging::png_bomb(8192, 8192)), 0).await.unwrap_err();
+        assert!(matches!(err, CoreError::InvalidImage { param: Some(p), .. } if p == "mask"));
+        // The budget is a setting: raised, the same header passes (it is only a header).
+        let roomy = with(ServiceSettings { max_decoded_bytes: 1 << 30, ..ServiceSettings::default() });
+        let input = roomy.load(named("image", imaging::png_bomb(8192, 8192)), 1).await.unwrap();
+        assert_eq!(input.size.pixels(), 64 * 1024 * 1024);
+    }
 }

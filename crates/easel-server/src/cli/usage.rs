@@ -48,7 +48,10 @@ pub async fn run(args: UsageArgs, config: &Config) -> anyhow::Result<()> {
             writer.flush()?;
             return Ok(());
         }
-        Format::Table => table(&mut out, &rows)?,
+        Format::Table => {
+            table(&mut out, &rows)?;
+            return Ok(());
+        }
     }
     use std::io::Write as _;
     writeln!(out)?;
@@ -62,9 +65,9 @@ fn table(out: &mut impl std::io::Write, rows: &[ReportRow]) -> std::io::Result<(
         "GROUP", "REQUESTS", "FAILED", "IMAGES", "INPUT TOKENS", "OUTPUT TOKENS", "TOTAL TOKENS"
     )?;
     for r in rows {
-        write!(
+        writeln!(
             out,
-            "{:<24} {:>9} {:>7} {:>9} {:>13} {:>13} {:>13}\n",
+            "{:<24} {:>9} {:>7} {:>9} {:>13} {:>13} {:>13}",
             r.group, r.requests, r.failed, r.images, r.input_tokens, r.output_tokens, r.total_tokens
         )?;
     }

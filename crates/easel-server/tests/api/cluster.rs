@@ -226,7 +226,7 @@ async fn two_api_nodes_and_a_worker_share_postgres_and_garage() {
     assert!(status.success(), "exit after SIGTERM: {status:?}");
     json_body(in_flight.await.unwrap(), 200).await;
     b = Node::start(&b_config);
-    assert_eq!(client.get(&on_a.replacen(&a.address, &b.address, 1)).send().await.unwrap().status(), 200);
+    assert_eq!(client.get(on_a.replacen(&a.address, &b.address, 1)).send().await.unwrap().status(), 200);
     json_body(post(&client, &b, &key2, json!({"model": "turbo", "prompt": "again"})).await, 200).await;
 
     // Revoked on A: refused on B within a second.

@@ -361,8 +361,9 @@ pub fn error(provider: &str, status: Option<u16>, headers: &HeaderMap, code: &st
 }
 
 /// Sends a DashScope request; non-2xx statuses and error bodies inside HTTP 200 become failures.
-pub async fn send(provider: &str, request: reqwest::RequestBuilder) -> Result<wire::Response, Failure> {
-    let (status, headers, body) = http::send_raw(provider, request).await?;
+pub async fn send(p: &Provider, request: reqwest::RequestBuilder) -> Result<wire::Response, Failure> {
+    let provider = p.id.as_str();
+    let (status, headers, body) = http::send_raw(provider, request, p.max_response_bytes).await?;
     if !(200..300).contains(&status) {
         let parsed: wire::Response = serde_json::from_slice(&body).unwrap_or_default();
         let code = parsed.code.unwrap_or_default();

@@ -21,7 +21,7 @@ pub async fn call(t: &DashScopeTarget, call: &BackendCall, path: &str) -> Result
         "parameters": t.parameters(call, true),
     });
     let p = &t.provider;
-    let answer = send(&p.id, p.post(path).json(&body)).await?;
+    let answer = send(p, p.post(path).json(&body)).await?;
     let output = answer.output.unwrap_or_default();
     let mut links = Vec::new();
     let mut revised = None;

@@ -82,7 +82,7 @@ impl Drop for TaskGuard {
 async fn run(t: &DashScopeTarget, path: &str, body: Value) -> Result<BackendOutput, Failure> {
     let p = &t.provider;
     let id = p.id.as_str();
-    let submitted = send(id, p.post(path).header("X-DashScope-Async", "enable").json(&body)).await?;
+    let submitted = send(p, p.post(path).header("X-DashScope-Async", "enable").json(&body)).await?;
     let output = submitted.output.unwrap_or_default();
     let Some(task_id) = output.task_id.filter(|t| !t.is_empty()) else {
         return Err(Failure::protocol(format!("The upstream provider '{id}' accepted the task without a task_id.")));
@@ -94,7 +94,7 @@ async fn run(t: &DashScopeTarget, path: &str, body: Value) -> Result<BackendOutp
     loop {
         tokio::time::sleep(delay).await;
         delay = next_delay(delay, p.poll_max_interval);
-        let polled = match send(id, p.get(&poll_path)).await {
+        let polled = match send(p, p.get(&poll_path)).await {
             Ok(polled) => polled,
             Err(f) if f.next == Next::Retry && errors < POLL_ERRORS => {
                 errors += 1;

@@ -168,15 +168,16 @@ impl Target for OpenAiTarget {
             && cx.partials.is_some()
             && call.operation != Operation::Variation;
         let request = self.request(call, stream)?;
+        let limit = self.provider.max_response_bytes;
         if !stream {
-            let (_, body) = http::send(id, request).await?;
+            let (_, body) = http::send_limited(id, request, limit).await?;
             return self.parse(&body).await;
         }
         let response = request.send().await.map_err(|e| http::request_failure(id, &e))?;
         let status = response.status();
         if !status.is_success() {
             let headers = response.headers().clone();
-            let body = response.bytes().await.unwrap_or_default();
+            let body = http::read_body(id, response, limit).await.unwrap_or_default();
             return Err(http::status_failure(id, status.as_u16(), &headers, &body));
         }
         let is_sse = response
@@ -186,9 +187,9 @@ impl Target for OpenAiTarget {
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if !is_sse {
             // A service that ignored `stream` answers with plain JSON.
-            let body = response.bytes().await.map_err(|e| http::request_failure(id, &e))?;
+            let body = http::read_body(id, response, limit).await?;
             return self.parse(&body).await;
         }
-        stream::read(id, response, cx, self.quirks.usage).await
+        stream::read(id, response, cx, self.quirks.usage, limit).await
     }
 }

@@ -6,25 +6,54 @@
 
 use easel_core::BackendError;
 use easel_core::backend::{BackendOutput, CallContext, PartialImage};
-use eventsource_stream::Eventsource;
+use eventsource_stream::{EventStreamError, Eventsource};
 use futures::StreamExt;
 
 use super::wire::StreamEvent;
-use crate::http::{Failure, Next};
+use crate::http::{Failure, Next, too_large};
 use crate::media::from_b64;
 
+/// Why the byte stream under the events stopped.
+#[derive(Debug)]
+enum Transport {
+    Network(reqwest::Error),
+    /// The stream passed the provider's `max_response_bytes`.
+    TooLarge,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Network(e) => e.fmt(f),
+            Self::TooLarge => f.write_str("the stream is too large"),
+        }
+    }
+}
+
+/// Reads the stream to its end; `limit` caps the bytes of the whole stream (every event
+/// together), counted as they arrive, so neither one endless event nor endless events are
+/// buffered.
 pub async fn read(
     provider: &str,
     response: reqwest::Response,
     cx: &CallContext,
     trust_usage: bool,
+    limit: usize,
 ) -> Result<BackendOutput, Failure> {
-    let mut events = response.bytes_stream().eventsource();
+    let mut total = 0usize;
+    let capped = response.bytes_stream().map(move |chunk| {
+        let chunk = chunk.map_err(Transport::Network)?;
+        total += chunk.len();
+        if total > limit { Err(Transport::TooLarge) } else { Ok(chunk) }
+    });
+    let mut events = capped.eventsource();
     let mut output = BackendOutput::default();
     let mut partials = 0u32;
     while let Some(event) = events.next().await {
-        let event = event
-            .map_err(|e| Failure::network(format!("The upstream provider '{provider}' broke off its stream: {e}")))?;
+        let event = event.map_err(|e| match e {
+            EventStreamError::Transport(Transport::TooLarge) => too_large(provider, Some(200), limit),
+            e => Failure::network(format!("The upstream provider '{provider}' broke off its stream: {e}")),
+        })?;
         let data = event.data.trim();
         if data == "[DONE]" {
             break;

@@ -254,3 +254,15 @@ async fn wan_image_models_use_image_generation_and_i2i_sends_images() {
     assert_eq!(body["input"]["images"].as_array().unwrap().len(), 2);
     assert!(body["input"].get("function").is_none());
 }
+
+#[tokio::test]
+async fn an_endless_answer_fails_at_max_response_bytes() {
+    let (fake, m) = dash("wanx-v1", json!({"max_response_bytes": 1 << 20, "timeout_secs": 30.0})).await;
+    fake.push(Reply::Endless { sse: false });
+    let started = Instant::now();
+    let err = run(&m, call(Operation::Generate, 1, (1024, 1024))).await.unwrap_err();
+    assert!(matches!(err, BackendError::Upstream { .. }), "{err:?}");
+    assert!(err.to_string().contains("max_response_bytes"), "{err}");
+    assert_eq!(fake.hits("image-synthesis").len(), 1, "not submitted again");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+}

@@ -237,3 +237,33 @@ async fn a_connection_refused_is_retried_then_falls_back() {
     run(&m, generation()).await.unwrap();
     assert_eq!(b.hits("generations").len(), 1);
 }
+
+#[tokio::test]
+async fn a_body_past_max_response_bytes_fails_cleanly_and_is_not_retried() {
+    let fake = Fake::start(&api_key()).await;
+    // The timeout is far away: only the cap can end these calls quickly.
+    let table = provider("oa", "openai", &fake, json!({"max_response_bytes": 1 << 20, "timeout_secs": 30.0}));
+    let gw = gateway(&[table]);
+    let m = model(&gw, json!([{"provider": "oa", "model": "gpt-image-1"}]));
+    let started = Instant::now();
+    fake.push(Reply::Endless { sse: false });
+    let err = run(&m, generation()).await.unwrap_err();
+    assert!(matches!(err, BackendError::Upstream { .. }), "{err:?}");
+    assert!(err.to_string().contains("larger than 1048576 bytes"), "{err}");
+    assert_eq!(fake.hits("generations").len(), 1, "an oversized answer is not asked for again");
+    // The event stream is capped as a whole too.
+    fake.push(Reply::Endless { sse: true });
+    let (tx, _rx) = tokio::sync::mpsc::channel(8);
+    let mut c = generation();
+    c.partial_images = 1;
+    let err = m.call(c, CallContext { cancel: CancellationToken::new(), partials: Some(tx) }).await.unwrap_err();
+    assert!(err.to_string().contains("max_response_bytes"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn max_response_bytes_must_be_positive() {
+    let providers = [json!({"id": "p", "kind": "openai", "base_url": "https://x.invalid", "max_response_bytes": 0})];
+    let Err(err) = easel_upstream::Gateway::from_config(&providers, None) else { panic!("a zero cap was accepted") };
+    assert!(format!("{err:#}").contains("max_response_bytes"), "{err:#}");
+}
