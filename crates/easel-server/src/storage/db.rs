@@ -94,10 +94,10 @@ pub async fn connect_writer(url: &str) -> anyhow::Result<Db> {
     let options = match Engine::of(url)? {
         Engine::Sqlite => sqlite_options(
             2,
-            // 8192 pages (32 MiB): far above the writer's own bound (WAL_RESTART_FRAMES), so this
-            // runs only when the background checkpoints fail; the size limit gives the disk back
+            // 16384 pages (64 MiB): above the writer's own bound (writer::WAL_LIMIT_BYTES), so this
+            // runs only when the writer's checkpoints fail; the size limit gives the disk back
             // whenever the WAL restarts.
-            "PRAGMA wal_autocheckpoint = 8192; PRAGMA journal_size_limit = 33554432;",
+            "PRAGMA wal_autocheckpoint = 16384; PRAGMA journal_size_limit = 67108864;",
         ),
         Engine::Postgres => postgres_options(1),
     };

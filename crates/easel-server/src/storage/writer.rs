@@ -55,9 +55,14 @@ impl Writer {
     /// Starts the writer on `db` (on a runtime; see [`db::connect_writer`] for the pool it is
     /// meant for, though any pool of the database works).
     pub fn spawn(db: Db) -> Self {
+        Self::spawn_with_wal_limit(db, WAL_LIMIT_BYTES)
+    }
+
+    /// [`Writer::spawn`] with another WAL bound (tests use a small one to see it hold).
+    pub fn spawn_with_wal_limit(db: Db, wal_limit: u64) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let (closing, stopped) = (CancellationToken::new(), CancellationToken::new());
-        tokio::spawn(run(db, receiver, closing.clone(), stopped.clone()));
+        tokio::spawn(run(db, wal_limit, receiver, closing.clone(), stopped.clone()));
         Self { queue, closing, stopped }
     }
 
@@ -80,11 +85,17 @@ impl Writer {
     }
 }
 
-async fn run(db: Db, mut receiver: mpsc::Receiver<Entry>, closing: CancellationToken, stopped: CancellationToken) {
+async fn run(
+    db: Db,
+    wal_limit: u64,
+    mut receiver: mpsc::Receiver<Entry>,
+    closing: CancellationToken,
+    stopped: CancellationToken,
+) {
     // Also on a panic, so `close` never waits for a task that is gone.
     let _stopped = stopped.drop_guard();
     let mut wal = match db::engine(&db) {
-        Engine::Sqlite => Some(Wal::open(db.clone()).await),
+        Engine::Sqlite => Some(Wal::open(db.clone(), wal_limit).await),
         Engine::Postgres => None,
     };
     let mut ticker = tokio::time::interval(Wal::TICK);
@@ -152,7 +163,7 @@ async fn commit(db: &Db, group: &mut Vec<Entry>) {
     }
 }
 
-/// Keeps SQLite's WAL file under [`WAL_LIMIT_BYTES`] without putting checkpoints on the
+/// Keeps SQLite's WAL file under its limit ([`WAL_LIMIT_BYTES`] by default) without putting checkpoints on the
 /// commit path.
 ///
 /// Why: in WAL mode commits append pages to the `-wal` file, which checkpoints copy back into
@@ -162,7 +173,7 @@ async fn commit(db: &Db, group: &mut Vec<Entry>) {
 /// under steady load the file only grows. Instead:
 /// - every [`Wal::TICK`] with commits since the last one, a PASSIVE checkpoint copies pages on
 ///   another connection, beside the writer and the readers (it waits for no one);
-/// - when the file has grown past [`WAL_LIMIT_BYTES`] anyway, or the writer has been idle for a
+/// - when the file has grown past the limit anyway, or the writer has been idle for a
 ///   tick, the writer itself runs a TRUNCATE checkpoint between two groups: most pages are
 ///   already copied (and a checkpoint copies each page once, however often it was rewritten),
 ///   so it is short, and it empties the file.
@@ -174,21 +185,26 @@ struct Wal {
     commits_since_tick: u64,
     /// The last TRUNCATE gave up waiting for readers: retry at the next tick, not every commit.
     truncate_busy: bool,
+    /// The size past which the writer truncates the file.
+    limit: u64,
 }
 
 /// The WAL size past which the writer truncates it (the autocheckpoint backstop in
-/// [`db::connect_writer`] is 32 MiB).
-pub const WAL_LIMIT_BYTES: u64 = 8 << 20;
+/// [`db::connect_writer`] is 64 MiB). Each truncation holds commits while it copies the pages the
+/// background checkpoint has not yet copied and fsyncs, so the stall grows with the bound: on a
+/// 2-core machine at 3,000-4,500 requests/s, p99 was 7-8× p50 at 32 MiB, 4.2-4.8× at 8 MiB and
+/// 2.6-3.0× at 2 MiB (docs/performance.md). Short, frequent truncations win.
+pub const WAL_LIMIT_BYTES: u64 = 2 << 20;
 
 impl Wal {
     const TICK: Duration = Duration::from_secs(1);
 
-    async fn open(db: Db) -> Self {
+    async fn open(db: Db, limit: u64) -> Self {
         let path = db::wal_path(&db).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot find the SQLite WAL file; it is checkpointed on a timer only");
             None
         });
-        Self { db, path, passive: None, commits_since_tick: 0, truncate_busy: false }
+        Self { db, path, passive: None, commits_since_tick: 0, truncate_busy: false, limit }
     }
 
     /// The WAL file's size (0 when it does not exist or cannot be read).
@@ -213,7 +229,7 @@ impl Wal {
     async fn after_commit(&mut self) {
         self.commits_since_tick += 1;
         self.collect_passive().await;
-        if self.passive.is_none() && !self.truncate_busy && self.size() > WAL_LIMIT_BYTES {
+        if self.passive.is_none() && !self.truncate_busy && self.size() > self.limit {
             self.truncate().await;
         }
     }
