@@ -33,6 +33,16 @@ pub struct ImageJob {
     pub partial_images: u8,
     /// The options carried unchanged from the request, checked against the model.
     pub options: Options,
+    /// The first image and the mask, decoded when the request was prepared, when a mask is
+    /// composited or the backend takes pixels.
+    pub decoded: Option<Decoded>,
+}
+
+/// Input pixels decoded once, at their own size.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub first: Arc<image::DynamicImage>,
+    pub mask: Option<Arc<image::DynamicImage>>,
 }
 
 impl ImageJob {

@@ -6,6 +6,9 @@
 //! - Model code: [`clip`] (text encoders), [`unet`] (with SDXL micro-conditioning), [`vae`];
 //!   [`model`] loads a diffusers-layout folder; [`pipeline`] runs one batch; [`scheduler`] and
 //!   [`noise`] make sampling reproducible from a seed; [`worker`] and [`backend`] serve it.
+//!
+//! `docs/architecture.md` is the map of the whole workspace: which crate depends on which, the
+//! file that parses, validates, plans, executes and delivers each field, and the error table.
 
 pub mod backend;
 pub mod blocks;

@@ -4,9 +4,10 @@
 //! `multipart/form-data` → multipart; anything else is a 415. axum's own rejections (body over
 //! the limit, a malformed multipart stream) become 413 and 400 envelopes, never plain text.
 
-use axum::extract::{FromRequest, Multipart, Request};
-use axum::http::StatusCode;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{FromRequest, Multipart, Path, Request};
 use axum::http::header::CONTENT_TYPE;
+use axum::http::{StatusCode, Uri};
 use bytes::Bytes;
 use easel_core::error::{CoreError, InvalidCode};
 use easel_core::request::ImageRequest;
@@ -45,12 +46,34 @@ async fn read_parts(mut multipart: Multipart, state: &AppState) -> Result<Vec<Fo
     loop {
         let field = multipart.next_field().await.map_err(|e| multipart_error(&e, state))?;
         let Some(field) = field else { return Ok(parts) };
-        let name = field.name().unwrap_or_default().to_string();
+        let Some(name) = field.name().map(str::to_string) else {
+            return Err(CoreError::InvalidRequest {
+                param: None,
+                code: InvalidCode::InvalidMultipart,
+                message: "The request body could not be read: a part has no name \
+                          (Content-Disposition: form-data; name=\"...\")."
+                    .into(),
+            }
+            .into());
+        };
         let filename = field.file_name().map(str::to_string);
         let content_type = field.content_type().map(str::to_string);
         let data = field.bytes().await.map_err(|e| multipart_error(&e, state))?;
         parts.push(FormPart { name, filename, content_type, data });
     }
+}
+
+/// A JSON body read with axum's `Bytes` extractor (the admin API): over the limit is a 413
+/// envelope, not axum's plain-text rejection.
+pub fn bytes(body: Result<Bytes, BytesRejection>, state: &AppState) -> Result<Bytes, ApiError> {
+    body.map_err(|e| body_error(e.status(), state, InvalidCode::InvalidJson, e.body_text()))
+}
+
+/// A path segment (`/v1/models/{id}`), or the segment as sent (still percent-encoded) when it
+/// does not decode to UTF-8: no resource has such a name, so the caller answers its own 404
+/// rather than axum's plain-text 400.
+pub fn segment(path: Result<Path<String>, PathRejection>, uri: &Uri) -> String {
+    path.map_or_else(|_| uri.path().rsplit('/').next().unwrap_or_default().to_string(), |Path(segment)| segment)
 }
 
 fn multipart_error(error: &axum::extract::multipart::MultipartError, state: &AppState) -> ApiError {

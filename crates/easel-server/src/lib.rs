@@ -10,6 +10,9 @@
 //! - [`storage`]: the database (keys, usage, image records), blobs and signed URLs.
 //! - [`backends`]: the model registry from `[[models]]`.
 //! - [`cli`]: the `easel` command line; `main.rs` only calls it.
+//!
+//! `docs/architecture.md` is the map of the whole workspace: which crate depends on which, the
+//! file that parses, validates, plans, executes and delivers each field, and the error table.
 
 pub mod auth;
 pub mod backends;

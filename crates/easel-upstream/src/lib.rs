@@ -22,6 +22,9 @@
 //! - [`media`]: data URLs, base64 and downloaded result images.
 //! - `testing` (feature `testing`): fake providers on loopback, for this crate's tests and the
 //!   server's.
+//!
+//! `docs/architecture.md` is the map of the whole workspace: which crate depends on which, the
+//! file that parses, validates, plans, executes and delivers each field, and the error table.
 
 pub mod config;
 pub mod dashscope;

@@ -5,6 +5,9 @@
 //! into one [`easel_types::request::ImageRequest`]; outbound, [`response`], [`events`] and [`error`]
 //! are the bodies clients parse. No I/O happens here: the server collects bytes and parts, this
 //! crate only reads them, so every dialect can be tested without a socket.
+//!
+//! `docs/architecture.md` is the map of the whole workspace: which crate depends on which, the
+//! file that parses, validates, plans, executes and delivers each field, and the error table.
 
 pub mod error;
 pub mod events;

@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 
 use crate::backend::{CallContext, PartialImage, SourcePixels};
 use crate::error::{BackendError, CoreError};
-use crate::imaging::{self, DecodeLimits};
+use crate::imaging;
 use crate::job::{EncodedPartial, ImageJob, JobContext, JobOutput};
 use crate::types::ImageSize;
 use crate::usage::{self, Usage};
@@ -101,36 +101,21 @@ impl ImageService {
         Ok(JobOutput { images, usage, revised_prompt, partials_sent })
     }
 
-    /// Decodes the first image and the mask once, when a mask must be composited or the backend
-    /// takes pixels, and brings them to the sizes each use needs.
+    /// Brings the first image and the mask, decoded once when the job was prepared, to the sizes
+    /// each use needs: the delivered size for compositing, the call size for backends that take
+    /// pixels.
     async fn decode_sources(
         &self,
         job: &ImageJob,
         call_size: ImageSize,
         takes_pixels: bool,
     ) -> Result<Sources, CoreError> {
-        let Some(first) = job.images.first() else { return Ok(Sources::default()) };
-        if job.mask.is_none() && !takes_pixels {
-            return Ok(Sources::default());
-        }
-        let (first_bytes, mask_bytes) = (first.bytes.clone(), job.mask.as_ref().map(|m| m.bytes.clone()));
-        let limits =
-            DecodeLimits { max_pixels: self.settings.max_input_pixels, max_bytes: self.settings.max_decoded_bytes };
+        let Some(decoded) = job.decoded.clone() else { return Ok(Sources::default()) };
         let size = job.size;
-        let decoded = self.pixels.run(move || {
-            let first = imaging::decode_limited(&first_bytes, limits).map_err(|e| {
-                CoreError::invalid_image(Some("image".into()), format!("Invalid image file or mode for image 1: {e}."))
-            })?;
-            let mask = match mask_bytes {
-                Some(bytes) => Some(
-                    imaging::decode_limited(&bytes, limits)
-                        .map_err(|e| CoreError::invalid_image(Some("mask".into()), format!("Invalid mask: {e}.")))?,
-                ),
-                None => None,
-            };
+        let resized = self.pixels.run(move || {
             let at = |size: ImageSize| -> Result<SourcePixels, CoreError> {
-                let image = Arc::new(imaging::resize_cover(&first, size)?);
-                let mask = match &mask {
+                let image = Arc::new(imaging::resize_cover(&decoded.first, size)?);
+                let mask = match &decoded.mask {
                     Some(mask) => Some(Arc::new(imaging::resize_cover(mask, size)?)),
                     None => None,
                 };
@@ -145,7 +130,7 @@ impl ImageService {
             let for_compositing = delivered.mask.is_some().then_some(delivered);
             Ok::<_, CoreError>(Sources { for_backend, for_compositing })
         });
-        decoded.await?
+        resized.await?
     }
 }
 

@@ -6,7 +6,7 @@ use crate::backend::{Capabilities, InputImage};
 use crate::error::{CoreError, InvalidCode};
 use crate::fetch::FetchError;
 use crate::imaging::{self, DecodeLimits, ImageError};
-use crate::job::ImageJob;
+use crate::job::{Decoded, ImageJob};
 use crate::range::IntRange;
 use crate::registry::Model;
 use crate::request::{ImageRef, ImageRequest, NamedImage, Options};
@@ -51,7 +51,7 @@ impl ImageService {
         let prompt = check_prompt(operation, request.prompt, caps)?;
         let n = IntRange::new(1, i64::from(caps.max_n)).check("n", request.n.unwrap_or(1))? as u32;
         let options = check_options(request.options, caps, &model.id)?;
-        let (images, mask) = self.resolve_images(operation, request.images, request.mask, caps).await?;
+        let (images, mask, decoded) = self.resolve_images(operation, request.images, request.mask, caps).await?;
 
         let size = match request.size.unwrap_or(SizeRequest::Auto) {
             SizeRequest::Exact(size) => {
@@ -89,6 +89,7 @@ impl ImageService {
             stream: request.stream,
             partial_images,
             options,
+            decoded,
             model,
         })
     }
@@ -99,7 +100,7 @@ impl ImageService {
         images: Vec<NamedImage>,
         mask: Option<NamedImage>,
         caps: &Capabilities,
-    ) -> Result<(Vec<InputImage>, Option<InputImage>), CoreError> {
+    ) -> Result<(Vec<InputImage>, Option<InputImage>, Option<Decoded>), CoreError> {
         match operation {
             Operation::Generate => {
                 if let Some(first) = images.first() {
@@ -116,13 +117,20 @@ impl ImageService {
                         "Image generations take no mask.",
                     ));
                 }
-                return Ok((Vec::new(), None));
+                return Ok((Vec::new(), None, None));
             }
             Operation::Edit if images.is_empty() => {
                 return Err(CoreError::invalid(
                     "image",
                     InvalidCode::MissingRequiredParameter,
                     "Missing required parameter: 'image'. An edit needs at least one source image (a file part, an image URL or a data URL).",
+                ));
+            }
+            Operation::Variation if images.is_empty() => {
+                return Err(CoreError::invalid(
+                    "image",
+                    InvalidCode::MissingRequiredParameter,
+                    "Missing required parameter: 'image'. A variation needs one source image (a file part).",
                 ));
             }
             Operation::Variation if images.len() != 1 => {
@@ -139,7 +147,9 @@ impl ImageService {
             ));
         }
         let mut inputs = Vec::with_capacity(images.len());
+        let mut params = Vec::with_capacity(images.len() + 1);
         for (index, image) in images.into_iter().enumerate() {
+            params.push(image.param.clone());
             inputs.push(self.load(image, index + 1).await?);
         }
         let mask = match mask {
@@ -148,10 +158,48 @@ impl ImageService {
                 let param = named.param.clone();
                 let mask = self.load(named, 0).await?;
                 check_mask(&param, &mask, inputs[0].size)?;
+                params.push(param);
                 Some(mask)
             }
         };
-        Ok((inputs, mask))
+        let keep = mask.is_some() || caps.takes_pixels;
+        let decoded = self.decode_all(&inputs, mask.as_ref(), params, keep).await?;
+        Ok((inputs, mask, decoded))
+    }
+
+    /// Decodes every input image and the mask before anything is spent, so a corrupt body behind
+    /// a valid header is a 400 naming its parameter, never a call billed upstream. The first image
+    /// and the mask are kept when the job will composite a mask or the backend takes pixels
+    /// (`keep`), so nothing is decoded twice; the rest are dropped once they decode.
+    async fn decode_all(
+        &self,
+        inputs: &[InputImage],
+        mask: Option<&InputImage>,
+        params: Vec<String>,
+        keep: bool,
+    ) -> Result<Option<Decoded>, CoreError> {
+        let images: Vec<_> = inputs.iter().chain(mask).map(|i| i.bytes.clone()).collect();
+        let has_mask = mask.is_some();
+        let limits =
+            DecodeLimits { max_pixels: self.settings.max_input_pixels, max_bytes: self.settings.max_decoded_bytes };
+        let decoded = self.pixels.run(move || {
+            let last = images.len() - 1;
+            let mut first = None;
+            let mut mask = None;
+            for (index, bytes) in images.iter().enumerate() {
+                let is_mask = has_mask && index == last;
+                let number = if is_mask { 0 } else { index + 1 };
+                let pixels =
+                    imaging::decode_limited(bytes, limits).map_err(|e| image_error(&params[index], number, &e))?;
+                if keep && index == 0 {
+                    first = Some(Arc::new(pixels));
+                } else if keep && is_mask {
+                    mask = Some(Arc::new(pixels));
+                }
+            }
+            Ok::<_, CoreError>(first.map(|first| Decoded { first, mask }))
+        });
+        decoded.await?
     }
 
     /// Fetches (if a URL) and probes one image; `number` is 1-based for messages, 0 for the mask.

@@ -7,8 +7,9 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use easel_core::error::{CoreError, InvalidCode};
 use easel_wire::request::from_value;
@@ -16,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult};
+use crate::extract;
 use crate::state::AppState;
 use crate::storage::keys::{KeyRecord, KeySettings};
 use crate::storage::reports::{self, Filter, GroupBy, parse_time};
@@ -50,8 +52,12 @@ pub async fn list_keys(State(state): State<AppState>, _admin: Admin) -> ApiResul
     Ok(Json(json!({"object": "list", "data": keys.iter().map(key_json).collect::<Vec<_>>()})))
 }
 
-pub async fn create_key(State(state): State<AppState>, _admin: Admin, body: Bytes) -> ApiResult<Response> {
-    let settings = settings(&body)?;
+pub async fn create_key(
+    State(state): State<AppState>,
+    _admin: Admin,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let settings = settings(&extract::bytes(body, &state)?)?;
     if settings.name.is_none() {
         return Err(CoreError::missing("name").into());
     }
@@ -61,7 +67,13 @@ pub async fn create_key(State(state): State<AppState>, _admin: Admin, body: Byte
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-pub async fn get_key(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get_key(
+    State(state): State<AppState>,
+    _admin: Admin,
+    uri: Uri,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let id = extract::segment(path, &uri);
     let key = state.keys.get(&id).await?.ok_or(ApiError::KeyNotFound(id))?;
     Ok(Json(key_json(&key)))
 }
@@ -69,10 +81,12 @@ pub async fn get_key(State(state): State<AppState>, _admin: Admin, Path(id): Pat
 pub async fn update_key(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(id): Path<String>,
-    body: Bytes,
+    uri: Uri,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
-    let settings = settings(&body)?;
+    let id = extract::segment(path, &uri);
+    let settings = settings(&extract::bytes(body, &state)?)?;
     let key = state.keys.update(&id, settings).await.map_err(invalid)?.ok_or(ApiError::KeyNotFound(id))?;
     Ok(Json(key_json(&key)))
 }
@@ -80,8 +94,10 @@ pub async fn update_key(
 pub async fn revoke_key(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(id): Path<String>,
+    uri: Uri,
+    path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
+    let id = extract::segment(path, &uri);
     if !state.keys.revoke(&id).await? {
         return Err(ApiError::KeyNotFound(id));
     }

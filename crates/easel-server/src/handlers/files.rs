@@ -3,7 +3,7 @@
 //! swept or unknown images a 404, in the usual envelope.
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -23,12 +23,14 @@ pub struct Signed {
 
 pub async fn get(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     query: Result<Query<Signed>, QueryRejection>,
 ) -> ApiResult<Response> {
     let (Some(expires), Some(signature)) = query.map_or((None, None), |Query(q)| (q.expires, q.signature)) else {
         return Err(ApiError::LinkUnsigned);
     };
+    // A name that is not UTF-8 was never signed.
+    let Ok(Path(name)) = path else { return Err(ApiError::LinkBadSignature) };
     let now = now();
     match state.signer.verify(&name, expires, &signature, now) {
         Verdict::Valid => {}

@@ -2,12 +2,15 @@
 //! `client.models.list()` works. A key restricted to some models sees only those.
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
+use axum::http::Uri;
 use easel_core::error::CoreError;
 use easel_wire::response::{ModelList, ModelObject};
 
 use crate::auth::Caller;
 use crate::error::ApiResult;
+use crate::extract;
 use crate::state::AppState;
 
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Json<ModelList> {
@@ -25,8 +28,10 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Json<ModelLi
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    uri: Uri,
+    path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<ModelObject>> {
+    let id = extract::segment(path, &uri);
     match state.service.registry().get(&id) {
         Some(m) if caller.may_use(&m.id) => Ok(Json(ModelObject::new(&m.id, m.created, &m.owned_by))),
         _ => Err(CoreError::ModelNotFound(id).into()),

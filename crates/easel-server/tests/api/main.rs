@@ -14,6 +14,7 @@ mod helpers;
 mod hosted;
 mod limits;
 mod local;
+mod matrix;
 mod models;
 mod operations;
 mod sdk;

@@ -36,6 +36,14 @@ pub fn from_value_named<T: serde::de::DeserializeOwned>(
                 let (got, expected) = rest.split_once(", expected ").unwrap_or((rest, "another type"));
                 format!("expected {expected}, but got {got} instead")
             });
+            if param.is_empty() {
+                // The whole body has the wrong shape: no parameter to name.
+                return CoreError::InvalidRequest {
+                    param: None,
+                    code: InvalidCode::InvalidType,
+                    message: format!("Invalid type for the request body: {detail}."),
+                };
+            }
             CoreError::invalid(
                 param.clone(),
                 InvalidCode::InvalidType,

@@ -24,12 +24,14 @@ pub(super) enum UrlField {
 }
 
 /// The JSON `image` (and `mask`) field: a reference string, a reference object, or a list of them.
+/// The list is tried before the object: serde reads a struct from a sequence too, so
+/// `["data:...", "data:..."]` would otherwise be taken as `{"image_url", "file_id"}`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum ImageField {
     Text(String),
-    Object(ImageRefBody),
     List(Vec<ImageItem>),
+    Object(ImageRefBody),
 }
 
 #[derive(Debug, Deserialize)]

@@ -50,6 +50,15 @@ pub(super) fn parse(
     for part in parts {
         if is_image_name(&part.name) {
             image_parts.push(part);
+        } else if (part.name == "mask" || part.name == "mask[]") && operation != Operation::Edit {
+            // Only edits take a mask.
+            if unknown == UnknownParams::Reject {
+                return Err(CoreError::invalid(
+                    "mask",
+                    InvalidCode::UnknownParameter,
+                    "Unknown parameter: 'mask'. Only image edits take a mask.",
+                ));
+            }
         } else if part.name == "mask" || part.name == "mask[]" {
             if mask.is_some() {
                 return Err(CoreError::invalid_value(
