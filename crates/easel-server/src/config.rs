@@ -89,6 +89,9 @@ pub struct ServerConfig {
     pub insecure_no_auth: bool,
     /// `text` (default) or `json` (one JSON object a line, each with the request id).
     pub log_format: LogFormat,
+    /// Seconds a client may take to send a request body; a stalled upload then gets a 400
+    /// envelope instead of holding a connection (and a drain) forever.
+    pub body_timeout_secs: u64,
     /// Seconds in-flight requests may take to finish after SIGTERM; new requests get a 503
     /// meanwhile, and the process exits 0 when they are done or the time is up.
     pub shutdown_grace_secs: u64,
@@ -148,6 +151,7 @@ impl Default for ServerConfig {
             keep_alive_secs: 5,
             insecure_no_auth: false,
             log_format: LogFormat::Text,
+            body_timeout_secs: 60,
             shutdown_grace_secs: 30,
         }
     }
@@ -268,6 +272,7 @@ impl Config {
         anyhow::ensure!(images.max_input_pixels >= 1, "images.max_input_pixels must be at least 1");
         anyhow::ensure!(images.max_decoded_bytes >= 1, "images.max_decoded_bytes must be at least 1");
         anyhow::ensure!(self.storage.url_ttl_secs >= 1, "storage.url_ttl_secs must be at least 1");
+        anyhow::ensure!(self.server.body_timeout_secs >= 1, "server.body_timeout_secs must be at least 1");
         Engine::of(&self.database_url())?;
         Spec::parse(&self.blobs())?;
         let allow_image_hosts = self

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use url::Url;
 
@@ -134,6 +135,7 @@ impl Application {
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(config.server.max_body_bytes))
+            .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(config.server.body_timeout_secs)))
             .layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe))
             // Inside the observer: a panicking handler becomes a 500 envelope that is counted.
             .layer(CatchPanicLayer::custom(panic_response))
