@@ -5,7 +5,8 @@
 #   - cargo-nextest, if the machine lacks it;
 #   - PostgreSQL (apt) and Garage (cargo install), started throwaway on loopback for the storage
 #     tests by scripts/services.sh, and stopped on exit.
-# Then runs every crate's tests with nextest (the SDK and storage tests are among them).
+# Then runs every crate's tests with nextest (the SDK and storage tests are among them), then
+# fuzzes every target in fuzz/ for a bounded time (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,3 +44,6 @@ export RUST_BACKTRACE="${RUST_BACKTRACE:-0}"
 # With no arguments, everything; otherwise the arguments select (e.g. `-p easel-core`).
 [ $# -gt 0 ] || set -- --workspace
 cargo nextest run --no-fail-fast "$@"
+
+# Then every fuzz target for a bounded time (EASEL_FUZZ_SECONDS each, default 20, 0 skips): scripts/fuzz.sh.
+step "Fuzzing" && scripts/fuzz.sh

@@ -1715,9 +1715,8 @@ async fn the_auth_matrix() {
     eprintln!("the auth matrix: {count} cases");
 }
 
-/// A client that sends headers and then stalls: the server keeps serving others, and the stalled
-/// request is answered once the client gives up. The server has no body read timeout, so the
-/// handler waits for as long as the client keeps the connection open.
+/// A client that sends headers and part of a body, then stalls: the server keeps serving others,
+/// and answers the stalled request with a 400 envelope once `server.body_timeout_secs` passes.
 #[tokio::test]
 async fn a_stalled_body_does_not_stop_the_server() {
     let app = spawn_app_with(
