@@ -14,7 +14,11 @@ fuzz_target!(|bytes: &[u8]| {
     let limited = decode_limited(bytes, LIMITS);
     if let Ok(image) = &limited {
         let h = header(bytes).expect("a decoded image has a header");
-        assert_eq!((image.width(), image.height()), (h.size.width, h.size.height), "decoded size differs from the header");
+        assert_eq!(
+            (image.width(), image.height()),
+            (h.size.width, h.size.height),
+            "decoded size differs from the header"
+        );
         assert!(u64::from(image.width()) * u64::from(image.height()) <= LIMITS.max_pixels);
         assert!(image.as_bytes().len() as u64 <= LIMITS.max_bytes);
     }

@@ -10,20 +10,81 @@
 use arbitrary::Arbitrary;
 use easel_types::request::ImageRef;
 use easel_types::types::Operation;
-use easel_wire::request::{FormPart, UnknownParams, parse_multipart};
+use easel_wire::request::{FormPart, UnknownParams, is_image_name, parse_multipart};
 use libfuzzer_sys::fuzz_target;
 
 const NAMES: &[&str] = &[
-    "image", "image[]", "image[0]", "image[1]", "image.0", "image.1.items", "mask", "mask[]", "prompt", "model",
-    "n", "size", "quality", "response_format", "output_format", "output_compression", "background", "stream",
-    "partial_images", "user", "input_fidelity", "moderation", "style", "seed", "steps", "guidance_scale",
-    "strength", "negative_prompt", "images", "image[x]",
+    "image",
+    "image[]",
+    "image[0]",
+    "image[1]",
+    "image.0",
+    "image.1.items",
+    "mask",
+    "mask[]",
+    "prompt",
+    "model",
+    "n",
+    "size",
+    "quality",
+    "response_format",
+    "output_format",
+    "output_compression",
+    "background",
+    "stream",
+    "partial_images",
+    "user",
+    "input_fidelity",
+    "moderation",
+    "style",
+    "seed",
+    "steps",
+    "guidance_scale",
+    "strength",
+    "negative_prompt",
+    "images",
+    "image[x]",
 ];
 const VALUES: &[&str] = &[
-    "", "1", "0", "-1", "10", "11", "512x512", "1024x1024", "auto", "768*512", "0x0", "url", "b64_json", "png",
-    "jpeg", "webp", "true", "false", "transparent", "opaque", "high", "low", "100", "101", "0.5", "1e309", "NaN",
-    "9999999999999999999999", "gpt-image-1", "dall-e-2", "a red rose", "null", "[]", "{}",
-    "data:image/png;base64,iVBORw0KGgo=", "https://example.com/a.png", "http://[::1", "data:,", " ",
+    "",
+    "1",
+    "0",
+    "-1",
+    "10",
+    "11",
+    "512x512",
+    "1024x1024",
+    "auto",
+    "768*512",
+    "0x0",
+    "url",
+    "b64_json",
+    "png",
+    "jpeg",
+    "webp",
+    "true",
+    "false",
+    "transparent",
+    "opaque",
+    "high",
+    "low",
+    "100",
+    "101",
+    "0.5",
+    "1e309",
+    "NaN",
+    "9999999999999999999999",
+    "gpt-image-1",
+    "dall-e-2",
+    "a red rose",
+    "null",
+    "[]",
+    "{}",
+    "data:image/png;base64,iVBORw0KGgo=",
+    "https://example.com/a.png",
+    "http://[::1",
+    "data:,",
+    " ",
 ];
 /// Smallest headers of each format (the seed images live in `fuzz/seeds/image_decode/`).
 const IMAGES: &[&[u8]] = &[b"\x89PNG\r\n\x1a\n", &[0xFF, 0xD8, 0xFF, 0xE0], b"RIFF\0\0\0\0WEBPVP8 "];
@@ -60,14 +121,6 @@ fn pick<T: Copy>(items: &[T], i: u8) -> T {
     items[usize::from(i) % items.len()]
 }
 
-fn is_image_name(name: &str) -> bool {
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    name == "image"
-        || name == "image[]"
-        || name.strip_prefix("image[").and_then(|r| r.strip_suffix(']')).is_some_and(digits)
-        || name.strip_prefix("image.").is_some_and(|r| digits(r.strip_suffix(".items").unwrap_or(r)))
-}
-
 fuzz_target!(|form: Form| {
     let operation = pick(Operation::ALL, form.operation);
     let parts: Vec<FormPart> = form
@@ -100,7 +153,10 @@ fuzz_target!(|form: Form| {
         assert_eq!(request.images.len(), image_parts.len(), "one input image per image part");
         for (image, part) in request.images.iter().zip(&image_parts) {
             if easel_types::sniff::sniff(&part.data).is_some() || part.filename.is_some() {
-                assert!(matches!(&image.source, ImageRef::Inline(b) if *b == part.data), "a file part's bytes are kept as sent");
+                assert!(
+                    matches!(&image.source, ImageRef::Inline(b) if *b == part.data),
+                    "a file part's bytes are kept as sent"
+                );
             }
         }
     }
@@ -108,7 +164,9 @@ fuzz_target!(|form: Form| {
         match &lenient {
             // Compared as text: a `NaN` extension (multipart `strength=NaN`, refused later by the
             // core's range check) is not equal to itself.
-            Ok(lenient) => assert_eq!(format!("{strict:?}"), format!("{lenient:?}"), "the modes disagree on an accepted form"),
+            Ok(lenient) => {
+                assert_eq!(format!("{strict:?}"), format!("{lenient:?}"), "the modes disagree on an accepted form")
+            }
             Err(e) => panic!("strict mode accepted a form the lenient mode refuses: {e}"),
         }
     }

@@ -26,7 +26,9 @@ fuzz_target!(|body: &[u8]| {
             match &lenient {
                 // Compared as text: a `NaN` extension (multipart `strength=NaN`, refused later by the
                 // core's range check) is not equal to itself.
-                Ok(lenient) => assert_eq!(format!("{strict:?}"), format!("{lenient:?}"), "the modes disagree on an accepted body"),
+                Ok(lenient) => {
+                    assert_eq!(format!("{strict:?}"), format!("{lenient:?}"), "the modes disagree on an accepted body")
+                }
                 Err(e) => panic!("strict mode accepted a body the lenient mode refuses: {e}"),
             }
         }

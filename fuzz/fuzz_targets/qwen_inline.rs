@@ -10,9 +10,8 @@ use serde_json::json;
 
 /// A word `extract_inline` takes out, by the rule the module documents.
 fn is_reference(word: &str) -> bool {
-    let core = word
-        .trim_start_matches(['(', '<', '[', '"', '\''])
-        .trim_end_matches([')', '>', ']', '"', '\'', ',', ';', '.']);
+    let core =
+        word.trim_start_matches(['(', '<', '[', '"', '\'']).trim_end_matches([')', '>', ']', '"', '\'', ',', ';', '.']);
     core.starts_with("https://") || core.starts_with("http://") || core.starts_with("data:image/")
 }
 

@@ -130,7 +130,11 @@ fuzz_target!(|bodies: Vec<Body>| {
         let value: Value = serde_json::from_str(data).expect("each data line is JSON");
         assert_eq!(&value, body, "the JSON changed in framing");
         if kind != "error" {
-            assert_eq!(value.get("type").and_then(Value::as_str), Some(kind.as_str()), "the JSON type is the event name");
+            assert_eq!(
+                value.get("type").and_then(Value::as_str),
+                Some(kind.as_str()),
+                "the JSON type is the event name"
+            );
         }
     }
 });

@@ -126,3 +126,38 @@ pub fn png_input(image: &DynamicImage) -> InputImage {
         has_alpha: image.color().has_alpha(),
     }
 }
+
+/// Appends one PNG chunk (length, type, data, CRC) to `out`, for hand-made PNGs in tests.
+pub fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    let start = out.len();
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    let crc = png_crc(&out[start..]);
+    out.extend_from_slice(&crc.to_be_bytes());
+}
+
+/// The CRC a PNG chunk carries over its type and data.
+pub fn png_crc(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
+}
+
+/// A PNG that is only a header: `IHDR` declaring `width` × `height` at `bit_depth` and
+/// `color_type`, a few bytes of `IDAT`, `IEND`. Decoders read the header without complaint; the
+/// pixels do not exist (a decompression bomb when the size is large).
+pub fn png_header_only(width: u32, height: u32, bit_depth: u8, color_type: u8) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[bit_depth, color_type, 0, 0, 0]);
+    png_chunk(&mut out, b"IHDR", &ihdr);
+    png_chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00]);
+    png_chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// [`png_header_only`] declaring 16-bit RGBA: 8 bytes a pixel once decoded.
+pub fn png_bomb(width: u32, height: u32) -> Vec<u8> {
+    png_header_only(width, height, 16, 6)
+}

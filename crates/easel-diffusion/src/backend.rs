@@ -99,7 +99,11 @@ fn prepare(call: BackendCall, cfg: &Resolved) -> Generate {
     let init = call.pixels.as_ref().map(|pixels| {
         let mask = pixels.mask.as_deref().map(repaint_mask);
         let default = if mask.is_some() { 1.0 } else { cfg.strength };
-        InitImage { image: (*pixels.image).clone(), mask, strength: f64::from(x.strength.unwrap_or(default)) }
+        InitImage {
+            image: std::sync::Arc::clone(&pixels.image),
+            mask,
+            strength: f64::from(x.strength.unwrap_or(default)),
+        }
     });
     let prompt = if call.operation == Operation::Variation { String::new() } else { call.prompt.clone() };
     Generate {

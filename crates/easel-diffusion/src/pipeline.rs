@@ -26,7 +26,8 @@ pub enum Preview {
 
 /// The source of an edit, already at the output size.
 pub struct InitImage {
-    pub image: DynamicImage,
+    /// Shared with the core's decoded source: read, never changed.
+    pub image: std::sync::Arc<DynamicImage>,
     /// 255 where the model repaints (the OpenAI mask's transparent pixels), 0 where it keeps.
     pub mask: Option<GrayImage>,
     pub strength: f64,

@@ -66,7 +66,7 @@ impl Application {
         let writer = Writer::spawn(db::connect_writer(&valid.database_url).await?);
         let blobs = Blobs::open(&valid.blobs)?;
         let keys = ApiKeys::new(db.clone());
-        let db_for_limits = db.clone();
+        let limiter = Limiter::new(db.clone(), Duration::from_secs(config.limits.reservation_ttl_secs.max(1)));
         let signer = UrlSigner::new(signing::load_key(config.auth.url_signing_key_env.as_deref(), data_dir)?)?;
 
         let bind = valid.bind;
@@ -119,7 +119,7 @@ impl Application {
             open_when_keyless: open_allowed,
             max_body_bytes: config.server.max_body_bytes,
             drain: Drain::default(),
-            limiter: Limiter::new(db_for_limits, Duration::from_secs(config.limits.reservation_ttl_secs.max(1))),
+            limiter,
         });
         let metrics_listener = match valid.metrics_bind {
             Some(addr) => {

@@ -259,7 +259,7 @@ mod tests {
 
     #[test]
     fn a_tiny_png_declaring_half_a_gigabyte_is_refused_from_its_header() {
-        let bomb = super::super::png_bomb(8192, 8192);
+        let bomb = crate::testing::png_bomb(8192, 8192);
         assert!(bomb.len() < 100, "{} bytes", bomb.len());
         let header = header(&bomb).unwrap();
         assert_eq!(header.size.pixels(), 64 * 1024 * 1024, "within the default pixel limit");
@@ -275,7 +275,7 @@ mod tests {
         }
         // The same bytes within a budget that admits them fail as corrupt, not by allocation.
         let wide = DecodeLimits { max_pixels: u64::MAX, max_bytes: 1 << 30 };
-        assert!(matches!(decode_limited(&super::super::png_bomb(64, 64), wide), Err(ImageError::Corrupt(_))));
+        assert!(matches!(decode_limited(&crate::testing::png_bomb(64, 64), wide), Err(ImageError::Corrupt(_))));
     }
 
     #[test]

@@ -113,12 +113,17 @@ impl ImageService {
         let Some(decoded) = job.decoded.clone() else { return Ok(Sources::default()) };
         let size = job.size;
         let resized = self.pixels.run(move || {
+            // Shared as they are when already at the size wanted; resized (a new buffer) otherwise.
+            let fit = |image: &Arc<image::DynamicImage>, size: ImageSize| -> anyhow::Result<Arc<image::DynamicImage>> {
+                if (image.width(), image.height()) == (size.width, size.height) {
+                    Ok(Arc::clone(image))
+                } else {
+                    Ok(Arc::new(imaging::resize_cover(image, size)?))
+                }
+            };
             let at = |size: ImageSize| -> Result<SourcePixels, CoreError> {
-                let image = Arc::new(imaging::resize_cover(&decoded.first, size)?);
-                let mask = match &decoded.mask {
-                    Some(mask) => Some(Arc::new(imaging::resize_cover(mask, size)?)),
-                    None => None,
-                };
+                let image = fit(&decoded.first, size)?;
+                let mask = decoded.mask.as_ref().map(|mask| fit(mask, size)).transpose()?;
                 Ok(SourcePixels { image, mask })
             };
             let delivered = at(size)?;

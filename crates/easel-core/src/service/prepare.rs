@@ -334,7 +334,7 @@ mod tests {
         let service = with(ServiceSettings::default());
         // 8192 x 8192 is within the default 64 Mpx; at 16-bit RGBA it decodes to 512 MiB.
         let started = Instant::now();
-        let err = service.load(named("image[]", imaging::png_bomb(8192, 8192)), 2).await.unwrap_err();
+        let err = service.load(named("image[]", crate::testing::png_bomb(8192, 8192)), 2).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_millis(100), "took {:?}", started.elapsed());
         match err {
             CoreError::InvalidImage { param, message } => {
@@ -343,11 +343,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let err = service.load(named("mask", imaging::png_bomb(8192, 8192)), 0).await.unwrap_err();
+        let err = service.load(named("mask", crate::testing::png_bomb(8192, 8192)), 0).await.unwrap_err();
         assert!(matches!(err, CoreError::InvalidImage { param: Some(p), .. } if p == "mask"));
         // The budget is a setting: raised, the same header passes (it is only a header).
         let roomy = with(ServiceSettings { max_decoded_bytes: 1 << 30, ..ServiceSettings::default() });
-        let input = roomy.load(named("image", imaging::png_bomb(8192, 8192)), 1).await.unwrap();
+        let input = roomy.load(named("image", crate::testing::png_bomb(8192, 8192)), 1).await.unwrap();
         assert_eq!(input.size.pixels(), 64 * 1024 * 1024);
     }
 }

@@ -12,7 +12,7 @@ use easel_wire::response::ImagesResponse;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::storage::limits::{Dimension, LimitError, Limiter, Reservation, Standing, format_duration};
+use crate::storage::limits::{LimitError, Limiter, Reservation, Standing, format_duration};
 use crate::storage::now;
 
 /// Where the key stands on each limited quantity, the tightest limit of each.
@@ -59,10 +59,6 @@ impl RateHeaders {
                 }
             }
         }
-    }
-
-    pub fn has(&self, dimension: Dimension) -> bool {
-        self.0.iter().any(|s| s.counter.dimension() == dimension)
     }
 }
 

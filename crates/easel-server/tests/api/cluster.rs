@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use crate::helpers::{assert_error, json_body};
+use crate::helpers::{assert_error, json_body, listening_address};
 use crate::storage::services;
 
 /// One `easel serve` process; killed when dropped.
@@ -38,15 +38,7 @@ impl Node {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let started = Instant::now();
-        let address = loop {
-            assert!(started.elapsed() < Duration::from_secs(60), "{} did not start", config.display());
-            let Some(Ok(line)) = lines.next() else { panic!("{} exited before listening", config.display()) };
-            let entry: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if let Some(address) = entry["fields"]["address"].as_str() {
-                break format!("http://{address}");
-            }
-        };
+        let address = format!("http://{}", listening_address(&mut lines, Duration::from_secs(60)));
         // Keep draining the log so the node never blocks on a full pipe; it is kept beside the
         // config for a failing test's reader.
         let log = config.with_extension("log");

@@ -172,3 +172,20 @@ pub fn b64_bytes(entry: &Value) -> Vec<u8> {
 pub fn file_part(bytes: Vec<u8>, name: &str) -> reqwest::multipart::Part {
     reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()).mime_str("application/octet-stream").unwrap()
 }
+
+/// Reads the log of an `easel serve` started with JSON logs until it says where it listens
+/// (`host:port`); every line must be JSON. Panics after `within`, or if the log ends first.
+pub fn listening_address(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    within: std::time::Duration,
+) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        assert!(started.elapsed() < within, "the server did not start within {within:?}");
+        let line = lines.next().expect("the server exited before listening").unwrap();
+        let entry: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        if let Some(address) = entry["fields"]["address"].as_str() {
+            return address.to_string();
+        }
+    }
+}

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use base64::Engine as _;
+use easel_core::testing::{png_chunk, png_crc};
 use easel_server::storage::keys::KeySettings;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
 use reqwest::Method;
@@ -262,26 +263,6 @@ async fn check(app: &TestApp, case: &Case, auth: Option<&str>) -> Result<(), Str
 // ---------------------------------------------------------------------------------------------
 // Image bytes: valid in unusual encodings, broken, and hostile.
 
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
-}
-
-fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    let start = out.len();
-    out.extend_from_slice(kind);
-    out.extend_from_slice(data);
-    let crc = crc32(&out[start..]);
-    out.extend_from_slice(&crc.to_be_bytes());
-}
-
 /// zlib with stored (uncompressed) deflate blocks.
 fn zlib_stored(data: &[u8]) -> Vec<u8> {
     let mut out = vec![0x78, 0x01];
@@ -309,12 +290,12 @@ fn png_raw(width: u32, height: u32, depth: u8, color: u8, extra: &[(&[u8; 4], Ve
     ihdr.extend_from_slice(&width.to_be_bytes());
     ihdr.extend_from_slice(&height.to_be_bytes());
     ihdr.extend_from_slice(&[depth, color, 0, 0, 0]);
-    chunk(&mut out, b"IHDR", &ihdr);
+    png_chunk(&mut out, b"IHDR", &ihdr);
     for (kind, data) in extra {
-        chunk(&mut out, kind, data);
+        png_chunk(&mut out, kind, data);
     }
-    chunk(&mut out, b"IDAT", &zlib_stored(rows));
-    chunk(&mut out, b"IEND", &[]);
+    png_chunk(&mut out, b"IDAT", &zlib_stored(rows));
+    png_chunk(&mut out, b"IEND", &[]);
     out
 }
 
@@ -363,23 +344,14 @@ fn png_interlaced(w: u32, h: u32) -> Vec<u8> {
     // encoder do the filtering, so a non-interlaced image with the interlace flag is a corrupt one.
     let mut bytes = png_raw(w, h, 8, 0, &[], &rows(h, w as usize));
     bytes[28] = 1; // the interlace byte of IHDR
-    let crc = crc32(&bytes[12..29]);
+    let crc = png_crc(&bytes[12..29]);
     bytes[29..33].copy_from_slice(&crc.to_be_bytes());
     bytes
 }
 
-/// A PNG that is only a header declaring `w` × `h` (16-bit RGBA when `deep`).
+/// A PNG that is only a header declaring `w` × `h` RGBA (16-bit when `deep`).
 fn png_header_only(w: u32, h: u32, deep: bool) -> Vec<u8> {
-    let (depth, color) = if deep { (16, 6) } else { (8, 6) };
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&w.to_be_bytes());
-    ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[depth, color, 0, 0, 0]);
-    chunk(&mut out, b"IHDR", &ihdr);
-    chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00]);
-    chunk(&mut out, b"IEND", &[]);
-    out
+    easel_core::testing::png_header_only(w, h, if deep { 16 } else { 8 }, 6)
 }
 
 fn noisy(w: u32, h: u32) -> DynamicImage {

@@ -2,12 +2,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
 use crate::backend::{TestBackend, capabilities};
-use crate::helpers::{assert_error, json_body, spawn_app, spawn_app_with, test_models};
+use crate::helpers::{assert_error, json_body, listening_address, spawn_app, spawn_app_with, test_models};
 
 #[tokio::test]
 async fn metrics_count_requests_by_route_status_and_model() {
@@ -113,15 +113,7 @@ async fn sigterm_exits_zero_and_json_logs_name_the_request() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let started = Instant::now();
-    let address = loop {
-        assert!(started.elapsed() < Duration::from_secs(30), "the server did not start");
-        let line = lines.next().expect("the server printed nothing").unwrap();
-        let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        if let Some(address) = entry["fields"]["address"].as_str() {
-            break address.to_string();
-        }
-    };
+    let address = listening_address(&mut lines, Duration::from_secs(30));
     let response = reqwest::Client::new()
         .get(format!("http://{address}/v1/models"))
         .header("x-request-id", "req-7")

@@ -24,7 +24,7 @@ use easel_types::types::Operation;
 use serde_json::{Map, Value};
 
 pub use errors::from_value;
-pub use multipart::FormPart;
+pub use multipart::{FormPart, is_image_name};
 
 /// What to do with parameters Easel does not know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]

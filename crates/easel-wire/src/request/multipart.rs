@@ -31,7 +31,9 @@ impl std::fmt::Debug for FormPart {
     }
 }
 
-fn is_image_name(name: &str) -> bool {
+/// Whether a multipart part of this name is an input image (`image`, `image[]`, `image[N]`,
+/// `image.N`, `image.N.items`).
+pub fn is_image_name(name: &str) -> bool {
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     name == "image"
         || name == "image[]"

@@ -7,7 +7,7 @@ use std::pin::Pin;
 
 use easel_server::storage::db::{self, Db};
 use easel_server::storage::records::{ImageRecord, UsageRecord};
-use easel_server::storage::writer::{self, Writer};
+use easel_server::storage::writer::Writer;
 use futures::future::join_all;
 use sqlx::Row;
 
