@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs what the tests need when it is missing:
-#   - a Python venv (.venv) with the official `openai` SDK (tests/sdk/python/requirements.txt);
+#   - a Python venv (.venv) with the official `openai` and `dashscope` SDKs and schemathesis
+#     (tests/sdk/python/requirements.txt);
 #   - the official `openai` Node SDK (tests/sdk/node, from its package-lock.json);
+#   - Debian's chromium (apt) and playwright-core (tests/browser) for the playground's browser tests;
 #   - cargo-nextest, if the machine lacks it;
 #   - PostgreSQL (apt) and Garage (cargo install), started throwaway on loopback for the storage
 #     tests by scripts/services.sh, and stopped on exit.
-# Then runs every crate's tests with nextest (the SDK and storage tests are among them), then
-# fuzzes every target in fuzz/ for a bounded time (scripts/fuzz.sh).
+# Then runs every crate's tests with nextest (the SDK and storage tests are among them), then a
+# short soak (scripts/soak/run.sh, with wrk from apt), then fuzzes every target in fuzz/ for a
+# bounded time (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +32,17 @@ if [ ! -d tests/sdk/node/node_modules/openai ] || [ tests/sdk/node/package-lock.
 fi
 node -e 'console.log("openai (node)", require("./tests/sdk/node/node_modules/openai/package.json").version)'
 
+step "Browser tests (Chromium, tests/browser)"
+if [ ! -x /usr/bin/chromium ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium \
+    || { echo "could not install chromium (apt-get install chromium)" >&2; exit 1; }
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ] || [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
+/usr/bin/chromium --version 2>/dev/null | head -1
+
 step "cargo-nextest"
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
@@ -44,6 +58,12 @@ export RUST_BACKTRACE="${RUST_BACKTRACE:-0}"
 # With no arguments, everything; otherwise the arguments select (e.g. `-p easel-core`).
 [ $# -gt 0 ] || set -- --workspace
 cargo nextest run --no-fail-fast "$@"
+
+# Then a short soak of the whole server with wrk (EASEL_SOAK_SECONDS, default 20, 0 skips):
+# scripts/soak/run.sh; docs/reliability.md has the 10-minute run.
+soak_seconds="${EASEL_SOAK_SECONDS:-20}"
+step "Soak (${soak_seconds}s)"
+if [ "$soak_seconds" -gt 0 ]; then scripts/soak/run.sh "$soak_seconds"; else echo "skipped (EASEL_SOAK_SECONDS=0)"; fi
 
 # Then every fuzz target for a bounded time (EASEL_FUZZ_SECONDS each, default 20, 0 skips): scripts/fuzz.sh.
 step "Fuzzing" && scripts/fuzz.sh

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::BackendError;
 use crate::range::{FloatRange, IntRange};
 use crate::request::Options;
-use crate::types::{ImageSize, InputFormat, Operation, OutputFormat, Quality};
+use crate::types::{Background, ImageSize, InputFormat, Operation, OutputFormat, Quality};
 use crate::usage::Usage;
 
 /// Which sizes a backend can make.
@@ -78,35 +78,60 @@ impl SizeRule {
         }
     }
 
-    /// Whether `size` can be made, and if not, a message saying what can.
+    /// Whether `size` can be made, and if not, a message saying what can: over a range's bounds,
+    /// the largest size of about the same shape.
     pub fn check(&self, size: ImageSize) -> Result<(), String> {
+        let Some(problem) = self.problem(size) else { return Ok(()) };
+        match self.largest_like(size) {
+            Some(largest) => Err(format!("{problem} The largest size of this shape is {largest}.")),
+            None => Err(problem),
+        }
+    }
+
+    /// What is wrong with `size`, if anything.
+    fn problem(&self, size: ImageSize) -> Option<String> {
         match self {
-            Self::Fixed(sizes) if sizes.contains(&size) => Ok(()),
+            Self::Fixed(sizes) if sizes.contains(&size) => None,
             Self::Fixed(sizes) => {
                 let names: Vec<String> = sizes.iter().map(ToString::to_string).collect();
                 let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                Err(format!("Invalid value: '{size}'. Supported values are: {}.", crate::types::quote_list(&names)))
+                Some(format!("Invalid value: '{size}'. Supported values are: {}.", crate::types::quote_list(&names)))
             }
             &Self::Range { multiple_of, min_edge, max_edge, min_pixels, max_pixels, max_aspect } => {
                 let (w, h) = (size.width, size.height);
                 let aspect = f64::from(w.max(h)) / f64::from(w.min(h));
                 if w % multiple_of != 0 || h % multiple_of != 0 {
-                    Err(format!("Invalid size '{size}': width and height must be multiples of {multiple_of}."))
+                    Some(format!("Invalid size '{size}': width and height must be multiples of {multiple_of}."))
                 } else if w.min(h) < min_edge || w.max(h) > max_edge {
-                    Err(format!("Invalid size '{size}': each edge must be between {min_edge} and {max_edge} pixels."))
+                    Some(format!("Invalid size '{size}': each edge must be between {min_edge} and {max_edge} pixels."))
                 } else if size.pixels() < min_pixels || size.pixels() > max_pixels {
-                    Err(format!(
+                    Some(format!(
                         "Invalid size '{size}': the image must have between {min_pixels} and {max_pixels} pixels."
                     ))
                 } else if aspect > max_aspect + 1e-9 {
-                    Err(format!(
+                    Some(format!(
                         "Invalid size '{size}': the long edge may be at most {max_aspect} times the short edge."
                     ))
                 } else {
-                    Ok(())
+                    None
                 }
             }
         }
+    }
+
+    /// For a size larger than a range allows, the biggest allowed size of about its aspect ratio.
+    fn largest_like(&self, size: ImageSize) -> Option<ImageSize> {
+        let Self::Range { multiple_of, .. } = *self else { return None };
+        let mut largest = self.nearest(size);
+        if largest.pixels() >= size.pixels() {
+            return None;
+        }
+        // `nearest` rounds to the grid, which may overshoot a bound by a step: shrink until it fits.
+        while self.problem(largest).is_some() && largest.width.min(largest.height) > multiple_of {
+            let shrink = |e: u32| e.saturating_sub(multiple_of).max(multiple_of);
+            largest = ImageSize::new(shrink(largest.width), shrink(largest.height));
+        }
+        self.problem(largest).is_none().then_some(largest)
     }
 
     /// The makeable size closest to `want`: same aspect ratio first, then area.
@@ -155,6 +180,11 @@ pub struct Capabilities {
     pub native_sizes: Option<SizeRule>,
     /// The size for `size=auto` (or no size) on generations.
     pub default_size: ImageSize,
+    /// Whether the backend picks the size itself for `size=auto` (GPT image picks the
+    /// orientation): the call then carries `auto` ([`BackendCall::size_auto`]), `default_size`
+    /// is only the estimate checks and token counts use, and the size it made is delivered and
+    /// reported as it is, never resized to a guess.
+    pub picks_size: bool,
     /// The most images a client may ask for in one request.
     pub max_n: u32,
     /// The most images one backend call makes; the core fans out the rest.
@@ -168,7 +198,9 @@ pub struct Capabilities {
     pub transparency: bool,
     /// Accepted `quality` values.
     pub qualities: Vec<Quality>,
-    /// The quality reported for `auto`.
+    /// What `auto` means: the quality the backend uses for it (reported back, and what token
+    /// estimates count), or `Auto` itself when the backend picks for itself (GPT image): the
+    /// call then carries `auto` and the response reports `auto`, never a guess.
     pub default_quality: Quality,
     /// Whether the backend sends partial images while it works.
     pub partial_images: bool,
@@ -252,6 +284,9 @@ pub struct BackendCall {
     pub n: u32,
     /// A size from the backend's native rule.
     pub size: ImageSize,
+    /// The client left the size to a backend that picks it ([`Capabilities::picks_size`]): ask
+    /// for `auto`; `size` is only the estimate.
+    pub size_auto: bool,
     pub quality: Quality,
     /// Partial images wanted while streaming (0 when not streaming).
     pub partial_images: u8,
@@ -285,6 +320,15 @@ pub struct BackendOutput {
     pub revised_prompt: Option<String>,
     /// Usage as the backend reports it; the core computes it when absent.
     pub usage: Option<Usage>,
+    /// What actually made the images, for the usage ledger, when a backend can say more than its
+    /// [`ImageBackend::kind`]: an upstream router names the target that answered
+    /// (`kind:provider/model`), which is not its primary when it fell back.
+    pub served_by: Option<String>,
+    /// The quality the backend says it used, where it chose (a provider answering
+    /// `quality=auto`): reported back instead of the one the core resolved.
+    pub quality: Option<Quality>,
+    /// Likewise the background it says it made (`background=auto`).
+    pub background: Option<Background>,
 }
 
 /// An intermediate render sent while streaming.
@@ -323,6 +367,12 @@ pub trait ImageBackend: Send + Sync + std::fmt::Debug {
     }
 
     async fn call(&self, call: BackendCall, cx: CallContext) -> Result<BackendOutput, BackendError>;
+
+    /// Whether the model's weights are random (made by `easel models create-random` for tests
+    /// and benchmarks): it makes noise, not pictures, and `GET /v1/models` says so.
+    fn random_weights(&self) -> bool {
+        false
+    }
 }
 
 pub type SharedBackend = Arc<dyn ImageBackend>;
@@ -340,6 +390,13 @@ mod tests {
         assert!(rule.check(ImageSize::new(512, 512)).unwrap_err().contains("pixels"));
         assert!(rule.check(ImageSize::new(3840, 1024)).unwrap_err().contains("3 times"));
         assert!(rule.check(ImageSize::new(4096, 2048)).unwrap_err().contains("between"));
+        // Over the bounds, the message names the largest size of the same shape.
+        let over = rule.check(ImageSize::new(4096, 2048)).unwrap_err();
+        assert!(over.ends_with("The largest size of this shape is 3840x1920."), "{over}");
+        let over = rule.check(ImageSize::new(4000, 4000)).unwrap_err();
+        assert!(over.ends_with("The largest size of this shape is 2880x2880."), "{over}");
+        assert!(rule.check(rule.nearest(ImageSize::new(4000, 4000))).is_ok());
+        assert!(!rule.check(ImageSize::new(512, 512)).unwrap_err().contains("largest"), "too small is not 'largest'");
     }
 
     #[test]

@@ -126,6 +126,17 @@ impl HostPattern {
     }
 }
 
+/// The entry as it means: `https://host`, `http://host:port`.
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", if self.http { "http" } else { "https" }, self.host)?;
+        match self.port {
+            Some(port) => write!(f, ":{port}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Label by label: the same number of labels, and each `*` matches characters within its label
 /// only (a label that is `*` alone matches any one non-empty label).
 fn host_matches(pattern: &str, host: &str) -> bool {
@@ -301,6 +312,23 @@ impl ImageFetcher {
         self.allow.iter().any(|p| p.matches(url))
     }
 
+    /// For a URL the allow-list refuses although an entry names its host, with another scheme or
+    /// port: in plain words, the entry that names it and the one that would allow it, for the
+    /// operator who wrote the list (a provider's result links). `None` when the URL is allowed
+    /// or no entry names its host: then nothing is said beyond "not allowed".
+    pub fn near_miss(&self, url: &Url) -> Option<String> {
+        let scheme = url.scheme();
+        if self.allows(url) || !matches!(scheme, "http" | "https") {
+            return None;
+        }
+        let host = url.host_str()?.to_ascii_lowercase();
+        let port = url.port_or_known_default()?;
+        let listed = self.allow.iter().find(|p| host_matches(&p.host, &host))?;
+        Some(format!(
+            "host '{host}' is listed as '{listed}', but the URL is {scheme} on port {port}; the entry '{scheme}://{host}:{port}' would allow it"
+        ))
+    }
+
     /// Rules 1 and 3 of the module docs for one hop; rule 2 is the resolver's, at connect time.
     fn check(&self, url: &Url) -> Result<(), FetchError> {
         let matching = || self.allow.iter().filter(|p| p.matches(url));
@@ -442,6 +470,25 @@ mod tests {
         assert!(!mapped.matches(&url("https://127.0.0.1/x.png")));
         assert!(HostPattern::parse("ftp://x").is_err());
         assert!(HostPattern::parse("a..b").is_err());
+    }
+
+    #[test]
+    fn a_near_miss_names_the_entry_and_the_one_that_would_allow_it() {
+        let f = fetcher(&["127.0.0.1".into(), "http://cdn.example.com:9000".into()]);
+        let hint = f.near_miss(&url("http://127.0.0.1:8080/x.png")).unwrap();
+        assert_eq!(
+            hint,
+            "host '127.0.0.1' is listed as 'https://127.0.0.1', but the URL is http on port 8080; the entry 'http://127.0.0.1:8080' would allow it"
+        );
+        let hint = f.near_miss(&url("https://cdn.example.com/x.png")).unwrap();
+        assert!(
+            hint.contains("listed as 'http://cdn.example.com:9000'") && hint.contains("https on port 443"),
+            "{hint}"
+        );
+        // Nothing names the host, or the URL is allowed: nothing to say beyond "not allowed".
+        assert_eq!(f.near_miss(&url("http://10.0.0.1:8080/x.png")), None);
+        assert_eq!(f.near_miss(&url("https://127.0.0.1/x.png")), None);
+        assert_eq!(f.near_miss(&url("ftp://127.0.0.1/x.png")), None);
     }
 
     #[test]

@@ -21,8 +21,13 @@ pub struct ImageJob {
     pub images: Vec<InputImage>,
     pub mask: Option<InputImage>,
     pub n: u32,
-    /// The size delivered.
+    /// The size delivered; only the estimate when `size_auto`.
     pub size: ImageSize,
+    /// The client left the size to a backend that picks it ([`Capabilities::picks_size`]): the
+    /// call asks for `auto` and the size the backend made is delivered.
+    ///
+    /// [`Capabilities::picks_size`]: crate::backend::Capabilities::picks_size
+    pub size_auto: bool,
     /// The quality asked for (`auto` kept, so backends can choose).
     pub quality: Quality,
     /// The quality reported back (`auto` resolved).
@@ -72,6 +77,7 @@ impl ImageJob {
             pixels: if caps.takes_pixels { pixels } else { None },
             n,
             size,
+            size_auto: self.size_auto,
             quality: self.quality,
             partial_images: self.partial_images,
             options,
@@ -85,6 +91,48 @@ pub struct JobContext {
     pub cancel: CancellationToken,
     /// Encoded partial images, when streaming.
     pub partials: Option<mpsc::Sender<EncodedPartial>>,
+}
+
+/// Where a running job reports the denoising steps it has done out of its total (all its images
+/// together), for an async task's `progress`. Only backends that count steps report (the local
+/// one).
+///
+/// It travels in a task-local ([`Steps::scope`], [`Steps::current`]) rather than in
+/// [`JobContext`] and every `CallContext`: only the backend that counts steps and the caller that
+/// shows them know of it, and the service between them passes it on untouched, since a job's
+/// backend calls run within the job's own task.
+#[derive(Clone)]
+pub struct Steps(Arc<dyn Fn(u32, u32) + Send + Sync>);
+
+tokio::task_local! {
+    static STEPS: Steps;
+}
+
+impl Steps {
+    /// A reporter that calls `report(done, total)`; it may be called from any thread.
+    pub fn new(report: impl Fn(u32, u32) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(report))
+    }
+
+    /// Runs `job` with this reporter as [`Steps::current`].
+    pub async fn scope<F: Future>(self, job: F) -> F::Output {
+        STEPS.scope(self, job).await
+    }
+
+    /// The reporter of the job running in this task, if its caller wants steps.
+    pub fn current() -> Option<Self> {
+        STEPS.try_with(Clone::clone).ok()
+    }
+
+    pub fn report(&self, done: u32, total: u32) {
+        (self.0)(done, total);
+    }
+}
+
+impl std::fmt::Debug for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Steps")
+    }
 }
 
 /// A partial image ready to send: encoded in the job's output format.
@@ -109,4 +157,12 @@ pub struct JobOutput {
     pub revised_prompt: Option<String>,
     /// Partial images actually sent.
     pub partials_sent: u32,
+    /// What made the images when the backend said (`BackendOutput::served_by`); the distinct
+    /// values of the job's calls, comma-separated, when they differ.
+    pub served_by: Option<String>,
+    /// The size, quality and background reported back: what the job resolved, or what the
+    /// backend made and said it used where it chose (`auto` passed on).
+    pub size: ImageSize,
+    pub quality: Quality,
+    pub background: Background,
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::backend::SharedBackend;
-use crate::types::Operation;
+use crate::types::{Operation, ResponseFormat};
 
 /// One servable model.
 #[derive(Debug, Clone)]
@@ -13,6 +13,16 @@ pub struct Model {
     /// Unix seconds, for `GET /v1/models`.
     pub created: i64,
     pub owned_by: String,
+    /// What this model does when a request does not say (`[[models]]` keys).
+    pub defaults: ModelDefaults,
+}
+
+/// Per-model defaults from its `[[models]]` entry; each falls back to the server-wide one, and a
+/// request's own value wins over both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelDefaults {
+    /// `response_format` (OpenAI's default is `url` for DALL·E models, `b64_json` for GPT image).
+    pub response_format: Option<ResponseFormat>,
 }
 
 #[derive(Debug, Default)]

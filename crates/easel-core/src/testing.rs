@@ -32,6 +32,7 @@ impl CallBuilder {
                 pixels: None,
                 n: 1,
                 size: ImageSize::new(64, 64),
+                size_auto: false,
                 quality: Quality::Auto,
                 partial_images: 0,
                 options: Options::default(),

@@ -2,7 +2,10 @@
 //!
 //! It declares what the family can do in its [`Capabilities`] (sizes, one input image, the
 //! extension ranges of [`crate::config::EXTENSION_RANGES`], pixels in), which the core checks
-//! every request against before calling; it turns a [`BackendCall`] into a [`Generate`] on the
+//! every request against before calling. The family's edges are its native sizes; a client may
+//! ask for more, up to `max_output_pixels`, and the core makes those at the nearest native size
+//! of the same shape and resizes (a model does not make good images far from the sizes it was
+//! trained at, and upscaling is cheap next to diffusing more pixels). It turns a [`BackendCall`] into a [`Generate`] on the
 //! worker thread (the source image and mask arrive decoded, at the call size) and waits for the
 //! worker's answer or the client's cancellation. Its readiness is the worker's: loading, a load
 //! failure, a stopped thread, or too many panicking jobs in a row (see [`crate::worker`]).
@@ -25,6 +28,8 @@ pub struct LocalBackend {
     cfg: Arc<Resolved>,
     caps: Capabilities,
     worker: Worker,
+    /// The folder was made by `create-random` (see [`crate::random::INFO_FILE`]).
+    random_weights: bool,
 }
 
 impl std::fmt::Debug for LocalBackend {
@@ -45,18 +50,20 @@ pub fn steps_for(quality: Quality, default: u32) -> u32 {
 impl LocalBackend {
     pub fn start(id: &str, cfg: Resolved) -> anyhow::Result<Self> {
         let d = cfg.defaults;
+        let native = SizeRule::Range {
+            multiple_of: SIZE_MULTIPLE,
+            min_edge: d.min_edge,
+            max_edge: d.max_edge,
+            min_pixels: u64::from(d.min_edge) * u64::from(d.min_edge),
+            max_pixels: u64::from(d.max_edge) * u64::from(d.max_edge),
+            max_aspect: MAX_ASPECT,
+        };
         let caps = Capabilities {
             operations: vec![Operation::Generate, Operation::Edit, Operation::Variation],
-            sizes: SizeRule::Range {
-                multiple_of: SIZE_MULTIPLE,
-                min_edge: d.min_edge,
-                max_edge: d.max_edge,
-                min_pixels: u64::from(d.min_edge) * u64::from(d.min_edge),
-                max_pixels: u64::from(d.max_edge) * u64::from(d.max_edge),
-                max_aspect: 4.0,
-            },
-            native_sizes: None,
+            sizes: deliverable(&cfg),
+            native_sizes: Some(native),
             default_size: cfg.default_size,
+            picks_size: false,
             max_n: cfg.max_n,
             max_n_per_call: cfg.max_n,
             max_input_images: 1,
@@ -77,7 +84,27 @@ impl LocalBackend {
             takes_pixels: true,
         };
         let worker = Worker::spawn(id, cfg.clone())?;
-        Ok(Self { id: id.to_string(), cfg: Arc::new(cfg), caps, worker })
+        let random_weights = cfg.path.join(crate::random::INFO_FILE).is_file();
+        Ok(Self { id: id.to_string(), cfg: Arc::new(cfg), caps, worker, random_weights })
+    }
+}
+
+/// The longest edge over the shortest, for native and delivered sizes alike.
+const MAX_ASPECT: f64 = 4.0;
+
+/// The sizes a client may ask for: the native ones, and larger ones up to `max_output_pixels`
+/// (the longest edge then follows from the pixels at the widest aspect ratio), which the core
+/// makes at the nearest native size of the same shape and resizes.
+fn deliverable(cfg: &Resolved) -> SizeRule {
+    let d = cfg.defaults;
+    let widest = ((cfg.max_output_pixels as f64 * MAX_ASPECT).sqrt() as u32) / SIZE_MULTIPLE * SIZE_MULTIPLE;
+    SizeRule::Range {
+        multiple_of: SIZE_MULTIPLE,
+        min_edge: d.min_edge,
+        max_edge: widest.max(d.max_edge),
+        min_pixels: u64::from(d.min_edge) * u64::from(d.min_edge),
+        max_pixels: cfg.max_output_pixels,
+        max_aspect: MAX_ASPECT,
     }
 }
 
@@ -131,6 +158,10 @@ impl ImageBackend for LocalBackend {
         &self.caps
     }
 
+    fn random_weights(&self) -> bool {
+        self.random_weights
+    }
+
     async fn readiness(&self) -> Result<(), String> {
         match self.worker.state() {
             LoadState::Ready if !self.worker.alive() => {
@@ -163,15 +194,18 @@ impl ImageBackend for LocalBackend {
         }
         let (reply, answer) = oneshot::channel();
         let partials = if call.partial_images > 0 { cx.partials.clone() } else { None };
-        self.worker.submit(Job { generate: prepare(call, &self.cfg), cancel: cx.cancel.clone(), partials, reply })?;
+        let steps = easel_core::job::Steps::current();
+        self.worker.submit(Job {
+            generate: prepare(call, &self.cfg),
+            cancel: cx.cancel.clone(),
+            partials,
+            steps,
+            reply,
+        })?;
         let images = tokio::select! {
             () = cx.cancel.cancelled() => return Err(BackendError::Cancelled),
             answer = answer => answer.map_err(|_| BackendError::Internal(anyhow::anyhow!("the local worker dropped a job")))??,
         };
-        Ok(BackendOutput {
-            images: images.into_iter().map(OutputImage::Pixels).collect(),
-            revised_prompt: None,
-            usage: None,
-        })
+        Ok(BackendOutput { images: images.into_iter().map(OutputImage::Pixels).collect(), ..BackendOutput::default() })
     }
 }

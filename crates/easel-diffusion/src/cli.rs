@@ -1,7 +1,7 @@
-//! `easel models …`: make, list and fetch model folders.
+//! `easel models create-random | list`: make and list model folders.
 //!
-//! The server binary embeds [`ModelsCommand`] as a subcommand. `pull` needs the optional `hub`
-//! cargo feature (hf-hub); without it the command says how to get the feature or the files.
+//! The server binary embeds [`ModelsCommand`] in its own `models` subcommand, beside `pull`
+//! (the server's hub client, `easel_server::hub`).
 
 use std::path::{Path, PathBuf};
 
@@ -35,19 +35,6 @@ pub enum ModelsCommand {
         #[arg(long, default_value = "./easel-data/models")]
         dir: PathBuf,
     },
-    /// Download a model repository from the Hugging Face hub (needs the `hub` feature).
-    Pull {
-        /// A hub repository id, e.g. `stabilityai/sd-turbo`.
-        id: String,
-        /// Where to put it (default: `<dir>/<name>`).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        #[arg(long, default_value = "./easel-data/models")]
-        dir: PathBuf,
-        /// Also download `*.fp16.safetensors` variants instead of the f32 files.
-        #[arg(long)]
-        fp16: bool,
-    },
 }
 
 pub async fn run(cmd: ModelsCommand) -> Result<()> {
@@ -78,11 +65,6 @@ pub async fn run(cmd: ModelsCommand) -> Result<()> {
             Ok(())
         }
         ModelsCommand::List { dir } => list(&dir),
-        ModelsCommand::Pull { id, out, dir, fp16 } => {
-            let name = id.rsplit('/').next().unwrap_or(&id).to_string();
-            let out = out.unwrap_or_else(|| dir.join(name));
-            pull(&id, &out, fp16).await
-        }
     }
 }
 
@@ -129,20 +111,4 @@ fn list(dir: &Path) -> Result<()> {
     }
     println!("Families: {}", FAMILY_NAMES.join(", "));
     Ok(())
-}
-
-#[cfg(not(feature = "hub"))]
-async fn pull(id: &str, out: &Path, _fp16: bool) -> Result<()> {
-    anyhow::bail!(
-        "this easel was built without the `hub` feature, so it cannot download '{id}'.\n\
-         Rebuild with `cargo build --release --features easel-diffusion/hub` (it honours HF_ENDPOINT and HF_TOKEN),\n\
-         or download the repository in the diffusers layout yourself (for example\n\
-         `huggingface-cli download {id} --local-dir {}`) and point the model's `path` at it.",
-        out.display()
-    )
-}
-
-#[cfg(feature = "hub")]
-async fn pull(id: &str, out: &Path, fp16: bool) -> Result<()> {
-    crate::hub::pull(id, out, fp16).await
 }

@@ -61,6 +61,13 @@ pub struct LocalConfig {
     pub max_n: Option<u32>,
     /// How partial images are rendered: `vae` (default) or `approx`.
     pub preview: Option<Preview>,
+    /// The most pixels a delivered image may have. Sizes the model does not make natively (an
+    /// edge over `max_edge`, such as 1280x720 of a 1024-edge model) are made at the nearest
+    /// native size of the same shape and resized, up to this budget; default `max_edge`².
+    pub max_output_pixels: Option<u64>,
+    /// Seconds a worker taken out of rotation by panicking jobs waits, with no job, before it
+    /// tests itself with a one-step probe (default 30; see `worker`).
+    pub recheck_after_secs: Option<u64>,
 }
 
 fn cpu() -> String {
@@ -86,6 +93,8 @@ pub struct Resolved {
     pub default_size: ImageSize,
     pub max_n: u32,
     pub preview: Preview,
+    pub max_output_pixels: u64,
+    pub recheck_after: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +177,15 @@ impl LocalConfig {
         if self.queue_size == 0 {
             bail!("queue_size must be at least 1");
         }
+        let native_max = u64::from(defaults.max_edge).pow(2);
+        let max_output_pixels = self.max_output_pixels.unwrap_or(native_max);
+        if max_output_pixels < u64::from(defaults.min_edge).pow(2) {
+            bail!("max_output_pixels must be at least min_edge² ({})", u64::from(defaults.min_edge).pow(2));
+        }
+        let recheck_after = std::time::Duration::from_secs(self.recheck_after_secs.unwrap_or(30));
+        if recheck_after.is_zero() {
+            bail!("recheck_after_secs must be at least 1");
+        }
         Ok(Resolved {
             family,
             path: self.path.clone(),
@@ -181,6 +199,8 @@ impl LocalConfig {
             default_size,
             max_n: self.max_n.unwrap_or(limits::MAX_N).clamp(1, limits::MAX_N),
             preview: self.preview.unwrap_or(Preview::Vae),
+            max_output_pixels,
+            recheck_after,
         })
     }
 }

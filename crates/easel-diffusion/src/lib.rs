@@ -2,7 +2,7 @@
 //! their inpainting variants, behind Easel's [`easel_core::backend::ImageBackend`] seam.
 //!
 //! - [`build`] turns a `[[models]]` entry into a backend; the weights load on its worker thread.
-//! - [`cli`] is `easel models create-random | list | pull`.
+//! - [`cli`] is `easel models create-random | list`.
 //! - Model code: [`clip`] (text encoders), [`unet`] (with SDXL micro-conditioning), [`vae`];
 //!   [`model`] loads a diffusers-layout folder; [`pipeline`] runs one batch; [`scheduler`] and
 //!   [`noise`] make sampling reproducible from a seed; [`worker`] and [`backend`] serve it.
@@ -16,8 +16,6 @@ pub mod cli;
 pub mod clip;
 pub mod config;
 pub mod family;
-#[cfg(feature = "hub")]
-mod hub;
 pub mod model;
 pub mod noise;
 pub mod ops;

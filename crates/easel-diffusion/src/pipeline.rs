@@ -65,6 +65,8 @@ impl<E: Into<anyhow::Error>> From<E> for RunError {
 pub struct Hooks<'a> {
     pub cancelled: &'a dyn Fn() -> bool,
     pub partial: &'a mut dyn FnMut(DynamicImage),
+    /// After each step: the steps done and the steps this batch runs.
+    pub step: &'a mut dyn FnMut(usize, usize),
 }
 
 /// Text conditioning for one batch: `[uncond × b, cond × b]` under guidance.
@@ -286,6 +288,7 @@ pub fn denoise(model: &Model, g: &Generate, hooks: &mut Hooks<'_>) -> Result<Ten
         if partial_at.contains(&(i - start)) && i + 1 < g.steps {
             (hooks.partial)(preview(model, &stepped.x0, g.preview)?);
         }
+        (hooks.step)(i + 1 - start, g.steps - start);
     }
     Ok(latents)
 }

@@ -17,8 +17,17 @@
 //! reload the weights (seconds to minutes) and drop the queue for nothing. What a restart would
 //! not fix either, a broken device, shows as panics in a row: [`Health`] counts them, and after
 //! [`UNREADY_AFTER_PANICS`] consecutive panics `readiness()` fails so `/readyz` takes the node
-//! out of rotation; any job that ends without a panic clears the streak. A panic while loading
-//! is a load failure, and a worker thread that is gone for any other reason is reported as such.
+//! out of rotation. A panic while loading is a load failure, and a worker thread that is gone for
+//! any other reason is reported as such.
+//!
+//! Recovery, the rule: any job that ends without a panic clears the streak and the worker is
+//! ready again. A node out of rotation gets no jobs, though, so it does not wait for one: after
+//! `recheck_after_secs` (default 30) with an empty queue, the worker tests itself with a probe
+//! (one step, one image at the smallest size, no prompt) through the same path as a job. A probe
+//! that makes its image clears the streak (ready again); one that panics counts as a panic and
+//! the worker waits again before the next probe; a job arriving meanwhile runs as usual. So a
+//! passing fault heals by itself within one wait, and a broken device stays out of rotation,
+//! costing one small probe per wait.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -27,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use easel_core::backend::{OutputImage, PartialImage};
 use easel_core::error::BackendError;
+use easel_core::job::Steps;
 use image::DynamicImage;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -48,6 +58,8 @@ pub struct Job {
     pub generate: Generate,
     pub cancel: CancellationToken,
     pub partials: Option<mpsc::Sender<PartialImage>>,
+    /// Where the steps done are reported, when the caller wants them.
+    pub steps: Option<Steps>,
     pub reply: oneshot::Sender<Result<Vec<DynamicImage>, BackendError>>,
 }
 
@@ -181,15 +193,31 @@ fn run(
         }
     };
     let weights = weights_bytes(&cfg.path);
-    while let Some(job) = rx.blocking_recv() {
+    // Only to wait for a job with a time limit while unready (see the module docs).
+    let timer = tokio::runtime::Builder::new_current_thread().enable_time().build();
+    loop {
+        let next = match (&timer, health.problem()) {
+            (Ok(timer), Some(_)) => {
+                match timer.block_on(async { tokio::time::timeout(cfg.recheck_after, rx.recv()).await }) {
+                    Ok(next) => next,
+                    Err(_) => {
+                        probe(id, &model, &cfg, weights, health, &panics);
+                        continue;
+                    }
+                }
+            }
+            _ => rx.blocking_recv(),
+        };
+        let Some(job) = next else { break };
         queued.decrement(1.0);
         in_flight.set(1.0);
         let started = Instant::now();
-        let Job { generate, cancel, partials, reply } = job;
+        let Job { generate, cancel, partials, steps, reply } = job;
         let cancelled = || cancel.is_cancelled() || reply.is_closed();
         // Only this job's frames unwind; the model is borrowed immutably (see the module docs).
         let served = catch_unwind(AssertUnwindSafe(|| {
-            serve(id, &model, &cfg, weights, generate, &cancelled, partials.as_ref())
+            let reports = Reports { partials: partials.as_ref(), steps: steps.as_ref() };
+            serve(id, &model, &cfg, weights, generate, &cancelled, reports)
         }));
         let result = match served {
             Ok(result) => {
@@ -207,6 +235,43 @@ fn run(
         last_job_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         in_flight.set(0.0);
         let _ = reply.send(result);
+    }
+}
+
+/// Tests an unready worker with a job of its own: one step, one image at the smallest size. Its
+/// image clears the panic streak; a panic counts like a job's.
+fn probe(id: &str, model: &Model, cfg: &Resolved, weights: u64, health: &Health, panics: &metrics::Counter) {
+    let d = cfg.defaults;
+    let edge = d.min_edge as usize;
+    let generate = Generate {
+        prompt: String::new(),
+        negative_prompt: String::new(),
+        width: edge,
+        height: edge,
+        seeds: vec![0],
+        steps: 1,
+        guidance_scale: f64::from(d.guidance_scale),
+        scheduler: d.scheduler,
+        init: None,
+        partials: 0,
+        preview: cfg.preview,
+    };
+    let served =
+        catch_unwind(AssertUnwindSafe(|| serve(id, model, cfg, weights, generate, &|| false, Reports::default())));
+    match served {
+        Ok(Ok(_)) => {
+            health.finished();
+            tracing::info!(model = id, "the local worker's probe made its image; it is ready again");
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(model = id, error = %e, "the local worker's probe failed; it stays out of rotation")
+        }
+        Err(payload) => {
+            let message = panic_message(payload.as_ref());
+            let streak = health.panicked(&message);
+            panics.increment(1);
+            tracing::error!(model = id, panic = %message, streak, "the local worker's probe panicked; it stays out of rotation");
+        }
     }
 }
 
@@ -235,6 +300,13 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Where a job's in-between results go, when its caller wants them.
+#[derive(Clone, Copy, Default)]
+struct Reports<'a> {
+    partials: Option<&'a mpsc::Sender<PartialImage>>,
+    steps: Option<&'a Steps>,
+}
+
 fn serve(
     id: &str,
     model: &Model,
@@ -242,8 +314,9 @@ fn serve(
     weights: u64,
     mut g: Generate,
     cancelled: &dyn Fn() -> bool,
-    partials: Option<&mpsc::Sender<PartialImage>>,
+    reports: Reports<'_>,
 ) -> Result<Vec<DynamicImage>, BackendError> {
+    let Reports { partials, steps } = reports;
     if cancelled() {
         return Err(BackendError::Cancelled);
     }
@@ -253,7 +326,8 @@ fn serve(
     let batch = cfg.batch_for(size, g.guidance_scale > 1.0, weights) as usize;
     let mut images = Vec::with_capacity(all_seeds.len());
     let mut sent = 0u32;
-    for chunk in all_seeds.chunks(batch) {
+    let batches = all_seeds.len().div_ceil(batch.max(1));
+    for (index, chunk) in all_seeds.chunks(batch).enumerate() {
         g.seeds = chunk.to_vec();
         let mut on_partial = |image: DynamicImage| {
             if let Some(tx) = partials
@@ -262,7 +336,13 @@ fn serve(
                 sent += 1;
             }
         };
-        let hooks = Hooks { cancelled, partial: &mut on_partial };
+        // Steps over the whole job: every batch runs the same number.
+        let mut on_step = |done: usize, per_batch: usize| {
+            if let Some(steps) = steps {
+                steps.report((index * per_batch + done) as u32, (batches * per_batch) as u32);
+            }
+        };
+        let hooks = Hooks { cancelled, partial: &mut on_partial, step: &mut on_step };
         match pipeline::run(model, &g, hooks) {
             Ok(batch) => images.extend(batch),
             Err(RunError::Cancelled) => return Err(BackendError::Cancelled),

@@ -335,17 +335,6 @@ async fn the_models_cli_creates_lists_and_explains_pull() {
     })
     .await;
     assert!(bad.is_err());
-    if !cfg!(feature = "hub") {
-        let err = models(ModelsCommand::Pull {
-            id: "stabilityai/sd-turbo".into(),
-            out: None,
-            dir: dir.path().to_path_buf(),
-            fp16: false,
-        })
-        .await
-        .unwrap_err();
-        assert!(format!("{err}").contains("`hub` feature"), "{err}");
-    }
 }
 
 #[tokio::test]
@@ -377,4 +366,34 @@ async fn a_panicking_job_answers_500_and_the_worker_serves_the_next() {
     assert!(reason.contains("panicked") && reason.contains("3"), "{reason}");
     assert_eq!(pixels(&run(&b, call("recovered", 1, 1)).await.unwrap()).len(), 1);
     b.readiness().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_out_of_rotation_tests_itself_and_comes_back_without_traffic() {
+    let id = "probed";
+    let mut options =
+        json!({"family": "sd-turbo", "path": model_dir("sd-turbo"), "min_edge": 32, "default_size": "64x64"});
+    options["steps"] = json!(1);
+    options["recheck_after_secs"] = json!(1);
+    let b = build(id, &options).unwrap();
+    while let Err(e) = b.readiness().await {
+        assert!(e.contains("loading"), "{e}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Three jobs panic, and so does the first probe: out of rotation until a probe succeeds.
+    easel_diffusion::worker::fault::panic_next_jobs(id, 4);
+    for i in 0..3 {
+        assert!(matches!(run(&b, call("boom", i, 1)).await, Err(BackendError::Internal(_))));
+    }
+    let reason = b.readiness().await.unwrap_err();
+    assert!(reason.contains("panicked"), "{reason}");
+    // No job is sent: the worker's own probes bring it back (the first panics, a later one works).
+    let started = Instant::now();
+    while let Err(reason) = b.readiness().await {
+        assert!(reason.contains("panicked"), "{reason}");
+        assert!(started.elapsed() < Duration::from_secs(120), "the worker never recovered: {reason}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And it serves again.
+    assert_eq!(pixels(&run(&b, call("after", 1, 1)).await.unwrap()).len(), 1);
 }

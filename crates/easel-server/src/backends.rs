@@ -3,22 +3,46 @@
 //! `[[providers]]`), and the rest of the table is that backend's own configuration. Any model whose id ends in `-pe` (or with `prompt_enhance = true`)
 //! is wrapped by the prompt enhancer of `[prompt_enhancer]`.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use easel_core::backend::SharedBackend;
-use easel_core::registry::{Model, ModelRegistry};
+use easel_core::fetch::{HostPattern, ImageFetcher};
+use easel_core::registry::{Model, ModelDefaults, ModelRegistry};
+use easel_core::service::{ImageService, ServiceSettings};
 use easel_upstream::Gateway;
 use serde_json::Value;
 
 use crate::config::{Config, ModelConfig};
 use crate::storage::now;
 
-/// Builds every configured model, then adds `extra` (models built in code, as tests do).
-pub fn build_registry(config: &Config, extra: Vec<Model>) -> anyhow::Result<ModelRegistry> {
+/// How long one input image download may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The image service a config describes: its models (see [`build_registry`]), the fetcher for
+/// input URLs and the service settings. The server and the in-process CLI build it alike.
+pub async fn build_service(
+    config: &Config,
+    extra: Vec<Model>,
+    allow_image_hosts: Vec<HostPattern>,
+    settings: ServiceSettings,
+) -> anyhow::Result<ImageService> {
+    let registry = build_registry(config, extra).await?;
+    let fetcher = ImageFetcher::new(allow_image_hosts, config.server.max_download_bytes, FETCH_TIMEOUT)?;
+    Ok(ImageService::new(Arc::new(registry), fetcher, settings))
+}
+
+/// Builds every configured model, then adds `extra` (models built in code, as tests do). Other
+/// Easel nodes (`kind = "easel"` providers) are asked for their models' capabilities first.
+pub async fn build_registry(config: &Config, extra: Vec<Model>) -> anyhow::Result<ModelRegistry> {
     let gateway = Gateway::from_config(&config.providers, config.prompt_enhancer.as_ref())?;
+    gateway.discover().await;
     let mut registry = ModelRegistry::new(config.server.default_model.clone());
     let created = now();
     for entry in &config.models {
         let backend = build_backend(entry, &gateway)?;
-        registry.insert(Model { id: entry.id.clone(), backend, created, owned_by: "easel".into() })?;
+        let defaults = ModelDefaults { response_format: entry.response_format };
+        registry.insert(Model { id: entry.id.clone(), backend, created, owned_by: "easel".into(), defaults })?;
     }
     for model in extra {
         registry.insert(model)?;

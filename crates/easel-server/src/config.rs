@@ -55,6 +55,8 @@ pub struct Config {
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
+    pub tasks: TasksConfig,
+    #[serde(default)]
     pub models: Vec<ModelConfig>,
     /// Upstream providers, handed to the upstream backend as they are.
     #[serde(default)]
@@ -69,7 +71,8 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address to listen on.
     pub bind: String,
-    /// The base of hosted image URLs, as clients reach this server (default: `http://` + bind).
+    /// The base of hosted image URLs, as clients reach this server (default: `http://` + bind;
+    /// required on a wildcard bind such as `0.0.0.0` or `[::]`).
     pub public_url: Option<Url>,
     /// `reject` (OpenAI's behaviour, 400 `unknown_parameter`) or `ignore`.
     pub unknown_parameters: UnknownParams,
@@ -95,6 +98,75 @@ pub struct ServerConfig {
     /// Seconds in-flight requests may take to finish after SIGTERM; new requests get a 503
     /// meanwhile, and the process exits 0 when they are done or the time is up.
     pub shutdown_grace_secs: u64,
+    /// What this node does: `all` (default) serves the API and runs async tasks, `api` serves
+    /// the API and leaves tasks to other nodes, `worker` runs tasks and serves only health and
+    /// metrics (`easel serve --role`).
+    pub role: Role,
+    /// The web playground at `/` (`true`/`false`; unset: on when bound to a loopback address).
+    pub playground: Option<bool>,
+}
+
+impl ServerConfig {
+    /// Whether `/` serves the playground on this address (`[server] playground`).
+    pub fn playground_on(&self, bind: SocketAddr) -> bool {
+        self.playground.unwrap_or_else(|| bind.ip().is_loopback())
+    }
+}
+
+/// A node's part in a cluster sharing one database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Accepts and answers requests; runs no async tasks.
+    Api,
+    /// Runs async tasks; serves only `/healthz`, `/readyz` and `/metrics`.
+    Worker,
+    #[default]
+    All,
+}
+
+impl Role {
+    pub fn serves_api(self) -> bool {
+        self != Self::Worker
+    }
+
+    pub fn runs_tasks(self) -> bool {
+        self != Self::Api
+    }
+}
+
+/// Async tasks (`Prefer: respond-async`, the DashScope routes), on nodes whose role runs them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksConfig {
+    /// Tasks this node runs at once.
+    pub concurrency: usize,
+    /// Seconds a claimed task stays this node's without renewal; renewed every third of it while
+    /// the task runs. A node that dies holds its task this long before another takes it over.
+    pub lease_secs: u64,
+    /// Whether a task whose node died while running it (its lease ran out) runs once more;
+    /// otherwise it fails.
+    pub retry_running: bool,
+    /// Milliseconds between looks for queued tasks (a task submitted to this node starts at
+    /// once) and for leases run out.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self { concurrency: 4, lease_secs: 30, retry_running: true, poll_interval_ms: 1000 }
+    }
+}
+
+impl TasksConfig {
+    pub fn settings(&self) -> crate::tasks::Settings {
+        crate::tasks::Settings {
+            concurrency: self.concurrency,
+            lease: std::time::Duration::from_secs(self.lease_secs),
+            retry_running: self.retry_running,
+            poll: std::time::Duration::from_millis(self.poll_interval_ms),
+        }
+    }
 }
 
 /// How log lines are written.
@@ -153,6 +225,8 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             body_timeout_secs: 60,
             shutdown_grace_secs: 30,
+            role: Role::All,
+            playground: None,
         }
     }
 }
@@ -233,11 +307,14 @@ impl Default for ImagesConfig {
     }
 }
 
-/// One `[[models]]` entry: `id`, `backend`, and the backend's own keys.
+/// One `[[models]]` entry: `id`, `backend`, the model's defaults, and the backend's own keys.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelConfig {
     pub id: String,
     pub backend: String,
+    /// `response_format` when a request names none, instead of `server.default_response_format`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
     #[serde(flatten)]
     pub options: serde_json::Map<String, serde_json::Value>,
 }
@@ -259,6 +336,12 @@ impl Config {
     /// parsed.
     pub fn validate(&self) -> anyhow::Result<Validated> {
         let bind = parse_addr(&self.server.bind, "server.bind")?;
+        // Hosted image URLs default to `http://<bind>`, which names no reachable host on a wildcard.
+        anyhow::ensure!(
+            !bind.ip().is_unspecified() || self.server.public_url.is_some(),
+            "server.bind {bind} listens on every address, so hosted image URLs (response_format=url) cannot be \
+             made from it: set server.public_url to the base URL clients reach this server at (e.g. https://images.example.com)"
+        );
         let metrics_bind = match (&self.metrics.bind, self.metrics.enabled) {
             (Some(addr), true) => Some(parse_addr(addr, "metrics.bind")?),
             _ => None,
@@ -273,6 +356,9 @@ impl Config {
         anyhow::ensure!(images.max_decoded_bytes >= 1, "images.max_decoded_bytes must be at least 1");
         anyhow::ensure!(self.storage.url_ttl_secs >= 1, "storage.url_ttl_secs must be at least 1");
         anyhow::ensure!(self.server.body_timeout_secs >= 1, "server.body_timeout_secs must be at least 1");
+        anyhow::ensure!(self.tasks.concurrency >= 1, "tasks.concurrency must be at least 1");
+        anyhow::ensure!(self.tasks.lease_secs >= 1, "tasks.lease_secs must be at least 1");
+        anyhow::ensure!(self.tasks.poll_interval_ms >= 10, "tasks.poll_interval_ms must be at least 10");
         Engine::of(&self.database_url())?;
         Spec::parse(&self.blobs())?;
         let allow_image_hosts = self
@@ -338,6 +424,38 @@ fn parse_addr(text: &str, key: &str) -> anyhow::Result<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wildcard_bind_needs_public_url() {
+        for bind in ["0.0.0.0:8080", "[::]:8080"] {
+            let mut config = Config::default();
+            config.server.bind = bind.into();
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains("server.public_url"), "{error}");
+            config.server.public_url = Some("https://images.example.com".parse().unwrap());
+            config.validate().unwrap();
+        }
+    }
+
+    #[test]
+    #[expect(clippy::result_large_err, reason = "figment's Jail fixes the closure's error type")]
+    fn a_model_may_set_its_own_response_format() {
+        figment::Jail::expect_with(|jail| {
+            let models = "[[models]]\nid = \"d\"\nbackend = \"upstream\"\nresponse_format = \"url\"\ntargets = []\n\
+                          [[models]]\nid = \"g\"\nbackend = \"upstream\"\ntargets = []\n";
+            jail.create_file("easel.toml", models)?;
+            let config = Config::load(Some(Path::new("easel.toml"))).unwrap();
+            assert_eq!(config.models[0].response_format, Some(ResponseFormat::Url));
+            assert!(!config.models[0].options.contains_key("response_format"), "not a backend key");
+            assert_eq!(config.models[1].response_format, None);
+            jail.create_file(
+                "bad.toml",
+                "[[models]]\nid = \"d\"\nbackend = \"upstream\"\nresponse_format = \"png\"\n",
+            )?;
+            assert!(Config::load(Some(Path::new("bad.toml"))).is_err());
+            Ok(())
+        });
+    }
 
     #[test]
     #[expect(clippy::result_large_err, reason = "figment's Jail fixes the closure's error type")]

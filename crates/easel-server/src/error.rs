@@ -59,6 +59,10 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("This server is shutting down; retry the request (another node will take it).")]
     ShuttingDown,
+    #[error("No task with id '{0}'.")]
+    TaskNotFound(String),
+    #[error("The task '{id}' has already finished ({status}); only queued or running tasks can be canceled.")]
+    TaskFinished { id: String, status: &'static str },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -77,6 +81,7 @@ pub enum Code {
     InvalidImageFile,
     ModelNotFound,
     ContentPolicyViolation,
+    ModerationBlocked,
     Overloaded,
     ModelUnavailable,
     UpstreamError,
@@ -97,6 +102,8 @@ pub enum Code {
     RequestTooLarge,
     UnsupportedMediaType,
     ShuttingDown,
+    TaskNotFound,
+    TaskFinished,
 }
 
 impl Code {
@@ -120,6 +127,7 @@ impl Code {
             Self::InvalidImageFile => "invalid_image_file",
             Self::ModelNotFound => "model_not_found",
             Self::ContentPolicyViolation => "content_policy_violation",
+            Self::ModerationBlocked => "moderation_blocked",
             Self::Overloaded => "overloaded",
             Self::ModelUnavailable => "model_unavailable",
             Self::UpstreamError => "upstream_error",
@@ -140,6 +148,8 @@ impl Code {
             Self::RequestTooLarge => "request_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::ShuttingDown => "shutting_down",
+            Self::TaskNotFound => "task_not_found",
+            Self::TaskFinished => "task_already_finished",
         }
     }
 }
@@ -158,6 +168,8 @@ pub struct Parts {
 }
 
 const INVALID: &str = "invalid_request_error";
+/// OpenAI's `type` for an unusable input image and for GPT image's moderation.
+const IMAGE_USER: &str = "image_generation_user_error";
 const SERVER: &str = "server_error";
 const GENERIC_500: &str = "The server had an error while processing your request. Sorry about that!";
 
@@ -196,13 +208,10 @@ impl ApiError {
                 CoreError::InvalidRequest { param, code, .. } => {
                     Parts::new(StatusCode::BAD_REQUEST, INVALID, Code::Invalid(*code), param.clone(), message)
                 }
-                CoreError::InvalidImage { param, .. } => Parts::new(
-                    StatusCode::BAD_REQUEST,
-                    "image_generation_user_error",
-                    Code::InvalidImageFile,
-                    param.clone(),
-                    message,
-                ),
+                // OpenAI sends `param: null` here; the message names the image ('image[1]').
+                CoreError::InvalidImage { .. } => {
+                    Parts::new(StatusCode::BAD_REQUEST, IMAGE_USER, Code::InvalidImageFile, None, message)
+                }
                 CoreError::ModelNotFound(_) => {
                     Parts::new(StatusCode::NOT_FOUND, INVALID, Code::ModelNotFound, Some("model".into()), message)
                 }
@@ -244,6 +253,10 @@ impl ApiError {
                 retry_after: Some(Duration::from_secs(1)),
                 ..Parts::new(StatusCode::SERVICE_UNAVAILABLE, SERVER, Code::ShuttingDown, None, message).retry(true)
             },
+            Self::TaskNotFound(_) => {
+                Parts::new(StatusCode::NOT_FOUND, INVALID, Code::TaskNotFound, Some("task_id".into()), message)
+            }
+            Self::TaskFinished { .. } => Parts::invalid(StatusCode::CONFLICT, Code::TaskFinished, message),
             Self::Internal(e) if crate::storage::db::is_unavailable(e) => Parts::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 SERVER,
@@ -278,6 +291,9 @@ fn backend_parts(error: &BackendError) -> Parts {
         ),
         BackendError::ContentPolicy { .. } => {
             Parts::invalid(StatusCode::BAD_REQUEST, Code::ContentPolicyViolation, message).retry(false)
+        }
+        BackendError::ModerationBlocked { .. } => {
+            Parts::new(StatusCode::BAD_REQUEST, IMAGE_USER, Code::ModerationBlocked, None, message).retry(false)
         }
         BackendError::Overloaded { retry_after } => Parts {
             retry_after: Some(*retry_after),
@@ -386,12 +402,7 @@ mod tests {
             ),
             (invalid(InvalidCode::UnsupportedOperation).into(), 400, INVALID, Some("unsupported_operation")),
             (invalid(InvalidCode::InvalidValue).into(), 400, INVALID, Some("invalid_value")),
-            (
-                CoreError::invalid_image(Some("image".into()), "x").into(),
-                400,
-                "image_generation_user_error",
-                Some("invalid_image_file"),
-            ),
+            (CoreError::invalid_image(Some("image".into()), "x").into(), 400, IMAGE_USER, Some("invalid_image_file")),
             (CoreError::ModelNotFound("m".into()).into(), 404, INVALID, Some("model_not_found")),
             (BackendError::invalid(Some("image".into()), "x").into(), 400, INVALID, Some("invalid_value")),
             (
@@ -399,6 +410,12 @@ mod tests {
                 400,
                 INVALID,
                 Some("content_policy_violation"),
+            ),
+            (
+                BackendError::ModerationBlocked { message: "x".into() }.into(),
+                400,
+                IMAGE_USER,
+                Some("moderation_blocked"),
             ),
             (BackendError::Overloaded { retry_after: Duration::from_secs(2) }.into(), 503, SERVER, Some("overloaded")),
             (
@@ -435,6 +452,13 @@ mod tests {
             (ApiError::ShuttingDown, 503, SERVER, Some("shutting_down")),
             (ApiError::AdminRequired, 403, INVALID, Some("admin_key_required")),
             (ApiError::KeyNotFound("k".into()), 404, INVALID, Some("key_not_found")),
+            (ApiError::TaskNotFound("t".into()), 404, INVALID, Some("task_not_found")),
+            (
+                ApiError::TaskFinished { id: "t".into(), status: "succeeded" },
+                409,
+                INVALID,
+                Some("task_already_finished"),
+            ),
             (exceeded(Counter::RequestsPerMinute), 429, "requests", Some("rate_limit_exceeded")),
             (exceeded(Counter::ImagesPerMinute), 429, "images", Some("rate_limit_exceeded")),
             (exceeded(Counter::TokensPerMonth), 429, "insufficient_quota", Some("quota_exceeded")),
@@ -455,6 +479,22 @@ mod tests {
             );
             assert!(!parts.message.contains("secret detail") && !parts.message.contains("boom"));
         }
+    }
+
+    /// OpenAI sends `param: null` for an unusable image and for GPT image's moderation, whatever
+    /// the layer below knew.
+    #[test]
+    fn image_and_moderation_errors_name_no_param() {
+        let image = ApiError::from(CoreError::invalid_image(
+            Some("image[1]".into()),
+            "Invalid image file or mode for image 2 ('image[1]')",
+        ));
+        let parts = image.parts();
+        assert_eq!(parts.param, None);
+        assert!(parts.message.contains("image[1]"), "the message still says which: {}", parts.message);
+        let blocked = ApiError::from(BackendError::ModerationBlocked { message: "safety_violations=[x]".into() });
+        assert_eq!(blocked.parts().param, None);
+        assert_eq!(blocked.parts().should_retry, Some(false));
     }
 
     /// Every internal failure looks the same to a client, whichever layer it came from.

@@ -8,8 +8,10 @@
 //! - [`observe`], [`drain`], [`telemetry`]: the layer every request passes (metrics, draining),
 //!   request ids in logs, `/metrics`.
 //! - [`storage`]: the database (keys, usage, image records), blobs and signed URLs.
+//! - [`tasks`]: durable async image tasks (submit, poll, cancel), run by any node.
 //! - [`backends`]: the model registry from `[[models]]`.
-//! - [`cli`]: the `easel` command line; `main.rs` only calls it.
+//! - [`openapi`]: `GET /openapi.json` (the OpenAPI document, derived with utoipa) and `/docs`.
+//! - [`cli`]: the `easel` command line; `main.rs` only calls it. [`hub`]: model downloads.
 //!
 //! `docs/architecture.md` is the map of the whole workspace: which crate depends on which, the
 //! file that parses, validates, plans, executes and delivers each field, and the error table.
@@ -22,9 +24,12 @@ pub mod drain;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod hub;
 pub mod observe;
+pub mod openapi;
 pub mod routes;
 pub mod startup;
 pub mod state;
 pub mod storage;
+pub mod tasks;
 pub mod telemetry;

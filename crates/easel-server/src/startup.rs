@@ -12,9 +12,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::response::IntoResponse;
-use easel_core::fetch::ImageFetcher;
 use easel_core::registry::Model;
-use easel_core::service::ImageService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -46,6 +44,8 @@ pub struct Application {
     /// `/metrics` on a listener of its own (`[metrics] bind`).
     metrics_listener: Option<TcpListener>,
     grace: Duration,
+    /// Async task workers, when this node's role runs them.
+    tasks: Option<crate::tasks::Settings>,
 }
 
 impl Application {
@@ -85,25 +85,14 @@ impl Application {
             }
         }
 
-        let registry = backends::build_registry(&config, extra_models)?;
-        let fetcher =
-            ImageFetcher::new(valid.allow_image_hosts, config.server.max_download_bytes, Duration::from_secs(30))?;
-        let service = ImageService::new(std::sync::Arc::new(registry), fetcher, valid.service);
+        let service = backends::build_service(&config, extra_models, valid.allow_image_hosts, valid.service).await?;
 
         let listener = TcpListener::bind(bind).await.map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
         let address = listener.local_addr()?;
+        // `Config::validate` refused a wildcard bind without `public_url`.
         let public_url = match &config.server.public_url {
             Some(url) => url.clone(),
-            None => {
-                if address.ip().is_unspecified() {
-                    tracing::warn!(
-                        %address,
-                        "server.public_url is not set on a wildcard bind: hosted image URLs (response_format=url) \
-                         would name {address}, which clients cannot reach; set server.public_url"
-                    );
-                }
-                Url::parse(&format!("http://{address}"))?
-            }
+            None => Url::parse(&format!("http://{address}"))?,
         };
         let state = AppState::new(Shared {
             service,
@@ -120,6 +109,7 @@ impl Application {
             max_body_bytes: config.server.max_body_bytes,
             drain: Drain::default(),
             limiter,
+            tasks: crate::tasks::LocalTasks::default(),
         });
         let metrics_listener = match valid.metrics_bind {
             Some(addr) => {
@@ -127,7 +117,11 @@ impl Application {
             }
             None => None,
         };
-        let mut router = routes::routes();
+        let role = config.server.role;
+        let mut router = if role.serves_api() { routes::routes() } else { routes::health() };
+        if role.serves_api() && config.server.playground_on(bind) {
+            router = router.merge(routes::playground());
+        }
         if config.metrics.enabled && metrics_listener.is_none() {
             router = router.merge(routes::metrics());
         }
@@ -156,6 +150,7 @@ impl Application {
             sweep_interval: Duration::from_secs(config.storage.sweep_interval_secs.max(1)),
             metrics_listener,
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
+            tasks: role.runs_tasks().then(|| config.tasks.settings()),
         })
     }
 
@@ -189,6 +184,8 @@ impl Application {
             self.sweep_interval,
             self.stop.clone(),
         ));
+        let tasks =
+            self.tasks.map(|settings| crate::tasks::runner::spawn(self.state.clone(), settings, self.stop.clone()));
         let closed = CancellationToken::new();
         let drainer = tokio::spawn({
             let (stop, drain, grace, closed) =
@@ -225,6 +222,11 @@ impl Application {
         };
         self.stop.cancel();
         let _ = drainer.await;
+        // Tasks still running past the grace are dropped: their leases run out and another node
+        // (or this one, restarted) takes them over.
+        if let Some(tasks) = tasks {
+            tasks.abort();
+        }
         // Requests are drained: commit the ledger rows they queued before the process exits.
         self.state.writer.close().await;
         let _ = sweeper.await;

@@ -41,6 +41,8 @@ pub struct Shared {
     pub drain: Drain,
     /// Per-key limits and quotas.
     pub limiter: Limiter,
+    /// The async tasks this node runs, and the bell that wakes its workers.
+    pub tasks: crate::tasks::LocalTasks,
 }
 
 impl AppState {

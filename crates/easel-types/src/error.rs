@@ -24,6 +24,10 @@ pub enum BackendError {
     /// The prompt or image was refused by a safety system.
     #[error("{message}")]
     ContentPolicy { message: String },
+    /// GPT image's moderation refused the prompt or an image (OpenAI's `moderation_blocked`,
+    /// kept as OpenAI sends it: clients tell it apart from DALL·E's content policy).
+    #[error("{message}")]
+    ModerationBlocked { message: String },
     /// The backend's queue is full; the client should retry later.
     #[error("The model is busy; retry in {} seconds.", retry_after.as_secs().max(1))]
     Overloaded { retry_after: Duration },
@@ -51,7 +55,10 @@ impl BackendError {
 
     pub fn fault(&self) -> Fault {
         match self {
-            Self::InvalidInput { .. } | Self::ContentPolicy { .. } | Self::Cancelled => Fault::User,
+            Self::InvalidInput { .. }
+            | Self::ContentPolicy { .. }
+            | Self::ModerationBlocked { .. }
+            | Self::Cancelled => Fault::User,
             Self::Upstream { .. } | Self::Timeout { .. } => Fault::Upstream,
             Self::Overloaded { .. } | Self::Unavailable { .. } | Self::Internal(_) => Fault::Runtime,
         }

@@ -43,20 +43,57 @@ pub struct NamedImage {
 
 /// Open-model extensions documented by Easel (not part of OpenAI's API). Their ranges depend on
 /// the model (`Capabilities::extensions` in the core), which checks them once.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Extensions {
     pub negative_prompt: Option<String>,
     pub seed: Option<u64>,
     pub steps: Option<u32>,
     pub guidance_scale: Option<f32>,
     pub strength: Option<f32>,
+    /// DashScope's own switches (the Qwen dialect's `parameters`); other backends ignore them.
+    pub dashscope: DashScopeOptions,
+}
+
+/// DashScope's switches, as the Qwen dialect writes them in `parameters`. Only the DashScope
+/// backend sends them (under these names); every other backend ignores them.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, Eq)]
+#[serde(default)]
+pub struct DashScopeOptions {
+    /// DashScope's LLM rewrite of the prompt.
+    pub prompt_extend: Option<bool>,
+    /// DashScope's "AI-generated" mark in a corner.
+    pub watermark: Option<bool>,
+    /// wanx-v1's style (`<auto>`, `<watercolor>`, ...); not DALL·E 3's `style`.
+    pub style: Option<String>,
+}
+
+/// Where the client wrote the parameters an error may name. The Qwen dialect nests them under
+/// `parameters`, so a range error found later (by the core, against the model) says
+/// `parameters.n`, as the client wrote it, and not `n`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParamNames {
+    under_parameters: Vec<String>,
+}
+
+impl ParamNames {
+    /// The named parameters were written under `parameters`.
+    pub fn under_parameters(names: impl IntoIterator<Item = String>) -> Self {
+        Self { under_parameters: names.into_iter().collect() }
+    }
+
+    /// `name` as the client wrote it.
+    pub fn of(&self, name: &str) -> String {
+        if self.under_parameters.iter().any(|p| p == name) { format!("parameters.{name}") } else { name.to_string() }
+    }
 }
 
 /// The options that travel unchanged from the request, through the job, to every backend call:
 /// the wire crate fills them, the core checks them against the model, and backends read them.
 /// A new option of this kind is one field here, one in the wire's parameter struct, and its use
 /// in the backends that honour it.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Options {
     /// DALL·E 3's `style`.
     pub style: Option<Style>,
@@ -90,6 +127,8 @@ pub struct ImageRequest {
     pub stream: bool,
     pub partial_images: Option<u8>,
     pub options: Options,
+    /// How errors name the parameters (`parameters.n` in the Qwen dialect).
+    pub names: ParamNames,
 }
 
 impl ImageRequest {
@@ -107,6 +146,7 @@ impl ImageRequest {
             stream: false,
             partial_images: None,
             options: Options::default(),
+            names: ParamNames::default(),
         }
     }
 }

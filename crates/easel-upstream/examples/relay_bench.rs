@@ -79,7 +79,13 @@ async fn bench(base_url: &str, body: &str, requests: usize, concurrency: usize, 
     let backend =
         gateway.build_model("relay", &json!({"targets": [{"provider": "canned", "model": "gpt-image-1"}]}))?;
     let mut registry = ModelRegistry::new(None);
-    registry.insert(Model { id: "relay".into(), backend, created: 0, owned_by: "easel".into() })?;
+    registry.insert(Model {
+        id: "relay".into(),
+        backend,
+        created: 0,
+        owned_by: "easel".into(),
+        defaults: Default::default(),
+    })?;
     let fetcher = ImageFetcher::new(Vec::new(), 1 << 20, std::time::Duration::from_secs(5))?;
     let service = Arc::new(ImageService::new(Arc::new(registry), fetcher, ServiceSettings::default()));
     // Load the tokenizer before timing (it loads on first use).

@@ -236,6 +236,7 @@ impl ImageBackend for EnhancedBackend {
         for output in outputs {
             merged.images.extend(output.images);
             merged.revised_prompt = merged.revised_prompt.or(output.revised_prompt);
+            merged.served_by = merged.served_by.or(output.served_by);
             match (&mut usage, output.usage) {
                 (Some(total), Some(u)) => *total += u,
                 _ => usage = None,

@@ -55,6 +55,27 @@ impl Gateway {
         Ok(Gateway { providers: map, enhancer })
     }
 
+    /// Asks every `kind = "easel"` provider for its models' capabilities (`GET /v1/models`), so
+    /// their targets validate requests as the node will. Called once at start, before
+    /// [`Gateway::build_model`]. A node that cannot be reached is not fatal (nodes restart, and a
+    /// gateway must come up without them): it is logged, and its targets keep the `easel`
+    /// profile, which lets every size through for the node to check itself (the node's refusals
+    /// of a size or n come back as 400s naming the parameter, which try the next target). The
+    /// first answer from the node then has its models read, and the model's capabilities are
+    /// recomputed from them (`UpstreamBackend::call`). Model keys (`sizes`, `max_n`, ...)
+    /// override what a node says, as for any provider.
+    pub async fn discover(&self) {
+        for p in self.providers.values().filter(|p| p.kind == ProviderKind::Easel) {
+            if let Err(e) = crate::node::learn(p).await {
+                tracing::warn!(
+                    provider = %p.id,
+                    error = format!("{e:#}"),
+                    "could not read the Easel node's models at start; its targets leave the checks to the node until it answers"
+                );
+            }
+        }
+    }
+
     /// The backend for a `[[models]]` table with `backend = "upstream"` (`options` is the table
     /// without `id` and `backend`).
     pub fn build_model(&self, id: &str, options: &Value) -> anyhow::Result<SharedBackend> {
@@ -108,6 +129,17 @@ impl Gateway {
                             provider.id
                         );
                     }
+                    if let Some(models) = provider.node_models.get().filter(|m| !m.contains_key(&t.model)) {
+                        let mut known: Vec<&str> = models.keys().map(String::as_str).collect();
+                        known.sort_unstable();
+                        bail!(
+                            "{owner}: target {} names model '{}', which the Easel node '{}' does not serve (it serves: {})",
+                            index + 1,
+                            t.model,
+                            provider.id,
+                            known.join(", ")
+                        );
+                    }
                     Arc::new(OpenAiTarget::new(provider, t.model.clone(), quirks, t.extra.clone()))
                 }
             };
@@ -115,12 +147,8 @@ impl Gateway {
         }
         slots.sort_by_key(|s| s.rank);
         let all: Vec<&Capabilities> = slots.iter().map(|s| s.target.capabilities()).collect();
-        let mut caps = merge_capabilities(&all);
-        apply_overrides(&mut caps, &options).with_context(|| owner.clone())?;
-        if caps.operations.is_empty() {
-            bail!("{owner}: no target serves generations, edits or variations");
-        }
-        Ok(Arc::new(UpstreamBackend::new(id.to_string(), caps, slots)))
+        let caps = model_capabilities(id, &all, &options)?;
+        Ok(Arc::new(UpstreamBackend::new(id.to_string(), caps, slots).with_options(options)))
     }
 
     /// Whether a model must be wrapped with [`Gateway::enhance`]: its id ends in `-pe`, or its
@@ -156,6 +184,17 @@ impl Gateway {
         ids.sort_unstable();
         ids
     }
+}
+
+/// A model's capabilities: its targets' (primary first), merged, with the model's overrides.
+pub fn model_capabilities(id: &str, targets: &[&Capabilities], options: &ModelOptions) -> anyhow::Result<Capabilities> {
+    let owner = format!("model '{id}'");
+    let mut caps = merge_capabilities(targets);
+    apply_overrides(&mut caps, options).with_context(|| owner.clone())?;
+    if caps.operations.is_empty() {
+        bail!("{owner}: no target serves generations, edits or variations");
+    }
+    Ok(caps)
 }
 
 fn apply_overrides(caps: &mut Capabilities, o: &ModelOptions) -> anyhow::Result<()> {

@@ -27,6 +27,10 @@ pub enum Next {
     Retry,
     /// Do not retry this target; try the next one.
     Fallback,
+    /// This target cannot serve the request as asked (the provider named a capability it lacks:
+    /// a size, `n`, a quality, a format): try the next one, without counting it as the target
+    /// failing. When no target is left, the provider's 400 is the answer.
+    Skip,
     /// The request is at fault (or the client left): answer now.
     Stop,
 }
@@ -91,9 +95,54 @@ pub fn status_failure(provider: &str, status: u16, headers: &HeaderMap, body: &[
     let message = parsed.as_ref().and_then(|e| e.message.clone()).unwrap_or_else(|| snippet(body));
     let code = parsed.as_ref().and_then(|e| code_str(&e.code)).unwrap_or_default();
     let param = parsed.as_ref().and_then(|e| e.param.clone());
+    if code == "moderation_blocked" {
+        // GPT image's moderation: passed on under OpenAI's own code, not renamed.
+        return Failure::new(BackendError::ModerationBlocked { message }, Next::Stop);
+    }
     let policy = ["content_policy_violation", "moderation_blocked", "content_filter"].contains(&code.as_str())
         || message.contains("safety system");
-    classify(provider, status, headers, message, policy, param)
+    let mismatch = capability_mismatch(param.as_deref(), &code);
+    let mut failure = classify(provider, status, headers, message, policy, param);
+    if mismatch && failure.next == Next::Stop && matches!(failure.error, BackendError::InvalidInput { .. }) {
+        failure.next = Next::Skip;
+    }
+    failure
+}
+
+/// The request parameters whose refusal says "this target cannot make that" rather than "the
+/// request is wrong": another target may well serve the same request. Refusals of the prompt,
+/// the input images, `user`, or with no parameter named are the request's own.
+const CAPABILITY_PARAMS: &[&str] = &[
+    "size",
+    "n",
+    "quality",
+    "style",
+    "background",
+    "output_format",
+    "output_compression",
+    "response_format",
+    "moderation",
+    "input_fidelity",
+    "partial_images",
+    "stream",
+    "mask",
+    "model",
+    "steps",
+    "guidance_scale",
+    "strength",
+    "seed",
+    "negative_prompt",
+];
+
+/// Whether a 400 names a capability the target lacks: its `param` (`parameters.size` and
+/// `size[0]` count as `size`) is one of `CAPABILITY_PARAMS`, or its code says a parameter is
+/// unknown to this service (`unknown_parameter`).
+pub fn capability_mismatch(param: Option<&str>, code: &str) -> bool {
+    let name = param.map(|p| {
+        let p = p.strip_prefix("parameters.").unwrap_or(p);
+        p.split(['[', '.']).next().unwrap_or(p)
+    });
+    code == "unknown_parameter" || name.is_some_and(|n| CAPABILITY_PARAMS.contains(&n))
 }
 
 /// Maps a status (plus whether the body says "content policy") to a failure.
@@ -277,7 +326,32 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    #[test]
+    fn capability_refusals_fall_back_and_the_requests_own_do_not() {
+        let failure = |body: Value| status_failure("p", 400, &HeaderMap::new(), body.to_string().as_bytes()).next;
+        let error = |param: Value, code: &str| json_error(param, code);
+        assert_eq!(failure(error(json!("size"), "invalid_value")), Next::Skip);
+        assert_eq!(failure(error(json!("parameters.n"), "invalid_value")), Next::Skip);
+        assert_eq!(failure(error(json!("quality"), "invalid_value")), Next::Skip);
+        assert_eq!(failure(error(json!("output_format"), "invalid_value")), Next::Skip);
+        assert_eq!(failure(error(json!("response_format"), "unknown_parameter")), Next::Skip);
+        assert_eq!(failure(error(json!("prompt"), "invalid_value")), Next::Stop);
+        assert_eq!(failure(error(json!("image[0]"), "invalid_image_file")), Next::Stop);
+        assert_eq!(failure(error(Value::Null, "invalid_request_error")), Next::Stop);
+        assert_eq!(
+            failure(error(json!("size"), "content_policy_violation")),
+            Next::Stop,
+            "a refusal of content is never a mismatch"
+        );
+    }
+
+    fn json_error(param: Value, code: &str) -> Value {
+        json!({"error": {"message": "no", "type": "invalid_request_error", "param": param, "code": code}})
+    }
 
     #[test]
     fn retry_after_forms() {

@@ -20,6 +20,7 @@
 //! - [`resilience`]: backoff with jitter, `Retry-After`, the circuit breaker.
 //! - [`http`]: sending a request and classifying what went wrong.
 //! - [`media`]: data URLs, base64 and downloaded result images.
+//! - [`node`]: the `capabilities` an Easel node publishes per model, and reading them from one.
 //! - `testing` (feature `testing`): fake providers on loopback, for this crate's tests and the
 //!   server's.
 //!
@@ -32,6 +33,7 @@ pub mod enhance;
 pub mod gateway;
 pub mod http;
 pub mod media;
+pub mod node;
 pub mod openai;
 pub mod profile;
 pub mod provider;

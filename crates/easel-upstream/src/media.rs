@@ -72,12 +72,16 @@ pub async fn from_url(provider: &str, fetcher: &ImageFetcher, link: &str) -> Res
             FetchError::Unavailable { transient: true } => Next::Retry,
             _ => Next::Fallback,
         };
-        let message = match e {
-            FetchError::NotAllowed => format!(
+        let message = match (e, fetcher.near_miss(&url)) {
+            // The entry that names the host with another scheme or port, for the operator.
+            (FetchError::NotAllowed, Some(hint)) => format!(
+                "The upstream provider '{provider}' returned an image at a URL its allow_hosts do not allow: {hint}."
+            ),
+            (FetchError::NotAllowed, None) => format!(
                 "The upstream provider '{provider}' returned an image on host '{}', which its allow_hosts do not allow (or which does not resolve to a public address).",
                 url.host_str().unwrap_or("?")
             ),
-            other => format!("Could not download the image the upstream provider '{provider}' made: {other}."),
+            (other, _) => format!("Could not download the image the upstream provider '{provider}' made: {other}."),
         };
         Failure::new(BackendError::Upstream { status: None, message }, next)
     })?;

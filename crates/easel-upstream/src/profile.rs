@@ -79,6 +79,8 @@ pub struct Quirks {
     /// Sizes clients may ask for.
     pub sizes: SizeRule,
     pub default_size: ImageSize,
+    /// Whether the service picks the size itself for `size=auto` (GPT image): `auto` is sent.
+    pub picks_size: bool,
     pub edits: EditStyle,
     pub variations: bool,
     pub generations: bool,
@@ -139,13 +141,15 @@ impl Quirks {
                 native_sizes: None,
                 sizes: rule,
                 default_size: ImageSize::new(1024, 1024),
+                picks_size: true,
                 edits: EditStyle::Multipart,
                 variations: false,
                 generations: true,
                 masks: true,
                 streaming: true,
                 qualities: GPT_QUALITIES.to_vec(),
-                default_quality: Quality::High,
+                // GPT image picks the quality itself for `auto`: it is passed on, never resolved.
+                default_quality: Quality::Auto,
                 transparency,
                 output_formats: ALL_FORMATS.to_vec(),
                 max_input_images: 16,
@@ -163,6 +167,7 @@ impl Quirks {
             native_sizes: None,
             sizes: SizeRule::broad(),
             default_size: ImageSize::new(1024, 1024),
+            picks_size: false,
             edits: EditStyle::Multipart,
             variations: false,
             generations: true,
@@ -375,6 +380,7 @@ struct Overrides {
     native_sizes: Option<Value>,
     sizes: Option<Value>,
     default_size: Option<String>,
+    picks_size: Option<bool>,
     edits: Option<EditStyle>,
     variations: Option<bool>,
     generations: Option<bool>,
@@ -395,7 +401,7 @@ impl Overrides {
         macro_rules! set {
             ($($field:ident),*) => { $(if let Some(v) = self.$field { q.$field = v; })* };
         }
-        set!(max_n, max_n_per_call, params, size_param, edits, variations, generations, masks, streaming);
+        set!(max_n, max_n_per_call, params, size_param, picks_size, edits, variations, generations, masks, streaming);
         set!(qualities, default_quality, transparency, output_formats, max_input_images, max_prompt_chars, usage);
         if let Some(rf) = self.response_format {
             q.response_format = if rf == "none" { None } else { Some(rf) };

@@ -4,9 +4,12 @@
 //! connections (and TLS sessions) are pooled and reused across requests: a relayed call does not
 //! pay a handshake.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use easel_core::backend::Capabilities;
 use easel_core::fetch::{HostPattern, ImageFetcher};
 use reqwest::RequestBuilder;
 use url::Url;
@@ -34,6 +37,9 @@ pub struct Provider {
     pub downloads: bool,
     /// The inline or named profile from config (kind `openai`).
     pub profile: Option<serde_json::Value>,
+    /// Kind `easel`: the node's models and what each accepts, once the node has answered
+    /// `GET /models` ([`crate::node::learn`]).
+    pub node_models: OnceLock<HashMap<String, Capabilities>>,
 }
 
 impl Provider {
@@ -104,6 +110,7 @@ impl Provider {
             poll_max_interval: secs(c.poll_max_interval_secs, 10.0, "poll_max_interval_secs")?,
             downloads,
             profile: c.profile,
+            node_models: OnceLock::new(),
         })
     }
 

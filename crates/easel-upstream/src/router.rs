@@ -7,8 +7,27 @@
 //! the request's own (invalid input, content policy) or a client that left ends the call at once.
 //! The model's `Capabilities` are the primary target's, narrowed so that every target can serve
 //! a call the core plans (the smallest `max_n_per_call`, masks native only if all honour them).
+//!
+//! An upstream 400 is one of two things, told apart where the status is read
+//! ([`crate::http::status_failure`], [`crate::dashscope::error`]):
+//! - a capability the target lacks ([`Next::Skip`]): the provider names a parameter about what it
+//!   makes (`size`, `n`, `quality`, `style`, `background`, `output_format`,
+//!   `output_compression`, `response_format`, `moderation`, `input_fidelity`, `partial_images`,
+//!   `stream`, `mask`, `model`, and the extensions `steps`, `guidance_scale`, `strength`, `seed`,
+//!   `negative_prompt`; `parameters.n` and `size[0]` count), or says a parameter is unknown to it
+//!   (`unknown_parameter`); DashScope, which names no parameter, an `InvalidParameter` whose
+//!   message is about the size, resolution or image count. The next target is tried, and the
+//!   target's breaker is not charged: another target may make what this one cannot. With none
+//!   left, the provider's 400 (with its `param`) is the answer.
+//! - the request's own fault ([`Next::Stop`]): any other parameter (`prompt`, `image`, `user`),
+//!   none named, or a content-policy code. Every target would refuse it, and each try may be
+//!   billed, so the client gets the 400 at once.
+//!
+//! The target that served is named in the output (`served_by`, `kind:provider/model`), so usage
+//! is recorded under it, not under the primary. When an Easel node that was down at start first
+//! answers, its models' capabilities are read and the model's are computed again.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use easel_core::BackendError;
@@ -16,6 +35,7 @@ use easel_core::backend::{BackendCall, BackendOutput, CallContext, Capabilities,
 use easel_core::types::Operation;
 use rand::Rng;
 
+use crate::config::{ModelOptions, ProviderKind};
 use crate::http::{Failure, Next};
 use crate::provider::Provider;
 use crate::resilience::{Breaker, RetryPolicy, retrying};
@@ -64,6 +84,11 @@ pub struct UpstreamBackend {
     kind: &'static str,
     caps: Capabilities,
     slots: Vec<Slot>,
+    /// The model's table, to recompute `caps` once an Easel node that could not be reached at
+    /// start has described its models.
+    options: Option<ModelOptions>,
+    /// Those recomputed capabilities, which replace `caps`.
+    refined: OnceLock<Capabilities>,
 }
 
 impl UpstreamBackend {
@@ -71,7 +96,44 @@ impl UpstreamBackend {
     pub fn new(id: String, caps: Capabilities, mut slots: Vec<Slot>) -> Self {
         slots.sort_by_key(|s| s.rank);
         let kind = slots[0].target.provider().kind.as_str();
-        Self { id, kind, caps, slots }
+        Self { id, kind, caps, slots, options: None, refined: OnceLock::new() }
+    }
+
+    /// Keeps the model's table so its capabilities can be recomputed when a node answers late.
+    pub fn with_options(mut self, options: ModelOptions) -> Self {
+        self.options = Some(options);
+        self
+    }
+
+    /// Easel node providers among the targets whose models are not known yet.
+    fn unknown_nodes(&self) -> impl Iterator<Item = &Arc<crate::provider::Provider>> {
+        self.slots
+            .iter()
+            .map(|s| s.target.provider())
+            .filter(|p| p.kind == ProviderKind::Easel && p.node_models.get().is_none())
+    }
+
+    /// After a node that was down at start has answered a call: reads its models, then computes
+    /// the model's capabilities again from what every target now says.
+    async fn learn_nodes(&self) {
+        let Some(options) = &self.options else { return };
+        let providers: Vec<_> = self.unknown_nodes().cloned().collect();
+        for p in providers {
+            if let Err(e) = crate::node::learn(&p).await {
+                tracing::debug!(provider = %p.id, error = format!("{e:#}"), "the Easel node's models could not be read yet");
+                return;
+            }
+        }
+        let all: Vec<&Capabilities> = self.slots.iter().map(|s| s.target.capabilities()).collect();
+        match crate::gateway::model_capabilities(&self.id, &all, options) {
+            Ok(caps) => {
+                tracing::info!(model = %self.id, "capabilities now follow what the Easel node says");
+                let _ = self.refined.set(caps);
+            }
+            Err(e) => {
+                tracing::warn!(model = %self.id, error = format!("{e:#}"), "the Easel node's capabilities do not fit this model; keeping the ones from start")
+            }
+        }
     }
 
     /// The order to try targets in for this call.
@@ -122,7 +184,7 @@ impl ImageBackend for UpstreamBackend {
     }
 
     fn capabilities(&self) -> &Capabilities {
-        &self.caps
+        self.refined.get().unwrap_or(&self.caps)
     }
 
     async fn readiness(&self) -> Result<(), String> {
@@ -136,6 +198,25 @@ impl ImageBackend for UpstreamBackend {
     }
 
     async fn call(&self, call: BackendCall, cx: CallContext) -> Result<BackendOutput, BackendError> {
+        let result = self.route(call, cx).await;
+        // A node that was down at start and has now answered (with images or a refusal of the
+        // request) is up: learn what it serves. Failures to reach it cost nothing more.
+        let answered = matches!(
+            &result,
+            Ok(_)
+                | Err(BackendError::InvalidInput { .. }
+                    | BackendError::ContentPolicy { .. }
+                    | BackendError::ModerationBlocked { .. })
+        );
+        if answered && self.refined.get().is_none() && self.unknown_nodes().next().is_some() {
+            self.learn_nodes().await;
+        }
+        result
+    }
+}
+
+impl UpstreamBackend {
+    async fn route(&self, call: BackendCall, cx: CallContext) -> Result<BackendOutput, BackendError> {
         let order = self.order(call.operation);
         let mut last: Option<BackendError> = None;
         for slot in order {
@@ -153,14 +234,21 @@ impl ImageBackend for UpstreamBackend {
             let result = self.run_slot(slot, &call, &cx).await;
             match &result {
                 Ok(_) => slot.breaker.success(),
-                Err(f) if f.next == Next::Stop => slot.breaker.neutral(),
+                Err(f) if matches!(f.next, Next::Stop | Next::Skip) => slot.breaker.neutral(),
                 Err(_) => slot.breaker.failure(),
             }
             let circuit = metrics::gauge!("easel_upstream_circuit_open", "provider" => slot.target.provider().id.clone(), "target" => slot.label());
             circuit.set(if slot.breaker.is_open() { 1.0 } else { 0.0 });
             match result {
-                Ok(output) => return Ok(output),
+                Ok(mut output) => {
+                    output.served_by = Some(format!("{}:{}", slot.target.provider().kind.as_str(), slot.label()));
+                    return Ok(output);
+                }
                 Err(f) if f.next == Next::Stop => return Err(f.error),
+                Err(f) if f.next == Next::Skip => {
+                    tracing::info!(model = %self.id, target = %slot.label(), error = %f.error, "upstream target cannot serve this request as asked; trying the next");
+                    last = Some(f.error);
+                }
                 Err(f) => {
                     tracing::warn!(model = %self.id, target = %slot.label(), error = %f.error, "upstream target failed; trying the next");
                     metrics::counter!("easel_upstream_fallbacks_total", "model" => self.id.clone()).increment(1);

@@ -36,6 +36,11 @@ pub enum Reply {
     /// with `sse` of one `completed` event, then base64 forever): only a cap on the bytes read
     /// stops a reader.
     Endless { sse: bool },
+    /// A 200 JSON answer that starts at once, then dribbles one byte every `every` and never
+    /// ends: only the whole attempt's timeout stops a reader.
+    Trickle { every: Duration },
+    /// Status, `Content-Type` and body as given (HTML error pages, bodies that are not JSON).
+    Raw(u16, &'static str, Vec<u8>),
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +76,8 @@ pub struct Inner {
     pub result_host: Option<String>,
     /// Chat answer; `None` gives "ENHANCED: <prompt>".
     pub chat_answer: Option<String>,
+    /// DashScope tasks stay PENDING (a long queue) until cancelled.
+    pub queued: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +87,20 @@ pub struct Task {
     pub polls: u32,
     pub prompt: String,
     pub cancelled: bool,
+}
+
+impl Task {
+    /// Where the task stands after `polls` polls: PENDING, RUNNING, then SUCCEEDED; CANCELED
+    /// once cancelled; PENDING throughout while the fake is `queued`.
+    fn status(&self, queued: bool) -> &'static str {
+        match self.polls {
+            _ if self.cancelled => "CANCELED",
+            _ if queued => "PENDING",
+            0 | 1 => "PENDING",
+            2 => "RUNNING",
+            _ => "SUCCEEDED",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -204,6 +225,24 @@ async fn answer(reply: Reply) -> Response {
                 .body(Body::from_stream(body))
                 .unwrap()
         }
+        Reply::Trickle { every } => {
+            let head =
+                futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"{\"created\": 1, ")) });
+            let drip = futures::stream::unfold((), move |()| async move {
+                tokio::time::sleep(every).await;
+                Some((Ok(Bytes::from_static(b" ")), ()))
+            });
+            Response::builder()
+                .status(200)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from_stream(head.chain(drip)))
+                .unwrap()
+        }
+        Reply::Raw(status, content_type, body) => Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body))
+            .unwrap(),
         Reply::Truncated => {
             let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
                 Ok(Bytes::from_static(b"{\"created\":1,\"data\":[{\"b64_json\":\"iVBOR")),
@@ -410,23 +449,15 @@ async fn dash_poll(State((state, key, addr)): State<Shared>, headers: HeaderMap,
     if let Some(body) = scripted_poll {
         return axum::Json(body).into_response();
     }
-    let task = {
+    let (task, status) = {
         let mut s = state.lock().unwrap();
+        let queued = s.queued;
         let Some(task) = s.tasks.get_mut(&id) else {
             return axum::Json(json!({"request_id": "r", "output": {"task_id": id, "task_status": "UNKNOWN"}}))
                 .into_response();
         };
         task.polls += 1;
-        task.clone()
-    };
-    let status = if task.cancelled {
-        "CANCELED"
-    } else {
-        match task.polls {
-            1 => "PENDING",
-            2 => "RUNNING",
-            _ => "SUCCEEDED",
-        }
+        (task.clone(), task.status(queued))
     };
     if status != "SUCCEEDED" {
         return axum::Json(json!({"request_id": "r", "output": {"task_id": id, "task_status": status}}))
@@ -450,10 +481,20 @@ async fn dash_cancel(State((state, key, _)): State<Shared>, headers: HeaderMap, 
     if !authorised(&headers, &key) {
         return dash_error(401, "InvalidApiKey", "Invalid API-key provided.");
     }
-    if let Some(task) = state.lock().unwrap().tasks.get_mut(&id) {
-        task.cancelled = true;
+    // DashScope cancels only PENDING tasks; any other (running, finished, unknown) is refused.
+    let mut s = state.lock().unwrap();
+    let queued = s.queued;
+    match s.tasks.get_mut(&id) {
+        Some(task) if task.status(queued) == "PENDING" => {
+            task.cancelled = true;
+            axum::Json(json!({"request_id": "r"})).into_response()
+        }
+        _ => dash_error(
+            400,
+            "UnsupportedOperation",
+            "Failed to cancel the task, please confirm if the task is in PENDING status.",
+        ),
     }
-    axum::Json(json!({"request_id": "r"})).into_response()
 }
 
 async fn dash_sync(State((state, key, addr)): State<Shared>, headers: HeaderMap, request: Request) -> Response {
@@ -505,6 +546,11 @@ async fn dash_sync(State((state, key, addr)): State<Shared>, headers: HeaderMap,
 
 async fn result_image(State((state, _, _)): State<Shared>, headers: HeaderMap, Path(file): Path<String>) -> Response {
     record(&state, "GET", &format!("/results/{file}"), &headers, None, Vec::new());
+    if file.ends_with(".html") {
+        // A link that serves a web page (a login wall, an error page) instead of the image.
+        return ([(header::CONTENT_TYPE, "text/html")], "<!doctype html><html><body>Expired</body></html>")
+            .into_response();
+    }
     let dims = file.split('-').next().unwrap_or("8x8");
     let (w, h) = dims.split_once('x').unwrap_or(("8", "8"));
     let bytes = png(w.parse().unwrap_or(8), h.parse().unwrap_or(8));

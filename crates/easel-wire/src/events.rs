@@ -10,6 +10,7 @@ use crate::response::UsageBody;
 
 /// The fields every image event carries.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventImage {
     pub b64_json: String,
     pub created_at: i64,
@@ -20,6 +21,7 @@ pub struct EventImage {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PartialImageEvent {
     #[serde(rename = "type")]
     pub kind: String,
@@ -29,6 +31,7 @@ pub struct PartialImageEvent {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CompletedEvent {
     #[serde(rename = "type")]
     pub kind: String,

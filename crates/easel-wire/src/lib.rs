@@ -9,6 +9,7 @@
 //! `docs/architecture.md` is the map of the whole workspace: which crate depends on which, the
 //! file that parses, validates, plans, executes and delivers each field, and the error table.
 
+pub mod dashscope;
 pub mod error;
 pub mod events;
 pub mod request;

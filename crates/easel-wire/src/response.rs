@@ -8,6 +8,7 @@ use easel_types::usage::Usage;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImagesResponse {
     pub created: i64,
     pub data: Vec<ImageData>,
@@ -24,6 +25,7 @@ pub struct ImagesResponse {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImageData {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub b64_json: Option<String>,
@@ -34,6 +36,7 @@ pub struct ImageData {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageBody {
     pub total_tokens: u64,
     pub input_tokens: u64,
@@ -44,12 +47,14 @@ pub struct UsageBody {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InputTokensDetails {
     pub text_tokens: u64,
     pub image_tokens: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OutputTokensDetails {
     pub image_tokens: u64,
     pub text_tokens: u64,
@@ -74,6 +79,7 @@ impl UsageBody {
 
 /// `GET /v1/models` and `GET /v1/models/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelObject {
     pub id: String,
     pub object: String,
@@ -88,6 +94,7 @@ impl ModelObject {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelList {
     pub object: String,
     pub data: Vec<ModelObject>,

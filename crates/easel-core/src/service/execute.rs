@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 
-use crate::backend::{CallContext, PartialImage, SourcePixels};
+use crate::backend::{BackendCall, BackendOutput, CallContext, PartialImage, SharedBackend, SourcePixels};
 use crate::error::{BackendError, CoreError};
 use crate::imaging;
 use crate::job::{EncodedPartial, ImageJob, JobContext, JobOutput};
@@ -20,7 +20,8 @@ impl ImageService {
         let backend = Arc::clone(&job.model.backend);
         let caps = backend.capabilities();
         let call_size = match &caps.native_sizes {
-            Some(native) if native.check(job.size).is_err() => native.nearest(job.size),
+            // A backend that picks the size makes what it likes; `job.size` is only the estimate.
+            Some(native) if !job.size_auto && native.check(job.size).is_err() => native.nearest(job.size),
             _ => job.size,
         };
 
@@ -28,13 +29,17 @@ impl ImageService {
         // delivered size for compositing, and at the call size for backends that take pixels.
         let sources = self.decode_sources(job, call_size, caps.takes_pixels).await?;
         let per_call = caps.max_n_per_call.max(1);
-        let mut calls = Vec::new();
-        let mut planned = 0;
-        while planned < job.n {
-            let n = per_call.min(job.n - planned);
-            calls.push(job.call(n, planned, call_size, sources.for_backend.clone()));
-            planned += n;
-        }
+        // The calls for `count` images, the first at image `offset` of the job.
+        let plan = |count: u32, offset: u32| {
+            let mut calls = Vec::new();
+            let mut planned = 0;
+            while planned < count {
+                let n = per_call.min(count - planned);
+                calls.push(job.call(n, offset + planned, call_size, sources.for_backend.clone()));
+                planned += n;
+            }
+            calls
+        };
 
         let (partial_tx, forwarder) = match (&cx.partials, job.partial_images, caps.partial_images) {
             (Some(out), wanted @ 1.., true) => {
@@ -47,58 +52,96 @@ impl ImageService {
         };
 
         let call_cx = CallContext { cancel: cx.cancel.clone(), partials: partial_tx };
-        let outputs = futures::stream::iter(calls)
-            .map(|call| backend.call(call, call_cx.clone()))
-            .buffered(self.settings.fan_out.max(1))
-            .try_collect::<Vec<_>>();
-        let outputs = tokio::select! {
-            () = cx.cancel.cancelled() => Err(BackendError::Cancelled),
-            outputs = outputs => outputs,
-        };
+        let mut outputs = self.call_backend(&backend, plan(job.n, 0), &call_cx).await;
+        // A backend that answers with fewer images than asked is asked once more for the
+        // missing ones (seeds past the job's own, so they are new images); still short, the job
+        // fails: a client is never handed fewer images than `n` as if it were the whole answer.
+        let got = outputs.as_deref().map_or(job.n, count_images);
+        if got < job.n {
+            tracing::warn!(model = %job.model.id, asked = job.n, got, "backend returned fewer images than asked for; asking again for the missing ones");
+            let retried = self.call_backend(&backend, plan(job.n - got, job.n), &call_cx).await;
+            outputs = outputs.and_then(|mut first| {
+                first.extend(retried?);
+                Ok(first)
+            });
+        }
         drop(call_cx);
         let partials_sent = match forwarder {
             Some(handle) => handle.await.unwrap_or(0),
             None => 0,
         };
         let outputs = outputs?;
+        let got = count_images(&outputs);
+        if got < job.n {
+            return Err(too_few(backend.kind(), &job.model.id, got, job.n).into());
+        }
 
         let (source, mask) = sources.for_compositing.map_or((None, None), |p| (Some(p.image), p.mask));
         let finish_params = Finish::for_job(job, &self.settings);
         let mut images = Vec::with_capacity(job.n as usize);
         let mut reported = Some(Usage::default());
         let mut revised_prompt = None;
+        let mut served_by: Option<String> = None;
+        let (mut quality, mut background) = (None, None);
         for output in outputs {
+            quality = quality.or(output.quality);
+            background = background.or(output.background);
+            if let Some(by) = output.served_by {
+                match &mut served_by {
+                    Some(all) if !all.split(',').any(|s| s == by) => *all = format!("{all},{by}"),
+                    Some(_) => {}
+                    None => served_by = Some(by),
+                }
+            }
             match (&mut reported, output.usage) {
                 (Some(total), Some(usage)) => *total += usage,
                 _ => reported = None,
             }
             revised_prompt = revised_prompt.or(output.revised_prompt);
-            for image in output.images {
+            // A backend that made more than asked delivers only `n`.
+            let room = job.n as usize - images.len();
+            for image in output.images.into_iter().take(room) {
                 let (params, source, mask) = (finish_params.clone(), source.clone(), mask.clone());
                 images
                     .push(self.pixels.run(move || finish(image, &params, source.as_deref(), mask.as_deref())).await??);
             }
         }
-        if images.is_empty() {
-            return Err(
-                BackendError::Upstream { status: None, message: "The backend returned no images.".into() }.into()
-            );
-        }
-        if images.len() < job.n as usize {
-            tracing::warn!(model = %job.model.id, asked = job.n, got = images.len(), "backend returned fewer images than asked for");
-        }
-
+        // What the backend made where it chose, else what the job resolved.
+        let size = match images.first() {
+            Some(first) if job.size_auto => first.size,
+            _ => job.size,
+        };
+        let quality = quality.unwrap_or(job.resolved_quality);
+        let background = background.unwrap_or_else(|| job.resolved_background());
         let usage = reported.unwrap_or_else(|| {
             usage::estimate(
                 &job.prompt,
                 job.images.iter().map(|i| i.size),
-                job.size,
-                job.resolved_quality,
+                size,
+                quality,
                 images.len() as u32,
                 partials_sent,
             )
         });
-        Ok(JobOutput { images, usage, revised_prompt, partials_sent })
+        Ok(JobOutput { images, usage, revised_prompt, partials_sent, served_by, size, quality, background })
+    }
+
+    /// Runs `calls` with bounded concurrency, stopping at the first error or the client's
+    /// cancellation.
+    async fn call_backend(
+        &self,
+        backend: &SharedBackend,
+        calls: Vec<BackendCall>,
+        call_cx: &CallContext,
+    ) -> Result<Vec<BackendOutput>, BackendError> {
+        let outputs = futures::stream::iter(calls)
+            .map(|call| backend.call(call, call_cx.clone()))
+            .buffered(self.settings.fan_out.max(1))
+            .try_collect::<Vec<_>>();
+        tokio::select! {
+            () = call_cx.cancel.cancelled() => Err(BackendError::Cancelled),
+            outputs = outputs => outputs,
+        }
     }
 
     /// Brings the first image and the mask, decoded once when the job was prepared, to the sizes
@@ -139,6 +182,27 @@ impl ImageService {
     }
 }
 
+/// The images `outputs` hold.
+fn count_images(outputs: &[BackendOutput]) -> u32 {
+    outputs.iter().map(|o| o.images.len() as u32).sum()
+}
+
+/// The error for a backend that made too few images even when asked again for the missing ones:
+/// a relay's provider failed (502, like any broken provider answer); a local model has a
+/// problem no retry by the client fixes at once, so it is unavailable (503) rather than an
+/// anonymous 500.
+fn too_few(kind: &str, model: &str, got: u32, asked: u32) -> BackendError {
+    let what = format!("{got} of the {asked} images asked for, also after being asked again for the missing ones");
+    if kind == "local" {
+        BackendError::Unavailable { message: format!("The model '{model}' made only {what}."), retry_after: None }
+    } else {
+        BackendError::Upstream {
+            status: None,
+            message: format!("The backend of model '{model}' returned only {what}."),
+        }
+    }
+}
+
 /// The decoded sources of one job.
 #[derive(Default)]
 struct Sources {
@@ -176,4 +240,23 @@ async fn forward_partials(
         sent += 1;
     }
     sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_answer_is_a_clear_error_of_the_backends_kind() {
+        match too_few("local", "turbo", 1, 3) {
+            BackendError::Unavailable { message, retry_after: None } => {
+                assert!(message.contains("'turbo'") && message.contains("1 of the 3 images"), "{message}")
+            }
+            other => panic!("a local model short of images is unavailable, not {other:?}"),
+        }
+        match too_few("openai", "gpt", 0, 2) {
+            BackendError::Upstream { status: None, message } => assert!(message.contains("0 of the 2"), "{message}"),
+            other => panic!("a relay short of images is an upstream error, not {other:?}"),
+        }
+    }
 }

@@ -16,6 +16,8 @@ use super::ServiceSettings;
 #[derive(Debug, Clone)]
 pub(super) struct Finish {
     size: ImageSize,
+    /// The backend picked the size (`size=auto` passed on): its images keep theirs.
+    keep_size: bool,
     format: OutputFormat,
     compression: Option<u8>,
     background: Background,
@@ -30,6 +32,7 @@ impl Finish {
     pub(super) fn for_job(job: &ImageJob, settings: &ServiceSettings) -> Self {
         Self {
             size: job.size,
+            keep_size: job.size_auto,
             format: job.options.output_format,
             compression: job.options.output_compression,
             background: job.options.background,
@@ -54,7 +57,7 @@ pub(super) fn finish(
         OutputImage::Encoded { bytes, format } => {
             let (_, size) = imaging::probe(&bytes)?;
             let untouched = format == params.format
-                && size == params.size
+                && (params.keep_size || size == params.size)
                 && mask.is_none()
                 && params.background != Background::Opaque;
             if untouched {
@@ -64,16 +67,18 @@ pub(super) fn finish(
         }
         OutputImage::Pixels(pixels) => pixels,
     };
-    let mut pixels = imaging::resize_cover(&pixels, params.size)?;
+    let size = if params.keep_size { ImageSize::new(pixels.width(), pixels.height()) } else { params.size };
+    let mut pixels = imaging::resize_cover(&pixels, size)?;
     if let (Some(source), Some(mask)) = (source, mask) {
-        // Both already have the delivered size (see `decode_mask_inputs`).
+        // Both already have the delivered size (see `decode_sources`): only generations, which
+        // have no mask, leave the size to the backend.
         pixels = imaging::apply_mask(&pixels, source, mask);
     }
     if params.format == OutputFormat::Jpeg || params.background == Background::Opaque {
         pixels = imaging::flatten(&pixels, WHITE);
     }
     let bytes = imaging::encode(&pixels, params.format, params.compression, &params.encode)?;
-    Ok(FinalImage { bytes, format: params.format, size: params.size })
+    Ok(FinalImage { bytes, format: params.format, size })
 }
 
 /// Partial images are previews: encoded in the job's format at whatever size they come.
@@ -85,4 +90,41 @@ pub(super) fn finish_partial(image: OutputImage, params: &Finish) -> anyhow::Res
     };
     let pixels = if params.format == OutputFormat::Jpeg { imaging::flatten(&pixels, WHITE) } else { pixels };
     imaging::encode(&pixels, params.format, params.compression, &params.encode)
+}
+
+#[cfg(test)]
+mod tests {
+    use image::{Rgba, RgbaImage};
+
+    use super::*;
+
+    fn params(keep_size: bool) -> Finish {
+        Finish {
+            size: ImageSize::new(64, 64),
+            keep_size,
+            format: OutputFormat::Png,
+            compression: None,
+            background: Background::Auto,
+            encode: EncodeSettings::default(),
+            limits: DecodeLimits { max_pixels: 1 << 20, max_bytes: 1 << 24 },
+        }
+    }
+
+    fn solid(w: u32, h: u32, rgba: [u8; 4]) -> DynamicImage {
+        DynamicImage::ImageRgba8(RgbaImage::from_pixel(w, h, Rgba(rgba)))
+    }
+
+    #[test]
+    fn a_size_the_backend_picked_is_kept() {
+        let made = || OutputImage::Pixels(solid(96, 64, [1, 2, 3, 255]));
+        assert_eq!(finish(made(), &params(true), None, None).unwrap().size, ImageSize::new(96, 64));
+        assert_eq!(finish(made(), &params(false), None, None).unwrap().size, ImageSize::new(64, 64), "resized");
+        // Encoded bytes of the size the backend picked pass through untouched.
+        let png = imaging::encode(&solid(96, 64, [1, 2, 3, 255]), OutputFormat::Png, None, &EncodeSettings::default())
+            .unwrap();
+        let kept =
+            finish(OutputImage::Encoded { bytes: png.clone(), format: OutputFormat::Png }, &params(true), None, None)
+                .unwrap();
+        assert_eq!((kept.size, kept.bytes), (ImageSize::new(96, 64), png));
+    }
 }

@@ -9,7 +9,7 @@ use crate::imaging::{self, DecodeLimits, ImageError};
 use crate::job::{Decoded, ImageJob};
 use crate::range::IntRange;
 use crate::registry::Model;
-use crate::request::{ImageRef, ImageRequest, NamedImage, Options};
+use crate::request::{ImageRef, ImageRequest, NamedImage, Options, ParamNames};
 use crate::types::{Background, ImageSize, Operation, Quality, SizeRequest};
 
 use super::ImageService;
@@ -49,13 +49,15 @@ impl ImageService {
         }
 
         let prompt = check_prompt(operation, request.prompt, caps)?;
-        let n = IntRange::new(1, i64::from(caps.max_n)).check("n", request.n.unwrap_or(1))? as u32;
-        let options = check_options(request.options, caps, &model.id)?;
+        let names = &request.names;
+        let n = IntRange::new(1, i64::from(caps.max_n)).check(&names.of("n"), request.n.unwrap_or(1))? as u32;
+        let options = check_options(request.options, caps, &model.id, names)?;
         let (images, mask, decoded) = self.resolve_images(operation, request.images, request.mask, caps).await?;
 
-        let size = match request.size.unwrap_or(SizeRequest::Auto) {
+        let size_request = request.size.unwrap_or(SizeRequest::Auto);
+        let size = match size_request {
             SizeRequest::Exact(size) => {
-                caps.sizes.check(size).map_err(|m| CoreError::invalid_value("size", m))?;
+                caps.sizes.check(size).map_err(|m| CoreError::invalid_value(names.of("size"), m))?;
                 size
             }
             SizeRequest::Auto => match images.first() {
@@ -64,6 +66,10 @@ impl ImageService {
                 None => caps.default_size,
             },
         };
+
+        // A backend that picks sizes gets `auto` on generations; an edit's `auto` is its source's
+        // size, whoever makes it.
+        let size_auto = size_request == SizeRequest::Auto && caps.picks_size && images.is_empty();
 
         let quality = request.quality.unwrap_or(Quality::Auto);
         if quality != Quality::Auto && !caps.qualities.contains(&quality) {
@@ -83,9 +89,13 @@ impl ImageService {
             mask,
             n,
             size,
+            size_auto,
             quality,
             resolved_quality,
-            response_format: request.response_format.unwrap_or(self.settings.default_response_format),
+            response_format: request
+                .response_format
+                .or(model.defaults.response_format)
+                .unwrap_or(self.settings.default_response_format),
             stream: request.stream,
             partial_images,
             options,
@@ -265,7 +275,7 @@ fn check_prompt(operation: Operation, prompt: Option<String>, caps: &Capabilitie
 }
 
 /// The options against the model: transparency, and the open-model extensions' ranges.
-fn check_options(options: Options, caps: &Capabilities, model: &str) -> Result<Options, CoreError> {
+fn check_options(options: Options, caps: &Capabilities, model: &str, names: &ParamNames) -> Result<Options, CoreError> {
     if options.background == Background::Transparent {
         if !caps.transparency {
             return Err(CoreError::invalid_value(
@@ -282,13 +292,13 @@ fn check_options(options: Options, caps: &Capabilities, model: &str) -> Result<O
     }
     let (x, ranges) = (&options.extensions, &caps.extensions);
     if let Some(steps) = x.steps {
-        ranges.steps.check("steps", i64::from(steps))?;
+        ranges.steps.check(&names.of("steps"), i64::from(steps))?;
     }
     if let Some(g) = x.guidance_scale {
-        ranges.guidance_scale.check("guidance_scale", g)?;
+        ranges.guidance_scale.check(&names.of("guidance_scale"), g)?;
     }
     if let Some(s) = x.strength {
-        ranges.strength.check("strength", s)?;
+        ranges.strength.check(&names.of("strength"), s)?;
     }
     Ok(options)
 }
@@ -305,7 +315,7 @@ fn check_mask(param: &str, mask: &InputImage, first: ImageSize) -> Result<(), Co
     if !mask.has_alpha {
         return Err(CoreError::invalid_image(
             Some(param.to_string()),
-            "The mask must have an alpha channel: fully transparent pixels mark the area to edit.",
+            format!("The mask ('{param}') must have an alpha channel: fully transparent pixels mark the area to edit."),
         ));
     }
     Ok(())

@@ -87,7 +87,7 @@ fn main() -> Result<()> {
         drop(cond);
         let text = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let mut hooks = Hooks { cancelled: &never, partial: &mut ignore };
+        let mut hooks = Hooks { cancelled: &never, partial: &mut ignore, step: &mut |_, _| {} };
         let latents = pipeline::denoise(&model, &g, &mut hooks).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         dev.synchronize()?;
         let loop_s = t1.elapsed().as_secs_f64() - text;

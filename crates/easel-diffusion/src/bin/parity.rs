@@ -85,7 +85,7 @@ fn dump(a: Args) -> Result<()> {
     }
     let never = || false;
     let mut ignore = |_| {};
-    let mut hooks = Hooks { cancelled: &never, partial: &mut ignore };
+    let mut hooks = Hooks { cancelled: &never, partial: &mut ignore, step: &mut |_, _| {} };
     let latents = pipeline::denoise(&model, &g, &mut hooks).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let image = model.vae.decode(&latents)?;
     out.insert("latents".to_string(), latents);

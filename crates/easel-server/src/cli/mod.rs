@@ -1,9 +1,16 @@
 //! The command line: `easel serve`, `easel models create-random|list|pull`,
-//! `easel keys create|update|list|revoke` ([`keys`]) and `easel usage` ([`usage`]).
+//! `easel keys create|update|list|revoke` ([`keys`]), `easel usage` ([`usage`]), and the client
+//! commands `easel generate|edit|variations` ([`client`]; `--server` in [`remote`], otherwise
+//! [`in_process`]). `models pull` and `serve --model` download from the hub ([`pull`]).
 
+mod client;
+mod in_process;
 mod keys;
+mod pull;
+mod remote;
 mod usage;
 
+pub use client::{EditArgs, GenerateArgs, VariationsArgs};
 pub use keys::KeysCommand;
 pub use usage::UsageArgs;
 
@@ -32,8 +39,14 @@ pub enum Command {
     /// Make, list and download local models (`create-random`, `list`, `pull`).
     Models {
         #[command(subcommand)]
-        command: easel_diffusion::cli::ModelsCommand,
+        command: pull::ModelsCommand,
     },
+    /// Make images from a prompt, on a server (--server) or in this process.
+    Generate(GenerateArgs),
+    /// Edit images with a prompt (and a mask), on a server or in this process.
+    Edit(EditArgs),
+    /// Make variations of an image, on a server or in this process.
+    Variations(VariationsArgs),
     /// Create, update, list and revoke API keys, with their limits.
     Keys {
         #[command(subcommand)]
@@ -85,6 +98,14 @@ pub struct ServeArgs {
     /// Validate the configuration and exit.
     #[arg(long)]
     pub check_config: bool,
+    /// Serve a hub model (e.g. `stabilityai/sd-turbo`) as a local model named after it, pulled
+    /// into `<data_dir>/models/` on first use; no config file needed.
+    #[arg(long, value_name = "REPO")]
+    pub model: Option<String>,
+    /// What this node does (overrides server.role): `all` serves the API and runs async tasks,
+    /// `api` only serves, `worker` only runs tasks (and serves health and metrics).
+    #[arg(long, value_enum)]
+    pub role: Option<crate::config::Role>,
 }
 
 /// Runs a command. Logging starts here, once the config says its format.
@@ -94,7 +115,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Models { command } => easel_diffusion::cli::run(command).await,
+        Command::Models { command } => pull::run(command).await,
+        Command::Generate(args) => client::generate(args).await,
+        Command::Edit(args) => client::edit(args).await,
+        Command::Variations(args) => client::variations(args).await,
         Command::Keys { command, config } => keys::run(command, &config.load()?).await,
         Command::Usage { args, config } => usage::run(args, &config.load()?).await,
     }
@@ -106,7 +130,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.server.bind = bind;
     }
     config.server.insecure_no_auth |= args.insecure_no_auth;
+    if let Some(role) = args.role {
+        config.server.role = role;
+    }
     crate::telemetry::init(config.server.log_format);
+    if let Some(repo) = &args.model {
+        pull::add_hub_model(&mut config, repo).await?;
+    }
     if args.check_config {
         config.validate()?;
         crate::backends::check(&config)?;

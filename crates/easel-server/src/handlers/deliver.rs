@@ -29,6 +29,8 @@ pub struct Ledger {
     model: (String, &'static str),
     end_user: Option<String>,
     started: Instant,
+    /// The usage row's id when it is fixed in advance ([`Ledger::once_as`]); a new one otherwise.
+    usage_id: Option<uuid::Uuid>,
 }
 
 impl Ledger {
@@ -47,22 +49,41 @@ impl Ledger {
             model: (model.id.clone(), model.backend.kind()),
             end_user,
             started,
+            usage_id: None,
         }
     }
 
-    fn usage_record(&self, outcome: String, status: u16, job: Option<&ImageJob>, usage: Usage) -> UsageRecord {
+    /// Records this work's usage under `id`, at most once: a second delivery of the same work
+    /// (a task run again after its worker died between delivering and recording the task's end)
+    /// adds no second usage row.
+    pub fn once_as(mut self, id: uuid::Uuid) -> Self {
+        self.usage_id = Some(id);
+        self
+    }
+
+    /// `served_by` (what made the images, when the backend said: an upstream fallback target)
+    /// is recorded as the backend instead of the model's kind.
+    fn usage_record(
+        &self,
+        outcome: String,
+        status: u16,
+        job: Option<(&ImageJob, &JobOutput)>,
+        usage: Usage,
+        served_by: Option<&str>,
+    ) -> UsageRecord {
         let (model, backend) = self.model.clone();
         UsageRecord {
-            id: uuid::Uuid::now_v7(),
+            id: self.usage_id.unwrap_or_else(uuid::Uuid::now_v7),
+            once: self.usage_id.is_some(),
             key_id: self.key_id.clone(),
             model,
-            backend: backend.to_string(),
+            backend: served_by.unwrap_or(backend).to_string(),
             operation: self.operation.as_str().to_string(),
             outcome,
             status,
-            size: job.map(|j| j.size.to_string()),
-            quality: job.map(|j| j.resolved_quality.to_string()),
-            output_format: job.map(|j| j.output_format().to_string()),
+            size: job.map(|(_, o)| o.size.to_string()),
+            quality: job.map(|(_, o)| o.quality.to_string()),
+            output_format: job.map(|(j, _)| j.output_format().to_string()),
             usage,
             latency_ms: self.started.elapsed().as_millis() as i64,
             end_user: self.end_user.clone(),
@@ -88,7 +109,7 @@ impl Ledger {
         let parts = error.parts();
         let outcome = parts.code.map_or(parts.kind, Code::as_str).to_string();
         self.observe(&outcome, 0);
-        let record = self.usage_record(outcome, parts.status.as_u16(), None, Usage::default());
+        let record = self.usage_record(outcome, parts.status.as_u16(), None, Usage::default(), None);
         if let Err(e) = self.state.writer.record(&record, &[]).await {
             tracing::warn!(error = %e, "could not record a failed request");
         }
@@ -138,7 +159,8 @@ impl Ledger {
                 expires_at: hosted.then_some(expires),
             });
         }
-        let record = self.usage_record("ok".into(), 200, Some(job), output.usage);
+        let record =
+            self.usage_record("ok".into(), 200, Some((job, &output)), output.usage, output.served_by.as_deref());
         if let Err(e) = self.state.writer.record(&record, &images).await {
             cleanup(&self.state.blobs, &written).await;
             self.observe("server_error", 0);
@@ -148,10 +170,10 @@ impl Ledger {
         Ok(ImagesResponse {
             created,
             data,
-            background: Some(job.resolved_background()),
+            background: Some(output.background),
             output_format: Some(job.output_format()),
-            quality: Some(job.resolved_quality),
-            size: Some(job.size.to_string()),
+            quality: Some(output.quality),
+            size: Some(output.size.to_string()),
             usage: Some(UsageBody::from_usage(&output.usage, true)),
         })
     }

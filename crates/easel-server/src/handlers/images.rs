@@ -2,7 +2,8 @@
 //!
 //! All three take the same path: read the dialect, resolve the model once and check the caller
 //! may use it, prepare the job against the model's capabilities, then either answer with JSON or
-//! stream events.
+//! stream events. With `Prefer: respond-async` the same checks run and the job becomes a task
+//! ([`crate::tasks`]), answered with a 202 at once.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,15 +11,16 @@ use std::time::Instant;
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use easel_core::job::JobContext;
+use easel_core::job::{ImageJob, JobContext};
 use easel_core::registry::Model;
 use easel_core::request::ImageRequest;
 use easel_core::types::Operation;
+use easel_wire::response::ImagesResponse;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::quota::{self, RateHeaders};
-use super::{deliver, stream};
+use super::quota::{self, Hold, RateHeaders};
+use super::{deliver, stream, tasks};
 use crate::auth::Caller;
 use crate::drain::InFlight;
 use crate::error::ApiResult;
@@ -42,11 +44,18 @@ async fn handle(state: AppState, caller: Caller, operation: Operation, request: 
     let started = Instant::now();
     // Held by the job's own task, so a draining server waits for the job, not just the handler.
     let in_flight = request.extensions().get::<InFlight>().cloned();
+    let prefers_async = tasks::prefers_async(request.headers());
     let mut rate = RateHeaders::default();
     let mut label = None;
     let result = async {
         quota::admit(&state, &caller, &mut rate).await?;
         let request = extract::image_request(operation, &state, request).await?;
+        if prefers_async {
+            // Every check of the synchronous route runs before the 202.
+            let task = crate::tasks::submit(&state, &caller, request, &mut rate).await?;
+            label = Some(ModelLabel(task.model.clone()));
+            return Ok(tasks::accepted(&task));
+        }
         let model = state.service.resolve(operation, request.model.as_deref())?;
         label = Some(ModelLabel(model.id.clone()));
         run(state, caller, Accepted { operation, request, model, started, in_flight }, &mut rate).await
@@ -84,8 +93,19 @@ async fn run(state: AppState, caller: Caller, accepted: Accepted, rate: &mut Rat
     if job.stream {
         return Ok(stream::respond(state, ledger, job, hold, in_flight).into_response());
     }
-    // The job runs in its own task so that it finishes its accounting even if the client goes
-    // away; dropping this handler's future (the client left) cancels it.
+    Ok(Json(run_to_end(state, ledger, job, hold, in_flight).await?).into_response())
+}
+
+/// Runs a prepared and reserved job, delivers it and settles its quota, in a task of its own so
+/// that the accounting finishes even if the client goes away; dropping the returned future (the
+/// client left) cancels the job. The synchronous routes of every API shape end here.
+pub(crate) async fn run_to_end(
+    state: AppState,
+    ledger: deliver::Ledger,
+    job: ImageJob,
+    hold: Option<Hold>,
+    in_flight: Option<InFlight>,
+) -> ApiResult<ImagesResponse> {
     let cancel = CancellationToken::new();
     let cancel_on_drop = cancel.clone().drop_guard();
     let task = tokio::spawn(
@@ -104,5 +124,5 @@ async fn run(state: AppState, caller: Caller, accepted: Accepted, rate: &mut Rat
     );
     let response = task.await.map_err(|e| anyhow::anyhow!("the image job panicked: {e}"))??;
     cancel_on_drop.disarm();
-    Ok(Json(response).into_response())
+    Ok(response)
 }

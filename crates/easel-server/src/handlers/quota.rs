@@ -104,6 +104,16 @@ pub async fn reserve(
 }
 
 impl Hold {
+    /// The hold of `key_id` over `reservation`, taken up again where the work ends (an async
+    /// task settles on the node that finishes it).
+    pub fn resume(state: &AppState, key_id: String, reservation: Reservation) -> Self {
+        Self { limiter: state.limiter.clone(), key_id, reservation }
+    }
+
+    pub fn reservation(&self) -> &Reservation {
+        &self.reservation
+    }
+
     /// Charges what `result` delivered (images and tokens), or nothing if it failed.
     pub async fn settle(self, result: &ApiResult<ImagesResponse>) {
         let (images, tokens) = match result {

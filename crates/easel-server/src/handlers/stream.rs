@@ -94,10 +94,18 @@ async fn run(
             let kind = completed_type(job.operation);
             let total = response.usage.unwrap_or_else(|| UsageBody::from_usage(&Default::default(), false));
             let shares = split_usage(total, response.data.len());
+            // What was made, as the response reports it: the backend's own choices where it made them.
+            let reported = |b64_json| {
+                let mut image = event_image(&job, b64_json);
+                image.size = response.size.clone().unwrap_or(image.size);
+                image.quality = response.quality.unwrap_or(image.quality);
+                image.background = response.background.unwrap_or(image.background);
+                image
+            };
             for (image, usage) in response.data.into_iter().zip(shares) {
                 let body = CompletedEvent {
                     kind: kind.clone(),
-                    image: event_image(&job, image.b64_json.unwrap_or_default()),
+                    image: reported(image.b64_json.unwrap_or_default()),
                     usage,
                     url: image.url,
                     revised_prompt: image.revised_prompt,

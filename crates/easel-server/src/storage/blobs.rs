@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt as _};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -50,6 +51,16 @@ pub struct Blobs {
     store: Arc<dyn ObjectStore>,
     /// Where the blobs live, for messages (`s3://bucket/prefix` or the folder).
     location: String,
+    /// The folder, for a local store (see [`Blobs::remove_partial_writes`]).
+    dir: Option<std::path::PathBuf>,
+}
+
+/// One stored object, as [`Blobs::list`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub key: String,
+    /// When it was last written, in Unix seconds (the store's clock).
+    pub modified: i64,
 }
 
 impl Blobs {
@@ -65,7 +76,7 @@ impl Blobs {
     pub fn local(dir: &std::path::Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
         let store = LocalFileSystem::new_with_prefix(dir)?.with_automatic_cleanup(true);
-        Ok(Self { store: Arc::new(store), location: dir.display().to_string() })
+        Ok(Self { store: Arc::new(store), location: dir.display().to_string(), dir: Some(dir.to_path_buf()) })
     }
 
     /// A store in an S3 bucket, `s3://bucket[/prefix]`; every key is put under `prefix/`.
@@ -89,7 +100,7 @@ impl Blobs {
             Some(prefix) => Arc::new(PrefixStore::new(s3, prefix)),
             None => Arc::new(s3),
         };
-        Ok(Self { store, location: spec.trim_end_matches('/').to_string() })
+        Ok(Self { store, location: spec.trim_end_matches('/').to_string(), dir: None })
     }
 
     pub fn key_for(id: &uuid::Uuid, extension: &str, now: i64) -> String {
@@ -121,6 +132,28 @@ impl Blobs {
         }
     }
 
+    /// Every object whose key starts with `prefix/`, in no particular order.
+    pub fn list(&self, prefix: &str) -> BoxStream<'static, anyhow::Result<Stored>> {
+        let location = self.location.clone();
+        self.store
+            .list(Some(&Path::from(prefix)))
+            .map(move |listed| {
+                let meta = listed.with_context(|| format!("cannot list {location}"))?;
+                Ok(Stored { key: meta.location.to_string(), modified: meta.last_modified.timestamp() })
+            })
+            .boxed()
+    }
+
+    /// Removes the partial files that writes cut short left in a local folder, if last written
+    /// before `before` (Unix seconds); returns how many. A local put writes `<key>#<n>` and
+    /// renames it into place, so a process killed mid-write leaves that file, which
+    /// [`Blobs::list`] never shows and no key names. An S3 put of one part is atomic: nothing to
+    /// do there.
+    pub async fn remove_partial_writes(&self, before: i64) -> anyhow::Result<usize> {
+        let Some(dir) = self.dir.clone() else { return Ok(0) };
+        tokio::task::spawn_blocking(move || remove_partial_files(&dir, before)).await?
+    }
+
     /// Writes, reads back and removes a probe object, for `/readyz` and startup.
     pub async fn check(&self) -> anyhow::Result<()> {
         let key = "readyz/probe";
@@ -132,6 +165,39 @@ impl Blobs {
         );
         self.delete(key).await
     }
+}
+
+/// Walks `dir` for files named `<name>#<digits>` written before `before` and removes them.
+fn remove_partial_files(dir: &std::path::Path, before: i64) -> anyhow::Result<usize> {
+    let mut removed = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+                continue;
+            }
+            let name = entry.file_name();
+            let partial = name
+                .to_str()
+                .and_then(|n| n.rsplit_once('#'))
+                .is_some_and(|(_, counter)| !counter.is_empty() && counter.bytes().all(|b| b.is_ascii_digit()));
+            let written = entry.metadata()?.modified()?;
+            let written = written.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+            if kind.is_file() && partial && written < before {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e).context(format!("cannot remove {}", entry.path().display())));
+                    }
+                }
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// `s3://bucket[/prefix]` into the bucket and the prefix (without slashes at either end).
@@ -205,6 +271,24 @@ mod tests {
     fn open_rejects_unknown_schemes() {
         let err = Blobs::open("gs://bucket").unwrap_err().to_string();
         assert!(err.contains("unsupported scheme 'gs://'"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn lists_keys_and_removes_only_old_partial_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::local(dir.path()).unwrap();
+        blobs.put("images/1/a.png", Bytes::from_static(b"png")).await.unwrap();
+        blobs.put("other/b.png", Bytes::from_static(b"png")).await.unwrap();
+        let partial = dir.path().join("images/1/c.png#3");
+        std::fs::write(&partial, b"half a png").unwrap();
+        let listed: Vec<Stored> = blobs.list("images").map(Result::unwrap).collect().await;
+        let now = crate::storage::now();
+        assert_eq!(listed.iter().map(|s| s.key.as_str()).collect::<Vec<_>>(), ["images/1/a.png"]);
+        assert!((now - 60..=now + 1).contains(&listed[0].modified), "{listed:?}");
+        assert_eq!(blobs.remove_partial_writes(now - 60).await.unwrap(), 0, "a recent partial write is kept");
+        assert_eq!(blobs.remove_partial_writes(now + 1).await.unwrap(), 1);
+        assert!(!partial.exists());
+        assert!(blobs.get("images/1/a.png").await.unwrap().is_some(), "whole blobs are never touched");
     }
 
     #[tokio::test]

@@ -23,10 +23,12 @@ type Migrations = &'static [(i64, &'static str, &'static str)];
 const SQLITE_MIGRATIONS: Migrations = &[
     (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, "limits", include_str!("../../migrations/sqlite/0002_limits.sql")),
+    (3, "tasks", include_str!("../../migrations/sqlite/0003_tasks.sql")),
 ];
 const POSTGRES_MIGRATIONS: Migrations = &[
     (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
     (2, "limits", include_str!("../../migrations/postgres/0002_limits.sql")),
+    (3, "tasks", include_str!("../../migrations/postgres/0003_tasks.sql")),
 ];
 
 /// The database engines `connect` accepts, chosen by the URL scheme.

@@ -198,6 +198,29 @@ pub struct Reservation {
     items: Vec<(Counter, i64, u64)>,
 }
 
+impl Reservation {
+    /// The reservation as JSON, so work that ends later, on any node, can settle it (async
+    /// tasks keep it in their row).
+    pub fn to_json(&self) -> String {
+        let items: Vec<(&str, i64, u64)> = self.items.iter().map(|&(c, w, a)| (c.name(), w, a)).collect();
+        serde_json::json!({ "id": self.id, "items": items }).to_string()
+    }
+
+    pub fn from_json(text: &str) -> anyhow::Result<Self> {
+        #[derive(Deserialize)]
+        struct Stored {
+            id: String,
+            items: Vec<(String, i64, u64)>,
+        }
+        let stored: Stored = serde_json::from_str(text)?;
+        Ok(Self { id: stored.id, items: parse_items(stored.items) })
+    }
+}
+
+fn parse_items(items: Vec<(String, i64, u64)>) -> Vec<(Counter, i64, u64)> {
+    items.into_iter().filter_map(|(c, w, a)| Counter::parse(&c).map(|c| (c, w, a))).collect()
+}
+
 /// `1m0s`, `42s`, `3d4h`: a short duration for messages and headers (OpenAI's style).
 pub fn format_duration(secs: u64) -> String {
     let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
@@ -316,8 +339,7 @@ impl Limiter {
             let (id, key_id, items): (String, String, String) =
                 (row.try_get("id")?, row.try_get("key_id")?, row.try_get("items")?);
             let parsed: Vec<(String, i64, u64)> = serde_json::from_str(&items)?;
-            let items = parsed.into_iter().filter_map(|(c, w, a)| Counter::parse(&c).map(|c| (c, w, a))).collect();
-            let reservation = Reservation { id, items };
+            let reservation = Reservation { id, items: parse_items(parsed) };
             let mut tx = self.db.begin().await?;
             if claim(&mut tx, &reservation.id).await? {
                 for &(counter, window, amount) in &reservation.items {

@@ -11,6 +11,7 @@ pub mod records;
 pub mod reports;
 pub mod signing;
 pub mod sweep;
+pub mod tasks;
 pub mod writer;
 
 /// Seconds since the Unix epoch.

@@ -25,6 +25,9 @@ pub struct UsageRecord {
     pub latency_ms: i64,
     pub end_user: Option<String>,
     pub created_at: i64,
+    /// Written at most once: when a row with this id is already in the ledger (a task delivered
+    /// again after its worker died), no second one is added. Otherwise a repeated id is an error.
+    pub once: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -48,8 +51,11 @@ pub async fn record(db: &Db, usage: &UsageRecord, images: &[ImageRecord]) -> any
 /// trip each on PostgreSQL) and one commit.
 pub async fn record_group(db: &Db, group: &[(&UsageRecord, &[ImageRecord])]) -> anyhow::Result<()> {
     let mut tx = db.begin().await?;
-    for chunk in chunks(group) {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_sql(USAGE_INSERT, USAGE_COLUMNS, chunk.len())));
+    let (once, each): (Vec<_>, Vec<_>) = group.iter().copied().partition(|(usage, _)| usage.once);
+    let statements = chunks(&each).map(|chunk| (chunk, "")).chain(chunks(&once).map(|chunk| (chunk, USAGE_ONCE)));
+    for (chunk, suffix) in statements {
+        let sql = insert_sql(USAGE_INSERT, USAGE_COLUMNS, chunk.len()) + suffix;
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (usage, images) in chunk {
             query = query
                 .bind(usage.id.to_string())
@@ -100,6 +106,8 @@ const USAGE_INSERT: &str = "INSERT INTO usage (id, key_id, model, backend, opera
      size, quality, output_format, input_text_tokens, input_image_tokens, output_tokens, total_tokens, latency_ms, \
      end_user, created_at) VALUES ";
 const USAGE_COLUMNS: usize = 18;
+/// Ends the INSERT of [`UsageRecord::once`] rows.
+const USAGE_ONCE: &str = " ON CONFLICT (id) DO NOTHING";
 const IMAGES_INSERT: &str = "INSERT INTO images (id, usage_id, key_id, model, width, height, format, bytes, \
      blob_key, created_at, expires_at) VALUES ";
 const IMAGES_COLUMNS: usize = 11;
@@ -159,6 +167,23 @@ pub async fn expired(db: &Db, now: i64, limit: i64) -> anyhow::Result<Vec<(Strin
     .bind(limit)
     .fetch_all(db)
     .await?;
+    rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("blob_key")?))).collect()
+}
+
+/// Of the hosted images `ids`, those with a live row (not swept): their ids and blob keys.
+pub async fn live_hosted(db: &Db, ids: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders = (1..=ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "SELECT id, blob_key FROM images WHERE id IN ({placeholders}) AND blob_key IS NOT NULL AND deleted_at IS NULL"
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in ids {
+        query = query.bind(id);
+    }
+    let rows = query.fetch_all(db).await?;
     rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("blob_key")?))).collect()
 }
 

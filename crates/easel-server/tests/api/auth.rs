@@ -77,6 +77,8 @@ async fn non_loopback_binds_need_keys_or_an_explicit_opt_out() {
     let mut config = easel_server::config::Config::default();
     config.storage.data_dir = dir.path().to_path_buf();
     config.server.bind = "0.0.0.0:0".into();
+    // A wildcard bind names no reachable host for hosted URLs: it needs public_url.
+    config.server.public_url = Some("https://images.example.com".parse().unwrap());
     let error = easel_server::startup::Application::build(config.clone()).await.err().expect("refused").to_string();
     assert!(error.contains("--insecure-no-auth"), "{error}");
     config.server.insecure_no_auth = true;

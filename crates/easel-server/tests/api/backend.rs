@@ -23,6 +23,9 @@ pub struct TestBackend {
     pub fail_with: Mutex<Option<BackendError>>,
     pub calls: AtomicUsize,
     pub last_call: Mutex<Option<BackendCall>>,
+    /// Images each call leaves out, one entry per call in order (then none): a backend that
+    /// answers short.
+    pub short_by: Mutex<std::collections::VecDeque<u32>>,
     /// `readiness()` panics (a bug in a handler's path, for the catch-panic test).
     pub panic_on_readiness: std::sync::atomic::AtomicBool,
 }
@@ -40,6 +43,7 @@ pub fn capabilities() -> Capabilities {
         },
         native_sizes: None,
         default_size: ImageSize::new(64, 64),
+        picks_size: false,
         max_n: 10,
         max_n_per_call: 2,
         max_input_images: 16,
@@ -63,6 +67,7 @@ impl TestBackend {
             fail_with: Mutex::new(None),
             calls: AtomicUsize::new(0),
             last_call: Mutex::new(None),
+            short_by: Mutex::default(),
             panic_on_readiness: Default::default(),
         }
     }
@@ -110,7 +115,8 @@ impl ImageBackend for TestBackend {
             () = cx.cancel.cancelled() => return Err(BackendError::Cancelled),
             () = tokio::time::sleep(self.delay) => {}
         }
-        let images = (0..call.n)
+        let short = self.short_by.lock().unwrap().pop_front().unwrap_or(0);
+        let images = (0..call.n.saturating_sub(short))
             .map(|i| {
                 let c = colour(&call.prompt, call.options.extensions.seed, i);
                 let size = call.size;
@@ -132,6 +138,6 @@ impl ImageBackend for TestBackend {
                 }
             })
             .collect();
-        Ok(BackendOutput { images, revised_prompt: None, usage: None })
+        Ok(BackendOutput { images, ..BackendOutput::default() })
     }
 }

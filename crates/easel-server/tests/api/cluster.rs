@@ -2,84 +2,24 @@
 //! database and one Garage bucket, and a worker node (another `easel serve`, with a tiny local
 //! model) that both reach as an upstream provider of `kind = "easel"`.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use crate::helpers::{assert_error, json_body, listening_address};
+use crate::helpers::{ServeProcess, assert_error, json_body};
 use crate::storage::services;
-
-/// One `easel serve` process; killed when dropped.
-struct Node {
-    child: Child,
-    address: String,
-    config: PathBuf,
-}
 
 /// The environment every node gets: the shared URL signing key, and the worker's (unused) key.
 const ENV: &[(&str, &str)] = &[
     ("EASEL_URL_KEY", "a-url-signing-key-shared-by-every-api-node-0123456789"),
     ("EASEL_WORKER_KEY", "sk-worker-any"),
-    ("RUST_LOG", "info"),
-    ("EASEL__SERVER__LOG_FORMAT", "json"),
 ];
 
-impl Node {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_easel"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .envs(ENV.iter().copied())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let address = format!("http://{}", listening_address(&mut lines, Duration::from_secs(60)));
-        // Keep draining the log so the node never blocks on a full pipe; it is kept beside the
-        // config for a failing test's reader.
-        let log = config.with_extension("log");
-        std::thread::spawn(move || {
-            use std::io::Write as _;
-            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-            for line in lines.map_while(Result::ok) {
-                let _ = writeln!(file, "{line}");
-            }
-        });
-        Self { child, address, config: config.to_path_buf() }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.address)
-    }
-
-    /// SIGTERM, then the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        assert!(Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap().success());
-        self.child.wait().unwrap()
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new(env!("CARGO_BIN_EXE_easel"))
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .envs(ENV.iter().copied())
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).unwrap()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// One `easel serve` process with [`ENV`].
+fn node(config: &Path) -> ServeProcess {
+    ServeProcess::start(config, ENV)
 }
 
 fn worker_config(dir: &Path) -> PathBuf {
@@ -141,7 +81,7 @@ default_size = "64x64"
     path
 }
 
-async fn post(client: &reqwest::Client, node: &Node, key: &str, body: Value) -> reqwest::Response {
+async fn post(client: &reqwest::Client, node: &ServeProcess, key: &str, body: Value) -> reqwest::Response {
     client.post(node.url("/v1/images/generations")).bearer_auth(key).json(&body).send().await.unwrap()
 }
 
@@ -176,10 +116,10 @@ async fn two_api_nodes_and_a_worker_share_postgres_and_garage() {
     eprintln!("node configs and logs: {}", dir.display());
     let client = reqwest::Client::new();
 
-    let worker = Node::start(&worker_config(dir));
-    let a = Node::start(&api_config(dir, "a", &pg.url, &s3.spec, &worker.address));
+    let worker = node(&worker_config(dir));
+    let a = node(&api_config(dir, "a", &pg.url, &s3.spec, &worker.address));
     let b_config = api_config(dir, "b", &pg.url, &s3.spec, &worker.address);
-    let mut b = Node::start(&b_config);
+    let mut b = node(&b_config);
 
     // A key made through node A's database is honoured on B at once.
     let key = a.cli(&["keys", "create", "--name", "tenant", "--rpm", "5"]).trim().to_string();
@@ -217,7 +157,7 @@ async fn two_api_nodes_and_a_worker_share_postgres_and_garage() {
     let status = tokio::task::spawn_blocking(move || b.terminate()).await.unwrap();
     assert!(status.success(), "exit after SIGTERM: {status:?}");
     json_body(in_flight.await.unwrap(), 200).await;
-    b = Node::start(&b_config);
+    b = node(&b_config);
     assert_eq!(client.get(on_a.replacen(&a.address, &b.address, 1)).send().await.unwrap().status(), 200);
     json_body(post(&client, &b, &key2, json!({"model": "turbo", "prompt": "again"})).await, 200).await;
 

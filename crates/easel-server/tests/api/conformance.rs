@@ -2,7 +2,7 @@
 //! backend, OpenAI-compatible and DashScope providers (fakes that implement their protocols), and
 //! another Easel node. Whatever a backend lacks, the client sees the same behaviour.
 
-use easel_upstream::testing::Fake;
+use easel_upstream::testing::{Fake, Reply};
 use reqwest::multipart::Form;
 use serde_json::{Value, json};
 
@@ -82,7 +82,7 @@ fn upstream_model(id: &str, provider: &str, name: &str) -> easel_server::config:
     let mut options = serde_json::Map::new();
     options.insert("targets".into(), json!([{"provider": provider, "model": name}]));
     options.insert("sizes".into(), json!({"min_edge": 16, "max_edge": 2048, "multiple_of": 16}));
-    easel_server::config::ModelConfig { id: id.into(), backend: "upstream".into(), options }
+    easel_server::config::ModelConfig { id: id.into(), backend: "upstream".into(), response_format: None, options }
 }
 
 async fn gateway(providers: Vec<Value>, models: Vec<easel_server::config::ModelConfig>) -> TestApp {
@@ -136,4 +136,103 @@ async fn another_easel_node() {
     )
     .await;
     conformance(&app, "remote", Some("remote")).await;
+}
+
+/// GPT image picks the quality for `auto` itself: Easel passes `auto` on (no `quality` sent)
+/// and reports `auto`, not a quality it made up; an explicit quality is sent and reported as is.
+#[tokio::test]
+async fn gpt_image_picks_the_quality_for_auto_itself() {
+    let fake = Fake::start(&std::env::var(KEY_ENV).unwrap()).await;
+    let app = gateway(
+        vec![provider("oa", "openai", format!("{}/v1", fake.url()), &fake)],
+        vec![upstream_model("gpt", "oa", "gpt-image-1.5")],
+    )
+    .await;
+    let body = json_body(app.generate(json!({"model": "gpt", "prompt": "p", "size": "1024x1024"})).await, 200).await;
+    assert_eq!(body["quality"], "auto", "{body}");
+    let sent = fake.hits("generations").pop().unwrap().json.unwrap();
+    assert!(sent.get("quality").is_none(), "{sent}");
+    let body = json_body(
+        app.generate(json!({"model": "gpt", "prompt": "p", "size": "1024x1024", "quality": "low"})).await,
+        200,
+    )
+    .await;
+    assert_eq!(body["quality"], "low");
+    assert_eq!(fake.hits("generations").pop().unwrap().json.unwrap()["quality"], "low");
+}
+
+/// GPT image picks the size for `size=auto` itself (it picks the orientation): Easel sends
+/// `auto` and delivers and reports what the provider made and says it used, never resized to a
+/// guess; an explicit size is sent as it is.
+#[tokio::test]
+async fn gpt_image_picks_the_size_for_auto_itself() {
+    use base64::Engine as _;
+    let fake = Fake::start(&std::env::var(KEY_ENV).unwrap()).await;
+    let app = gateway(
+        vec![provider("oa", "openai", format!("{}/v1", fake.url()), &fake)],
+        vec![upstream_model("gpt", "oa", "gpt-image-1.5")],
+    )
+    .await;
+    let made = base64::engine::general_purpose::STANDARD.encode(png(1536, 1024, [9, 9, 9]));
+    fake.push(Reply::Json(
+        200,
+        json!({"created": 1, "data": [{"b64_json": made}], "size": "1536x1024", "quality": "medium",
+            "background": "opaque", "output_format": "png"}),
+        Vec::new(),
+    ));
+    let body = json_body(app.generate(json!({"model": "gpt", "prompt": "p", "size": "auto"})).await, 200).await;
+    let sent = fake.hits("generations").pop().unwrap().json.unwrap();
+    assert_eq!(sent["size"], "auto", "{sent}");
+    assert!(sent.get("quality").is_none(), "{sent}");
+    assert_eq!((body["size"].as_str(), body["quality"].as_str()), (Some("1536x1024"), Some("medium")), "{body}");
+    let image = &images(&body)[0];
+    assert_eq!((image.width(), image.height()), (1536, 1024), "kept as the provider made it");
+
+    json_body(app.generate(json!({"model": "gpt", "prompt": "p", "size": "1024x1536"})).await, 200).await;
+    assert_eq!(fake.hits("generations").pop().unwrap().json.unwrap()["size"], "1024x1536");
+}
+
+/// A service that does not pick sizes itself gets the size Easel resolves for `auto`.
+#[tokio::test]
+async fn other_providers_get_a_concrete_size_for_auto() {
+    let fake = Fake::start(&std::env::var(KEY_ENV).unwrap()).await;
+    let app = gateway(
+        vec![provider("oa", "openai", format!("{}/v1", fake.url()), &fake)],
+        vec![upstream_model("d3", "oa", "dall-e-3")],
+    )
+    .await;
+    let body = json_body(app.generate(json!({"model": "d3", "prompt": "p", "size": "auto"})).await, 200).await;
+    assert_eq!(fake.hits("generations").pop().unwrap().json.unwrap()["size"], "1024x1024");
+    assert_eq!(body["size"], "1024x1024");
+}
+
+/// Streamed, the `completed` event reports what the provider's own `completed` event says it
+/// made.
+#[tokio::test]
+async fn a_streamed_gpt_image_reports_what_the_provider_made() {
+    use base64::Engine as _;
+    let fake = Fake::start(&std::env::var(KEY_ENV).unwrap()).await;
+    let app = gateway(
+        vec![provider("oa", "openai", format!("{}/v1", fake.url()), &fake)],
+        vec![upstream_model("gpt", "oa", "gpt-image-1.5")],
+    )
+    .await;
+    let b64 = |w, h| base64::engine::general_purpose::STANDARD.encode(png(w, h, [9, 9, 9]));
+    fake.push(Reply::Sse(vec![
+        json!({"type": "image_generation.partial_image", "b64_json": b64(8, 8), "partial_image_index": 0,
+            "size": "auto", "quality": "auto", "background": "auto", "output_format": "png"}),
+        json!({"type": "image_generation.completed", "b64_json": b64(1024, 1536), "size": "1024x1536",
+            "quality": "low", "background": "opaque", "output_format": "png"}),
+    ]));
+    let response = app.generate(json!({"model": "gpt", "prompt": "p", "stream": true, "partial_images": 1})).await;
+    let text = response.text().await.unwrap();
+    assert_eq!(fake.hits("generations").pop().unwrap().json.unwrap()["size"], "auto");
+    let completed: Value = text
+        .split("\n\n")
+        .filter(|event| event.starts_with("event: image_generation.completed"))
+        .find_map(|event| event.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .unwrap_or_else(|| panic!("no completed event in {text}"));
+    assert_eq!((completed["size"].as_str(), completed["quality"].as_str()), (Some("1024x1536"), Some("low")));
+    assert_eq!(images(&json!({"data": [completed]}))[0].height(), 1536, "kept as the provider made it");
 }

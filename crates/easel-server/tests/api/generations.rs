@@ -158,3 +158,36 @@ async fn a_request_without_a_model_uses_the_default() {
     json_body(app.generate(json!({"prompt": "p"})).await, 200).await;
     assert_eq!(app.backend("test-image").calls.load(Ordering::SeqCst), 1, "the first model that generates");
 }
+
+#[tokio::test]
+async fn a_short_answer_is_completed_by_asking_again_for_the_missing_images() {
+    let app = spawn_app().await;
+    let backend = app.backend("test-image");
+    // Two images a call: the first call of three images comes back one short.
+    backend.short_by.lock().unwrap().push_back(1);
+    let body =
+        json_body(app.generate(json!({"model": "test-image", "prompt": "p", "n": 3, "seed": 5})).await, 200).await;
+    assert_eq!(images(&body).len(), 3);
+    assert_eq!(backend.calls.load(Ordering::SeqCst), 3, "two planned calls and one for the missing image");
+    // The image asked for again has a seed past the job's own, so it is a new image.
+    let retry = backend.last_call.lock().unwrap().clone().unwrap();
+    assert_eq!((retry.n, retry.options.extensions.seed), (1, Some(8)));
+    let each = easel_core::usage::output_tokens(ImageSize::new(64, 64), easel_core::types::Quality::Medium);
+    assert_eq!(body["usage"]["output_tokens"].as_u64(), Some(3 * each), "usage for the three delivered");
+}
+
+#[tokio::test]
+async fn a_backend_still_short_after_one_retry_fails_clearly_and_charges_nothing() {
+    let app = spawn_app().await;
+    let backend = app.backend("test-image");
+    backend.short_by.lock().unwrap().extend([1, 1]);
+    let response = app.generate(json!({"model": "test-image", "prompt": "p", "n": 2})).await;
+    let message = crate::helpers::assert_error(response, 502, None, "upstream_error").await;
+    assert!(message.contains("1 of the 2 images"), "{message}");
+    assert_eq!(backend.calls.load(Ordering::SeqCst), 2, "one retry, no more");
+    let row =
+        sqlx::query("SELECT outcome, image_count, total_tokens FROM usage").fetch_one(&app.app_state.db).await.unwrap();
+    use sqlx::Row;
+    assert_eq!(row.get::<String, _>("outcome"), "upstream_error");
+    assert_eq!((row.get::<i64, _>("image_count"), row.get::<i64, _>("total_tokens")), (0, 0));
+}

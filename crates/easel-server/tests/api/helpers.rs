@@ -74,7 +74,13 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config), models: Vec<(St
         let backend = Arc::new(backend);
         backends.insert(id.clone(), Arc::clone(&backend));
         let shared: Arc<dyn ImageBackend> = backend;
-        registry_models.push(Model { id, backend: shared, created: 1_700_000_000, owned_by: "easel".into() });
+        registry_models.push(Model {
+            id,
+            backend: shared,
+            created: 1_700_000_000,
+            owned_by: "easel".into(),
+            defaults: Default::default(),
+        });
     }
     let app = Application::build_with(config, registry_models).await.expect("the app builds");
     let address = format!("http://{}", app.address());
@@ -187,5 +193,85 @@ pub fn listening_address(
         if let Some(address) = entry["fields"]["address"].as_str() {
             return address.to_string();
         }
+    }
+}
+
+/// One `easel serve --config CONFIG` process, with JSON logs (kept beside the config, in
+/// `CONFIG.log`, for a failing test's reader); killed when dropped.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    /// `http://host:port`.
+    pub address: String,
+    pub config: std::path::PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl ServeProcess {
+    /// Starts the process with `env` added to its environment and waits until it listens.
+    pub fn start(config: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        use std::io::{BufRead as _, BufReader};
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_easel"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("EASEL__SERVER__LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let address = format!("http://{}", listening_address(&mut lines, std::time::Duration::from_secs(60)));
+        // Keep draining the log so the process never blocks on a full pipe.
+        let log = config.with_extension("log");
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+            for line in lines.map_while(Result::ok) {
+                let _ = writeln!(file, "{line}");
+            }
+        });
+        Self { child, address, config: config.to_path_buf(), env }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// SIGKILL: the process ends at once, mid-whatever.
+    pub fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn sigterm(&self) {
+        let pid = self.child.id().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.sigterm();
+        self.child.wait().unwrap()
+    }
+
+    /// `easel ARGS --config CONFIG` with the same environment; its standard output, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_easel"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -35,7 +35,13 @@ pub fn model_dir() -> PathBuf {
 
 /// A server with the tiny model as `turbo`, once it is ready.
 pub async fn local_app() -> TestApp {
+    local_app_with(&[]).await
+}
+
+/// The same with more `[[models]]` keys.
+pub async fn local_app_with(extra: &[(&str, serde_json::Value)]) -> TestApp {
     let path = model_dir();
+    let extra: Vec<(String, serde_json::Value)> = extra.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect();
     let app = spawn_app_with(
         move |c| {
             let mut options = serde_json::Map::new();
@@ -48,7 +54,13 @@ pub async fn local_app() -> TestApp {
             ] {
                 options.insert(k.into(), v);
             }
-            c.models = vec![easel_server::config::ModelConfig { id: "turbo".into(), backend: "local".into(), options }];
+            options.extend(extra);
+            c.models = vec![easel_server::config::ModelConfig {
+                id: "turbo".into(),
+                backend: "local".into(),
+                response_format: None,
+                options,
+            }];
         },
         Vec::new(),
     )
@@ -203,4 +215,34 @@ async fn check_config_reads_local_models_without_loading_them() {
     let output = check();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/model"));
+}
+
+/// A size past the model's native edge (IG1's seed asks 1280x720 of a 1024-edge sd-turbo; here
+/// 128x72 of a 64-edge one) is made at the nearest native size of that shape and resized, within
+/// `max_output_pixels`; beyond it, a 400 names the largest size the model delivers in that shape.
+#[tokio::test]
+async fn sizes_past_the_native_edge_are_resized_within_the_pixel_budget() {
+    let app = local_app_with(&[("max_edge", json!(64)), ("max_output_pixels", json!(128 * 72))]).await;
+    let body =
+        json_body(app.generate(json!({"model": "turbo", "prompt": "p", "size": "128x72", "seed": 3})).await, 200).await;
+    assert_eq!(body["size"], "128x72");
+    let pictures = images(&body);
+    assert_eq!((pictures[0].width(), pictures[0].height()), (128, 72));
+    let over = json!({"model": "turbo", "prompt": "p", "size": "256x144"});
+    let message = assert_error(app.generate(over).await, 400, Some("size"), "invalid_value").await;
+    assert!(message.contains("The largest size of this shape is 128x72."), "{message}");
+}
+
+/// A model made by `create-random` makes noise: `/v1/models` says so, and only of it.
+#[tokio::test]
+async fn a_model_with_random_weights_is_marked_in_the_model_list() {
+    let app = local_app().await;
+    let list = json_body(app.client.get(app.url("/v1/models")).send().await.unwrap(), 200).await;
+    assert_eq!(list["data"][0]["id"], "turbo");
+    assert_eq!(list["data"][0]["random_weights"], true, "{list}");
+    let model = json_body(app.client.get(app.url("/v1/models/turbo")).send().await.unwrap(), 200).await;
+    assert_eq!(model["random_weights"], true, "{model}");
+    let ordinary = crate::helpers::spawn_app().await;
+    let model = json_body(ordinary.client.get(ordinary.url("/v1/models/test-image")).send().await.unwrap(), 200).await;
+    assert!(model.get("random_weights").is_none(), "{model}");
 }

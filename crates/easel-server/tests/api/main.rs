@@ -3,8 +3,13 @@
 
 mod auth;
 mod backend;
+mod browser;
+mod cli;
 mod cluster;
 mod conformance;
+mod contract;
+mod crash;
+mod dashscope_routes;
 mod deploy;
 mod edits;
 mod errors;
@@ -16,10 +21,13 @@ mod limits;
 mod local;
 mod matrix;
 mod models;
+mod openapi;
 mod operations;
 mod sdk;
 mod storage;
 mod streaming;
+mod tasks;
 mod upstream;
+mod upstream_faults;
 mod usage;
 mod variations;

@@ -14,7 +14,9 @@ async fn models_list_and_get() {
     assert_eq!(list["object"], "list");
     let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["test-image", "test-fixed", "test-encoded", "test-dalle"]);
-    let model = json_body(app.client.get(app.url("/v1/models/test-fixed")).send().await.unwrap(), 200).await;
+    let mut model = json_body(app.client.get(app.url("/v1/models/test-fixed")).send().await.unwrap(), 200).await;
+    // Easel's additive `capabilities` (tested in `upstream_faults`) beside OpenAI's fields.
+    assert!(model.as_object_mut().unwrap().remove("capabilities").is_some_and(|c| c.is_object()));
     assert_eq!(
         model,
         serde_json::json!({"id": "test-fixed", "object": "model", "created": 1_700_000_000, "owned_by": "easel"})
@@ -67,6 +69,7 @@ async fn health_and_readiness() {
         backend: std::sync::Arc::new(Broken(capabilities())),
         created: 0,
         owned_by: "easel".into(),
+        defaults: Default::default(),
     };
     let built = easel_server::startup::Application::build_with(config, vec![broken]).await.unwrap();
     let (url, stop) = (format!("http://{}/readyz", built.address()), built.stop_token());

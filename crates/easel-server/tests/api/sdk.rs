@@ -79,7 +79,12 @@ async fn relay_app(fake: &Fake) -> TestApp {
     let mut options = serde_json::Map::new();
     options.insert("targets".into(), json!([{"provider": "oa", "model": "gpt-image-1.5"}]));
     options.insert("sizes".into(), json!({"min_edge": 16, "max_edge": 2048, "multiple_of": 16}));
-    let model = easel_server::config::ModelConfig { id: "relay".into(), backend: "upstream".into(), options };
+    let model = easel_server::config::ModelConfig {
+        id: "relay".into(),
+        backend: "upstream".into(),
+        response_format: None,
+        options,
+    };
     spawn_app_with(
         move |c| {
             c.providers = vec![provider];

@@ -105,6 +105,7 @@ fn usage_record(images: usize) -> UsageRecord {
         end_user: None,
         // Past i32::MAX, so an INTEGER column where BIGINT belongs fails on PostgreSQL.
         created_at: 4_102_444_800,
+        once: false,
     }
 }
 

@@ -156,3 +156,14 @@ async fn wait_for_outcome(app: &crate::helpers::TestApp) -> String {
     }
     panic!("the job recorded no outcome within 5 s");
 }
+
+#[tokio::test]
+async fn a_stream_short_of_images_after_one_retry_ends_with_an_error_event() {
+    let app = spawn_app().await;
+    app.backend("test-image").short_by.lock().unwrap().extend([1, 1]);
+    let (events, _) =
+        sse(app.generate(json!({"model": "test-image", "prompt": "p", "n": 2, "stream": true})).await).await;
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["error"], "no completed event for a short answer");
+    assert_eq!(events[0].1["error"]["code"], "upstream_error");
+}

@@ -31,7 +31,7 @@ fn provider(id: &str, kind: &str, fake: &Fake, profile: Option<&str>) -> Value {
 fn model(id: &str, targets: Value) -> easel_server::config::ModelConfig {
     let mut options = serde_json::Map::new();
     options.insert("targets".into(), targets);
-    easel_server::config::ModelConfig { id: id.into(), backend: "upstream".into(), options }
+    easel_server::config::ModelConfig { id: id.into(), backend: "upstream".into(), response_format: None, options }
 }
 
 async fn gateway_app(
@@ -159,7 +159,12 @@ async fn failures_after_retries_are_502_and_not_retried_by_sdks() {
     assert!(metrics.contains("easel_upstream_circuit_open{"), "{metrics}");
     fake.push(Reply::Json(400, json!({"error": {"message": "Your request was rejected by the safety system.", "type": "image_generation_user_error", "param": null, "code": "moderation_blocked"}}), vec![]));
     let response = app.generate(json!({"model": "relay", "prompt": "p"})).await;
-    assert_eq!(response.status(), 400);
+    // Kept as OpenAI sends it: GPT image's moderation is not renamed content_policy_violation.
+    assert_eq!(response.headers()["x-should-retry"], "false");
+    let body = json_body(response, 400).await;
+    assert_eq!(body["error"]["code"], "moderation_blocked", "{body}");
+    assert_eq!(body["error"]["type"], "image_generation_user_error", "{body}");
+    assert!(body["error"]["param"].is_null(), "{body}");
 }
 
 #[tokio::test]
@@ -195,4 +200,88 @@ async fn upstream_partial_images_stream_through() {
         ["image_generation.partial_image", "image_generation.partial_image", "image_generation.completed"]
     );
     assert_eq!(fake.hits("/v1/images/generations")[0].json.as_ref().unwrap()["stream"], true);
+}
+
+/// The Qwen dialect's DashScope switches reach DashScope in `parameters`, under their own names,
+/// with `steps` kept away from a model that takes none.
+#[tokio::test]
+async fn the_qwen_dialect_s_switches_reach_dashscope() {
+    let fake = Fake::start(&key()).await;
+    let app = gateway_app(
+        vec![provider("dash", "dashscope", &fake, None)],
+        vec![model("wanx-v1", json!([{"provider": "dash", "model": "wanx-v1"}]))],
+        None,
+    )
+    .await;
+    let body = json!({
+        "model": "wanx-v1",
+        "input": {"messages": [{"role": "user", "content": "a red fox in the snow"}]},
+        "parameters": {"size": "1280*720", "n": 1, "prompt_extend": false, "watermark": true, "style": "<watercolor>"},
+    });
+    json_body(app.generate(body).await, 200).await;
+    let sent = fake.hits("text2image/image-synthesis")[0].json.clone().unwrap();
+    let p = &sent["parameters"];
+    assert_eq!(
+        (&p["prompt_extend"], &p["watermark"], &p["style"]),
+        (&json!(false), &json!(true), &json!("<watercolor>"))
+    );
+    assert_eq!(p["size"], "1280*720");
+}
+
+/// The PNG compression rule holds for upstream models too, and nothing is sent (or billed).
+#[tokio::test]
+async fn png_output_compression_is_refused_before_any_provider_call() {
+    let fake = Fake::start(&key()).await;
+    let app = relay_app(&fake).await;
+    let response = app.generate(json!({"model": "relay", "prompt": "p", "output_compression": 80})).await;
+    assert_error(response, 400, Some("output_compression"), "invalid_png_output_compression").await;
+    assert!(fake.hits("generations").is_empty(), "the provider was never called");
+    let webp = json!({"model": "relay", "prompt": "p", "output_format": "webp", "output_compression": 80});
+    json_body(app.generate(webp).await, 200).await;
+}
+
+/// `response_format` in `[[models]]` is that model's default; the server-wide default stays for
+/// the others, and a request's own value wins over both.
+#[tokio::test]
+async fn a_model_s_own_response_format_is_its_default() {
+    let fake = Fake::start(&key()).await;
+    let mut hosted = model("dall-e", json!([{"provider": "oa", "model": "gpt-image-1.5"}]));
+    hosted.response_format = Some(easel_core::types::ResponseFormat::Url);
+    let plain = model("gpt", json!([{"provider": "oa", "model": "gpt-image-1.5"}]));
+    let app = gateway_app(vec![provider("oa", "openai", &fake, None)], vec![hosted, plain], None).await;
+    let body = json_body(app.generate(json!({"model": "dall-e", "prompt": "p"})).await, 200).await;
+    let url = body["data"][0]["url"].as_str().expect("a hosted URL by the model's default");
+    assert_eq!(app.client.get(url).send().await.unwrap().status(), 200);
+    assert!(body["data"][0].get("b64_json").is_none(), "{body}");
+    let own = json!({"model": "dall-e", "prompt": "p", "response_format": "b64_json"});
+    let body = json_body(app.generate(own).await, 200).await;
+    assert!(body["data"][0]["b64_json"].is_string(), "the request's own value wins: {body}");
+    let body = json_body(app.generate(json!({"model": "gpt", "prompt": "p"})).await, 200).await;
+    assert!(body["data"][0]["b64_json"].is_string(), "the server's default for the others: {body}");
+}
+
+/// A result link refused by `allow_hosts` although its host is listed (another scheme or port)
+/// names the entry, and the one that would allow it; a host listed nowhere gets only "not allowed".
+#[tokio::test]
+async fn a_refused_result_link_names_the_entry_that_would_allow_it() {
+    let fake = Fake::start(&key()).await;
+    let port = fake.addr.port();
+    let mut dash = provider("dash", "dashscope", &fake, None);
+    dash["allow_hosts"] = json!(["127.0.0.1"]);
+    let app =
+        gateway_app(vec![dash], vec![model("wanx-v1", json!([{"provider": "dash", "model": "wanx-v1"}]))], None).await;
+    let response = app.generate(json!({"model": "wanx-v1", "prompt": "a fox", "size": "1280x720"})).await;
+    let message = assert_error(response, 502, None, "upstream_error").await;
+    assert!(message.contains("host '127.0.0.1' is listed as 'https://127.0.0.1'"), "{message}");
+    assert!(message.contains(&format!("http on port {port}")), "{message}");
+    assert!(message.contains(&format!("'http://127.0.0.1:{port}' would allow it")), "{message}");
+
+    let fake = Fake::start(&key()).await;
+    let mut dash = provider("dash", "dashscope", &fake, None);
+    dash["allow_hosts"] = json!(["images.example.com"]);
+    let app =
+        gateway_app(vec![dash], vec![model("wanx-v1", json!([{"provider": "dash", "model": "wanx-v1"}]))], None).await;
+    let response = app.generate(json!({"model": "wanx-v1", "prompt": "a fox", "size": "1280x720"})).await;
+    let message = assert_error(response, 502, None, "upstream_error").await;
+    assert!(message.contains("do not allow") && !message.contains("listed as"), "{message}");
 }

@@ -1,6 +1,7 @@
 //! Alibaba DashScope's native image APIs, chosen by model name:
 //! - [`task`]: async `text2image/image-synthesis` (wanx, wan2.x t2i) and `image2image/image-synthesis`
-//!   (wanx edits), submitted with `X-DashScope-Async: enable` and polled at `/api/v1/tasks/{id}`;
+//!   (wanx edits), submitted with `X-DashScope-Async: enable` and polled at `/api/v1/tasks/{id}`
+//!   (a cancelled job cancels its task there while it is still PENDING);
 //! - [`multimodal`]: sync `multimodal-generation/generation` (qwen-image, qwen-image-edit,
 //!   z-image, wan2.6-t2i) and `image-generation/generation` (wan2.6/2.7 image), a message of
 //!   image parts then the text.
@@ -71,6 +72,12 @@ struct Family {
     max_inputs: usize,
     /// image2image with `function`/`base_image_url` (wanx2.1-imageedit) rather than `images`.
     edit_function: bool,
+    /// DashScope's names for `steps` and `guidance_scale`, where the model takes them
+    /// (stable-diffusion: `steps`, `scale`; FLUX: `steps`, `guidance`).
+    steps: Option<&'static str>,
+    guidance: Option<&'static str>,
+    /// Takes `parameters.style` (wanx-v1's `<watercolor>`, ...).
+    style: bool,
 }
 
 fn fixed(list: &[(u32, u32)]) -> Option<SizeRule> {
@@ -109,6 +116,9 @@ fn family(model: &str) -> Family {
         size: SizeSend::Always,
         max_inputs: 0,
         edit_function: false,
+        steps: None,
+        guidance: None,
+        style: false,
     };
     let m = model;
     if m.starts_with("qwen-image-edit-plus") || m.starts_with("qwen-image-edit-max") {
@@ -172,7 +182,17 @@ fn family(model: &str) -> Family {
     } else if m.contains("i2i") {
         Family { generate: None, edit: Some(Image2Image), native_sizes: pixels(768, 1440), max_inputs: 3, ..base }
     } else if m == "wanx-v1" {
-        Family { native_sizes: fixed(&[(1024, 1024), (720, 1280), (1280, 720)]), ..base }
+        Family { native_sizes: fixed(&[(1024, 1024), (720, 1280), (1280, 720)]), style: true, ..base }
+    } else if m.starts_with("stable-diffusion") {
+        Family { native_sizes: edges(512, 1024), steps: Some("steps"), guidance: Some("scale"), ..base }
+    } else if m.starts_with("flux") {
+        Family {
+            max_n_per_call: 1,
+            native_sizes: edges(512, 1024),
+            steps: Some("steps"),
+            guidance: Some("guidance"),
+            ..base
+        }
     } else if m.starts_with("wan2.5") {
         Family { native_sizes: pixels(768, 1440), ..base }
     } else {
@@ -223,6 +243,7 @@ impl DashScopeTarget {
             sizes: SizeRule::broad(),
             native_sizes: family.native_sizes.clone(),
             default_size: ImageSize::new(1024, 1024),
+            picks_size: false,
             max_n: 10,
             max_n_per_call: family.max_n_per_call,
             max_input_images: family.max_inputs,
@@ -255,7 +276,11 @@ impl DashScopeTarget {
         Some(format!("{}*{}", size.width, size.height))
     }
 
-    /// `parameters`: n, size, seed, negative prompt (where not in `input`), prompt_extend, extras.
+    /// `parameters`: n, size, seed, negative prompt (where not in `input`), strength (edits),
+    /// steps and guidance under the model's own names, the request's DashScope switches
+    /// (`prompt_extend`, `watermark`, wanx-v1's `style`), then the target's `extra`, which wins.
+    /// `prompt_extend`: false after Easel's own rewrite (never rewritten twice), else the
+    /// request's, else the target's `prompt_extend`.
     fn parameters(&self, call: &BackendCall, with_negative: bool) -> Value {
         let mut p = Map::new();
         p.insert("n".into(), json!(call.n));
@@ -272,9 +297,26 @@ impl DashScopeTarget {
         if let Some(strength) = x.strength.filter(|_| call.operation == Operation::Edit) {
             p.insert("strength".into(), json!(strength));
         }
-        let extend = if crate::enhance::prompt_rewritten() { Some(false) } else { self.prompt_extend };
+        if let (Some(name), Some(steps)) = (self.family.steps, x.steps) {
+            p.insert(name.into(), json!(steps));
+        }
+        if let (Some(name), Some(guidance)) = (self.family.guidance, x.guidance_scale) {
+            p.insert(name.into(), json!(guidance));
+        }
+        let switches = &x.dashscope;
+        let extend = if crate::enhance::prompt_rewritten() {
+            Some(false)
+        } else {
+            switches.prompt_extend.or(self.prompt_extend)
+        };
         if let Some(extend) = extend {
             p.insert("prompt_extend".into(), json!(extend));
+        }
+        if let Some(watermark) = switches.watermark {
+            p.insert("watermark".into(), json!(watermark));
+        }
+        if let (true, Some(style)) = (self.family.style, &switches.style) {
+            p.insert("style".into(), json!(style));
         }
         if let Some(extra) = &self.extra {
             for (k, v) in extra {
@@ -318,7 +360,7 @@ impl DashScopeTarget {
                 "DashScope's image_count differs from the images returned"
             );
         }
-        Ok(BackendOutput { images, revised_prompt, usage: None })
+        Ok(BackendOutput { images, revised_prompt, ..BackendOutput::default() })
     }
 }
 
@@ -343,7 +385,13 @@ pub fn error(provider: &str, status: Option<u16>, headers: &HeaderMap, code: &st
         );
     }
     if code.starts_with("InvalidParameter") || code.starts_with("BadRequest") || code == "InvalidURL" {
-        return invalid(text);
+        let mut failure = invalid(text);
+        // DashScope names no `param`; a refusal of what the model makes (its sizes, its image
+        // count) is told by the message, and another target may make it.
+        if code == "InvalidParameter" && names_a_capability(message) {
+            failure.next = Next::Skip;
+        }
+        return failure;
     }
     if code.starts_with("Throttling") {
         let mut f = http::classify(provider, 429, headers, text, false, None);
@@ -360,7 +408,16 @@ pub fn error(provider: &str, status: Option<u16>, headers: &HeaderMap, code: &st
     http::classify(provider, status, headers, text, false, None)
 }
 
-/// Sends a DashScope request; non-2xx statuses and error bodies inside HTTP 200 become failures.
+/// Whether a DashScope `InvalidParameter` message is about what the model makes (size,
+/// resolution, image count) rather than the request's content.
+fn names_a_capability(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    ["size", "resolution", "num_images", "image count", "parameters.n"].iter().any(|w| m.contains(w))
+        || m.starts_with("n ")
+}
+
+/// Sends a DashScope request; non-2xx statuses and error bodies inside HTTP 200 become failures
+/// (a `code` with no task, results or choices beside it is an error, whatever the status).
 pub async fn send(p: &Provider, request: reqwest::RequestBuilder) -> Result<wire::Response, Failure> {
     let provider = p.id.as_str();
     let (status, headers, body) = http::send_raw(provider, request, p.max_response_bytes).await?;
@@ -374,8 +431,11 @@ pub async fn send(p: &Provider, request: reqwest::RequestBuilder) -> Result<wire
         return Err(error(provider, Some(status), &headers, &code, &message));
     }
     let parsed: wire::Response = http::json(provider, &body)?;
+    let answered = parsed.output.as_ref().is_some_and(|o| {
+        o.task_id.as_deref().is_some_and(|t| !t.is_empty()) || o.results.is_some() || o.choices.is_some()
+    });
     if let Some(code) = parsed.code.as_deref().filter(|c| !c.is_empty())
-        && parsed.output.is_none()
+        && !answered
     {
         return Err(error(provider, Some(status), &headers, code, parsed.message.as_deref().unwrap_or_default()));
     }
@@ -459,5 +519,8 @@ mod tests {
         assert_eq!(error("d", Some(429), &h, "Throttling.RateQuota", "x").next, Next::Retry);
         assert_eq!(error("d", Some(200), &h, "InternalError", "x").next, Next::Retry);
         assert_eq!(error("d", Some(401), &h, "InvalidApiKey", "x").next, Next::Fallback);
+        assert_eq!(error("d", Some(400), &h, "InvalidParameter", "num_images_per_prompt must be 1").next, Next::Skip);
+        assert_eq!(error("d", Some(400), &h, "InvalidParameter", "size must be one of 1024*1024").next, Next::Skip);
+        assert_eq!(error("d", Some(400), &h, "InvalidParameter", "Field required: input.prompt").next, Next::Stop);
     }
 }

@@ -3,8 +3,11 @@
 //! A task is submitted with `X-DashScope-Async: enable`, then polled at `GET /api/v1/tasks/{id}`
 //! with a growing delay until it ends. Transient poll failures are retried without resubmitting
 //! (DashScope asks for that; a resubmit would bill twice). If the call is dropped before the task
-//! ends (the client left, or the target's timeout fired), a guard asks DashScope to cancel the
-//! task, so abandoned work stops as early as the provider allows.
+//! ends (the job was cancelled: the client left or its Easel task was canceled; or the target's
+//! timeout fired), a guard asks DashScope to cancel the task (`POST /api/v1/tasks/{id}/cancel`),
+//! so abandoned work stops billing as early as the provider allows. DashScope cancels only
+//! PENDING tasks, so the cancel is sent only while the task was last seen PENDING; it is spawned,
+//! best effort with a short timeout, and never delays the cancellation itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,11 +55,16 @@ pub async fn image2image(t: &DashScopeTarget, call: &BackendCall) -> Result<Back
     run(t, IMAGE2IMAGE, body).await
 }
 
-/// Cancels the task on drop unless disarmed.
+/// How long the best-effort cancel request may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Cancels the task upstream on drop while it is armed and was last seen PENDING.
 struct TaskGuard {
     provider: Arc<Provider>,
     task_id: String,
     armed: bool,
+    /// The last status seen was PENDING (the submit answers PENDING): DashScope cancels only those.
+    pending: bool,
 }
 
 impl Drop for TaskGuard {
@@ -64,18 +72,32 @@ impl Drop for TaskGuard {
         if !self.armed {
             return;
         }
+        let (id, task) = (self.provider.id.as_str(), self.task_id.as_str());
+        if !self.pending {
+            tracing::debug!(
+                provider = id,
+                task,
+                "abandoning a running DashScope task (only pending ones can be cancelled)"
+            );
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let provider = Arc::clone(&self.provider);
-        let path = format!("/api/v1/tasks/{}/cancel", self.task_id);
-        tracing::info!(provider = %provider.id, task = %self.task_id, "abandoning a DashScope task; asking for its cancellation");
-        runtime.spawn(async move {
-            let request = provider.post(&path).timeout(Duration::from_secs(5));
-            if let Err(e) = request.send().await {
-                tracing::debug!(provider = %provider.id, error = %e, "task cancellation request failed");
-            }
-        });
+        tracing::info!(provider = id, task, "abandoning a pending DashScope task; asking for its cancellation");
+        runtime.spawn(cancel(Arc::clone(&self.provider), self.task_id.clone()));
+    }
+}
+
+/// `POST /api/v1/tasks/{id}/cancel`, once; the answer is only logged (a task that started
+/// running meanwhile answers an error).
+async fn cancel(provider: Arc<Provider>, task_id: String) {
+    let request = provider.post(&format!("/api/v1/tasks/{task_id}/cancel")).timeout(CANCEL_TIMEOUT);
+    match send(&provider, request).await {
+        Ok(_) => tracing::info!(provider = %provider.id, task = %task_id, "DashScope cancelled the task"),
+        Err(f) => {
+            tracing::info!(provider = %provider.id, task = %task_id, error = %f.error, "DashScope did not cancel the task")
+        }
     }
 }
 
@@ -87,7 +109,7 @@ async fn run(t: &DashScopeTarget, path: &str, body: Value) -> Result<BackendOutp
     let Some(task_id) = output.task_id.filter(|t| !t.is_empty()) else {
         return Err(Failure::protocol(format!("The upstream provider '{id}' accepted the task without a task_id.")));
     };
-    let mut guard = TaskGuard { provider: Arc::clone(p), task_id: task_id.clone(), armed: true };
+    let mut guard = TaskGuard { provider: Arc::clone(p), task_id: task_id.clone(), armed: true, pending: true };
     let poll_path = format!("/api/v1/tasks/{task_id}");
     let mut delay = p.poll_interval;
     let mut errors = 0;
@@ -106,6 +128,7 @@ async fn run(t: &DashScopeTarget, path: &str, body: Value) -> Result<BackendOutp
         errors = 0;
         let output = polled.output.unwrap_or_default();
         let status = output.task_status.as_deref().unwrap_or("UNKNOWN");
+        guard.pending = status == "PENDING";
         match status {
             "PENDING" | "RUNNING" | "SUSPENDED" => continue,
             _ => guard.armed = false,

@@ -101,6 +101,7 @@ impl OpenAiTarget {
         if self.quirks.usage {
             output.usage = parsed.usage.as_ref().and_then(|u| u.to_usage());
         }
+        (output.quality, output.background) = (parsed.quality, parsed.background);
         Ok(output)
     }
 }
@@ -132,6 +133,7 @@ pub fn capabilities(q: &Quirks) -> Capabilities {
         sizes: q.sizes.clone(),
         native_sizes: q.native_sizes.clone(),
         default_size: q.default_size,
+        picks_size: q.picks_size,
         max_n: q.max_n,
         max_n_per_call: q.max_n_per_call.min(q.max_n).max(1),
         max_input_images: if q.edits == EditStyle::None { 0 } else { q.max_input_images },
@@ -157,8 +159,10 @@ impl Target for OpenAiTarget {
         &self.model
     }
 
+    /// Another Easel node's model: what the node says it accepts, once it has said so; until then
+    /// (and for every other service) what the profile gives.
     fn capabilities(&self) -> &Capabilities {
-        &self.caps
+        self.provider.node_models.get().and_then(|models| models.get(&self.model)).unwrap_or(&self.caps)
     }
 
     async fn attempt(&self, call: &BackendCall, cx: &CallContext) -> Result<BackendOutput, Failure> {

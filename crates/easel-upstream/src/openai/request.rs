@@ -68,6 +68,8 @@ pub fn fields(
     put("n", json!(call.n));
     let size = target_size(q, call.size);
     match q.size_param {
+        // The service picks the size itself (the backend said so in its capabilities).
+        SizeParam::Size if call.size_auto => put("size", json!("auto")),
         SizeParam::Size => put("size", json!(size.to_string())),
         SizeParam::WidthHeight => {
             put("width", json!(size.width));
@@ -123,7 +125,8 @@ pub fn fields(
     if let (true, Some(v)) = (accepts(Param::GuidanceScale), x.guidance_scale) {
         put("guidance_scale", json!(v));
     }
-    if let (true, true, Some(v)) = (accepts(Param::Strength), edit, x.strength) {
+    // Edits and variations both start from an image: `strength` says how far to move from it.
+    if let (true, true, Some(v)) = (accepts(Param::Strength), call.operation != Operation::Generate, x.strength) {
         put("strength", json!(v));
     }
     if stream {
@@ -210,5 +213,17 @@ mod tests {
         assert_eq!(quality(&d3, Quality::Auto), None);
         let gpt = Quirks::named("gpt-image", "gpt-image-1").unwrap();
         assert_eq!(quality(&gpt, Quality::Hd), Some("high"));
+    }
+
+    #[test]
+    fn auto_is_sent_to_services_that_pick_the_size() {
+        let gpt = Quirks::named("gpt-image", "gpt-image-1").unwrap();
+        let mut call = easel_core::testing::CallBuilder::generate().size(1024, 1024).build();
+        call.size_auto = true;
+        let sent = json_body(fields(&gpt, "gpt-image-1", &call, false, None));
+        assert_eq!(sent["size"], "auto");
+        assert!(sent.get("quality").is_none(), "quality auto is left to the service: {sent}");
+        call.size_auto = false;
+        assert_eq!(json_body(fields(&gpt, "gpt-image-1", &call, false, None))["size"], "1024x1024");
     }
 }

@@ -67,8 +67,9 @@ pub async fn read(
         if let Some(error) = parsed.error {
             let message = error.message.unwrap_or_else(|| "the stream reported an error".into());
             let code = error.code.as_ref().and_then(|c| c.as_str()).unwrap_or_default().to_string();
-            let policy = code == "moderation_blocked" || code == "content_policy_violation";
-            return Err(if policy {
+            return Err(if code == "moderation_blocked" {
+                Failure::new(BackendError::ModerationBlocked { message }, Next::Stop)
+            } else if code == "content_policy_violation" {
                 Failure::new(BackendError::ContentPolicy { message }, Next::Stop)
             } else {
                 Failure::new(
@@ -100,6 +101,8 @@ pub async fn read(
             if output.revised_prompt.is_none() {
                 output.revised_prompt = parsed.revised_prompt;
             }
+            output.quality = output.quality.or(parsed.quality);
+            output.background = output.background.or(parsed.background);
         }
     }
     if output.images.is_empty() {

@@ -6,8 +6,9 @@
 
 use std::borrow::Cow;
 
+use easel_core::types::{Background, Quality};
 use easel_core::usage::Usage;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::http::ErrorBody;
 
@@ -20,6 +21,16 @@ pub struct ImagesResponse<'a> {
     /// Some services answer errors with HTTP 200.
     #[serde(default)]
     pub error: Option<ErrorBody>,
+    /// What GPT image says it used (it picks for `auto`); unknown values are ignored.
+    #[serde(default, deserialize_with = "lenient")]
+    pub quality: Option<Quality>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub background: Option<Background>,
+}
+
+/// A value the core knows, or `None` for anything else (a service's own word is no error).
+fn lenient<'de, D: Deserializer<'de>, T: std::str::FromStr>(d: D) -> Result<Option<T>, D::Error> {
+    Ok(Option::<Cow<'de, str>>::deserialize(d)?.and_then(|s| s.parse().ok()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,4 +89,8 @@ pub struct StreamEvent<'a> {
     pub error: Option<ErrorBody>,
     #[serde(default)]
     pub revised_prompt: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub quality: Option<Quality>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub background: Option<Background>,
 }

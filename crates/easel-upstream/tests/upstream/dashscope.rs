@@ -2,8 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use easel_core::backend::CallContext;
+use easel_core::backend::{CallContext, SharedBackend};
 use easel_core::types::Operation;
+use easel_upstream::testing::{Inner, Recorded};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +47,49 @@ async fn text2image_submits_async_polls_and_downloads() {
     assert!(body["parameters"].get("prompt_extend").is_none(), "the provider's default unless configured");
     assert_eq!(fake.hits("/api/v1/tasks/").len(), 3, "PENDING, RUNNING, SUCCEEDED");
     assert_eq!(fake.hits("/results/").len(), 2);
+}
+
+/// `prompt_extend`, `watermark` and wanx-v1's `style` from the request reach `parameters`; the
+/// request's `prompt_extend` wins over the target's.
+#[tokio::test]
+async fn the_request_s_dashscope_switches_are_sent() {
+    let (fake, m) = dash("wanx-v1", json!({})).await;
+    let mut c = call(Operation::Generate, 1, (1024, 1024));
+    let switches = &mut c.options.extensions.dashscope;
+    switches.prompt_extend = Some(false);
+    switches.watermark = Some(true);
+    switches.style = Some("<watercolor>".into());
+    c.options.extensions.steps = Some(30);
+    run(&m, c).await.unwrap();
+    let body = fake.hits("text2image/image-synthesis")[0].json.clone().unwrap();
+    let p = &body["parameters"];
+    assert_eq!(
+        (&p["prompt_extend"], &p["watermark"], &p["style"]),
+        (&json!(false), &json!(true), &json!("<watercolor>"))
+    );
+    assert!(p.get("steps").is_none(), "wanx-v1 takes no steps");
+    // `style` is wanx-v1's alone.
+    let (fake, m) = dash("wan2.2-t2i-flash", json!({})).await;
+    let mut c = call(Operation::Generate, 1, (1024, 1024));
+    c.options.extensions.dashscope.style = Some("<watercolor>".into());
+    run(&m, c).await.unwrap();
+    assert!(fake.hits("text2image/image-synthesis")[0].json.as_ref().unwrap()["parameters"].get("style").is_none());
+}
+
+/// `steps` and `guidance_scale` go out under DashScope's names, to the models that take them.
+#[tokio::test]
+async fn steps_and_guidance_use_dashscope_s_names() {
+    for (model, guidance) in [("stable-diffusion-xl", "scale"), ("flux-dev", "guidance")] {
+        let (fake, m) = dash(model, json!({})).await;
+        let mut c = call(Operation::Generate, 1, (1024, 1024));
+        c.options.extensions.steps = Some(25);
+        c.options.extensions.guidance_scale = Some(3.5);
+        run(&m, c).await.unwrap();
+        let body = fake.hits("text2image/image-synthesis")[0].json.clone().unwrap();
+        assert_eq!(body["parameters"]["steps"], 25, "{model}: {body}");
+        assert_eq!(body["parameters"][guidance], 3.5, "{model}: {body}");
+        assert!(body["parameters"].get("guidance_scale").is_none(), "{model}: {body}");
+    }
 }
 
 #[tokio::test]
@@ -147,34 +191,121 @@ async fn result_links_on_hosts_not_allowed_are_refused() {
     assert!(fake.hits("/results/").is_empty(), "nothing was downloaded");
 }
 
+/// Waits (up to a minute, never as the thing tested) until `done` holds of the fake's state.
+async fn wait_for(fake: &Fake, done: impl Fn(&Inner) -> bool) {
+    let started = Instant::now();
+    while !done(&fake.state.lock().unwrap()) {
+        assert!(started.elapsed() < Duration::from_secs(60), "the fake never got there: {:?}", fake.log());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The fake's polls of `task`.
+fn polls(log: &[Recorded], task: &str) -> usize {
+    let path = format!("/api/v1/tasks/{task}");
+    log.iter().filter(|r| r.method == "GET" && r.path.starts_with(&path)).count()
+}
+
+fn cancels(fake: &Fake) -> Vec<String> {
+    fake.hits("/cancel").into_iter().map(|r| format!("{} {}", r.method, r.path)).collect()
+}
+
+/// Runs a call on `m` and cancels its job once the fake has seen `after` polls of `task`.
+async fn cancelled_after(fake: &Fake, m: &SharedBackend, task: &'static str, after: usize) -> BackendError {
+    let cancel = CancellationToken::new();
+    let (later, watched) = (cancel.clone(), fake.clone());
+    tokio::spawn(async move {
+        wait_for(&watched, |s| polls(&s.log, task) >= after).await;
+        later.cancel();
+    });
+    m.call(call(Operation::Generate, 1, (1024, 1024)), CallContext::new(cancel)).await.unwrap_err()
+}
+
+/// A job cancelled while its DashScope task waits in the queue stops polling and cancels that
+/// task upstream, once, by its id and with the provider's key.
 #[tokio::test]
-async fn a_client_that_leaves_stops_polling_and_cancels_the_task() {
-    let (fake, m) = dash("wanx-v1", json!({"poll_interval_secs": 0.05, "poll_max_interval_secs": 0.05})).await;
-    // Keep the task running.
-    for _ in 0..100 {
+async fn a_cancelled_job_cancels_its_pending_task_upstream_once() {
+    let (fake, m) = dash("wanx-v1", json!({"poll_interval_secs": 0.01, "poll_max_interval_secs": 0.01})).await;
+    fake.state.lock().unwrap().queued = true;
+    let err = cancelled_after(&fake, &m, "task-1", 1).await;
+    assert!(matches!(err, BackendError::Cancelled), "{err:?}");
+    let polled = polls(&fake.log(), "task-1");
+    wait_for(&fake, |s| s.tasks.get("task-1").is_some_and(|t| t.cancelled)).await;
+    assert_eq!(cancels(&fake), ["POST /api/v1/tasks/task-1/cancel"]);
+    assert_eq!(fake.hits("/cancel")[0].headers["authorization"], format!("Bearer {}", api_key()));
+    // At most the poll already on the wire when the job was cancelled arrives later.
+    assert!(polls(&fake.log(), "task-1") <= polled + 1, "no polling after cancellation");
+}
+
+/// DashScope cancels only PENDING tasks: a job cancelled once its task runs sends no cancel
+/// (the later pending one's cancel is the only one the fake sees).
+#[tokio::test]
+async fn a_running_task_is_not_asked_to_cancel() {
+    let (fake, m) = dash("wanx-v1", json!({"poll_interval_secs": 0.01, "poll_max_interval_secs": 0.01})).await;
+    for _ in 0..1000 {
         fake.state
             .lock()
             .unwrap()
             .polls
             .push_back(json!({"request_id": "r", "output": {"task_id": "task-1", "task_status": "RUNNING"}}));
     }
-    let cancel = CancellationToken::new();
-    let later = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(180)).await;
-        later.cancel();
-    });
-    let started = Instant::now();
-    let err = m.call(call(Operation::Generate, 1, (1024, 1024)), CallContext::new(cancel)).await.unwrap_err();
+    // Two polls: the first RUNNING answer has been read before the second poll went out.
+    let err = cancelled_after(&fake, &m, "task-1", 2).await;
     assert!(matches!(err, BackendError::Cancelled), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(1));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let polls = fake.log().iter().filter(|r| r.method == "GET" && r.path.starts_with("/api/v1/tasks/")).count();
-    assert!((1..=5).contains(&polls), "polled {polls} times");
-    assert_eq!(fake.hits("/cancel").len(), 1, "the task was cancelled upstream");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let later_polls = fake.log().iter().filter(|r| r.method == "GET" && r.path.starts_with("/api/v1/tasks/")).count();
-    assert_eq!(polls, later_polls, "no polling after cancellation");
+    {
+        let mut s = fake.state.lock().unwrap();
+        s.polls.clear();
+        s.queued = true;
+    }
+    cancelled_after(&fake, &m, "task-2", 1).await;
+    wait_for(&fake, |s| s.tasks.get("task-2").is_some_and(|t| t.cancelled)).await;
+    assert_eq!(cancels(&fake), ["POST /api/v1/tasks/task-2/cancel"]);
+}
+
+/// Jobs whose tasks end (succeeded, failed) send no cancel.
+#[tokio::test]
+async fn a_job_that_finishes_sends_no_cancel() {
+    let (fake, m) = dash("wanx-v1", json!({})).await;
+    run(&m, call(Operation::Generate, 1, (1024, 1024))).await.unwrap();
+    fake.state.lock().unwrap().polls.push_back(json!({
+        "request_id": "r",
+        "output": {"task_id": "task-2", "task_status": "FAILED", "code": "DataInspectionFailed", "message": "x"}
+    }));
+    run(&m, call(Operation::Generate, 1, (1024, 1024))).await.unwrap_err();
+    assert!(cancels(&fake).is_empty(), "{:?}", cancels(&fake));
+}
+
+/// The fake answers the cancel route as DashScope documents it: a PENDING task becomes
+/// CANCELED; a running or unknown one is refused with `UnsupportedOperation`.
+#[tokio::test]
+async fn the_fake_cancels_only_pending_tasks() {
+    let (fake, _) = dash("wanx-v1", json!({})).await;
+    let client = reqwest::Client::new();
+    let post = |path: String| client.post(format!("{}{path}", fake.url())).bearer_auth(api_key()).send();
+    let submit = || {
+        client
+            .post(format!("{}/api/v1/services/aigc/text2image/image-synthesis", fake.url()))
+            .bearer_auth(api_key())
+            .header("X-DashScope-Async", "enable")
+            .json(&json!({"model": "wanx-v1", "input": {"prompt": "p"}, "parameters": {"n": 1}}))
+            .send()
+    };
+    let poll = |id: &str| client.get(format!("{}/api/v1/tasks/{id}", fake.url())).bearer_auth(api_key()).send();
+    submit().await.unwrap();
+    let answer = post("/api/v1/tasks/task-1/cancel".into()).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: Value = poll("task-1").await.unwrap().json().await.unwrap();
+    assert_eq!(body["output"]["task_status"], "CANCELED", "{body}");
+
+    submit().await.unwrap();
+    poll("task-2").await.unwrap();
+    poll("task-2").await.unwrap(); // RUNNING now
+    for id in ["task-2", "task-9"] {
+        let answer = post(format!("/api/v1/tasks/{id}/cancel")).await.unwrap();
+        assert_eq!(answer.status(), 400);
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["code"], "UnsupportedOperation", "{body}");
+    }
 }
 
 #[tokio::test]

@@ -80,7 +80,7 @@ impl ImageBackend for Local {
         let images = (0..call.n)
             .map(|_| easel_core::backend::OutputImage::Encoded { bytes: png(8, 8).into(), format: OutputFormat::Png })
             .collect();
-        Ok(BackendOutput { images, revised_prompt: None, usage: None })
+        Ok(BackendOutput { images, ..BackendOutput::default() })
     }
 }
 
@@ -91,6 +91,7 @@ fn local(max_n_per_call: u32) -> Arc<Local> {
             sizes: SizeRule::Fixed(vec![ImageSize::new(8, 8)]),
             native_sizes: None,
             default_size: ImageSize::new(8, 8),
+            picks_size: false,
             max_n: 4,
             max_n_per_call,
             max_input_images: 0,

@@ -225,6 +225,7 @@ async fn an_error_inside_http_200_is_an_upstream_error() {
     assert!(matches!(err, BackendError::ContentPolicy { .. }), "{err:?}");
 }
 
+/// GPT image's `moderation_blocked` keeps OpenAI's code; DALL·E's `content_policy_violation` its own.
 #[tokio::test]
 async fn content_policy_refusals_are_reported_as_such() {
     let fake = Fake::start(&api_key()).await;
@@ -233,6 +234,13 @@ async fn content_policy_refusals_are_reported_as_such() {
     fake.push(Reply::Json(
         400,
         json!({"error": {"message": "Your request was rejected by the safety system.", "type": "image_generation_user_error", "param": null, "code": "moderation_blocked"}}),
+        vec![],
+    ));
+    let err = run(&m, call(Operation::Generate, 1, (1024, 1024))).await.unwrap_err();
+    assert!(matches!(err, BackendError::ModerationBlocked { .. }), "{err:?}");
+    fake.push(Reply::Json(
+        400,
+        json!({"error": {"message": "Your request was rejected as a result of our safety system.", "type": "invalid_request_error", "param": null, "code": "content_policy_violation"}}),
         vec![],
     ));
     let err = run(&m, call(Operation::Generate, 1, (1024, 1024))).await.unwrap_err();
@@ -259,6 +267,25 @@ async fn easel_nodes_get_every_parameter_and_extension() {
     assert_eq!(body["guidance_scale"].as_f64(), Some(1.5));
     assert!((body["strength"].as_f64().unwrap() - 0.6).abs() < 1e-6);
     assert_eq!(body["negative_prompt"], "text");
+}
+
+#[tokio::test]
+async fn variations_to_easel_nodes_carry_strength() {
+    let fake = Fake::start(&api_key()).await;
+    let gw = gateway(&[provider("node", "easel", &fake, json!({}))]);
+    let m = model(&gw, json!([{"provider": "node", "model": "sd-turbo"}]));
+    let mut c = call(Operation::Variation, 1, (64, 64));
+    c.images = vec![input(64, 64)];
+    c.options.extensions.strength = Some(0.4);
+    run(&m, c).await.unwrap();
+    let hit = &fake.hits("/v1/images/variations")[0];
+    let strength: f64 = hit.field("strength").expect("strength is sent").parse().unwrap();
+    assert!((strength - 0.4).abs() < 1e-6, "{strength}");
+    // A generation has no image to move from: no strength is sent.
+    let mut g = call(Operation::Generate, 1, (64, 64));
+    g.options.extensions.strength = Some(0.4);
+    run(&m, g).await.unwrap();
+    assert!(fake.hits("/v1/images/generations")[0].json.as_ref().unwrap().get("strength").is_none());
 }
 
 #[tokio::test]
@@ -301,7 +328,7 @@ async fn an_error_event_mid_stream_fails_the_call() {
     let mut c = call(Operation::Generate, 1, (1024, 1024));
     c.partial_images = 1;
     let err = m.call(c, CallContext { cancel: CancellationToken::new(), partials: Some(tx) }).await.unwrap_err();
-    assert!(matches!(err, BackendError::ContentPolicy { .. }), "{err:?}");
+    assert!(matches!(err, BackendError::ModerationBlocked { .. }), "{err:?}");
     assert!(rx.try_recv().is_ok(), "the partial image before the error was passed on");
 }
 

@@ -131,18 +131,41 @@ async fn bad_credentials_fall_back_but_invalid_requests_do_not() {
 
     a.push(Reply::Json(
         400,
-        json!({"error": {"message": "Invalid size", "param": "size", "code": "invalid_value"}}),
+        json!({"error": {"message": "Invalid prompt", "param": "prompt", "code": "invalid_value"}}),
         vec![],
     ));
     let err = run(&m, generation()).await.unwrap_err();
     match err {
         BackendError::InvalidInput { param, message } => {
-            assert_eq!(param.as_deref(), Some("size"));
-            assert!(message.contains("Invalid size"));
+            assert_eq!(param.as_deref(), Some("prompt"));
+            assert!(message.contains("Invalid prompt"));
         }
         other => panic!("{other:?}"),
     }
     assert_eq!(b.hits("generations").len(), 1, "the fallback was not tried for an invalid request");
+}
+
+#[tokio::test]
+async fn a_capability_refusal_falls_back_without_charging_the_breaker() {
+    let a = Fake::start(&api_key()).await;
+    let b = Fake::start(&api_key()).await;
+    let gw = gateway(&[
+        provider("a", "openai", &a, json!({"retries": 0, "circuit_failures": 1})),
+        provider("b", "openai", &b, json!({})),
+    ]);
+    let m = model(&gw, json!([{"provider": "a", "model": "img-1"}, {"provider": "b", "model": "img-1"}]));
+    for _ in 0..3 {
+        a.push(Reply::Json(
+            400,
+            json!({"error": {"message": "Invalid value: '1024x1024'.", "type": "invalid_request_error", "param": "size", "code": "invalid_value"}}),
+            vec![],
+        ));
+        let out = run(&m, generation()).await.unwrap();
+        assert_eq!(out.served_by.as_deref(), Some("openai:b/img-1"));
+    }
+    assert_eq!(a.hits("generations").len(), 3, "the circuit stays closed: the target is not failing");
+    let out = run(&m, generation()).await.unwrap();
+    assert_eq!(out.served_by.as_deref(), Some("openai:a/img-1"));
 }
 
 #[tokio::test]

@@ -70,6 +70,13 @@ pub fn parse_multipart(
     multipart::parse(operation, parts, unknown)
 }
 
+/// The parameters an OpenAI-dialect body may carry for `operation` besides multipart image parts
+/// (`json_images`: a JSON body, which may hold `images`, `image` and `mask`). The server's
+/// OpenAPI document is tested against this list.
+pub fn parameter_names(operation: Operation, json_images: bool) -> Vec<&'static str> {
+    openai::allowed_keys(operation, json_images)
+}
+
 /// JSON `null` means the client did not say.
 fn drop_nulls(map: &mut Map<String, Value>) {
     map.retain(|_, v| !v.is_null());

@@ -1,7 +1,7 @@
 //! The OpenAI parameter set (generations, JSON and multipart edits, variations) and Easel's
 //! documented extensions for open models, as one serde struct.
 
-use easel_types::error::CoreError;
+use easel_types::error::{CoreError, InvalidCode};
 use easel_types::limits;
 use easel_types::range::IntRange;
 use easel_types::request::{Extensions, ImageRequest, Options};
@@ -99,6 +99,21 @@ fn within(param: &str, value: Option<i64>, range: IntRange) -> Result<Option<u8>
     value.map(|v| range.check(param, v).map(|v| v as u8)).transpose()
 }
 
+/// PNG is lossless: OpenAI answers 400 `invalid_png_output_compression` to a compression other
+/// than 100 with PNG output (the default format), and so does Easel, for every model alike.
+fn check_png_compression(format: OutputFormat, compression: Option<u8>) -> Result<(), CoreError> {
+    match compression {
+        Some(c) if format == OutputFormat::Png && c != 100 => Err(CoreError::invalid(
+            "output_compression",
+            InvalidCode::InvalidPngOutputCompression,
+            format!(
+                "Compression less than 100 is not supported for PNG output format (output_compression is {c}); use output_format 'jpeg' or 'webp', or leave output_compression out."
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Params {
     /// Collects image references (JSON `images`, `image`, `mask`) and checks the API-wide ranges;
     /// everything that depends on the model is checked by the core.
@@ -112,11 +127,14 @@ impl Params {
         request.response_format = self.response_format;
         request.stream = self.stream.unwrap_or(false);
         request.partial_images = within("partial_images", self.partial_images, limits::PARTIAL_IMAGES)?;
+        let output_format = self.output_format.unwrap_or_default();
+        let output_compression = within("output_compression", self.output_compression, limits::OUTPUT_COMPRESSION)?;
+        check_png_compression(output_format, output_compression)?;
         request.options = Options {
             style: self.style,
             background: self.background.unwrap_or_default(),
-            output_format: self.output_format.unwrap_or_default(),
-            output_compression: within("output_compression", self.output_compression, limits::OUTPUT_COMPRESSION)?,
+            output_format,
+            output_compression,
             moderation: self.moderation,
             input_fidelity: self.input_fidelity,
             user: self.user,
@@ -126,6 +144,7 @@ impl Params {
                 steps: self.steps,
                 guidance_scale: self.guidance_scale,
                 strength: self.strength,
+                dashscope: Default::default(),
             },
         };
         if let Some(images) = self.images {

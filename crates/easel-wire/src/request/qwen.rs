@@ -5,19 +5,22 @@
 //! `{"type": "image_url", "image_url": {"url"}}` parts too). For edits and variations, image
 //! references written inline in a content string (URLs or data URLs) are taken out, in order, as
 //! the input images, and the rest is the prompt (seed 000). `parameters` carries `size` as `W*H`,
-//! `n`, `seed`, `negative_prompt`; DashScope's own switches (`prompt_extend`, `watermark`,
-//! `style`) are accepted and only mean something to DashScope. Top-level OpenAI parameters
-//! (`n`, `size`, `response_format`, ...) beside `input` are honoured and win over `parameters`.
+//! `n`, `seed`, `negative_prompt`, `steps`, `guidance_scale`, `strength`; DashScope's own
+//! switches (`prompt_extend`, `watermark`, and wanx-v1's `style`) are kept in
+//! [`DashScopeOptions`] and sent by the DashScope backend under those names; other backends
+//! ignore them. Top-level OpenAI parameters (`n`, `size`, `response_format`, ...) beside `input`
+//! are honoured and win over `parameters`. A parameter taken from `parameters` is named
+//! `parameters.<name>` in every error, the core's range checks included ([`ParamNames`]).
 
 use easel_types::error::CoreError;
-use easel_types::request::ImageRequest;
+use easel_types::request::{DashScopeOptions, ImageRequest, ParamNames};
 use easel_types::types::Operation;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::images::{UrlField, extract_inline, named};
 use super::openai::{Params, allowed_keys};
-use super::{UnknownParams, check_keys, drop_nulls, errors};
+use super::{UnknownParams, check_keys, drop_nulls, errors, lenient};
 
 const INPUT_KEYS: &[&str] = &["messages", "prompt", "negative_prompt", "images", "base_image_url", "mask_image_url"];
 const PARAMETER_KEYS: &[&str] = &[
@@ -32,6 +35,29 @@ const PARAMETER_KEYS: &[&str] = &[
     "watermark",
     "style",
 ];
+/// DashScope's own switches: kept apart from the OpenAI parameters (`style` here is wanx-v1's,
+/// not DALL·E 3's) and sent only to DashScope.
+const DASHSCOPE_KEYS: &[&str] = &["prompt_extend", "watermark", "style"];
+
+#[derive(Debug, Default, Deserialize)]
+struct DashScopeParams {
+    #[serde(default, deserialize_with = "lenient::bool")]
+    prompt_extend: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::bool")]
+    watermark: Option<bool>,
+    style: Option<String>,
+}
+
+impl From<DashScopeParams> for DashScopeOptions {
+    fn from(p: DashScopeParams) -> Self {
+        Self { prompt_extend: p.prompt_extend, watermark: p.watermark, style: p.style.filter(|s| !s.is_empty()) }
+    }
+}
+
+/// Removes `keys` from `map`, returning them as an object of their own.
+fn take(map: &mut Map<String, Value>, keys: &[&str]) -> Map<String, Value> {
+    keys.iter().filter_map(|k| map.remove(*k).map(|v| (k.to_string(), v))).collect()
+}
 
 #[derive(Debug, Deserialize)]
 struct Input {
@@ -91,15 +117,14 @@ pub(super) fn parse(
     // Fold `parameters` under the top level; top-level values win. The merged object is read
     // once, and an error names the object the value came from (`parameters.n` or `n`).
     let mut folded = Vec::new();
+    let mut dashscope = DashScopeParams::default();
     if let Some(parameters) = map.remove("parameters") {
         let Value::Object(mut parameters) = parameters else {
             return Err(CoreError::invalid_value("parameters", "'parameters' must be an object."));
         };
         drop_nulls(&mut parameters);
         check_keys(&mut parameters, PARAMETER_KEYS, "parameters.", unknown)?;
-        for ignored in ["prompt_extend", "watermark", "style"] {
-            parameters.remove(ignored);
-        }
+        dashscope = errors::from_value(Value::Object(take(&mut parameters, DASHSCOPE_KEYS)), "parameters.")?;
         for (key, value) in parameters {
             if !map.contains_key(&key) {
                 folded.push(key.clone());
@@ -112,6 +137,8 @@ pub(super) fn parse(
         if folded.iter().any(|f| f == field) { format!("parameters.{path}") } else { path.to_string() }
     })?;
     let mut request = params.into_request(operation)?;
+    request.names = ParamNames::under_parameters(folded);
+    request.options.extensions.dashscope = dashscope.into();
 
     let inline = operation != Operation::Generate;
     let mut texts = Vec::new();

@@ -148,6 +148,52 @@ fn seed_001_qwen_generation_with_parameters() {
 }
 
 #[test]
+fn qwen_keeps_dashscope_switches_and_names_what_it_folded() {
+    let r = json(
+        Operation::Generate,
+        serde_json::json!({
+            "model": "wanx-v1", "n": 1,
+            "input": {"messages": [{"role": "user", "content": "a lake"}]},
+            "parameters": {"n": 2, "size": "1024*1024", "prompt_extend": false, "watermark": "true", "style": "<watercolor>", "steps": 30},
+        }),
+    )
+    .unwrap();
+    let dashscope = &r.options.extensions.dashscope;
+    assert_eq!((dashscope.prompt_extend, dashscope.watermark), (Some(false), Some(true)));
+    assert_eq!(dashscope.style.as_deref(), Some("<watercolor>"));
+    assert_eq!(r.options.style, None, "wanx-v1's style is not DALL·E 3's");
+    assert_eq!(r.options.extensions.steps, Some(30));
+    // What came from `parameters` is named as written; the top-level `n` won and is `n`.
+    assert_eq!((r.names.of("size").as_str(), r.names.of("steps").as_str()), ("parameters.size", "parameters.steps"));
+    assert_eq!(r.names.of("n"), "n");
+    let openai = json(Operation::Generate, serde_json::json!({"prompt": "p", "n": 2})).unwrap();
+    assert_eq!(openai.names.of("n"), "n");
+    let body = serde_json::json!({"model": "m", "input": {"messages": []}, "parameters": {"watermark": "maybe"}});
+    let (param, code) = param_and_code(json(Operation::Generate, body).unwrap_err());
+    assert_eq!((param.as_deref(), code), (Some("parameters.watermark"), InvalidCode::InvalidType));
+}
+
+#[test]
+fn png_output_takes_no_compression_below_100() {
+    for body in [
+        serde_json::json!({"prompt": "p", "output_compression": 50}),
+        serde_json::json!({"prompt": "p", "output_format": "png", "output_compression": 0}),
+    ] {
+        let (param, code) = param_and_code(json(Operation::Generate, body.clone()).unwrap_err());
+        assert_eq!((param.as_deref(), code), (Some("output_compression"), InvalidCode::InvalidPngOutputCompression));
+    }
+    for body in [
+        serde_json::json!({"prompt": "p", "output_format": "png", "output_compression": 100}),
+        serde_json::json!({"prompt": "p", "output_format": "jpeg", "output_compression": 50}),
+    ] {
+        json(Operation::Generate, body).unwrap();
+    }
+    let form = vec![file("image"), text("output_compression", "80")];
+    let (param, code) = param_and_code(parse_multipart(Operation::Variation, form, UnknownParams::Reject).unwrap_err());
+    assert_eq!((param.as_deref(), code), (Some("output_compression"), InvalidCode::InvalidPngOutputCompression));
+}
+
+#[test]
 fn seed_000_qwen_edit_with_inline_and_part_images() {
     let data_url = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(PNG_1X1));
     let r = json(

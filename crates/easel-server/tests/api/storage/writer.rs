@@ -110,6 +110,21 @@ async fn a_bad_record_fails_only_its_own_caller(test: &TestDb) {
     assert_eq!(orphan.try_get::<i64, _>(0).unwrap(), 0, "the bad record's usage row is rolled back with it");
 }
 
+on_each_database!(a_record_written_once_is_not_doubled);
+async fn a_record_written_once_is_not_doubled(test: &TestDb) {
+    let writer = writer(test).await;
+    let first = UsageRecord { once: true, ..usage_record(1) };
+    writer.record(&first, &[image_record(None)]).await.unwrap();
+    // Delivered again (a task run after its worker died), in a group with ordinary records:
+    // its images are kept, its usage row is not written twice, and the others land.
+    let mut records = (0..8).map(|_| (usage_record(1), vec![image_record(None)])).collect::<Vec<_>>();
+    records[3] = (first.clone(), vec![image_record(None)]);
+    let results = join_all(queue_all(&writer, &records).await).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(count(&test.db, "SELECT COUNT(*) FROM usage").await, 1 + 7);
+    assert_eq!(count(&test.db, "SELECT COUNT(*) FROM images").await, 1 + 8);
+}
+
 on_each_database!(records_queued_at_close_are_committed);
 async fn records_queued_at_close_are_committed(test: &TestDb) {
     let writer = writer(test).await;
