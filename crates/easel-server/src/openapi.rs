@@ -59,6 +59,7 @@ pub mod schemas;
         paths::dashscope_generation,
         paths::dashscope_text2image,
         paths::dashscope_image2image,
+        paths::dashscope_list_tasks,
         paths::dashscope_get_task,
         paths::dashscope_cancel_task,
         paths::healthz,

@@ -22,6 +22,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/services/aigc/multimodal-generation/generation", post(dashscope::generation::generation))
         .route("/api/v1/services/aigc/text2image/image-synthesis", post(dashscope::tasks::text2image))
         .route("/api/v1/services/aigc/image2image/image-synthesis", post(dashscope::tasks::image2image))
+        .route("/api/v1/tasks", get(dashscope::tasks::list))
         .route("/api/v1/tasks/{task_id}", get(dashscope::tasks::get))
         .route("/api/v1/tasks/{task_id}/cancel", post(dashscope::tasks::cancel))
         .route("/v1/tasks", get(tasks::list))

@@ -1,6 +1,6 @@
 """Alibaba's `dashscope` Python SDK, unmodified, against a running Easel (started by the Rust test
 `dashscope_routes::python_dashscope_sdk`): ImageSynthesis.async_call + wait, ImageSynthesis.call
-(text2image and image2image), cancel, MultiModalConversation.call (Qwen-Image and
+(text2image and image2image), cancel, list, MultiModalConversation.call (Qwen-Image and
 Qwen-Image-Edit style), and DashScope's error answers.
 
 Environment: EASEL_DASHSCOPE_URL (Easel's address ending in /api/v1), EASEL_FIXTURES (a folder with
@@ -11,6 +11,7 @@ import base64
 import os
 import struct
 import sys
+import time
 import traceback
 import urllib.request
 
@@ -68,6 +69,30 @@ def test_call_image2image():
     )
     assert result.status_code == 200 and result.output.task_status == "SUCCEEDED", result
     assert png_size_at(result.output.results[0].url) == (64, 64)
+
+
+def test_list():
+    task = ImageSynthesis.async_call(model=MODEL, prompt="a list of one", n=1, size="64*64")
+    assert ImageSynthesis.wait(task).output.task_status == "SUCCEEDED"
+    page = ImageSynthesis.list(page_no=1, page_size=1)
+    assert page.status_code == 200 and page.request_id, page
+    body = page.output
+    assert body["page_no"] == 1 and body["page_size"] == 1, page
+    assert body["total"] >= 1 and body["total_page"] == body["total"], page
+    newest = body["data"][0]
+    assert newest["task_id"] == task.output.task_id and newest["status"] == "SUCCEEDED", page
+    assert newest["gmt_create"] <= newest["end_time"], page
+    # The second it was submitted: both ends of the range are inclusive.
+    second = time.strftime("%Y%m%d%H%M%S", time.gmtime(newest["gmt_create"] // 1000))
+    filtered = ImageSynthesis.list(
+        start_time=second, end_time=second, model_name=newest["model_name"], status="SUCCEEDED", page_size=100
+    )
+    assert filtered.status_code == 200, filtered
+    assert task.output.task_id in [t["task_id"] for t in filtered.output["data"]], filtered
+    none = ImageSynthesis.list(status="CANCELED", model_name=newest["model_name"], start_time=second)
+    assert none.status_code == 200 and none.output["data"] == [] and none.output["total"] == 0, none
+    bad = ImageSynthesis.list(page_size=0)
+    assert bad.status_code == 400 and bad.code == "InvalidParameter" and "page_size" in bad.message, bad
 
 
 def test_multimodal_generation():

@@ -6,7 +6,7 @@
 // Carriers for `#[utoipa::path]`: the router calls the real handlers in `crate::handlers`.
 #![allow(dead_code)]
 
-use easel_wire::dashscope::response::{Canceled, MultimodalBody, Submitted, TaskBody};
+use easel_wire::dashscope::response::{Canceled, MultimodalBody, Submitted, TaskBody, TaskList as DashScopeTaskList};
 use easel_wire::error::ErrorBody;
 use easel_wire::response::ImagesResponse;
 
@@ -222,6 +222,22 @@ fn dashscope_text2image() {}
     security(("bearer" = []))
 )]
 fn dashscope_image2image() {}
+
+#[utoipa::path(
+    get, path = "/api/v1/tasks", tag = "dashscope",
+    summary = "This key's DashScope tasks, newest first, a page at a time",
+    params(
+        ("page_no" = Option<i64>, Query, description = "From 1, default 1"),
+        ("page_size" = Option<i64>, Query, description = "1-100, default 10"),
+        ("status" = Option<String>, Query, description = "`PENDING`, `RUNNING`, `SUCCEEDED`, `FAILED` or `CANCELED`"),
+        ("model_name" = Option<String>, Query, description = "The model the task ran on"),
+        ("start_time" = Option<String>, Query, description = "Submitted at or after, `YYYYMMDDhhmmss` (UTC)"),
+        ("end_time" = Option<String>, Query, description = "Submitted at or before, `YYYYMMDDhhmmss` (UTC)"),
+    ),
+    responses((status = 200, description = "A page of tasks, with `total` and `total_page`", body = DashScopeTaskList)),
+    security(("bearer" = []))
+)]
+fn dashscope_list_tasks() {}
 
 #[utoipa::path(
     get, path = "/api/v1/tasks/{task_id}", tag = "dashscope",

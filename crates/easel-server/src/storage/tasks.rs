@@ -85,33 +85,72 @@ pub async fn get(db: &Db, owner: &str, id: &str, now: i64) -> anyhow::Result<Opt
     row.as_ref().map(view).transpose()
 }
 
-/// `owner`'s tasks, newest first, after the cursor.
+/// `owner`'s tasks, newest first, matching `query` (after its cursor, past its offset), and
+/// with `query.count` the number of matches on all pages.
 pub async fn list(db: &Db, owner: &str, query: &ListQuery, now: i64) -> anyhow::Result<TaskPage> {
+    let (filter, args) = filter(owner, query, now);
     // Ids are UUIDv7 strings, which sort by creation time.
-    let mut sql =
-        format!("SELECT {VIEW_COLUMNS} FROM tasks WHERE owner = $1 AND (expires_at IS NULL OR expires_at > $2)");
-    let mut next = 3;
-    if query.after.is_some() {
-        sql.push_str(&format!(" AND id < ${next}"));
-        next += 1;
-    }
-    if query.status.is_some() {
-        sql.push_str(&format!(" AND status = ${next}"));
-        next += 1;
-    }
-    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${next}"));
-    let mut select = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(owner).bind(now);
-    if let Some(after) = &query.after {
-        select = select.bind(after);
-    }
-    if let Some(status) = query.status {
-        select = select.bind(status.as_str());
-    }
-    let select = select.bind(i64::from(query.limit) + 1);
+    let next = args.len() + 1;
+    let sql =
+        format!("SELECT {VIEW_COLUMNS} FROM tasks WHERE {filter} ORDER BY id DESC LIMIT ${next} OFFSET ${}", next + 1);
+    let select = bind(sqlx::query(sqlx::AssertSqlSafe(sql)), &args)
+        .bind(i64::from(query.limit) + 1)
+        .bind(i64::try_from(query.offset).unwrap_or(i64::MAX));
     let rows = select.fetch_all(db).await?;
     let has_more = rows.len() > query.limit as usize;
     let tasks = rows.iter().take(query.limit as usize).map(view).collect::<anyhow::Result<_>>()?;
-    Ok(TaskPage { tasks, has_more })
+    let total = if query.count {
+        let sql = format!("SELECT COUNT(*) AS matches FROM tasks WHERE {filter}");
+        let row = bind(sqlx::query(sqlx::AssertSqlSafe(sql)), &args).fetch_one(db).await?;
+        Some(u64::try_from(row.try_get::<i64, _>("matches")?)?)
+    } else {
+        None
+    };
+    Ok(TaskPage { tasks, has_more, total })
+}
+
+/// A value bound to a numbered parameter of [`filter`]'s clause.
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// The `WHERE` clause of [`list`] (`$1`, `$2`... in order) and its values.
+fn filter(owner: &str, query: &ListQuery, now: i64) -> (String, Vec<Arg>) {
+    let mut sql = String::from("owner = $1 AND (expires_at IS NULL OR expires_at > $2)");
+    let mut args = vec![Arg::Text(owner.to_string()), Arg::Int(now)];
+    let mut add = |clause: &str, arg: Arg| {
+        args.push(arg);
+        sql.push_str(&format!(" AND {clause} ${}", args.len()));
+    };
+    if let Some(after) = &query.after {
+        add("id <", Arg::Text(after.clone()));
+    }
+    if let Some(status) = query.status {
+        add("status =", Arg::Text(status.as_str().to_string()));
+    }
+    if let Some(model) = &query.model {
+        add("model =", Arg::Text(model.clone()));
+    }
+    if let Some(from) = query.created_from {
+        add("created_at >=", Arg::Int(from));
+    }
+    if let Some(to) = query.created_to {
+        add("created_at <=", Arg::Int(to));
+    }
+    (sql, args)
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, <sqlx::Any as sqlx::Database>::Arguments>;
+
+fn bind<'q>(mut query: AnyQuery<'q>, args: &[Arg]) -> AnyQuery<'q> {
+    for arg in args {
+        query = match arg {
+            Arg::Text(text) => query.bind(text.clone()),
+            Arg::Int(number) => query.bind(*number),
+        };
+    }
+    query
 }
 
 /// Claims the oldest queued task for a run under `lease` until `lease_until`.

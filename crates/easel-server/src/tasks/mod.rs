@@ -133,12 +133,21 @@ pub struct TaskView {
 }
 
 /// Which of a caller's tasks [`list`] returns: newest first, at most `limit`, those created
-/// before the task `after` (the cursor: the last id of the previous page).
+/// before the task `after` (the cursor: the last id of the previous page, for OpenAI's shape),
+/// skipping `offset` (page numbers, for DashScope's), of this status and model, created in
+/// `created_from..=created_to`. `count` asks for the number of matches too.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListQuery {
     pub status: Option<TaskStatus>,
     pub limit: u32,
     pub after: Option<String>,
+    pub offset: u64,
+    /// The model id the request resolved to.
+    pub model: Option<String>,
+    /// Unix seconds, inclusive.
+    pub created_from: Option<i64>,
+    pub created_to: Option<i64>,
+    pub count: bool,
 }
 
 impl ListQuery {
@@ -146,11 +155,13 @@ impl ListQuery {
     pub const MAX_LIMIT: u32 = 100;
 }
 
-/// A page of tasks; `has_more` says whether a next page exists.
+/// A page of tasks; `has_more` says whether a next page exists; `total` is the number of tasks
+/// matching the query on all pages, when it asked for it (`count`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskPage {
     pub tasks: Vec<TaskView>,
     pub has_more: bool,
+    pub total: Option<u64>,
 }
 
 /// This node's tasks in hand: the cancellation of each task it runs (so a cancel that arrives

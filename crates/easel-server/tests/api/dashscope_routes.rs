@@ -1,7 +1,7 @@
 //! DashScope's own routes (`/api/v1/services/aigc/...`, `/api/v1/tasks/...`) against the
 //! documented example bodies: the sync multimodal call (Qwen-Image, Qwen-Image-Edit), the async
-//! text2image and image2image submits, polling, cancelling, and DashScope's error body with its
-//! codes and statuses.
+//! text2image and image2image submits, polling, cancelling, listing, and DashScope's error body
+//! with its codes and statuses.
 
 use std::time::{Duration, Instant};
 
@@ -330,4 +330,127 @@ async fn python_dashscope_sdk() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the dashscope SDK test failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
+}
+
+/// `GET /api/v1/tasks` with these query parameters, as `key`.
+async fn list(app: &TestApp, key: &str, query: &[(&str, &str)]) -> reqwest::Response {
+    let url = reqwest::Url::parse_with_params(&app.url("/api/v1/tasks"), query).unwrap();
+    app.client.get(url).bearer_auth(key).send().await.unwrap()
+}
+
+/// The task ids of a list answer, in order.
+fn listed(body: &Value) -> Vec<String> {
+    body["data"].as_array().unwrap().iter().map(|t| t["task_id"].as_str().unwrap().to_string()).collect()
+}
+
+/// The task list as `ImageSynthesis.list` reads it: pages with `total` and `total_page`, newest
+/// first, filtered by status, model and submit time, and only the caller's own tasks.
+#[tokio::test]
+async fn tasks_are_listed_a_page_at_a_time() {
+    list_pages(&spawn_app().await).await;
+}
+
+/// The same on PostgreSQL (skipped without `EASEL_TEST_POSTGRES_URL`).
+#[tokio::test]
+async fn tasks_are_listed_a_page_at_a_time_on_postgres() {
+    let Some(db) = crate::storage::services::postgres().await else { return };
+    let url = db.url.clone();
+    let app = crate::helpers::spawn_app_with(|c| c.storage.database = Some(url), crate::helpers::test_models()).await;
+    list_pages(&app).await;
+}
+
+async fn list_pages(app: &TestApp) {
+    let key = app.app_state.keys.create(KeySettings::named("lister")).await.unwrap();
+    let other = app.app_state.keys.create(KeySettings::named("other")).await.unwrap();
+    let submit = |model: &str| {
+        let body = json!({"model": model, "input": {"prompt": "x"}, "parameters": {"n": 1}});
+        let request = app.client.post(app.url(TEXT2IMAGE)).bearer_auth(&key.plaintext);
+        request.header("X-DashScope-Async", "enable").json(&body).send()
+    };
+    let mut ids = Vec::new();
+    for model in ["test-image", "test-image", "test-fixed"] {
+        let submitted = dash_body(submit(model).await.unwrap(), 200).await;
+        let id = submitted["output"]["task_id"].as_str().unwrap().to_string();
+        wait_as(app, &id, &key.plaintext).await;
+        ids.push(id);
+    }
+    *app.backend("test-image").fail_with.lock().unwrap() = Some(BackendError::ContentPolicy { message: "no".into() });
+    let submitted = dash_body(submit("test-image").await.unwrap(), 200).await;
+    let failed = submitted["output"]["task_id"].as_str().unwrap().to_string();
+    wait_as(app, &failed, &key.plaintext).await;
+    ids.push(failed.clone());
+    ids.reverse(); // newest first
+
+    let first = dash_body(list(app, &key.plaintext, &[("page_no", "1"), ("page_size", "3")]).await, 200).await;
+    assert_eq!((first["total"].as_u64(), first["total_page"].as_u64()), (Some(4), Some(2)), "{first}");
+    assert_eq!((first["page_no"].as_u64(), first["page_size"].as_u64()), (Some(1), Some(3)), "{first}");
+    assert_eq!(listed(&first), ids[..3]);
+    let task = &first["data"][0];
+    assert_eq!((task["status"].as_str(), task["model_name"].as_str()), (Some("FAILED"), Some("test-image")));
+    let created = task["gmt_create"].as_i64().unwrap();
+    assert!(created > 1_700_000_000_000 && created % 1000 == 0, "milliseconds: {task}");
+    assert!(task["end_time"].as_i64().unwrap() >= created, "{task}");
+    let second = dash_body(list(app, &key.plaintext, &[("page_no", "2"), ("page_size", "3")]).await, 200).await;
+    assert_eq!(listed(&second), ids[3..]);
+    let beyond = dash_body(list(app, &key.plaintext, &[("page_no", "3"), ("page_size", "3")]).await, 200).await;
+    assert!(listed(&beyond).is_empty() && beyond["total"] == 4, "{beyond}");
+    let defaults = dash_body(list(app, &key.plaintext, &[]).await, 200).await;
+    assert_eq!((defaults["page_no"].as_u64(), defaults["page_size"].as_u64()), (Some(1), Some(10)));
+    assert_eq!(listed(&defaults), ids);
+
+    let by_status = dash_body(list(app, &key.plaintext, &[("status", "FAILED")]).await, 200).await;
+    assert_eq!((listed(&by_status), by_status["total"].as_u64()), (vec![failed], Some(1)), "{by_status}");
+    let pending = dash_body(list(app, &key.plaintext, &[("status", "PENDING")]).await, 200).await;
+    assert_eq!(pending["total"], 0, "{pending}");
+    let by_model = dash_body(list(app, &key.plaintext, &[("model_name", "test-fixed")]).await, 200).await;
+    assert_eq!((listed(&by_model), by_model["total"].as_u64()), (vec![ids[1].clone()], Some(1)), "{by_model}");
+
+    let format = |secs: i64| chrono::DateTime::from_timestamp(secs, 0).unwrap().format("%Y%m%d%H%M%S").to_string();
+    let (hour_ago, in_an_hour) = (format(created / 1000 - 3600), format(created / 1000 + 3600));
+    let around = [("start_time", hour_ago.as_str()), ("end_time", in_an_hour.as_str())];
+    assert_eq!(dash_body(list(app, &key.plaintext, &around).await, 200).await["total"], 4);
+    let before = [("start_time", "20200101000000"), ("end_time", hour_ago.as_str())];
+    assert_eq!(dash_body(list(app, &key.plaintext, &before).await, 200).await["total"], 0);
+    let after = [("start_time", in_an_hour.as_str())];
+    assert_eq!(dash_body(list(app, &key.plaintext, &after).await, 200).await["total"], 0);
+
+    let theirs = dash_body(list(app, &other.plaintext, &[]).await, 200).await;
+    assert!(listed(&theirs).is_empty() && theirs["total"] == 0 && theirs["total_page"] == 0, "{theirs}");
+}
+
+/// Bad list parameters are `InvalidParameter`, naming the parameter.
+#[tokio::test]
+async fn bad_list_parameters_are_invalid_parameter() {
+    let app = spawn_app().await;
+    let cases: [(&str, &str); 7] = [
+        ("page_size", "0"),
+        ("page_size", "101"),
+        ("page_size", "ten"),
+        ("page_no", "0"),
+        ("status", "DONE"),
+        ("start_time", "2025-01-01"),
+        ("end_time", "20251301000000"),
+    ];
+    for (name, value) in cases {
+        let message = assert_dash_error(list(&app, "sk-test", &[(name, value)]).await, 400, "InvalidParameter").await;
+        assert!(message.contains(name), "{name}={value}: {message}");
+    }
+    let message = assert_dash_error(list(&app, "sk-test", &[("colour", "red")]).await, 400, "InvalidParameter").await;
+    assert!(message.contains("colour"), "{message}");
+    app.app_state.keys.create(KeySettings::named("any")).await.unwrap();
+    assert_dash_error(list(&app, "sk-wrong", &[]).await, 401, "InvalidApiKey").await;
+}
+
+/// Polls the task, as `key`, until it ends.
+async fn wait_as(app: &TestApp, task_id: &str, key: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let response = app.client.get(app.url(&format!("/api/v1/tasks/{task_id}"))).bearer_auth(key);
+        let body = dash_body(response.send().await.unwrap(), 200).await;
+        if !["PENDING", "RUNNING"].contains(&body["output"]["task_status"].as_str().unwrap()) {
+            return body;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the task did not end: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

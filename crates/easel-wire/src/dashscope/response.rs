@@ -1,5 +1,5 @@
 //! DashScope's answers: the task submit, the task poll (`GET /api/v1/tasks/{id}`), the cancel,
-//! and the sync `multimodal-generation` answer, with DashScope's field names and status strings.
+//! the task list (`GET /api/v1/tasks`), and the sync `multimodal-generation` answer, with DashScope's field names and status strings.
 //! Absent fields are omitted, as DashScope omits them (a pending task has no `results`).
 
 use serde::{Deserialize, Serialize};
@@ -106,6 +106,39 @@ pub struct Canceled {
     pub request_id: String,
 }
 
+/// The answer to a task list (`GET /api/v1/tasks?page_no=&page_size=...`): one page of the
+/// caller's tasks, newest first, and the number of tasks (`total`) and pages (`total_page`)
+/// matching the query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = DashScopeTaskList))]
+pub struct TaskList {
+    pub request_id: String,
+    pub data: Vec<TaskSummary>,
+    pub total: u64,
+    pub total_page: u64,
+    pub page_no: u32,
+    pub page_size: u32,
+}
+
+/// One task of a list; times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = DashScopeTaskSummary))]
+pub struct TaskSummary {
+    pub task_id: String,
+    pub status: TaskStatus,
+    pub model_name: String,
+    /// When the task was submitted.
+    pub gmt_create: i64,
+    /// When it started running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<i64>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<i64>,
+}
+
 /// The sync `multimodal-generation` answer: every image in one choice's `content`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -207,6 +240,27 @@ mod tests {
             json!({"request_id": "r", "output": {"task_id": "t-1", "task_status": "SUCCEEDED",
                    "submit_time": "2025-09-23 22:14:10.800", "results": [{"url": "https://x/a.png"}],
                    "task_metrics": {"TOTAL": 1, "SUCCEEDED": 1, "FAILED": 0}}, "usage": {"image_count": 1}})
+        );
+        let list = TaskList {
+            request_id: "r".into(),
+            data: vec![TaskSummary {
+                task_id: "t-1".into(),
+                status: TaskStatus::Running,
+                model_name: "wanx-v1".into(),
+                gmt_create: 1_731_569_380_000,
+                start_time: Some(1_731_569_381_000),
+                end_time: None,
+            }],
+            total: 11,
+            total_page: 2,
+            page_no: 1,
+            page_size: 10,
+        };
+        assert_eq!(
+            serde_json::to_value(&list).unwrap(),
+            json!({"request_id": "r", "data": [{"task_id": "t-1", "status": "RUNNING", "model_name": "wanx-v1",
+                   "gmt_create": 1_731_569_380_000_i64, "start_time": 1_731_569_381_000_i64}],
+                   "total": 11, "total_page": 2, "page_no": 1, "page_size": 10})
         );
         let sync = MultimodalBody::new(vec!["https://x/a.png".into()], 1328, 1328, "r");
         assert_eq!(

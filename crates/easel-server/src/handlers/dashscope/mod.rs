@@ -7,6 +7,7 @@
 //! | `POST /api/v1/services/aigc/text2image/image-synthesis` (`X-DashScope-Async: enable`) | [`tasks::text2image`] |
 //! | `POST /api/v1/services/aigc/image2image/image-synthesis` (`X-DashScope-Async: enable`) | [`tasks::image2image`] |
 //! | `GET /api/v1/tasks/{task_id}`, `POST /api/v1/tasks/{task_id}/cancel` | [`tasks::get`], [`tasks::cancel`] |
+//! | `GET /api/v1/tasks` (the caller's tasks, a page at a time) | [`tasks::list`] |
 //!
 //! They serve the same models, keys, limits, usage and hosted URLs as the OpenAI routes: the
 //! bodies are read by `easel_wire::dashscope`, the sync call takes the OpenAI routes' path
