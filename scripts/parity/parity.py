@@ -7,16 +7,22 @@ diffusers on the same folder with the same noise and scheduler and print the max
 (max |easel - diffusers| / max |diffusers|) of the final latents and of the decoded image.
 
 Not part of CI: it needs torch and diffusers (about 3 GB from PyPI). Run it with run.sh.
+`golden.py` reuses these functions to write the fixtures that CI does check.
 """
 
 import argparse
+import os
 import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import torch
-from diffusers import (
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+import diffusers  # noqa: E402
+import transformers  # noqa: E402
+from diffusers import (  # noqa: E402
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
@@ -24,10 +30,16 @@ from diffusers import (
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
 )
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file  # noqa: E402
+
+for _lib in (diffusers, transformers):
+    _lib.utils.logging.set_verbosity_error()
+    _lib.utils.logging.disable_progress_bar()
 
 PROMPT = "a photo of an astronaut riding a horse on mars"
 NEGATIVE = "blurry, low quality"
+MODEL_SEED = 0
+NOISE_SEED = 1
 
 # family, scheduler, steps, guidance, negative prompt
 CASES = [
@@ -60,6 +72,49 @@ def rel(a, b):
     return float(np.abs(a - b).max() / max(float(np.abs(b).max()), 1e-12))
 
 
+def create_model(bin_path, out, family, scale, seed=MODEL_SEED):
+    """`create-random` into `out` (which must be empty or absent)."""
+    subprocess.run([bin_path, "create-random", "--family", family, "--scale", scale,
+                    "--out", str(out), "--seed", str(seed)], check=True, stdout=subprocess.DEVNULL)
+
+
+def easel_dump(bin_path, model, family, kind, steps, guidance, negative, size, out):
+    """Easel's token ids, initial noise (seed NOISE_SEED), final latents and decoded image."""
+    subprocess.run([bin_path, "dump", "--model", str(model), "--family", family, "--prompt", PROMPT,
+                    "--negative", negative, "--seed", str(NOISE_SEED), "--steps", str(steps),
+                    "--guidance", str(guidance), "--scheduler", kind, "--size", str(size), "--out", str(out)],
+                   check=True, stdout=subprocess.DEVNULL)
+    return load_file(str(out))
+
+
+def diffusers_run(model, family, kind, steps, guidance, negative, size, noise):
+    """diffusers' token ids, final latents and decoded image (f32, in [-1, 1]) from `noise`."""
+    pipe_cls = StableDiffusionXLPipeline if family.startswith("sdxl") else StableDiffusionPipeline
+    pipe = pipe_cls.from_pretrained(str(model), dtype=torch.float32)
+    pipe.scheduler = make_scheduler(kind, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    out = {"input_ids": np.array(pipe.tokenizer(PROMPT, padding="max_length", max_length=77,
+                                                truncation=True).input_ids, dtype=np.int64)}
+    if getattr(pipe, "tokenizer_2", None) is not None:
+        out["input_ids_2"] = np.array(pipe.tokenizer_2(PROMPT, padding="max_length", max_length=77,
+                                                       truncation=True).input_ids, dtype=np.int64)
+    with torch.no_grad():
+        latents = pipe(PROMPT, negative_prompt=negative or None, num_inference_steps=steps,
+                       guidance_scale=guidance, height=size, width=size,
+                       latents=torch.from_numpy(noise), output_type="latent").images
+        image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    out["latents"] = latents.numpy().astype(np.float32)
+    out["image"] = image.numpy().astype(np.float32)
+    return out
+
+
+def compare(easel, ref):
+    """(token ids identical, latents error, image error)."""
+    ids_ok = all(easel[k].astype(np.int64).tolist() == ref[k].tolist()
+                 for k in ("input_ids", "input_ids_2") if k in ref)
+    return ids_ok, rel(easel["latents"], ref["latents"]), rel(easel["image"], ref["image"])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True, help="path to easel-diffusion-parity")
@@ -79,35 +134,17 @@ def main():
             continue
         model = work / f"{family}-{args.scale}"
         if not model.exists():
-            subprocess.run([args.bin, "create-random", "--family", family, "--scale", args.scale,
-                            "--out", str(model), "--seed", "0"], check=True, stdout=subprocess.DEVNULL)
-        dump = work / f"{family}-{args.scale}-{kind}.safetensors"
-        subprocess.run([args.bin, "dump", "--model", str(model), "--family", family, "--prompt", PROMPT,
-                        "--negative", negative, "--seed", "1", "--steps", str(steps), "--guidance", str(guidance),
-                        "--scheduler", kind, "--size", str(args.size), "--out", str(dump)],
-                       check=True, stdout=subprocess.DEVNULL)
-        d = load_file(str(dump))
-        pipe_cls = StableDiffusionXLPipeline if family.startswith("sdxl") else StableDiffusionPipeline
-        pipe = pipe_cls.from_pretrained(str(model), torch_dtype=torch.float32)
-        pipe.scheduler = make_scheduler(kind, pipe.scheduler.config)
-        pipe.set_progress_bar_config(disable=True)
-        ids = pipe.tokenizer(PROMPT, padding="max_length", max_length=77, truncation=True).input_ids
-        ids_ok = list(ids) == d["input_ids"].tolist()
-        if "input_ids_2" in d:
-            ids2 = pipe.tokenizer_2(PROMPT, padding="max_length", max_length=77, truncation=True).input_ids
-            ids_ok = ids_ok and list(ids2) == d["input_ids_2"].tolist()
-        with torch.no_grad():
-            latents = pipe(PROMPT, negative_prompt=negative or None, num_inference_steps=steps,
-                           guidance_scale=guidance, height=args.size, width=args.size,
-                           latents=torch.from_numpy(d["noise"]), output_type="latent").images
-            image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
-        row = (family, kind, steps, guidance, ids_ok, rel(d["latents"], latents.numpy()), rel(d["image"], image.numpy()))
-        rows.append(row)
+            create_model(args.bin, model, family, args.scale)
+        d = easel_dump(args.bin, model, family, kind, steps, guidance, negative, args.size,
+                       work / f"{family}-{args.scale}-{kind}.safetensors")
+        ref = diffusers_run(model, family, kind, steps, guidance, negative, args.size, d["noise"])
+        ids_ok, lat, img = compare(d, ref)
+        rows.append((ids_ok, lat, img))
         print(f"{family:<12} {kind:<16} steps {steps} cfg {guidance:<4} ids {'same' if ids_ok else 'DIFFER'}"
-              f"  latents {row[5]:.2e}  image {row[6]:.2e}", flush=True)
-    worst = max((max(r[5], r[6]) for r in rows), default=0.0)
+              f"  latents {lat:.2e}  image {img:.2e}", flush=True)
+    worst = max((max(r[1], r[2]) for r in rows), default=0.0)
     print(f"worst max relative error: {worst:.2e} ({'within' if worst <= 1e-3 else 'ABOVE'} the 1e-3 target)")
-    sys.exit(0 if worst <= 1e-3 and all(r[4] for r in rows) else 1)
+    sys.exit(0 if worst <= 1e-3 and all(r[0] for r in rows) else 1)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Parity of Easel's local pipeline with diffusers. Installs torch + diffusers (about 3 GB of
 # wheels, a 5.7 GB venv) into its own venv on first use; never run in CI.
-#   scripts/parity/run.sh [--scale tiny|full] [--size 64] [--families sd-1.5,sdxl]
+#   scripts/parity/run.sh [--scale tiny|full] [--size 64] [--families sd-1.5,sdxl]   (parity.py)
+#   scripts/parity/run.sh golden                    (golden.py: rewrites the fixtures of tests/golden.rs)
+# PARITY_PROFILE=debug builds and uses the debug binary (no release build of candle; fine for tiny models).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 venv="${PARITY_VENV:-$root/scripts/parity/.venv}"
@@ -9,6 +11,16 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q torch==2.15.0 diffusers==0.42.1 transformers==5.23.0 safetensors numpy
 fi
+script=parity.py
+if [ "${1:-}" = golden ]; then
+  script=golden.py
+  shift
+fi
+profile="${PARITY_PROFILE:-release}"
 target="${CARGO_TARGET_DIR:-$root/target}"
-cargo build --release -p easel-diffusion --features tools --bin easel-diffusion-parity
-exec "$venv/bin/python" "$root/scripts/parity/parity.py" --bin "$target/release/easel-diffusion-parity" "$@"
+if [ "$profile" = release ]; then
+  cargo build --release -p easel-diffusion --features tools --bin easel-diffusion-parity
+else
+  cargo build -p easel-diffusion --features tools --bin easel-diffusion-parity
+fi
+exec "$venv/bin/python" "$root/scripts/parity/$script" --bin "$target/$profile/easel-diffusion-parity" "$@"
