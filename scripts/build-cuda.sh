@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Builds `easel` with the `cuda` feature on a machine without a GPU or a system CUDA toolkit, for
+# carrying to a GPU host (../shared/reference/gpu.md has the why and the measurements).
+#
+#   scripts/build-cuda.sh            # release build → target-cuda/easel-cuda.zst (stripped, zstd -19)
+#   scripts/build-cuda.sh --check    # `cargo check --features cuda` only (keeps the feature from rotting)
+#
+# - The CUDA 13.0 toolkit comes from PyPI's nvidia-* wheels, installed once into a venv under
+#   $EASEL_CUDA_CACHE (default ~/.cache/easel-cuda); 13.0 matches driver 580, and newer toolkits
+#   may emit PTX that driver cannot JIT.
+# - The wheels hold only versioned libraries and no libcuda (the driver's), so a link folder gets
+#   unversioned symlinks and a link-time stub libcuda.so (soname libcuda.so.1) made from the cu*
+#   names cudarc declares; the GPU host's driver provides the real one at run time.
+# - CUDA_COMPUTE_CAP defaults to 90 (H100/H200); candle otherwise asks nvidia-smi, which is not here.
+# - Its own target folder (CARGO_TARGET_DIR, default target-cuda), so the CPU build is untouched.
+#
+# On the GPU host: point LD_LIBRARY_PATH at the nvidia/cu13/lib folder of the Python that holds
+# the same wheels, plus the driver's folder, and run `easel serve` with `device = "cuda"`.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cache="${EASEL_CUDA_CACHE:-$HOME/.cache/easel-cuda}"
+venv="$cache/venv"
+link="$cache/link"
+mode="${1:-build}"
+case "$mode" in build | --check) ;; *) echo "usage: $0 [--check]" >&2; exit 2 ;; esac
+
+if [[ ! -f "$venv/.toolkit-installed" ]]; then
+    echo "installing the CUDA 13.0 toolkit wheels into $venv (once)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        "nvidia-cuda-nvcc==13.0.88" "nvidia-cuda-crt==13.0.88" "nvidia-cuda-runtime==13.0.96" \
+        "nvidia-nvvm==13.0.88" "nvidia-cuda-cccl==13.0.85" "nvidia-cublas<13.1" \
+        "nvidia-curand==10.4.0.35" "nvidia-cuda-nvrtc==13.0.88"
+    touch "$venv/.toolkit-installed"
+fi
+cuda="$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')"
+[[ -x "$cuda/bin/nvcc" ]] || { echo "no nvcc under $cuda" >&2; exit 1; }
+
+# The link folder: unversioned names for the wheels' libraries, and the libcuda stub.
+mkdir -p "$link"
+for lib in cublas cublasLt cudart nvrtc; do
+    ln -sf "$(ls "$cuda"/lib/lib$lib.so.13* | head -1)" "$link/lib$lib.so"
+done
+ln -sf "$(ls "$cuda"/lib/libcurand.so.10* | head -1)" "$link/libcurand.so"
+if [[ ! -f "$link/libcuda.so" ]]; then
+    sys="$(cd "$root" && cargo metadata --format-version 1 --features easel-server/cuda | "$venv/bin/python" -c '
+import json, os, sys
+for p in json.load(sys.stdin)["packages"]:
+    if p["name"] == "cudarc":
+        print(os.path.join(os.path.dirname(p["manifest_path"]), "src/driver/sys/mod.rs")); break')"
+    grep -o 'pub unsafe fn cu[A-Za-z0-9_]*' "$sys" | sed 's/pub unsafe fn \(.*\)/void \1(void) {}/' | sort -u > "$link/stub.c"
+    gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$link/libcuda.so" "$link/stub.c"
+    echo "libcuda stub: $(wc -l < "$link/stub.c") functions"
+fi
+
+export PATH="$cuda/bin:$PATH" CUDA_ROOT="$cuda" CUDA_PATH="$cuda" CUDA_HOME="$cuda"
+export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}" LIBRARY_PATH="$link:$cuda/lib"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target-cuda}"
+cd "$root"
+if [[ "$mode" == --check ]]; then
+    cargo check --features cuda -p easel-server --bin easel
+    exit 0
+fi
+cargo build --release --features cuda --bin easel
+out="$CARGO_TARGET_DIR/easel-cuda"
+strip -o "$out" "$CARGO_TARGET_DIR/release/easel"
+zstd -19 -q -f "$out" -o "$out.zst"
+ls -l "$out" "$out.zst"
