@@ -451,7 +451,7 @@ async fn a_finished_task_expires_with_its_images() {
 async fn a_task_running_on_another_node_is_canceled() {
     let dir = tempfile::tempdir().unwrap();
     let api = node(dir.path(), Role::Api, |_| {}).await;
-    let worker = node_with(dir.path(), Role::Worker, |c| c.tasks.lease_secs = 1, slow_models()).await;
+    let worker = node_with(dir.path(), Role::Worker, |c| c.tasks.lease_secs = 3, slow_models()).await;
     let id = accepted(&api, None, GENERATIONS, &json!({"model": "test-image", "prompt": "p"})).await;
     wait_until(&api, None, &id, |t| t["status"] == "running").await;
     let answered =
