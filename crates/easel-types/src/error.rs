@@ -111,6 +111,11 @@ impl CoreError {
         Self::invalid(param, InvalidCode::InvalidValue, message)
     }
 
+    /// A parameter the route does not take (when unknown parameters are refused).
+    pub fn unknown_parameter(param: &str) -> Self {
+        Self::invalid(param, InvalidCode::UnknownParameter, format!("Unknown parameter: '{param}'."))
+    }
+
     pub fn missing(param: &str) -> Self {
         Self::invalid(param, InvalidCode::MissingRequiredParameter, format!("Missing required parameter: '{param}'."))
     }

@@ -128,12 +128,7 @@ pub async fn usage(
                 })?;
             }
             _ => {
-                return Err(CoreError::invalid(
-                    name.clone(),
-                    InvalidCode::UnknownParameter,
-                    format!("Unknown parameter: '{name}'."),
-                )
-                .into());
+                return Err(CoreError::unknown_parameter(&name).into());
             }
         }
     }

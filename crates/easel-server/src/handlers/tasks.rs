@@ -115,12 +115,7 @@ fn list_query(params: HashMap<String, String>) -> ApiResult<ListQuery> {
             }
             "after" => query.after = Some(value),
             _ => {
-                return Err(CoreError::invalid(
-                    name.clone(),
-                    InvalidCode::UnknownParameter,
-                    format!("Unknown parameter: '{name}'."),
-                )
-                .into());
+                return Err(CoreError::unknown_parameter(&name).into());
             }
         }
     }

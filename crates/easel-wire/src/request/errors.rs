@@ -24,7 +24,7 @@ pub fn from_value_named<T: serde::de::DeserializeOwned>(
             // The path already ends at the unknown field.
             let field = rest.split('`').next().unwrap_or_default();
             let param = if param.is_empty() { field.to_string() } else { param };
-            CoreError::invalid(param.clone(), InvalidCode::UnknownParameter, format!("Unknown parameter: '{param}'."))
+            CoreError::unknown_parameter(&param)
         } else if inner.starts_with("Invalid value") || inner.starts_with("Invalid size") {
             CoreError::invalid(param, InvalidCode::InvalidValue, inner)
         } else if let Some(field) = inner.strip_prefix("missing field ") {

@@ -98,11 +98,7 @@ fn check_keys(
         }
         (Some(key), UnknownParams::Reject) => {
             let param = format!("{prefix}{key}");
-            Err(CoreError::invalid(
-                param.clone(),
-                InvalidCode::UnknownParameter,
-                format!("Unknown parameter: '{param}'."),
-            ))
+            Err(CoreError::unknown_parameter(&param))
         }
     }
 }

@@ -191,12 +191,7 @@ fn list_query(params: HashMap<String, String>, unknown: UnknownParams) -> ApiRes
             "end_time" => query.created_to = Some(time_param(&name, &value)?),
             _ if unknown == UnknownParams::Ignore => {}
             _ => {
-                return Err(CoreError::invalid(
-                    name.clone(),
-                    InvalidCode::UnknownParameter,
-                    format!("Unknown parameter: '{name}'."),
-                )
-                .into());
+                return Err(CoreError::unknown_parameter(&name).into());
             }
         }
     }
