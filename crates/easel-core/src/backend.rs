@@ -17,6 +17,7 @@ use image::DynamicImage;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::base64::ImageBytes;
 use crate::error::BackendError;
 use crate::range::{FloatRange, IntRange};
 use crate::request::Options;
@@ -298,7 +299,9 @@ pub struct BackendCall {
 /// An image a backend made.
 pub enum OutputImage {
     Pixels(DynamicImage),
-    Encoded { bytes: Bytes, format: OutputFormat },
+    /// Encoded bytes (raw, or base64 text as a relay received it), already checked to start like
+    /// an image of `format`.
+    Encoded { bytes: ImageBytes, format: OutputFormat },
 }
 
 impl std::fmt::Debug for OutputImage {
@@ -306,7 +309,7 @@ impl std::fmt::Debug for OutputImage {
         match self {
             Self::Pixels(p) => write!(f, "Pixels({}x{})", p.width(), p.height()),
             Self::Encoded { bytes, format } => {
-                write!(f, "Encoded({format}, {} bytes)", bytes.len())
+                write!(f, "Encoded({format}, {bytes:?})")
             }
         }
     }

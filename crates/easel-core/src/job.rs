@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{BackendCall, InputImage, SourcePixels};
+use crate::base64::ImageBytes;
 use crate::registry::Model;
 use crate::request::Options;
 use crate::types::{Background, ImageSize, Operation, OutputFormat, Quality, ResponseFormat};
@@ -145,7 +146,8 @@ pub struct EncodedPartial {
 /// A delivered image.
 #[derive(Debug, Clone)]
 pub struct FinalImage {
-    pub bytes: Bytes,
+    /// Base64 when a backend's base64 passed through unchanged: delivered as that same text.
+    pub bytes: ImageBytes,
     pub format: OutputFormat,
     pub size: ImageSize,
 }

@@ -27,5 +27,5 @@ pub mod service;
 pub mod testing;
 pub mod usage;
 
-pub use easel_types::{error, limits, range, request, types};
+pub use easel_types::{base64, error, limits, range, request, types};
 pub use error::{BackendError, CoreError};

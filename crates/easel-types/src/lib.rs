@@ -12,10 +12,12 @@
 //! - [`error`]: the problems each layer can name; the HTTP meaning lives in the server crate.
 //! - [`usage`]: token counts in OpenAI's usage shape.
 //! - [`sniff`]: image formats from magic bytes.
+//! - [`base64`]: base64 text shared as `Bytes`, and an image's bytes held raw or as that text.
 //!
 //! See `docs/architecture.md` for where each field is parsed, validated, planned, executed and
 //! delivered.
 
+pub mod base64;
 pub mod error;
 pub mod limits;
 pub mod range;

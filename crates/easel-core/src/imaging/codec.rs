@@ -18,6 +18,7 @@ use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{DynamicImage, ImageDecoder, ImageEncoder, ImageReader};
 
 use super::{ImageError, sniff};
+use crate::base64::ImageBytes;
 use crate::types::{ImageSize, InputFormat, OutputFormat};
 
 /// Encoder settings that are not per request.
@@ -115,6 +116,22 @@ pub fn header(bytes: &[u8]) -> Result<Header, ImageError> {
 /// The format and dimensions of an image, from its header only.
 pub fn probe(bytes: &[u8]) -> Result<(InputFormat, ImageSize), ImageError> {
     header(bytes).map(|h| (h.format, h.size))
+}
+
+/// [`probe`] for bytes that may be base64 text: only the start is decoded, enough for the
+/// header of nearly every image (all of it when the header lies further on, as a JPEG's may
+/// after large metadata segments).
+pub fn probe_encoded(bytes: &ImageBytes) -> Result<(InputFormat, ImageSize), ImageError> {
+    const HEADER_BYTES: usize = 4096;
+    let corrupt = |e: crate::base64::Base64Error| ImageError::Corrupt(e.to_string());
+    match bytes {
+        ImageBytes::Raw(raw) => probe(raw),
+        ImageBytes::Base64(_) => {
+            let prefix = bytes.prefix(HEADER_BYTES).map_err(corrupt)?;
+            probe(&prefix)
+                .or_else(|e| if prefix.len() < bytes.len() { probe(&bytes.raw().map_err(corrupt)?) } else { Err(e) })
+        }
+    }
 }
 
 /// Decodes a PNG, JPEG or WebP image, refusing images over `max_pixels` or over the default byte

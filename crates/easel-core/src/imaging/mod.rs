@@ -9,7 +9,7 @@ mod codec;
 mod composite;
 mod resize;
 
-pub use codec::{DecodeLimits, EncodeSettings, Header, decode, decode_limited, encode, header, probe};
+pub use codec::{DecodeLimits, EncodeSettings, Header, decode, decode_limited, encode, header, probe, probe_encoded};
 pub use composite::{apply_mask, flatten, has_transparency};
 pub use easel_types::sniff::sniff;
 pub use resize::{resize_cover, resize_exact};

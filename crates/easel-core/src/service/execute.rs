@@ -12,7 +12,7 @@ use crate::job::{EncodedPartial, ImageJob, JobContext, JobOutput};
 use crate::types::ImageSize;
 use crate::usage::{self, Usage};
 
-use super::postprocess::{Finish, finish, finish_partial};
+use super::postprocess::{Finish, finish, finish_partial, passes_through};
 use super::{ImageService, PixelPool};
 
 impl ImageService {
@@ -101,6 +101,11 @@ impl ImageService {
             // A backend that made more than asked delivers only `n`.
             let room = job.n as usize - images.len();
             for image in output.images.into_iter().take(room) {
+                // Bytes that already match need only their header read: no trip to the pool.
+                if let Some(done) = passes_through(&image, &finish_params, mask.is_some())? {
+                    images.push(done);
+                    continue;
+                }
                 let (params, source, mask) = (finish_params.clone(), source.clone(), mask.clone());
                 images
                     .push(self.pixels.run(move || finish(image, &params, source.as_deref(), mask.as_deref())).await??);

@@ -77,7 +77,11 @@ pub async fn make(config_args: &ConfigArgs, order: &Order) -> Result<Vec<Made>> 
     };
     bar.finish_and_clear();
     let output = output.map_err(shown)?;
-    Ok(output.images.into_iter().map(|i| Made { bytes: i.bytes, format: i.format.extension().to_string() }).collect())
+    output
+        .images
+        .into_iter()
+        .map(|i| Ok(Made { bytes: i.bytes.raw()?, format: i.format.extension().to_string() }))
+        .collect()
 }
 
 /// A refusal as the server would send it (message and `param`); an internal error in full, since

@@ -2,7 +2,8 @@
 //!
 //! Hosted images (`response_format=url`) are put in the blob store first, then the usage row and
 //! the image rows are written in one transaction; if that fails the blobs just written are
-//! deleted, so no image outlives the record of it. Failures after the model is known are recorded
+//! deleted, so no image outlives the record of it. Base64 that a relayed upstream sent and that
+//! passed through unchanged is delivered as that same text (decoded only to host it). Failures after the model is known are recorded
 //! too, with their error code as the outcome.
 
 use std::time::Instant;
@@ -135,7 +136,11 @@ impl Ledger {
             let mut entry = ImageData { revised_prompt: output.revised_prompt.clone(), ..ImageData::default() };
             let blob_key = if hosted {
                 let key = Blobs::key_for(&id, image.format.extension(), created);
-                if let Err(e) = self.state.blobs.put(&key, image.bytes.clone()).await {
+                let stored = match image.bytes.raw() {
+                    Ok(raw) => self.state.blobs.put(&key, raw).await,
+                    Err(e) => Err(anyhow::Error::new(e)),
+                };
+                if let Err(e) = stored {
                     cleanup(&self.state.blobs, &written).await;
                     return Err(self.failed(ApiError::Internal(e.context("storing a hosted image"))).await);
                 }
@@ -146,7 +151,8 @@ impl Ledger {
                 None
             };
             if !hosted || always_b64 {
-                entry.b64_json = Some(base64_simd::STANDARD.encode_to_string(&image.bytes));
+                // The backend's own text when it passed through unchanged; encoded otherwise.
+                entry.b64_json = Some(image.bytes.base64());
             }
             data.push(entry);
             images.push(ImageRecord {

@@ -8,8 +8,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Json;
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use easel_core::job::{ImageJob, JobContext};
 use easel_core::registry::Model;
@@ -93,7 +97,19 @@ async fn run(state: AppState, caller: Caller, accepted: Accepted, rate: &mut Rat
     if job.stream {
         return Ok(stream::respond(state, ledger, job, hold, in_flight).into_response());
     }
-    Ok(Json(run_to_end(state, ledger, job, hold, in_flight).await?).into_response())
+    json_body(&run_to_end(state, ledger, job, hold, in_flight).await?)
+}
+
+/// The response as `application/json`, written in chunks that share each image's base64 (a
+/// relayed MiB is neither copied into the body nor scanned for escapes), with its length.
+fn json_body(response: &ImagesResponse) -> ApiResult<Response> {
+    let chunks = response.to_json_chunks().map_err(|e| anyhow::anyhow!("writing the response: {e}"))?;
+    let length: usize = chunks.iter().map(Bytes::len).sum();
+    let body = Body::from_stream(futures::stream::iter(chunks.into_iter().map(Ok::<_, Infallible>)));
+    let mut response =
+        (StatusCode::OK, [(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
+    response.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(length));
+    Ok(response)
 }
 
 /// Runs a prepared and reserved job, delivers it and settles its quota, in a task of its own so

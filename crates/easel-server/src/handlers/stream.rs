@@ -105,7 +105,7 @@ async fn run(
             for (image, usage) in response.data.into_iter().zip(shares) {
                 let body = CompletedEvent {
                     kind: kind.clone(),
-                    image: reported(image.b64_json.unwrap_or_default()),
+                    image: reported(image.b64_json.map(|b64| b64.as_str().to_owned()).unwrap_or_default()),
                     usage,
                     url: image.url,
                     revised_prompt: image.revised_prompt,

@@ -132,7 +132,7 @@ impl ImageBackend for TestBackend {
                 if self.encoded {
                     let bytes =
                         easel_core::imaging::encode(&pixels, OutputFormat::Png, None, &Default::default()).unwrap();
-                    OutputImage::Encoded { bytes, format: OutputFormat::Png }
+                    OutputImage::Encoded { bytes: bytes.into(), format: OutputFormat::Png }
                 } else {
                     OutputImage::Pixels(pixels)
                 }

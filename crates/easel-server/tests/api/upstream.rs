@@ -285,3 +285,49 @@ async fn a_refused_result_link_names_the_entry_that_would_allow_it() {
     let message = assert_error(response, 502, None, "upstream_error").await;
     assert!(message.contains("do not allow") && !message.contains("listed as"), "{message}");
 }
+
+/// A provider's base64 that needs no change reaches the client as the very same text (the image
+/// row records its decoded length, a hosted copy its decoded bytes); one that needs a change
+/// (another format, another size) is decoded and made again.
+#[tokio::test]
+async fn relayed_base64_passes_through_verbatim_only_when_nothing_changes() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    let fake = Fake::start(&key()).await;
+    let app = relay_app(&fake).await;
+    let answer =
+        |image: &[u8]| Reply::Json(200, json!({"created": 1, "data": [{"b64_json": STANDARD.encode(image)}]}), vec![]);
+    let made = png(1024, 1024, [10, 20, 30]);
+    let text = STANDARD.encode(&made);
+    let request = json!({"model": "relay", "prompt": "p", "size": "1024x1024"});
+
+    fake.push(answer(&made));
+    let response = app.generate(request.clone()).await;
+    let length: usize = response.headers()["content-length"].to_str().unwrap().parse().unwrap();
+    let raw = response.bytes().await.unwrap();
+    assert_eq!(raw.len(), length, "the length is announced");
+    let body: Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(body["data"][0]["b64_json"].as_str(), Some(text.as_str()), "the provider's text, unchanged");
+    assert_eq!((body["size"].as_str(), body["output_format"].as_str()), (Some("1024x1024"), Some("png")));
+    let recorded: i64 = sqlx::query_scalar("SELECT bytes FROM images").fetch_one(&app.app_state.db).await.unwrap();
+    assert_eq!(recorded as usize, made.len(), "the image row counts the image's bytes, not its base64");
+
+    let mut hosted = request.clone();
+    hosted["response_format"] = json!("url");
+    fake.push(answer(&made));
+    let body = json_body(app.generate(hosted).await, 200).await;
+    let file = app.client.get(body["data"][0]["url"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(file.bytes().await.unwrap(), made, "hosted as the decoded image");
+
+    let mut jpeg = request.clone();
+    jpeg["output_format"] = json!("jpeg");
+    fake.push(answer(&made));
+    let body = json_body(app.generate(jpeg).await, 200).await;
+    let converted = STANDARD.decode(body["data"][0]["b64_json"].as_str().unwrap()).unwrap();
+    assert!(converted.starts_with(&[0xFF, 0xD8, 0xFF]), "converted to JPEG");
+
+    fake.push(answer(&png(512, 512, [10, 20, 30])));
+    let body = json_body(app.generate(request).await, 200).await;
+    let resized = STANDARD.decode(body["data"][0]["b64_json"].as_str().unwrap()).unwrap();
+    assert_eq!(image::load_from_memory(&resized).unwrap().width(), 1024, "resized to the size asked for");
+}

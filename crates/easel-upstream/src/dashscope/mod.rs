@@ -348,7 +348,7 @@ impl DashScopeTarget {
             if link.starts_with("http") || link.starts_with("data:") {
                 media::from_url(id, &self.provider.fetcher, link).await
             } else {
-                media::from_b64(id, link)
+                media::from_b64(id, bytes::Bytes::copy_from_slice(link.as_bytes()))
             }
         });
         let images = futures::future::try_join_all(downloads).await?;

@@ -8,9 +8,11 @@ mod request;
 mod stream;
 pub mod wire;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use easel_core::BackendError;
 use easel_core::backend::{BackendCall, BackendOutput, CallContext, Capabilities, ExtensionRanges};
 use easel_core::types::Operation;
@@ -62,7 +64,7 @@ impl OpenAiTarget {
         })
     }
 
-    async fn parse(&self, body: &[u8]) -> Result<BackendOutput, Failure> {
+    async fn parse(&self, body: &Bytes) -> Result<BackendOutput, Failure> {
         let id = self.provider.id.as_str();
         let parsed: ImagesResponse<'_> = http::json(id, body)?;
         let items = parsed.data.unwrap_or_default();
@@ -83,9 +85,14 @@ impl OpenAiTarget {
             if output.revised_prompt.is_none() {
                 output.revised_prompt = item.revised_prompt.clone().filter(|p| !p.is_empty());
             }
-            match (item.b64_json.as_deref().filter(|b| !b.is_empty()), item.url.as_deref().filter(|u| !u.is_empty())) {
+            match (item.b64_json.as_ref().filter(|b| !b.is_empty()), item.url.as_deref().filter(|u| !u.is_empty())) {
                 (Some(b64), _) => {
-                    downloads.push(futures::future::Either::Left(std::future::ready(media::from_b64(id, b64))))
+                    // Borrowed from the body unless it had escapes: shared, not copied.
+                    let text = match b64 {
+                        Cow::Borrowed(text) => body.slice_ref(text.as_bytes()),
+                        Cow::Owned(text) => Bytes::copy_from_slice(text.as_bytes()),
+                    };
+                    downloads.push(futures::future::Either::Left(std::future::ready(media::from_b64(id, text))))
                 }
                 (None, Some(url)) => {
                     downloads.push(futures::future::Either::Right(media::from_url(id, &self.provider.fetcher, url)))

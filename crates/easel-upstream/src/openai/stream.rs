@@ -4,6 +4,7 @@
 //! Partial images go to the core through `cx.partials` as they arrive (the core re-encodes them
 //! only when the format differs); `*.completed` events carry the final images.
 
+use bytes::Bytes;
 use easel_core::BackendError;
 use easel_core::backend::{BackendOutput, CallContext, PartialImage};
 use eventsource_stream::{EventStreamError, Eventsource};
@@ -87,14 +88,14 @@ pub async fn read(
         };
         if kind.ends_with("partial_image") {
             if let Some(tx) = &cx.partials {
-                let image = from_b64(provider, b64)?;
+                let image = from_b64(provider, Bytes::copy_from_slice(b64.as_bytes()))?;
                 let index = parsed.partial_image_index.unwrap_or(partials);
                 partials += 1;
                 // The core stops listening once it has what it wants; that is not an error.
                 let _ = tx.send(PartialImage { index, image }).await;
             }
         } else if kind.ends_with("completed") {
-            output.images.push(from_b64(provider, b64)?);
+            output.images.push(from_b64(provider, Bytes::copy_from_slice(b64.as_bytes()))?);
             if trust_usage && let Some(u) = parsed.usage.as_ref().and_then(|u| u.to_usage()) {
                 output.usage = Some(u);
             }

@@ -1,8 +1,8 @@
 //! The OpenAI-compatible response bodies as serde types (requests are built in
 //! [`super::request`]).
 //!
-//! Base64 strings are borrowed from the response buffer, not copied: a relayed 1 MiB image is
-//! decoded once, straight from the bytes that arrived.
+//! Base64 strings are borrowed from the response buffer, not copied: a relayed 1 MiB image stays
+//! a slice of the bytes that arrived (see [`crate::media::from_b64`]).
 
 use std::borrow::Cow;
 

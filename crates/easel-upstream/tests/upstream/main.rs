@@ -91,7 +91,7 @@ pub fn sizes(out: &BackendOutput) -> Vec<(u32, u32)> {
         .map(|i| match i {
             OutputImage::Encoded { bytes, format } => {
                 assert_eq!(*format, OutputFormat::Png);
-                let (_, size) = easel_core::imaging::probe(bytes).unwrap();
+                let (_, size) = easel_core::imaging::probe_encoded(bytes).unwrap();
                 (size.width, size.height)
             }
             OutputImage::Pixels(_) => panic!("upstream backends return encoded bytes"),
