@@ -10,8 +10,8 @@
 #
 # Full run: installs nginx and wrk with apt-get when missing, LiteLLM's proxy from PyPI into
 # bench/relay/.venv (kept), builds `easel` in release. RELAY_CONCURRENCY ("1 16 64"),
-# RELAY_SIZES ("small big"), RELAY_PORT (18480, and the next two), EASEL_BIN (a built binary)
-# and RELAY_JSON (a file for the raw numbers) change it.
+# RELAY_SIZES ("small big"), RELAY_PORT (18480, and the next two), EASEL_BIN (a built binary),
+# RELAY_LITELLM=0 (Easel and nginx only) and RELAY_JSON (a file for the raw numbers) change it.
 # Smoke (scripts/test.sh): installs nothing; without nginx or wrk it says so and exits 0; it
 # fails (exit 1) if Easel does not start or answers anything but 200s with the image. It uses the
 # debug binary unless EASEL_BIN names another.
@@ -27,7 +27,8 @@ concurrency="${RELAY_CONCURRENCY:-1 16 64}"
 sizes="${RELAY_SIZES:-small big}"
 port="${RELAY_PORT:-18480}"
 litellm_version="1.106.2"
-if [[ $smoke == 1 ]]; then duration=2; rounds=1; concurrency="${RELAY_CONCURRENCY:-4}"; fi
+litellm="${RELAY_LITELLM:-1}"
+if [[ $smoke == 1 ]]; then duration=2; rounds=1; concurrency="${RELAY_CONCURRENCY:-4}"; litellm=0; fi
 
 sudo=""
 [[ $(id -u) -ne 0 ]] && sudo="sudo"
@@ -44,7 +45,7 @@ if [[ -z "$nginx_bin" ]] || ! command -v wrk >/dev/null; then
     nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 fi
 venv="$here/.venv"
-if [[ $smoke == 0 ]] && ! "$venv/bin/python" -c "import litellm.proxy.proxy_server" 2>/dev/null; then
+if [[ $litellm == 1 ]] && ! "$venv/bin/python" -c "import litellm.proxy.proxy_server" 2>/dev/null; then
     echo "installing litellm[proxy]==$litellm_version into $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "litellm[proxy]==$litellm_version" \
@@ -119,7 +120,7 @@ wait_for "http://127.0.0.1:$eport/healthz" "$easel_pid" easel "$work/easel.log"
 servers=(--server easel "$easel_pid" "http://127.0.0.1:$eport")
 
 # LiteLLM's proxy: the same two models, one worker, no database, logging off.
-if [[ $smoke == 0 ]]; then
+if [[ $litellm == 1 ]]; then
     lport=$((port + 2))
     {
         echo "model_list:"
@@ -129,7 +130,8 @@ if [[ $smoke == 0 ]]; then
         done
         printf 'litellm_settings:\n  set_verbose: false\n  drop_params: true\n'
     } > "$work/litellm.yaml"
-    LITELLM_LOG=ERROR LITELLM_TELEMETRY=False DISABLE_SCHEMA_UPDATE=true \
+    # No master key, as Easel runs with no keys: both accept every request on loopback.
+    LITELLM_LOG=ERROR LITELLM_TELEMETRY=False DISABLE_SCHEMA_UPDATE=true LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY=true \
         "$venv/bin/litellm" --config "$work/litellm.yaml" --host 127.0.0.1 --port "$lport" --num_workers 1 \
         > "$work/litellm.log" 2>&1 &
     litellm_pid=$!
@@ -140,7 +142,7 @@ fi
 servers+=(--server nginx "$nginx_pid" "http://127.0.0.1:$port/{size}")
 
 echo "relay benchmark: $(nproc) cores ($(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)), load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "easel: $easel; litellm: $([[ $smoke == 0 ]] && echo "$litellm_version" || echo "not run"); nginx: $("$nginx_bin" -v 2>&1 | sed 's/.*: //'); $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2)"
+echo "easel: $easel; litellm: $([[ $litellm == 1 ]] && echo "$litellm_version" || echo "not run"); nginx: $("$nginx_bin" -v 2>&1 | sed 's/.*: //'); $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2)"
 status=0
 python3 "$here/bench.py" run --duration "$duration" --rounds "$rounds" --concurrency "$concurrency" \
     --sizes "$sizes" --json "${RELAY_JSON:-}" "${servers[@]}" || status=$?

@@ -76,7 +76,7 @@ pub fn from_b64(provider: &str, text: Bytes) -> Result<OutputImage, Failure> {
             ImageBytes::Raw(Bytes::from(decoded))
         }
     };
-    output(provider, bytes.into())
+    output(provider, bytes)
 }
 
 /// Downloads a result link through the provider's fetcher.
