@@ -65,5 +65,11 @@ pub fn build(id: &str, options: &serde_json::Value) -> anyhow::Result<SharedBack
             "THIS MODEL HAS RANDOM WEIGHTS (made by `easel models create-random`): it makes noise, not images"
         );
     }
+    if resolved.decoder == pipeline::Decoder::Taesd {
+        tracing::warn!(
+            model = id,
+            "decoder = \"taesd\": final images come from the tiny autoencoder, faster but lower quality than the VAE's"
+        );
+    }
     Ok(Arc::new(LocalBackend::start(id, resolved)?))
 }
