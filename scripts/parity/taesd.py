@@ -7,7 +7,7 @@ the code behind `create-random --tiny-vae`), decodes the latents drawn here and 
 back; diffusers loads the same folder with `AutoencoderTiny.from_pretrained` and does the same.
 Prints max |easel - diffusers| / max |diffusers| for the image and the encoded latents; fails
 above 1e-4. `--golden` also writes the tiny case (diffusers' tensors, the weights' sha256 and the
-versions in its metadata) to crates/easel-diffusion/tests/golden/taesd/, for tests/taesd.rs.
+versions in its metadata) to crates/easel-diffusion/tests/taesd/, for tests/taesd.rs.
 
 Run through run.sh: `scripts/parity/run.sh taesd [--scales tiny,full] [--latent 8] [--golden]`.
 """
@@ -77,7 +77,7 @@ def main():
         worst = max(worst, img, enc)
         print(f"{scale:<6} {edge:>4}^2 {img:>9.2e} {enc:>9.2e}", flush=True)
         if args.golden and scale == "tiny":
-            out = ROOT / "crates/easel-diffusion/tests/golden/taesd"
+            out = ROOT / "crates/easel-diffusion/tests/taesd"
             out.mkdir(parents=True, exist_ok=True)
             weights = folder / "diffusion_pytorch_model.safetensors"
             meta = {

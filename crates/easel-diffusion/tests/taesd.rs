@@ -1,5 +1,5 @@
 //! The tiny autoencoder against diffusers' `AutoencoderTiny`, in CI without Python:
-//! `tests/golden/taesd/tiny.safetensors` holds diffusers' decode of fixed latents and its encode
+//! `tests/taesd/tiny.safetensors` holds diffusers' decode of fixed latents and its encode
 //! of that image, on the random tiny TAESD that `create_tiny_vae` writes for seed 0 (written by
 //! `scripts/parity/run.sh taesd --golden`; the weights' sha256 is in its metadata, checked first
 //! so a change in the random weights reads as such, not as a math error). Also the options'
@@ -24,7 +24,7 @@ fn rel(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn tiny_vae_matches_diffusers_autoencoder_tiny() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/taesd/tiny.safetensors");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/taesd/tiny.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let meta = meta.metadata().clone().expect("the fixture records its weights' hash");
