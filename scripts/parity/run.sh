@@ -3,6 +3,7 @@
 # wheels, a 5.7 GB venv) into its own venv on first use; never run in CI.
 #   scripts/parity/run.sh [--scale tiny|full] [--size 64] [--families sd-1.5,sdxl]   (parity.py)
 #   scripts/parity/run.sh golden                    (golden.py: rewrites the fixtures of tests/golden.rs)
+#   scripts/parity/run.sh taesd [--golden]          (taesd.py: the tiny autoencoder against AutoencoderTiny)
 # PARITY_PROFILE=debug builds and uses the debug binary (no release build of candle; fine for tiny models).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -14,6 +15,9 @@ fi
 script=parity.py
 if [ "${1:-}" = golden ]; then
   script=golden.py
+  shift
+elif [ "${1:-}" = taesd ]; then
+  script=taesd.py
   shift
 fi
 profile="${PARITY_PROFILE:-release}"

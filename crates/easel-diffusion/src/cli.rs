@@ -29,6 +29,9 @@ pub enum ModelsCommand {
         /// real tokenizer; without it every character is its own token.
         #[arg(long)]
         bpe: Option<PathBuf>,
+        /// Also write a random tiny autoencoder (TAESD's layout) in `vae_tiny/`, for `tiny_vae`.
+        #[arg(long)]
+        tiny_vae: bool,
     },
     /// List the model folders in a directory.
     List {
@@ -39,11 +42,16 @@ pub enum ModelsCommand {
 
 pub async fn run(cmd: ModelsCommand) -> Result<()> {
     match cmd {
-        ModelsCommand::CreateRandom { family, scale, out, seed, bpe } => {
+        ModelsCommand::CreateRandom { family, scale, out, seed, bpe, tiny_vae } => {
             let fam = Family::parse(&family)?;
             let out2 = out.clone();
-            let made =
+            let mut made =
                 tokio::task::spawn_blocking(move || random::create(fam, scale, &out2, seed, bpe.as_deref())).await??;
+            if tiny_vae {
+                let dir = out.join("vae_tiny");
+                let n = tokio::task::spawn_blocking(move || random::create_tiny_vae(&dir, scale, seed)).await??;
+                made.params.push(("vae_tiny".into(), n));
+            }
             println!("Wrote a model with RANDOM weights to {}.", out.display());
             println!("It is NOT a trained model: it makes noise, not pictures. Use it for tests and benchmarks.");
             println!("family {}, scale {:?}, seed {seed}", fam.name(), scale);

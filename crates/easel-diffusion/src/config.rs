@@ -14,7 +14,7 @@ use easel_core::types::ImageSize;
 use serde::Deserialize;
 
 use crate::family::{Family, FamilyDefaults};
-use crate::pipeline::Preview;
+use crate::pipeline::{Decoder, Preview};
 use crate::scheduler::SchedulerKind;
 
 /// Sizes are multiples of the VAE's downsampling factor, 8 for every family served.
@@ -59,8 +59,14 @@ pub struct LocalConfig {
     pub max_edge: Option<u32>,
     /// Most images per request (default 10).
     pub max_n: Option<u32>,
-    /// How partial images are rendered: `vae` (default) or `approx`.
+    /// How partial images are rendered: `vae` (default), `approx` or `taesd` (needs `tiny_vae`).
     pub preview: Option<Preview>,
+    /// A folder with diffusers' tiny autoencoder (`AutoencoderTiny`, e.g. `madebyollin/taesd`),
+    /// for `preview = "taesd"` and `decoder = "taesd"`. Off by default.
+    pub tiny_vae: Option<PathBuf>,
+    /// What decodes the final image: `vae` (default) or `taesd` (faster, lower quality; needs
+    /// `tiny_vae`).
+    pub decoder: Option<Decoder>,
     /// The most pixels a delivered image may have. Sizes the model does not make natively (an
     /// edge over `max_edge`, such as 1280x720 of a 1024-edge model) are made at the nearest
     /// native size of the same shape and resized, up to this budget; default `max_edge`².
@@ -93,6 +99,8 @@ pub struct Resolved {
     pub default_size: ImageSize,
     pub max_n: u32,
     pub preview: Preview,
+    pub tiny_vae: Option<PathBuf>,
+    pub decoder: Decoder,
     pub max_output_pixels: u64,
     pub recheck_after: std::time::Duration,
 }
@@ -182,6 +190,11 @@ impl LocalConfig {
         if max_output_pixels < u64::from(defaults.min_edge).pow(2) {
             bail!("max_output_pixels must be at least min_edge² ({})", u64::from(defaults.min_edge).pow(2));
         }
+        let preview = self.preview.unwrap_or(Preview::Vae);
+        let decoder = self.decoder.unwrap_or_default();
+        if self.tiny_vae.is_none() && (preview == Preview::Taesd || decoder == Decoder::Taesd) {
+            bail!("preview = \"taesd\" and decoder = \"taesd\" need tiny_vae, a folder with an AutoencoderTiny");
+        }
         let recheck_after = std::time::Duration::from_secs(self.recheck_after_secs.unwrap_or(30));
         if recheck_after.is_zero() {
             bail!("recheck_after_secs must be at least 1");
@@ -198,7 +211,9 @@ impl LocalConfig {
             memory_budget: self.memory_budget_mib.map(|m| m * 1024 * 1024),
             default_size,
             max_n: self.max_n.unwrap_or(limits::MAX_N).clamp(1, limits::MAX_N),
-            preview: self.preview.unwrap_or(Preview::Vae),
+            preview,
+            tiny_vae: self.tiny_vae.clone(),
+            decoder,
             max_output_pixels,
             recheck_after,
         })

@@ -3,7 +3,8 @@
 //!
 //! - [`build`] turns a `[[models]]` entry into a backend; the weights load on its worker thread.
 //! - [`cli`] is `easel models create-random | list`.
-//! - Model code: [`clip`] (text encoders), [`unet`] (with SDXL micro-conditioning), [`vae`];
+//! - Model code: [`clip`] (text encoders), [`unet`] (with SDXL micro-conditioning), [`vae`],
+//!   [`taesd`] (the optional tiny autoencoder);
 //!   [`model`] loads a diffusers-layout folder; [`pipeline`] runs one batch; [`scheduler`] and
 //!   [`noise`] make sampling reproducible from a seed; [`worker`] and [`backend`] serve it.
 //!
@@ -22,6 +23,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod random;
 pub mod scheduler;
+pub mod taesd;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
@@ -44,6 +46,9 @@ pub fn check(id: &str, options: &serde_json::Value) -> anyhow::Result<()> {
     let cfg = LocalConfig::from_options(options).with_context(|| format!("model '{id}': invalid local options"))?;
     let resolved = cfg.resolve().with_context(|| format!("model '{id}'"))?;
     model::Layout::read(&resolved.path, resolved.family).with_context(|| format!("model '{id}'"))?;
+    if let Some(dir) = &resolved.tiny_vae {
+        taesd::TinyVaeLayout::read(dir).with_context(|| format!("model '{id}': tiny_vae"))?;
+    }
     Ok(())
 }
 
@@ -58,6 +63,12 @@ pub fn build(id: &str, options: &serde_json::Value) -> anyhow::Result<SharedBack
             model = id,
             path = %resolved.path.display(),
             "THIS MODEL HAS RANDOM WEIGHTS (made by `easel models create-random`): it makes noise, not images"
+        );
+    }
+    if resolved.decoder == pipeline::Decoder::Taesd {
+        tracing::warn!(
+            model = id,
+            "decoder = \"taesd\": final images come from the tiny autoencoder, faster but lower quality than the VAE's"
         );
     }
     Ok(Arc::new(LocalBackend::start(id, resolved)?))

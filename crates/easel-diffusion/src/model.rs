@@ -17,6 +17,8 @@ use crate::clip::{ClipConfig, ClipText};
 use crate::family::Family;
 use crate::scheduler::TrainSchedule;
 use crate::tokenizer::ClipTokenizer;
+use crate::pipeline::Decoder;
+use crate::taesd::{TinyVae, TinyVaeLayout};
 use crate::unet::{UNet, UNetConfig};
 use crate::vae::{Vae, VaeConfig};
 
@@ -37,6 +39,10 @@ pub struct Model {
     pub train: TrainSchedule,
     /// diffusers' SDXL `force_zeros_for_empty_prompt`: an empty negative prompt is all zeros.
     pub zeros_for_empty_prompt: bool,
+    /// The optional tiny autoencoder (`tiny_vae`), for previews and, when asked, the final decode.
+    pub tiny_vae: Option<TinyVae>,
+    /// What decodes the final latents.
+    pub decoder: Decoder,
 }
 
 pub fn read_json(path: &Path) -> Result<Value> {
@@ -159,7 +165,28 @@ impl Model {
             vae,
             train: layout.train,
             zeros_for_empty_prompt: layout.zeros_for_empty_prompt,
+            tiny_vae: None,
+            decoder: Decoder::Vae,
         })
+    }
+
+    /// Loads the tiny autoencoder in `dir` beside the VAE, checked against it (latent channels
+    /// and pixels per latent), and makes it the final decoder when `decoder` says so.
+    pub fn with_tiny_vae(mut self, dir: &Path, decoder: Decoder) -> Result<Self> {
+        let layout = TinyVaeLayout::read(dir)?;
+        let (lat, factor) = (self.vae.config().latent_channels, self.latent_factor());
+        let cfg = &layout.config;
+        if cfg.latent_channels != lat || cfg.upscale() != factor {
+            bail!(
+                "the tiny VAE {} takes {} latent channels at {}x, the model's VAE {lat} at {factor}x",
+                dir.display(),
+                cfg.latent_channels,
+                cfg.upscale()
+            );
+        }
+        self.tiny_vae = Some(layout.load(self.dtype, &self.device)?);
+        self.decoder = decoder;
+        Ok(self)
     }
 
     /// The downscale factor from pixels to latents.

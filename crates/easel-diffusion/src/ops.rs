@@ -29,7 +29,15 @@ pub struct Conv {
 
 impl Conv {
     pub fn new(vb: VarBuilder, cin: usize, cout: usize, k: usize, cfg: Conv2dConfig) -> Result<Self> {
-        let inner = candle_nn::conv2d(cin, cout, k, cfg, vb)?;
+        Self::wrap(candle_nn::conv2d(cin, cout, k, cfg, vb)?, cin, cout, k, cfg)
+    }
+
+    /// The same without a bias (torch's `bias=False`).
+    pub fn no_bias(vb: VarBuilder, cin: usize, cout: usize, k: usize, cfg: Conv2dConfig) -> Result<Self> {
+        Self::wrap(candle_nn::conv2d_no_bias(cin, cout, k, cfg, vb)?, cin, cout, k, cfg)
+    }
+
+    fn wrap(inner: candle_nn::Conv2d, cin: usize, cout: usize, k: usize, cfg: Conv2dConfig) -> Result<Self> {
         let flat = inner.weight().reshape((cout, cin * k * k))?.contiguous()?;
         Ok(Self { inner, flat, k, pad: cfg.padding, stride: cfg.stride })
     }

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use crate::clip::{ClipConfig, ClipText};
 use crate::family::Family;
+use crate::taesd::{TinyVae, TinyVaeConfig};
 use crate::unet::{UNet, UNetConfig};
 use crate::vae::{Vae, VaeConfig};
 
@@ -427,4 +428,33 @@ pub fn create(family: Family, scale: Scale, out: &Path, seed: u64, merges_file: 
     });
     write_json(&out.join(INFO_FILE), &info)?;
     Ok(Created { params, merges })
+}
+
+/// diffusers' `AutoencoderTiny` config: TAESD's published widths (`full`) or 8 channels (`tiny`),
+/// with the published block counts either way.
+fn tiny_vae_json(scale: Scale) -> Value {
+    let width = match scale {
+        Scale::Full => 64,
+        Scale::Tiny => 8,
+    };
+    json!({
+        "_class_name": "AutoencoderTiny", "_diffusers_version": "0.42.1",
+        "act_fn": "relu", "upsample_fn": "nearest", "in_channels": 3, "out_channels": 3, "latent_channels": 4,
+        "encoder_block_out_channels": vec![width; 4], "decoder_block_out_channels": vec![width; 4],
+        "num_encoder_blocks": [1, 3, 3, 3], "num_decoder_blocks": [3, 3, 3, 1],
+        "upsampling_scaling_factor": 2, "latent_magnitude": 3, "latent_shift": 0.5,
+        "scaling_factor": 1.0, "shift_factor": 0.0, "force_upcast": false
+    })
+}
+
+/// Writes a random tiny autoencoder (TAESD's layout) into `dir` (`create-random --tiny-vae` puts
+/// it in the model's `vae_tiny/`); returns its parameter count.
+pub fn create_tiny_vae(dir: &Path, scale: Scale, seed: u64) -> Result<usize> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let v = tiny_vae_json(scale);
+    write_json(&dir.join("config.json"), &v)?;
+    let cfg = TinyVaeConfig::from_json(&v)?;
+    write_component(&dir.join("diffusion_pytorch_model.safetensors"), seed.wrapping_mul(1000).wrapping_add(5), |vb| {
+        TinyVae::new(vb, &cfg).map(drop)
+    })
 }

@@ -288,7 +288,11 @@ fn load(cfg: &Resolved) -> anyhow::Result<Model> {
         }
     }
     let device = cfg.device.open()?;
-    Model::load(&cfg.path, cfg.family, &device, cfg.dtype)
+    let model = Model::load(&cfg.path, cfg.family, &device, cfg.dtype)?;
+    match &cfg.tiny_vae {
+        Some(dir) => model.with_tiny_vae(dir, cfg.decoder),
+        None => Ok(model),
+    }
 }
 
 /// The text of a panic's payload (`panic!` with a message gives a `&str` or a `String`).

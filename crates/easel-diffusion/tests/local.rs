@@ -320,10 +320,12 @@ async fn the_models_cli_creates_lists_and_explains_pull() {
         out: out.clone(),
         seed: 1,
         bpe: None,
+        tiny_vae: true,
     })
     .await
     .unwrap();
     assert!(out.join("text_encoder_2/model.safetensors").is_file());
+    assert!(out.join("vae_tiny/diffusion_pytorch_model.safetensors").is_file(), "--tiny-vae writes vae_tiny/");
     assert!(out.join("tokenizer_2/tokenizer.json").is_file());
     models(ModelsCommand::List { dir: dir.path().to_path_buf() }).await.unwrap();
     let bad = models(ModelsCommand::CreateRandom {
@@ -332,6 +334,7 @@ async fn the_models_cli_creates_lists_and_explains_pull() {
         out: dir.path().join("x"),
         seed: 1,
         bpe: None,
+        tiny_vae: false,
     })
     .await;
     assert!(bad.is_err());

@@ -1,6 +1,7 @@
 //! CPU (or CUDA) benchmark: time per image and peak RSS for one model folder.
 //!
-//! Times the text encoders, the denoising loop and the VAE decode separately, over `--runs`
+//! Times the text encoders, the denoising loop and the VAE decode (and, with `--tiny-vae`, the
+//! tiny autoencoder's decode of the same latents) separately, over `--runs`
 //! runs after one warm-up, and reads the peak resident set size from `/proc/self/status`.
 //! Random weights give honest numbers: latency does not depend on weight values.
 
@@ -40,6 +41,9 @@ struct Args {
     /// `cpu` or `cuda`.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Also time this tiny autoencoder's decode of the same latents (`tiny_vae`).
+    #[arg(long)]
+    tiny_vae: Option<PathBuf>,
 }
 
 fn peak_rss_mib() -> f64 {
@@ -63,7 +67,10 @@ fn main() -> Result<()> {
         return ops(a.size);
     }
     let t = Instant::now();
-    let model = Model::load(&a.model, family, &dev, dtype)?;
+    let mut model = Model::load(&a.model, family, &dev, dtype)?;
+    if let Some(dir) = &a.tiny_vae {
+        model = model.with_tiny_vae(dir, pipeline::Decoder::Vae)?;
+    }
     println!("load: {:.2} s, peak RSS {:.0} MiB", t.elapsed().as_secs_f64(), peak_rss_mib());
     let g = Generate {
         prompt: "an astronaut riding a horse on mars".into(),
@@ -102,6 +109,11 @@ fn main() -> Result<()> {
             text + loop_s + vae,
             peak_rss_mib()
         );
+        if let Some(tiny) = &model.tiny_vae {
+            let t3 = Instant::now();
+            let _ = pipeline::tensor_to_images(&tiny.decode(&latents.to_dtype(dtype)?)?)?;
+            println!("{label}: taesd decode {:.2} s", t3.elapsed().as_secs_f64());
+        }
     }
     Ok(())
 }

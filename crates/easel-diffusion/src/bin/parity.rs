@@ -21,6 +21,24 @@ enum Cmd {
     Models(easel_diffusion::cli::ModelsCommand),
     /// Run one generation and dump its tensors.
     Dump(Args),
+    /// Decode latents with a tiny autoencoder and encode its image back (`scripts/parity/taesd.py`).
+    Taesd(TaesdArgs),
+}
+
+#[derive(clap::Args)]
+struct TaesdArgs {
+    /// The AutoencoderTiny folder; with `--create`, a random one is written there first.
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long, value_enum)]
+    create: Option<easel_diffusion::random::Scale>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// A safetensors file with `latents` (b, 4, h, w).
+    #[arg(long)]
+    latents: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -52,7 +70,25 @@ fn main() -> Result<()> {
     match Cmd::parse() {
         Cmd::Models(cmd) => tokio::runtime::Runtime::new()?.block_on(easel_diffusion::cli::run(cmd)),
         Cmd::Dump(a) => dump(a),
+        Cmd::Taesd(a) => taesd(a),
     }
+}
+
+fn taesd(a: TaesdArgs) -> Result<()> {
+    if let Some(scale) = a.create {
+        easel_diffusion::random::create_tiny_vae(&a.dir, scale, a.seed)?;
+    }
+    let dev = Device::Cpu;
+    let vae = easel_diffusion::taesd::TinyVaeLayout::read(&a.dir)?.load(DType::F32, &dev)?;
+    let latents = candle_core::safetensors::load(&a.latents, &dev)?
+        .remove("latents")
+        .ok_or_else(|| anyhow::anyhow!("no `latents` in {}", a.latents.display()))?;
+    let image = vae.decode(&latents)?;
+    let encoded = vae.encode(&image)?;
+    let out = HashMap::from([("image".to_string(), image), ("encoded".to_string(), encoded)]);
+    candle_core::safetensors::save(&out, &a.out)?;
+    println!("wrote {}", a.out.display());
+    Ok(())
 }
 
 fn dump(a: Args) -> Result<()> {

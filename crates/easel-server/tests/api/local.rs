@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::helpers::{TestApp, assert_error, b64_bytes, file_part, images, json_body, mask, png, spawn_app_with};
 use crate::sdk::{Sdk, run_sdk};
 
-/// One tiny sd-turbo folder for the whole test binary.
+/// One tiny sd-turbo folder (with a tiny autoencoder in `vae_tiny/`) for the whole test binary.
 pub fn model_dir() -> PathBuf {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -21,7 +21,8 @@ pub fn model_dir() -> PathBuf {
     let dir = DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let output = Command::new(env!("CARGO_BIN_EXE_easel"))
-            .args(["models", "create-random", "--family", "sd-turbo", "--scale", "tiny", "--seed", "7", "--out"])
+            .args(["models", "create-random", "--family", "sd-turbo", "--scale", "tiny", "--seed", "7"])
+            .args(["--tiny-vae", "--out"])
             .arg(dir.path().join("turbo"))
             .output()
             .unwrap();

@@ -26,6 +26,7 @@ mod operations;
 mod sdk;
 mod storage;
 mod streaming;
+mod taesd;
 mod tasks;
 mod upstream;
 mod upstream_faults;
