@@ -3,14 +3,17 @@
 //! Written here rather than taken from candle because candle's transformer blocks use the tanh
 //! approximation of GELU in GEGLU where diffusers uses the exact erf form (an error of up to 5e-4
 //! per activation that piles up through the network), and because attention here is computed in
-//! query chunks so its score matrix stays within a fixed memory bound at large sizes, and so that
-//! convolutions and group norms take the CPU fast paths of [`crate::ops`].
+//! query chunks so its score matrix stays within a fixed memory bound at large sizes (on the CPU
+//! in f32, fused: [`crate::attention`]), and so that convolutions and group norms take the CPU
+//! fast paths of [`crate::ops`].
 
 use anyhow::Result;
 use candle_core::{D, DType, Module, Tensor};
 use candle_nn::{Conv2dConfig, LayerNorm, Linear, VarBuilder, layer_norm, linear, linear_no_bias};
 
+use crate::attention;
 use crate::ops::{Conv, GroupNorm as FastGroupNorm};
+use crate::profile;
 
 /// Largest attention score block computed at once, in elements (32 MiB of f32): small enough to
 /// stay in cache between the two matmuls and the softmax (3x faster than 256 MiB blocks here).
@@ -41,16 +44,31 @@ impl Attention {
         let m = ctx.dim(1)?;
         let h = self.heads;
         let hd = dim / h;
+        let q = (timed_linear(&self.q, xs)? * (1.0 / (hd as f64).sqrt()))?;
+        let (k, v) = (timed_linear(&self.k, ctx)?, timed_linear(&self.v, ctx)?);
+        if attention::fused(&q) {
+            return timed_linear(&self.out, &attention::attend(&q, &k, &v, h)?);
+        }
         let split = |t: Tensor, len: usize| -> candle_core::Result<Tensor> {
             t.reshape((b, len, h, hd))?.transpose(1, 2)?.contiguous()?.to_dtype(DType::F32)
         };
-        let q = split((self.q.forward(xs)? * (1.0 / (hd as f64).sqrt()))?, n)?;
-        let k = split(self.k.forward(ctx)?, m)?.t()?.contiguous()?;
-        let v = split(self.v.forward(ctx)?, m)?;
+        let q = split(q, n)?;
+        let k = split(k, m)?.t()?.contiguous()?;
+        let v = split(v, m)?;
         let o = attend(&q, &k, &v, MAX_SCORES)?;
         let o = o.transpose(1, 2)?.reshape((b, n, dim))?.to_dtype(xs.dtype())?;
-        Ok(self.out.forward(&o)?)
+        timed_linear(&self.out, &o)
     }
+}
+
+/// A linear layer, timed by [`crate::profile`] as "linear" with its shape and FLOPs.
+pub fn timed_linear(l: &Linear, x: &Tensor) -> Result<Tensor> {
+    let _t = profile::start("linear", || {
+        let (out, inp) = l.weight().dims2().unwrap_or_default();
+        let rows = x.elem_count() / inp.max(1);
+        (format!("{rows} x {inp}->{out}"), 2.0 * (rows * inp * out) as f64)
+    });
+    Ok(l.forward(x)?)
 }
 
 /// Softmax attention over `(b, h, n, d)` queries, `(b, h, d, m)` transposed keys and `(b, h, m, d)`
@@ -95,11 +113,18 @@ impl Block {
     }
 
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
-        let xs = (self.attn2.forward(&self.norm2.forward(&xs)?, Some(context))? + xs)?;
-        let gate = self.geglu.forward(&self.norm3.forward(&xs)?)?.chunk(2, D::Minus1)?;
-        let ff = (&gate[0] * gate[1].gelu_erf()?)?;
-        Ok((self.ff_out.forward(&ff)? + xs)?)
+        let norm = |n: &LayerNorm, x: &Tensor| {
+            profile::time("layer_norm", || (format!("{:?}", x.dims()), 0.0), || n.forward(x))
+        };
+        let xs = (self.attn1.forward(&norm(&self.norm1, xs)?, None)? + xs)?;
+        let xs = (self.attn2.forward(&norm(&self.norm2, &xs)?, Some(context))? + xs)?;
+        let gate = timed_linear(&self.geglu, &norm(&self.norm3, &xs)?)?.chunk(2, D::Minus1)?;
+        let ff = profile::time(
+            "gelu_erf * gate",
+            || (format!("{:?}", gate[0].dims()), 0.0),
+            || &gate[0] * gate[1].gelu_erf()?,
+        )?;
+        Ok((timed_linear(&self.ff_out, &ff)? + xs)?)
     }
 }
 
@@ -153,7 +178,7 @@ impl Transformer2D {
         let to_seq = |t: Tensor| -> candle_core::Result<Tensor> { t.permute((0, 2, 3, 1))?.reshape((b, h * w, c)) };
         let mut x = match &self.proj_in {
             Proj::Conv(p) => to_seq(p.forward(&x)?)?,
-            Proj::Linear(p) => p.forward(&to_seq(x)?)?,
+            Proj::Linear(p) => timed_linear(p, &to_seq(x)?)?,
         };
         for block in &self.blocks {
             x = block.forward(&x, context)?;
@@ -162,7 +187,7 @@ impl Transformer2D {
             |t: Tensor| -> candle_core::Result<Tensor> { t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous() };
         let x = match &self.proj_out {
             Proj::Conv(p) => p.forward(&to_map(x)?)?,
-            Proj::Linear(p) => to_map(p.forward(&x)?)?,
+            Proj::Linear(p) => to_map(timed_linear(p, &x)?)?,
         };
         Ok((x + xs)?)
     }
@@ -349,7 +374,9 @@ impl UpLevel {
         let mut x = xs.clone();
         for (i, r) in self.resnets.iter().enumerate() {
             let skip = skips.pop().expect("one skip per resnet");
-            x = r.forward(&Tensor::cat(&[&x, &skip], 1)?, Some(temb))?;
+            let joined =
+                profile::time("cat (skip)", || (format!("{:?}", x.dims()), 0.0), || Tensor::cat(&[&x, &skip], 1))?;
+            x = r.forward(&joined, Some(temb))?;
             if let Some(a) = self.attns.get(i) {
                 x = a.forward(&x, context)?;
             }
@@ -360,7 +387,8 @@ impl UpLevel {
                 Some(s) => (s.dim(2)?, s.dim(3)?),
                 None => (2 * h, 2 * w),
             };
-            x = up.forward(&x.upsample_nearest2d(th, tw)?)?;
+            let big = profile::time("upsample", || (format!("{:?}", x.dims()), 0.0), || x.upsample_nearest2d(th, tw))?;
+            x = up.forward(&big)?;
         }
         Ok(x)
     }

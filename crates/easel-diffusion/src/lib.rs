@@ -11,16 +11,20 @@
 //! `docs/architecture.md` is the map of the whole workspace: which crate depends on which, the
 //! file that parses, validates, plans, executes and delivers each field, and the error table.
 
+pub mod attention;
 pub mod backend;
 pub mod blocks;
 pub mod cli;
 pub mod clip;
 pub mod config;
+pub mod exp;
 pub mod family;
+mod gemm;
 pub mod model;
 pub mod noise;
 pub mod ops;
 pub mod pipeline;
+pub mod profile;
 pub mod random;
 pub mod scheduler;
 pub mod taesd;

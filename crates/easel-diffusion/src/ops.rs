@@ -4,24 +4,50 @@
 //! candle 0.11's CPU conv2d runs its GEMM on 512-pixel tiles and repacks the kernel for each
 //! (one 128→128 3×3 convolution at 512² took 2.1–3.7 s here, the same FLOPs as one large GEMM
 //! 0.7–1.3 s); its GroupNorm is a chain of ten tensor ops. Here a convolution builds its im2col
-//! matrix a band of output rows at a time (bounded memory) and runs one GEMM per band through
-//! candle's matmul (measured on par to 1.2× faster than candle's, in a noisy shared machine); group
-//! norm is two passes over each group in parallel with SiLU fused (about 2.5× faster). Anything
-//! else (GPU, f16, strides) uses candle's own ops.
+//! matrix a band of output rows at a time (bounded memory, in a buffer reused across bands and
+//! calls) and runs one GEMM per band through [`crate::gemm`] (candle's own GEMM crate) straight
+//! into its rows of the output, which already holds the bias, so there is no per-band output,
+//! no concatenation and no bias pass; 1×1 convolutions multiply the input in place, with no
+//! im2col at all. The weights are flattened once at load. Group norm is two passes over each
+//! group in parallel (f64 statistics) and one that writes the output with SiLU fused, using the
+//! vectorised [`crate::exp`]. Anything else (GPU, f16, strides) uses candle's own ops.
 
-use anyhow::Result;
-use candle_core::{DType, Device, Module, Tensor};
+use std::cell::RefCell;
+
+use anyhow::{Result, bail};
+use candle_core::{DType, Device, Module, Storage, Tensor};
 use candle_nn::{Conv2dConfig, Init, VarBuilder};
 use rayon::prelude::*;
+
+use crate::exp::{silu as silu_f32, simd};
+use crate::gemm::{View, gemm};
+use crate::profile;
 
 /// Largest im2col band, in f32 elements (64 MiB).
 const BAND: usize = 16 * 1024 * 1024;
 
+thread_local! {
+    /// The im2col buffer, kept between bands and calls (at most [`BAND`] elements).
+    static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on the elements of a CPU f32 tensor, without a copy when it is contiguous.
+pub fn host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else { bail!("expected a CPU tensor") };
+    let data = cpu.as_slice::<f32>()?;
+    let start = layout.start_offset();
+    Ok(f(&data[start..start + t.elem_count()]))
+}
+
 /// A 2-D convolution with stride 1 and "same" padding, or any candle convolution.
 pub struct Conv {
     inner: candle_nn::Conv2d,
-    /// `(cout, cin * k * k)`, for the fast path.
-    flat: Tensor,
+    /// `(cout, cin * k * k)` row-major, for the fast path (`None` unless the weights are f32 on the CPU).
+    flat: Option<Vec<f32>>,
+    bias: Option<Vec<f32>>,
+    cout: usize,
     k: usize,
     pad: usize,
     stride: usize,
@@ -29,55 +55,112 @@ pub struct Conv {
 
 impl Conv {
     pub fn new(vb: VarBuilder, cin: usize, cout: usize, k: usize, cfg: Conv2dConfig) -> Result<Self> {
-        Self::wrap(candle_nn::conv2d(cin, cout, k, cfg, vb)?, cin, cout, k, cfg)
+        Self::wrap(candle_nn::conv2d(cin, cout, k, cfg, vb)?, cout, k, cfg)
     }
 
     /// The same without a bias (torch's `bias=False`).
     pub fn no_bias(vb: VarBuilder, cin: usize, cout: usize, k: usize, cfg: Conv2dConfig) -> Result<Self> {
-        Self::wrap(candle_nn::conv2d_no_bias(cin, cout, k, cfg, vb)?, cin, cout, k, cfg)
+        Self::wrap(candle_nn::conv2d_no_bias(cin, cout, k, cfg, vb)?, cout, k, cfg)
     }
 
-    fn wrap(inner: candle_nn::Conv2d, cin: usize, cout: usize, k: usize, cfg: Conv2dConfig) -> Result<Self> {
-        let flat = inner.weight().reshape((cout, cin * k * k))?.contiguous()?;
-        Ok(Self { inner, flat, k, pad: cfg.padding, stride: cfg.stride })
+    fn wrap(inner: candle_nn::Conv2d, cout: usize, k: usize, cfg: Conv2dConfig) -> Result<Self> {
+        let weight = inner.weight();
+        let host_f32 = weight.device().is_cpu() && weight.dtype() == DType::F32;
+        let flat = host_f32.then(|| weight.flatten_all()?.to_vec1::<f32>()).transpose()?;
+        let bias = match inner.bias() {
+            Some(b) if host_f32 => Some(b.to_vec1::<f32>()?),
+            _ => None,
+        };
+        Ok(Self { inner, flat, bias, cout, k, pad: cfg.padding, stride: cfg.stride })
     }
 
     fn fast(&self, x: &Tensor) -> bool {
-        x.device().is_cpu() && x.dtype() == DType::F32 && self.stride == 1 && self.pad * 2 + 1 == self.k
+        self.flat.is_some()
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && self.stride == 1
+            && self.pad * 2 + 1 == self.k
+            && self.inner.config().groups == 1
+            && self.inner.config().dilation == 1
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_banded(x, BAND)
+    }
+
+    /// [`Conv::forward`] with im2col bands of at most `band` elements (one output row at least).
+    fn forward_banded(&self, x: &Tensor, band: usize) -> Result<Tensor> {
         if !self.fast(x) {
+            let _t = profile::start("conv (candle)", || (conv_label(self.k, x, self.cout), 0.0));
             return Ok(self.inner.forward(x)?);
         }
         let (b, cin, h, w) = x.dims4()?;
-        let cout = self.flat.dim(0)?;
-        let k = self.k;
+        let (cout, k, hw) = (self.cout, self.k, h * w);
         let kk = cin * k * k;
-        let data = x.flatten_all()?.to_vec1::<f32>()?;
-        let rows = (BAND / (kk * w).max(1)).clamp(1, h);
-        let mut images = Vec::with_capacity(b);
-        for n in 0..b {
-            let img = &data[n * cin * h * w..(n + 1) * cin * h * w];
-            let mut bands = Vec::with_capacity(h.div_ceil(rows));
-            let mut y0 = 0;
-            while y0 < h {
-                let r = rows.min(h - y0);
-                let cols =
-                    if k == 1 { band_1x1(img, cin, h, w, y0, r) } else { im2col(img, cin, h, w, k, self.pad, y0, r) };
-                let cols = Tensor::from_vec(cols, (kk, r * w), &Device::Cpu)?;
-                bands.push(self.flat.matmul(&cols)?);
-                y0 += r;
+        let flat = View::rows(self.flat.as_deref().unwrap_or_default(), cout, kk, kk);
+        let threads = rayon::current_num_threads();
+        // The output starts as the bias, and every band's GEMM adds its product onto it.
+        let mut out = match &self.bias {
+            Some(bias) => {
+                let _t = profile::start("conv bias fill", || (format!("{cout} @{h}x{w}"), 0.0));
+                let mut out = vec![0f32; b * cout * hw];
+                out.par_chunks_mut(hw).enumerate().for_each(|(i, plane)| plane.fill(bias[i % cout]));
+                out
             }
-            let out = if bands.len() == 1 { bands.remove(0) } else { Tensor::cat(&bands, 1)? };
-            images.push(out.reshape((1, cout, h, w))?);
-        }
-        let out = if images.len() == 1 { images.remove(0) } else { Tensor::cat(&images, 0)? };
-        Ok(match self.inner.bias() {
-            Some(bias) => out.broadcast_add(&bias.reshape((1, cout, 1, 1))?)?,
-            None => out,
-        })
+            None => vec![0f32; b * cout * hw],
+        };
+        let accumulate = self.bias.is_some();
+        let label = || conv_label(k, x, cout);
+        host(x, |data| {
+            for (img, dst) in data.chunks_exact(cin * hw).zip(out.chunks_exact_mut(cout * hw)) {
+                if k == 1 {
+                    let _t = profile::start("conv1x1 gemm", || (label(), 2.0 * (cout * cin * hw) as f64));
+                    gemm(dst, hw, flat, View::rows(img, cin, hw, hw), accumulate, threads);
+                    continue;
+                }
+                let rows = (band / (kk * w).max(1)).clamp(1, h);
+                with_cols(kk * rows * w, |cols| {
+                    let mut y0 = 0;
+                    while y0 < h {
+                        let r = rows.min(h - y0);
+                        let n = r * w;
+                        let cols = &mut cols[..kk * n];
+                        profile::time(
+                            "conv im2col",
+                            || (format!("{k}x{k} {cin} @{h}x{w}"), 0.0),
+                            || im2col(img, cin, h, w, k, self.pad, y0, r, cols),
+                        );
+                        let _t = profile::start("conv3x3 gemm", || (label(), 2.0 * (cout * kk * n) as f64));
+                        gemm(&mut dst[y0 * w..], hw, flat, View::rows(cols, kk, n, n), accumulate, threads);
+                        y0 += r;
+                    }
+                });
+            }
+        })?;
+        Ok(Tensor::from_vec(out, (b, cout, h, w), &Device::Cpu)?)
     }
+}
+
+fn conv_label(k: usize, x: &Tensor, cout: usize) -> String {
+    match x.dims4() {
+        Ok((b, cin, h, w)) => format!("{k}x{k} {cin}->{cout} @{h}x{w} b{b}"),
+        Err(_) => format!("{k}x{k} ->{cout}"),
+    }
+}
+
+/// Runs `f` on an im2col buffer of `len` elements: the thread's reusable one when it is free.
+fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    COLS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                let _t = profile::start("conv im2col alloc", || (format!("{} MiB", len >> 18), 0.0));
+                *buf = vec![0f32; len];
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered on this thread (a rayon worker running another convolution): a fresh one.
+        Err(_) => f(&mut vec![0f32; len]),
+    })
 }
 
 impl Module for Conv {
@@ -86,46 +169,37 @@ impl Module for Conv {
     }
 }
 
-fn band_1x1(img: &[f32], cin: usize, h: usize, w: usize, y0: usize, r: usize) -> Vec<f32> {
-    let mut cols = Vec::with_capacity(cin * r * w);
-    for c in 0..cin {
-        cols.extend_from_slice(&img[c * h * w + y0 * w..c * h * w + (y0 + r) * w]);
-    }
-    cols
-}
-
-/// Rows `(ci, ky, kx)`, columns the band's output pixels; zero outside the image.
+/// Rows `(ci, ky, kx)`, columns the band's output pixels; zero outside the image. Writes every
+/// element of `cols` (it is a reused buffer).
 #[expect(
     clippy::too_many_arguments,
     reason = "the convolution geometry is eight plain numbers; a struct would only rename them"
 )]
-fn im2col(img: &[f32], cin: usize, h: usize, w: usize, k: usize, pad: usize, y0: usize, r: usize) -> Vec<f32> {
+fn im2col(img: &[f32], cin: usize, h: usize, w: usize, k: usize, pad: usize, y0: usize, r: usize, cols: &mut [f32]) {
     let n = r * w;
-    let mut cols = vec![0f32; cin * k * k * n];
-    cols.par_chunks_mut(k * k * n).enumerate().for_each(|(c, rows_c)| {
+    cols.par_chunks_mut(k * k * n).enumerate().take(cin).for_each(|(c, rows_c)| {
         let plane = &img[c * h * w..(c + 1) * h * w];
         for ky in 0..k {
             for kx in 0..k {
                 let row = &mut rows_c[(ky * k + kx) * n..(ky * k + kx + 1) * n];
+                // Output x reads input x + kx - pad.
+                let shift = kx as isize - pad as isize;
+                let (lo, hi) = (0isize.max(-shift) as usize, (w as isize).min(w as isize - shift).max(0) as usize);
                 for oy in 0..r {
                     let iy = (y0 + oy + ky) as isize - pad as isize;
-                    if iy < 0 || iy >= h as isize {
+                    let dst = &mut row[oy * w..(oy + 1) * w];
+                    if iy < 0 || iy >= h as isize || lo >= hi {
+                        dst.fill(0.0);
                         continue;
                     }
                     let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                    let dst = &mut row[oy * w..(oy + 1) * w];
-                    // Output x reads input x + kx - pad.
-                    let shift = kx as isize - pad as isize;
-                    let (lo, hi) = (0isize.max(-shift) as usize, (w as isize).min(w as isize - shift) as usize);
-                    if lo < hi {
-                        dst[lo..hi]
-                            .copy_from_slice(&src[(lo as isize + shift) as usize..(hi as isize + shift) as usize]);
-                    }
+                    dst[..lo].fill(0.0);
+                    dst[lo..hi].copy_from_slice(&src[(lo as isize + shift) as usize..(hi as isize + shift) as usize]);
+                    dst[hi..].fill(0.0);
                 }
             }
         }
     });
-    cols
 }
 
 /// Group normalisation with an optional SiLU after it.
@@ -157,29 +231,187 @@ impl GroupNorm {
             return Ok(if silu { candle_nn::ops::silu(&y)? } else { y });
         }
         let (b, c, h, w) = x.dims4()?;
-        let mut data = x.flatten_all()?.to_vec1::<f32>()?;
+        let _t =
+            profile::start(if silu { "group_norm+silu" } else { "group_norm" }, || (format!("{c} @{h}x{w} b{b}"), 0.0));
         let gamma = self.weight.to_vec1::<f32>()?;
         let beta = self.bias.to_vec1::<f32>()?;
         let per = c / self.groups;
         let len = per * h * w;
         let eps = self.eps;
-        data.par_chunks_mut(len).enumerate().for_each(|(i, group)| {
-            let g = i % self.groups;
-            let n = group.len() as f64;
-            let mean = group.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-            let var = group.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
-            let inv = 1.0 / (var + eps).sqrt();
-            for (j, chunk) in group.chunks_mut(h * w).enumerate() {
-                let ch = g * per + j;
-                let scale = (inv * f64::from(gamma[ch])) as f32;
-                let shift = (f64::from(beta[ch]) - mean * inv * f64::from(gamma[ch])) as f32;
-                for v in chunk {
-                    let y = *v * scale + shift;
-                    *v = if silu { y / (1.0 + (-y).exp()) } else { y };
+        let mut out = vec![0f32; b * c * h * w];
+        host(x, |data| {
+            out.par_chunks_mut(len).zip(data.par_chunks(len)).enumerate().for_each(|(i, (dst, src))| {
+                let g = i % self.groups;
+                let n = src.len() as f64;
+                let mean = simd(|| lanes_f64(src, |v| v)) / n;
+                let var = simd(|| lanes_f64(src, |v| (v - mean) * (v - mean))) / n;
+                let inv = 1.0 / (var + eps).sqrt();
+                for (j, (o, s)) in dst.chunks_mut(h * w).zip(src.chunks(h * w)).enumerate() {
+                    let ch = g * per + j;
+                    let scale = (inv * f64::from(gamma[ch])) as f32;
+                    let shift = (f64::from(beta[ch]) - mean * inv * f64::from(gamma[ch])) as f32;
+                    simd(|| {
+                        for (o, &v) in o.iter_mut().zip(s) {
+                            let y = v * scale + shift;
+                            *o = if silu { silu_f32(y) } else { y };
+                        }
+                    });
+                }
+            });
+        })?;
+        Ok(Tensor::from_vec(out, (b, c, h, w), x.device())?)
+    }
+}
+
+/// `Σ f(x)` in f64 over eight lanes (so it vectorises).
+#[inline(always)]
+fn lanes_f64(xs: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut lanes = [0f64; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += f(f64::from(x));
+        }
+    }
+    lanes.iter().sum::<f64>() + tail.iter().map(|&x| f(f64::from(x))).sum::<f64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct convolution in f64.
+    fn reference(
+        x: &[f32],
+        wt: &[f32],
+        bias: &[f32],
+        (b, cin, h, w): (usize, usize, usize, usize),
+        cout: usize,
+        k: usize,
+    ) -> Vec<f64> {
+        let pad = k / 2;
+        let mut out = vec![0f64; b * cout * h * w];
+        for n in 0..b {
+            for co in 0..cout {
+                for y in 0..h {
+                    for xo in 0..w {
+                        let mut s = f64::from(bias[co]);
+                        for ci in 0..cin {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let (iy, ix) =
+                                        ((y + ky) as isize - pad as isize, (xo + kx) as isize - pad as isize);
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    s += f64::from(wt[((co * cin + ci) * k + ky) * k + kx])
+                                        * f64::from(x[((n * cin + ci) * h + iy as usize) * w + ix as usize]);
+                                }
+                            }
+                        }
+                        out[((n * cout + co) * h + y) * w + xo] = s;
+                    }
                 }
             }
-        });
-        let _ = b;
-        Ok(Tensor::from_vec(data, x.dims4()?, x.device())?)
+        }
+        out
+    }
+
+    fn check_conv(shape: (usize, usize, usize, usize), cout: usize, k: usize) {
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let cin = shape.1;
+        let conv = Conv::new(vb.pp("c"), cin, cout, k, Conv2dConfig { padding: k / 2, ..Default::default() }).unwrap();
+        // candle initialises the bias to small random values, so the bias path is exercised.
+        assert!(conv.bias.as_ref().is_some_and(|b| b.iter().any(|&v| v != 0.0)));
+        let x = Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
+        let got = conv.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want = reference(
+            &x.flatten_all().unwrap().to_vec1().unwrap(),
+            conv.flat.as_deref().unwrap(),
+            conv.bias.as_deref().unwrap(),
+            shape,
+            cout,
+            k,
+        );
+        let top = want.iter().fold(0f64, |a, v| a.max(v.abs()));
+        let err = got.iter().zip(&want).fold(0f64, |a, (&g, w)| a.max((f64::from(g) - w).abs()));
+        assert!(err / top < 3e-5, "{shape:?} -> {cout}, k={k}: {:e}", err / top);
+        // candle's convolution agrees too.
+        let candle = conv.inner.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let diff = got.iter().zip(&candle).fold(0f32, |a, (g, c)| a.max((g - c).abs()));
+        assert!(f64::from(diff) / top < 3e-5);
+    }
+
+    #[test]
+    fn convolutions_match_f64() {
+        check_conv((2, 5, 9, 7), 6, 3);
+        check_conv((1, 16, 12, 33), 8, 3);
+        check_conv((2, 7, 5, 6), 3, 1);
+        check_conv((1, 3, 1, 4), 4, 3);
+    }
+
+    #[test]
+    fn banded_convolutions_reuse_the_buffer() {
+        // Bands of 2 rows, then 1 row, over one image: the buffer keeps the first call's
+        // contents, so stale values would show wherever padding is not rewritten.
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let conv = Conv::new(vb.pp("c"), 6, 4, 3, Conv2dConfig { padding: 1, ..Default::default() }).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 6, 7, 11), &dev).unwrap();
+        let want = conv.inner.forward(&x).unwrap();
+        for band in [6 * 9 * 11 * 2 + 5, 1, usize::MAX] {
+            let got = conv.forward_banded(&x, band).unwrap();
+            let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "band {band}: {diff}");
+        }
+        let small = Tensor::randn(0f32, 1.0, (1, 6, 2, 3), &dev).unwrap();
+        let diff = (conv.forward(&small).unwrap() - conv.inner.forward(&small).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-4, "{diff}");
+    }
+
+    #[test]
+    fn group_norm_silu_matches_f64() {
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let (b, c, h, w, groups) = (2, 8, 5, 7, 4);
+        let gn = GroupNorm::new(vb.pp("g"), groups, c, 1e-6).unwrap();
+        let gn = GroupNorm {
+            weight: Tensor::randn(0f32, 1.0, c, &dev).unwrap(),
+            bias: Tensor::randn(0f32, 1.0, c, &dev).unwrap(),
+            ..gn
+        };
+        // An offset mean and a wide spread, so both statistics matter.
+        let x = (Tensor::randn(0f32, 3.0, (b, c, h, w), &dev).unwrap() + 5.0).unwrap();
+        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (gamma, beta) = (gn.weight.to_vec1::<f32>().unwrap(), gn.bias.to_vec1::<f32>().unwrap());
+        for silu in [false, true] {
+            let got = gn.forward(&x, silu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let len = c / groups * h * w;
+            let mut err = 0f64;
+            for (gi, group) in xs.chunks(len).enumerate() {
+                let n = len as f64;
+                let mean = group.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+                let var = group.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+                for (j, &v) in group.iter().enumerate() {
+                    let ch = (gi % groups) * (c / groups) + j / (h * w);
+                    let y = (f64::from(v) - mean) / (var + 1e-6).sqrt() * f64::from(gamma[ch]) + f64::from(beta[ch]);
+                    let y = if silu { y / (1.0 + (-y).exp()) } else { y };
+                    err = err.max((f64::from(got[gi * len + j]) - y).abs() / y.abs().max(1.0));
+                }
+            }
+            assert!(err < 3e-5, "silu={silu}: {err:e}");
+        }
     }
 }

@@ -1,16 +1,17 @@
 //! The KL autoencoder (VAE) that maps pixels to latents and back.
 //!
-//! Written here (with candle's attention block) because candle's `AutoEncoderKL` hides the
-//! latent distribution's mean, and so its convolutions and group norms take the CPU fast paths of
-//! [`crate::ops`] (the decoder dominates a one-step generation on CPU). Encoding returns the mean: img2img and inpainting need a deterministic encode (the
-//! mean, or a sample drawn from Easel's seeded noise), not candle's unseedable `sample()`.
+//! Written here because candle's `AutoEncoderKL` hides the latent distribution's mean, and so its
+//! convolutions, group norms and mid-block attention take the CPU fast paths of [`crate::ops`]
+//! and [`crate::attention`] (the decoder dominates a one-step generation on CPU). Encoding
+//! returns the mean: img2img and inpainting need a deterministic encode (the mean, or a sample
+//! drawn from Easel's seeded noise), not candle's unseedable `sample()`.
 //! `scaling_factor` comes from `vae/config.json` (0.18215 for SD, 0.13025 for SDXL).
 
 use anyhow::{Context, Result};
-use candle_core::{D, Module, Tensor};
+use candle_core::{D, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
-use candle_transformers::models::stable_diffusion::attention::{AttentionBlock, AttentionBlockConfig};
 
+use crate::attention::VaeAttention;
 use crate::blocks::Resnet;
 use crate::ops::{Conv, GroupNorm};
 use serde_json::Value;
@@ -46,17 +47,15 @@ impl VaeConfig {
 
 struct Mid {
     first: Resnet,
-    attn: AttentionBlock,
+    attn: VaeAttention,
     second: Resnet,
 }
 
 impl Mid {
     fn new(vb: VarBuilder, c: usize, groups: usize) -> Result<Self> {
-        let attn_cfg =
-            AttentionBlockConfig { num_head_channels: None, num_groups: groups, rescale_output_factor: 1.0, eps: 1e-6 };
         Ok(Self {
             first: Resnet::new(vb.pp("resnets.0"), c, c, None, groups, 1e-6, 1.0)?,
-            attn: AttentionBlock::new(vb.pp("attentions.0"), c, attn_cfg)?,
+            attn: VaeAttention::new(vb.pp("attentions.0"), c, groups)?,
             second: Resnet::new(vb.pp("resnets.1"), c, c, None, groups, 1e-6, 1.0)?,
         })
     }
@@ -211,7 +210,12 @@ impl Vae {
             }
             if let Some(up) = &level.resample {
                 let (_, _, h, w) = x.dims4()?;
-                x = up.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)?;
+                let big = crate::profile::time(
+                    "upsample",
+                    || (format!("{:?}", x.dims()), 0.0),
+                    || x.upsample_nearest2d(2 * h, 2 * w),
+                )?;
+                x = up.forward(&big)?;
             }
         }
         self.dec_out.forward(&self.dec_norm.forward(&x, true)?)

@@ -2,8 +2,11 @@
 //!
 //! Times the text encoders, the denoising loop and the VAE decode (and, with `--tiny-vae`, the
 //! tiny autoencoder's decode of the same latents) separately, over `--runs`
-//! runs after one warm-up, and reads the peak resident set size from `/proc/self/status`.
-//! Random weights give honest numbers: latency does not depend on weight values.
+//! runs after one warm-up, with the process's CPU-seconds beside the wall time, and reads the
+//! peak resident set size from `/proc/self/status`. `--profile` adds the per-operation table of
+//! [`easel_diffusion::profile`] for each timed run (convolutions by shape, GEMMs, group norms,
+//! attention, copies: calls, seconds, share, GFLOP/s). Random weights give honest numbers:
+//! latency does not depend on weight values.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,6 +17,7 @@ use clap::Parser;
 use easel_diffusion::Family;
 use easel_diffusion::model::Model;
 use easel_diffusion::pipeline::{self, Generate, Hooks, Preview};
+use easel_diffusion::profile;
 use easel_diffusion::scheduler::SchedulerKind;
 
 #[derive(Parser)]
@@ -38,6 +42,12 @@ struct Args {
     /// Time single VAE-decoder-sized operations instead (conv 3x3, group norm, silu, upsample).
     #[arg(long)]
     ops: bool,
+    /// Print the per-operation timers after each timed run.
+    #[arg(long)]
+    profile: bool,
+    /// Hide profile rows under this share of the run (they are summed per operation).
+    #[arg(long, default_value_t = 0.005)]
+    min_share: f64,
     /// `cpu` or `cuda`.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -89,6 +99,9 @@ fn main() -> Result<()> {
     let mut ignore = |_| {};
     let runs = if a.no_warmup { a.runs } else { a.runs + 1 };
     for run in 0..runs {
+        let _ = profile::take();
+        profile::enable(a.profile && (run > 0 || a.no_warmup));
+        let cpu0 = profile::cpu_seconds();
         let t0 = Instant::now();
         let cond = pipeline::encode_text(&model, ["", &g.prompt], g.guidance_scale > 1.0, 1, (a.size, a.size))?;
         drop(cond);
@@ -102,9 +115,12 @@ fn main() -> Result<()> {
         let image = model.vae.decode(&latents.to_dtype(dtype)?)?;
         let _ = pipeline::tensor_to_images(&image)?;
         let vae = t2.elapsed().as_secs_f64();
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu = profile::cpu_seconds() - cpu0;
+        profile::enable(false);
         let label = if run == 0 && !a.no_warmup { "warm-up" } else { "run" };
         println!(
-            "{label}: text {text:.2} s, unet {loop_s:.2} s ({} steps), vae decode {vae:.2} s, total {:.2} s, peak RSS {:.0} MiB",
+            "{label}: text {text:.2} s, unet {loop_s:.2} s ({} steps), vae decode {vae:.2} s, total {:.2} s, cpu {cpu:.2} s, peak RSS {:.0} MiB",
             a.steps,
             text + loop_s + vae,
             peak_rss_mib()
@@ -113,6 +129,10 @@ fn main() -> Result<()> {
             let t3 = Instant::now();
             let _ = pipeline::tensor_to_images(&tiny.decode(&latents.to_dtype(dtype)?)?)?;
             println!("{label}: taesd decode {:.2} s", t3.elapsed().as_secs_f64());
+        }
+        let rows = profile::take();
+        if !rows.is_empty() {
+            print!("{}", profile::report(&rows, wall, a.min_share));
         }
     }
     Ok(())
@@ -157,6 +177,19 @@ fn ops(size: usize) -> Result<()> {
     let q = Tensor::randn(0f32, 1.0, (2, 8, 4096, 40), &dev)?;
     let kt = Tensor::randn(0f32, 1.0, (2, 8, 40, 4096), &dev)?;
     let v = Tensor::randn(0f32, 1.0, (2, 8, 4096, 40), &dev)?;
+    let seq = |t: &Tensor| t.transpose(1, 2).and_then(|t| t.reshape((2, 4096, 8 * 40)));
+    let (qs, ks, vs) = (seq(&q)?, seq(&kt.transpose(2, 3)?)?, seq(&v)?);
+    time("attention 2x8x4096x40, fused", &|| {
+        easel_diffusion::attention::attend(&qs, &ks, &vs, 8).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    })?;
+    let q1 = Tensor::randn(0f32, 1.0, (1, 4096, 512), &dev)?;
+    time("attention 1x1x4096x512 (VAE), fused", &|| {
+        easel_diffusion::attention::attend(&q1, &q1, &q1, 1).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    })?;
+    let mut e = x.flatten_all()?.to_vec1::<f32>()?;
+    let t = Instant::now();
+    easel_diffusion::exp::exp_in_place(&mut e);
+    println!("exp over {} floats: {:.3} s", e.len(), t.elapsed().as_secs_f64());
     for budget in [64 << 20, 8 << 20] {
         let name = format!("attention 2x8x4096x40, chunks of {} Mi scores", budget >> 20);
         time(&name, &|| {
