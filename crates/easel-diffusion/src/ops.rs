@@ -34,6 +34,14 @@ impl Conv {
         Ok(Self { inner, flat, k, pad: cfg.padding, stride: cfg.stride })
     }
 
+    /// A convolution from its weight `(cout, cin, k, k)` and bias (for weights stored in another
+    /// shape, such as the Qwen VAE's causal 3-D kernels used on single frames).
+    pub fn from_weights(weight: Tensor, bias: Option<Tensor>, cfg: Conv2dConfig) -> Result<Self> {
+        let (cout, cin, k, _) = weight.dims4()?;
+        let flat = weight.reshape((cout, cin * k * k))?.contiguous()?;
+        Ok(Self { inner: candle_nn::Conv2d::new(weight, bias, cfg), flat, k, pad: cfg.padding, stride: cfg.stride })
+    }
+
     fn fast(&self, x: &Tensor) -> bool {
         x.device().is_cpu() && x.dtype() == DType::F32 && self.stride == 1 && self.pad * 2 + 1 == self.k
     }
