@@ -12,6 +12,9 @@ token ids, the noise, its final latents and its decoded image (f32) as
 `<family>-<scheduler>.safetensors`; the cases' parameters, the weight hashes and the versions go
 to `cases.json` beside them (sorted keys, so regenerating unchanged fixtures changes no byte).
 
+FLUX.1 schnell and dev go to `flux/` beside them (`flux.write_golden`: component outputs too),
+Qwen-Image to `qwen/` (`qwen.golden`).
+
 Run through run.sh: `scripts/parity/run.sh golden` (a few seconds per case on 2 cores).
 """
 
@@ -23,6 +26,8 @@ import shutil
 
 # parity first: it quiets transformers' import-time warnings.
 from parity import CASES, MODEL_SEED, NOISE_SEED, PROMPT, compare, create_model, diffusers_run, easel_dump
+import flux  # noqa: E402,I001
+import qwen  # noqa: E402,I001
 
 import diffusers  # noqa: E402,I001
 import numpy as np  # noqa: E402
@@ -80,6 +85,10 @@ def main():
         print(f"{path.name:<40} {path.stat().st_size:>6} B   Easel now: ids {'same' if ids_ok else 'DIFFER'}"
               f"  latents {lat:.2e}  image {img:.2e}", flush=True)
     (out / "cases.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    # FLUX.1 schnell and dev (flux.py's CASES), in their own folder.
+    flux.write_golden(args.bin, out / "flux", work / "flux", args.size)
+    # Qwen-Image (qwen.py's 32-px CASES), in its own folder.
+    qwen.golden(args.bin, out / "qwen", work / "qwen")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@
 #   scripts/parity/run.sh [--scale tiny|full] [--size 64] [--families sd-1.5,sdxl]   (parity.py)
 #   scripts/parity/run.sh golden                    (golden.py: rewrites the fixtures of tests/golden.rs)
 #   scripts/parity/run.sh taesd [--golden]          (taesd.py: the tiny autoencoder against AutoencoderTiny)
+#   scripts/parity/run.sh flux [--size 32] [--families flux-dev]   (flux.py: FLUX.1 by component and end to end)
+#   scripts/parity/run.sh qwen [--scale tiny]       (qwen.py: Qwen-Image by component and end to end)
+#   scripts/parity/run.sh qwen-edit vision|pipeline [--golden]   (qwen_edit.py: Qwen-Image-Edit's vision tower,
+#                                                   processor and whole edit; --golden rewrites tests/golden/qwen-edit/)
 # PARITY_PROFILE=debug builds and uses the debug binary (no release build of candle; fine for tiny models).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -18,6 +22,15 @@ if [ "${1:-}" = golden ]; then
   shift
 elif [ "${1:-}" = taesd ]; then
   script=taesd.py
+  shift
+elif [ "${1:-}" = flux ]; then
+  script=flux.py
+  shift
+elif [ "${1:-}" = qwen ]; then
+  script=qwen.py
+  shift
+elif [ "${1:-}" = qwen-edit ]; then
+  script=qwen_edit.py
   shift
 fi
 profile="${PARITY_PROFILE:-release}"

@@ -1,8 +1,9 @@
 //! `LocalBackend`: the [`ImageBackend`] the server talks to.
 //!
-//! It declares what the family can do in its [`Capabilities`] (sizes, one input image, the
-//! extension ranges of [`crate::config::EXTENSION_RANGES`], pixels in), which the core checks
-//! every request against before calling. The family's edges are its native sizes; a client may
+//! It declares what the family can do in its [`Capabilities`] (its operations, sizes on its grid,
+//! its input image count, the extension ranges of [`crate::config::EXTENSION_RANGES`], pixels in),
+//! which the core checks every request against before calling; a mask sent to a family without
+//! inpainting is refused here, naming `mask`, before the job is queued. The family's edges are its native sizes; a client may
 //! ask for more, up to `max_output_pixels`, and the core makes those at the nearest native size
 //! of the same shape and resizes (a model does not make good images far from the sizes it was
 //! trained at, and upscaling is cheap next to diffusing more pixels). It turns a [`BackendCall`] into a [`Generate`] on the
@@ -19,7 +20,7 @@ use easel_core::types::{Operation, Quality};
 use image::{DynamicImage, GrayImage};
 use tokio::sync::oneshot;
 
-use crate::config::{EXTENSION_RANGES, Resolved, SIZE_MULTIPLE};
+use crate::config::{EXTENSION_RANGES, Resolved};
 use crate::pipeline::{Generate, InitImage};
 use crate::worker::{Job, LoadState, Worker};
 
@@ -50,8 +51,9 @@ pub fn steps_for(quality: Quality, default: u32) -> u32 {
 impl LocalBackend {
     pub fn start(id: &str, cfg: Resolved) -> anyhow::Result<Self> {
         let d = cfg.defaults;
+        let family = cfg.family;
         let native = SizeRule::Range {
-            multiple_of: SIZE_MULTIPLE,
+            multiple_of: family.size_multiple(),
             min_edge: d.min_edge,
             max_edge: d.max_edge,
             min_pixels: u64::from(d.min_edge) * u64::from(d.min_edge),
@@ -59,14 +61,16 @@ impl LocalBackend {
             max_aspect: MAX_ASPECT,
         };
         let caps = Capabilities {
-            operations: vec![Operation::Generate, Operation::Edit, Operation::Variation],
+            operations: family.operations().to_vec(),
             sizes: deliverable(&cfg),
             native_sizes: Some(native),
             default_size: cfg.default_size,
             picks_size: false,
             max_n: cfg.max_n,
             max_n_per_call: cfg.max_n,
-            max_input_images: 1,
+            max_input_images: family.max_input_images(),
+            // Masks come to the backend: the SD family inpaints with them, the others refuse them
+            // (`call`) before any compute.
             native_masks: true,
             transparency: false,
             qualities: vec![
@@ -97,9 +101,10 @@ const MAX_ASPECT: f64 = 4.0;
 /// makes at the nearest native size of the same shape and resizes.
 fn deliverable(cfg: &Resolved) -> SizeRule {
     let d = cfg.defaults;
-    let widest = ((cfg.max_output_pixels as f64 * MAX_ASPECT).sqrt() as u32) / SIZE_MULTIPLE * SIZE_MULTIPLE;
+    let m = cfg.family.size_multiple();
+    let widest = ((cfg.max_output_pixels as f64 * MAX_ASPECT).sqrt() as u32) / m * m;
     SizeRule::Range {
-        multiple_of: SIZE_MULTIPLE,
+        multiple_of: m,
         min_edge: d.min_edge,
         max_edge: widest.max(d.max_edge),
         min_pixels: u64::from(d.min_edge) * u64::from(d.min_edge),
@@ -117,6 +122,13 @@ fn repaint_mask(mask: &DynamicImage) -> GrayImage {
     })
 }
 
+/// An f32 from the request as the decimal the client wrote (0.7, not 0.699999988…): the
+/// pipelines count steps as diffusers does in Python floats (`int(N − N·strength)`,
+/// `int(N·strength)`), and 0.3f32 (0.30000001) runs 4 of 10 steps where diffusers runs 3.
+fn as_written(value: f32) -> f64 {
+    value.to_string().parse().unwrap_or(f64::from(value))
+}
+
 fn prepare(call: BackendCall, cfg: &Resolved) -> Generate {
     let d = cfg.defaults;
     let x = &call.options.extensions;
@@ -129,7 +141,7 @@ fn prepare(call: BackendCall, cfg: &Resolved) -> Generate {
         InitImage {
             image: std::sync::Arc::clone(&pixels.image),
             mask,
-            strength: f64::from(x.strength.unwrap_or(default)),
+            strength: as_written(x.strength.unwrap_or(default)),
         }
     });
     let prompt = if call.operation == Operation::Variation { String::new() } else { call.prompt.clone() };
@@ -177,6 +189,16 @@ impl ImageBackend for LocalBackend {
     }
 
     async fn call(&self, call: BackendCall, cx: CallContext) -> Result<BackendOutput, BackendError> {
+        if !self.cfg.family.takes_masks() && call.pixels.as_ref().is_some_and(|p| p.mask.is_some()) {
+            return Err(BackendError::invalid(
+                Some("mask".to_string()),
+                format!(
+                    "The model '{}' ({}) has no inpainting: edits take an image and a prompt, not a mask.",
+                    self.id,
+                    self.cfg.family.name()
+                ),
+            ));
+        }
         match self.worker.state() {
             LoadState::Ready => {}
             LoadState::Loading => {
@@ -207,5 +229,20 @@ impl ImageBackend for LocalBackend {
             answer = answer => answer.map_err(|_| BackendError::Internal(anyhow::anyhow!("the local worker dropped a job")))??,
         };
         Ok(BackendOutput { images: images.into_iter().map(OutputImage::Pixels).collect(), ..BackendOutput::default() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::as_written;
+    use crate::flow::{FlowConfig, FlowSchedule};
+
+    #[test]
+    fn strength_counts_steps_as_the_client_wrote_it() {
+        assert_eq!(as_written(0.3), 0.3);
+        // diffusers: 10 steps at strength 0.3 start at int(10 − 3.0) = 7; 0.3f32 is 0.30000001.
+        let s = FlowSchedule::new(&FlowConfig::default(), 10, 0.0);
+        assert_eq!(s.start_for_strength(as_written(0.3)), 7);
+        assert_eq!(s.start_for_strength(f64::from(0.3f32)), 6, "the f32 itself runs a step more");
     }
 }

@@ -14,7 +14,8 @@ use crate::random::{self, Scale};
 pub enum ModelsCommand {
     /// Write a model with RANDOM weights in the diffusers layout (for tests and benchmarks).
     CreateRandom {
-        /// sd-1.5, sd-1.5-inpaint, sd-2.1, sd-2-inpaint, sd-turbo, sdxl, sdxl-inpaint or sdxl-turbo.
+        /// sd-1.5, sd-1.5-inpaint, sd-2.1, sd-2-inpaint, sd-turbo, sdxl, sdxl-inpaint, sdxl-turbo,
+        /// flux-schnell, flux-dev, qwen-image or qwen-image-edit.
         #[arg(long)]
         family: String,
         /// `tiny` for tests, `full` for the family's real sizes.
@@ -46,7 +47,7 @@ pub async fn run(cmd: ModelsCommand) -> Result<()> {
             let fam = Family::parse(&family)?;
             let out2 = out.clone();
             let mut made =
-                tokio::task::spawn_blocking(move || random::create(fam, scale, &out2, seed, bpe.as_deref())).await??;
+                tokio::task::spawn_blocking(move || random::create_any(fam, scale, &out2, seed, bpe.as_deref())).await??;
             if tiny_vae {
                 let dir = out.join("vae_tiny");
                 let n = tokio::task::spawn_blocking(move || random::create_tiny_vae(&dir, scale, seed)).await??;
@@ -58,12 +59,15 @@ pub async fn run(cmd: ModelsCommand) -> Result<()> {
             for (name, n) in &made.params {
                 println!("  {name:<16} {n:>13} parameters (random)");
             }
-            if made.merges == 0 {
-                println!(
-                    "  tokenizer: CLIP's byte alphabet without merges (one token per character); pass --bpe for real merges"
-                );
-            } else {
-                println!("  tokenizer: {} CLIP BPE merges", made.merges);
+            // The SD families' CLIP tokenizer; the flow families' are described in their modules.
+            if fam.kind() == crate::family::Kind::Sd {
+                if made.merges == 0 {
+                    println!(
+                        "  tokenizer: CLIP's byte alphabet without merges (one token per character); pass --bpe for real merges"
+                    );
+                } else {
+                    println!("  tokenizer: {} CLIP BPE merges", made.merges);
+                }
             }
             println!(
                 "Use it with: [[models]] id = \"...\", backend = \"local\", family = \"{}\", path = \"{}\"",

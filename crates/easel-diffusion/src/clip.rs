@@ -36,6 +36,11 @@ pub struct ClipConfig {
     /// Set (and the projection loaded) for `CLIPTextModelWithProjection`.
     #[serde(default)]
     pub architectures: Vec<String>,
+    /// Where pooling reads, as transformers decides: 2 (older configs, CLIP-L's included) means
+    /// the highest id of each row; another value, its first position; absent, the tokenizer's
+    /// end token.
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
 }
 
 fn default_eps() -> f64 {
@@ -114,7 +119,8 @@ impl ClipText {
         &self.cfg
     }
 
-    /// `ids` is `(batch, seq)` u32; `eos` marks where pooling reads.
+    /// `ids` is `(batch, seq)` u32; `eos` (the tokenizer's end token) marks where pooling reads
+    /// when the config names no `eos_token_id`.
     pub fn forward(&self, ids: &Tensor, eos: u32) -> Result<ClipOutput> {
         let (b, seq) = ids.dims2()?;
         if seq > self.cfg.max_position_embeddings {
@@ -135,8 +141,7 @@ impl ClipText {
         let ids_host: Vec<Vec<u32>> = ids.to_vec2()?;
         let mut pooled = Vec::with_capacity(b);
         for (row, ids) in ids_host.iter().enumerate() {
-            let at = ids.iter().position(|&t| t == eos).unwrap_or(seq - 1);
-            pooled.push(last.i((row, at))?);
+            pooled.push(last.i((row, pool_position(ids, self.cfg.eos_token_id, eos)))?);
         }
         let mut pooled = Tensor::stack(&pooled, 0)?;
         if let Some(p) = &self.projection {
@@ -171,8 +176,36 @@ impl ClipText {
     }
 }
 
+/// Where a row of ids is pooled: transformers' rule for the config's `eos_token_id` (2: the
+/// first highest id, as torch's argmax; another id: its first position), else the tokenizer's
+/// end token (the last position when absent).
+fn pool_position(ids: &[u32], config_eos: Option<u32>, tokenizer_eos: u32) -> usize {
+    match config_eos {
+        Some(2) => ids.iter().enumerate().fold(0, |best, (i, &t)| if t > ids[best] { i } else { best }),
+        Some(e) => ids.iter().position(|&t| t == e).unwrap_or(0),
+        None => ids.iter().position(|&t| t == tokenizer_eos).unwrap_or(ids.len().saturating_sub(1)),
+    }
+}
+
 fn causal_mask(seq: usize, dev: &Device, dtype: DType) -> Result<Tensor> {
     let data: Vec<f32> =
         (0..seq).flat_map(|i| (0..seq).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Ok(Tensor::from_vec(data, (seq, seq), dev)?.to_dtype(dtype)?.unsqueeze(0)?.unsqueeze(0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pool_position;
+
+    #[test]
+    fn pooling_follows_transformers_eos_rule() {
+        // CLIP-L's config says 2: the highest id, first of equals, wherever the end token is.
+        assert_eq!(pool_position(&[49406, 320, 49407, 49407], Some(2), 49407), 2);
+        assert_eq!(pool_position(&[0, 900, 5, 2, 1], Some(2), 2), 1);
+        // Another id: its first position (pads equal to it come later).
+        assert_eq!(pool_position(&[998, 7, 999, 999], Some(999), 5), 2);
+        // No id in the config: the tokenizer's end token.
+        assert_eq!(pool_position(&[998, 7, 999, 999], None, 7), 1);
+        assert_eq!(pool_position(&[998, 7], None, 999), 1);
+    }
 }

@@ -17,9 +17,6 @@ use crate::family::{Family, FamilyDefaults};
 use crate::pipeline::{Decoder, Preview};
 use crate::scheduler::SchedulerKind;
 
-/// Sizes are multiples of the VAE's downsampling factor, 8 for every family served.
-pub const SIZE_MULTIPLE: u32 = 8;
-
 /// What local models accept for the open-model extensions, in requests (the core checks them
 /// against the model's capabilities) and as `[[models]]` defaults alike. Zero strength would skip
 /// every step, so it starts above zero.
@@ -32,19 +29,21 @@ pub const EXTENSION_RANGES: ExtensionRanges = ExtensionRanges {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalConfig {
-    /// `sd-1.5`, `sd-1.5-inpaint`, `sd-2.1`, `sd-2-inpaint`, `sd-turbo`, `sdxl`, `sdxl-inpaint`, `sdxl-turbo`.
+    /// `sd-1.5`, `sd-1.5-inpaint`, `sd-2.1`, `sd-2-inpaint`, `sd-turbo`, `sdxl`, `sdxl-inpaint`, `sdxl-turbo`,
+    /// `flux-schnell`, `flux-dev`, `qwen-image`, `qwen-image-edit`.
     pub family: String,
     /// A folder in the diffusers layout.
     pub path: PathBuf,
     /// `cpu` (default), `cuda` or `cuda:N`.
     #[serde(default = "cpu")]
     pub device: String,
-    /// `f32` (default on CPU), `f16` (default on CUDA) or `bf16`.
+    /// `f32` (default on CPU), `f16` (default on CUDA) or `bf16` (default on CUDA for the flow
+    /// families, which also take it on the CPU and refuse f16).
     pub dtype: Option<String>,
     pub steps: Option<u32>,
     pub guidance_scale: Option<f32>,
     pub scheduler: Option<SchedulerKind>,
-    /// img2img strength when the request gives none (default 0.8; masked edits default to 1.0).
+    /// img2img strength when the request gives none (default 0.8, FLUX 0.6; masked edits default to 1.0).
     pub strength: Option<f32>,
     /// Requests waiting beyond the one running; a full queue answers 503 with Retry-After.
     #[serde(default = "queue_size")]
@@ -74,6 +73,12 @@ pub struct LocalConfig {
     /// Seconds a worker taken out of rotation by panicking jobs waits, with no job, before it
     /// tests itself with a one-step probe (default 30; see `worker`).
     pub recheck_after_secs: Option<u64>,
+    /// A scheduler preset of the family: `lightning` (qwen-image: Qwen-Image-Lightning's fixed
+    /// shift, 8 steps and no CFG unless `steps` / `guidance_scale` say otherwise).
+    pub preset: Option<crate::qwen::FlowPreset>,
+    /// qwen-image-edit: the area, in pixels, the source image is brought to before the vision
+    /// tower and the VAE see it, 64² to 4096² (default 1024², as the model was trained; smaller is faster).
+    pub condition_pixels: Option<u64>,
 }
 
 fn cpu() -> String {
@@ -103,6 +108,8 @@ pub struct Resolved {
     pub decoder: Decoder,
     pub max_output_pixels: u64,
     pub recheck_after: std::time::Duration,
+    pub preset: Option<crate::qwen::FlowPreset>,
+    pub condition_pixels: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,16 +145,38 @@ impl LocalConfig {
                 None => bail!("device must be 'cpu', 'cuda' or 'cuda:N', not '{other}'"),
             },
         };
+        // The flow transformers (FLUX, Qwen) are bf16 models: f16 overflows their activations,
+        // and bf16 also runs on the CPU (half the memory of f32). The SD family is f16 on GPUs.
+        let flow = family.kind() != crate::family::Kind::Sd;
         let dtype = match (self.dtype.as_deref(), device) {
             (None, DeviceSpec::Cpu) | (Some("f32"), _) => DType::F32,
+            (Some("f16"), _) if flow => bail!("dtype f16 overflows {}; use bf16 or f32", family.name()),
+            (None, DeviceSpec::Cuda(_)) if flow => DType::BF16,
+            (Some("bf16"), DeviceSpec::Cpu) if flow => DType::BF16,
             (None, DeviceSpec::Cuda(_)) | (Some("f16"), DeviceSpec::Cuda(_)) => DType::F16,
             (Some("bf16"), DeviceSpec::Cuda(_)) => DType::BF16,
             (Some("f16" | "bf16"), DeviceSpec::Cpu) => {
-                bail!("dtype f16/bf16 is for GPUs; use f32 on the CPU")
+                bail!("dtype f16/bf16 is for GPUs; use f32 on the CPU (bf16 runs on the CPU for the flow families)")
             }
             (Some(other), _) => bail!("dtype must be 'f32', 'f16' or 'bf16', not '{other}'"),
         };
+        let qwen = family.kind() == crate::family::Kind::Qwen;
         let mut defaults = family.defaults();
+        if let Some(p) = self.preset {
+            if !qwen {
+                bail!("`preset` is for the qwen-image families, not {}", family.name());
+            }
+            (defaults.steps, defaults.guidance_scale) = p.steps_and_guidance();
+        }
+        if let Some(p) = self.condition_pixels {
+            if family != Family::QwenImageEdit {
+                bail!("`condition_pixels` is for qwen-image-edit, not {}", family.name());
+            }
+            // Below 64² a 1:4 source would round to an edge of 0 (edges are multiples of 32).
+            if !(64 * 64..=4096 * 4096).contains(&p) {
+                bail!("condition_pixels must be within 4096 (64²) and 16777216 (4096²), not {p}");
+            }
+        }
         let ranges = EXTENSION_RANGES;
         if let Some(s) = self.steps {
             ranges.steps.check("steps", i64::from(s))?;
@@ -166,7 +195,7 @@ impl LocalConfig {
         if let Some(m) = self.max_edge {
             defaults.max_edge = m;
         }
-        let m = SIZE_MULTIPLE;
+        let m = family.size_multiple();
         if defaults.min_edge % m != 0
             || defaults.max_edge % m != 0
             || defaults.min_edge < m
@@ -181,7 +210,7 @@ impl LocalConfig {
                 ImageSize::new(e, e)
             }
         };
-        let strength = ranges.strength.check("strength", self.strength.unwrap_or(0.8))?;
+        let strength = ranges.strength.check("strength", self.strength.unwrap_or(defaults.strength))?;
         if self.queue_size == 0 {
             bail!("queue_size must be at least 1");
         }
@@ -194,6 +223,9 @@ impl LocalConfig {
         let decoder = self.decoder.unwrap_or_default();
         if self.tiny_vae.is_none() && (preview == Preview::Taesd || decoder == Decoder::Taesd) {
             bail!("preview = \"taesd\" and decoder = \"taesd\" need tiny_vae, a folder with an AutoencoderTiny");
+        }
+        if self.tiny_vae.is_some() && family.kind() != crate::family::Kind::Sd {
+            bail!("tiny_vae (TAESD) is for the Stable Diffusion families, not {}", family.name());
         }
         let recheck_after = std::time::Duration::from_secs(self.recheck_after_secs.unwrap_or(30));
         if recheck_after.is_zero() {
@@ -216,23 +248,96 @@ impl LocalConfig {
             decoder,
             max_output_pixels,
             recheck_after,
+            preset: self.preset,
+            condition_pixels: self.condition_pixels,
         })
     }
 }
 
 impl Resolved {
     /// Images per UNet batch at this size: `max_batch`, lowered to fit the memory budget left
-    /// after the weights. The estimate is the larger of the UNet's first self-attention scores
-    /// (8 heads, f32, doubled under guidance) and the VAE decoder's live full-resolution activations.
+    /// after the weights. The estimate is the larger of the denoiser's largest attention scores
+    /// (f32) and the VAE decoder's live full-resolution activations. SD: the UNet's first
+    /// self-attention (8 heads, a token per 8×8 pixels), doubled under guidance (one batched
+    /// pass). Flow families: joint attention over the image tokens (one per 16×16 pixels) and up
+    /// to 512 text tokens, 24 heads; their guidance is not a batched second pass.
     pub fn batch_for(&self, size: ImageSize, cfg: bool, weights: u64) -> u32 {
         let Some(budget) = self.memory_budget else {
             return self.max_batch;
         };
-        let tokens = size.pixels() / 64;
-        let attention = 8 * tokens * tokens * 4 * if cfg { 2 } else { 1 };
+        let attention = match self.family.kind() {
+            crate::family::Kind::Sd => {
+                let tokens = size.pixels() / 64;
+                8 * tokens * tokens * 4 * if cfg { 2 } else { 1 }
+            }
+            crate::family::Kind::Flux | crate::family::Kind::Qwen => {
+                let tokens = size.pixels() / 256 + 512;
+                24 * tokens * tokens * 4
+            }
+        };
         let vae = size.pixels() * 128 * 4 * 6;
         let per_image = attention.max(vae).max(1);
         let left = budget.saturating_sub(weights);
         ((left / per_image) as u32).clamp(1, self.max_batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolved(family: &str) -> Resolved {
+        let options =
+            serde_json::json!({"family": family, "path": "/x", "memory_budget_mib": 20 * 1024, "max_batch": 16});
+        LocalConfig::from_options(&options).unwrap().resolve().unwrap()
+    }
+
+    #[test]
+    fn batches_are_sized_by_the_family_s_attention() {
+        let size = ImageSize::new(1024, 1024);
+        // SD: 8 heads × 16384² scores × 4 B = 8 GiB an image, twice that with guidance.
+        assert_eq!(resolved("sdxl").batch_for(size, false, 0), 2);
+        assert_eq!(resolved("sdxl").batch_for(size, true, 0), 1);
+        // FLUX: 24 heads × (4096 + 512)² × 4 B ≈ 1.9 GiB an image (dev's guidance is no second
+        // pass), under the VAE decoder's 3 GiB, which then sets the batch.
+        assert_eq!(resolved("flux-dev").batch_for(size, true, 0), 6);
+    }
+
+    #[test]
+    fn condition_pixels_is_qwen_image_edit_s_and_bounded() {
+        let resolve = |family: &str, pixels: u64| {
+            let options = serde_json::json!({"family": family, "path": "/x", "condition_pixels": pixels});
+            LocalConfig::from_options(&options).unwrap().resolve()
+        };
+        assert_eq!(resolve("qwen-image-edit", 4096).unwrap().condition_pixels, Some(4096));
+        let err = resolve("qwen-image", 4096).unwrap_err();
+        assert!(err.to_string().contains("qwen-image-edit"), "{err}");
+        assert!(resolve("qwen-image-edit", 100).unwrap_err().to_string().contains("condition_pixels"));
+    }
+
+    #[test]
+    fn flow_families_keep_to_their_16_pixel_grid() {
+        let options = serde_json::json!({"family": "flux-schnell", "path": "/x", "min_edge": 264});
+        let err = LocalConfig::from_options(&options).unwrap().resolve().unwrap_err();
+        assert!(err.to_string().contains("multiples of 16"), "{err}");
+        assert_eq!(resolved("flux-schnell").defaults.steps, 4);
+        assert_eq!((resolved("flux-schnell").strength, resolved("sd-turbo").strength), (0.6, 0.8));
+    }
+
+    #[test]
+    fn flow_families_run_in_bf16_not_f16() {
+        let dtype = |family: &str, device: &str, dtype: Option<&str>| {
+            let mut options = serde_json::json!({"family": family, "path": "/x", "device": device});
+            if let Some(d) = dtype {
+                options["dtype"] = d.into();
+            }
+            LocalConfig::from_options(&options).unwrap().resolve().map(|r| r.dtype)
+        };
+        assert_eq!(dtype("flux-dev", "cpu", Some("bf16")).unwrap(), DType::BF16);
+        assert!(dtype("flux-dev", "cpu", Some("f16")).unwrap_err().to_string().contains("overflows"));
+        assert!(dtype("sd-turbo", "cpu", Some("bf16")).is_err());
+        assert_eq!(dtype("flux-dev", "cpu", None).unwrap(), DType::F32);
+        assert_eq!(dtype("flux-dev", "cuda", None).unwrap(), DType::BF16);
+        assert_eq!(dtype("sd-turbo", "cuda", None).unwrap(), DType::F16);
     }
 }

@@ -1,5 +1,6 @@
 //! Native local diffusion on candle: Stable Diffusion 1.5, 2.1, SD-Turbo, SDXL, SDXL-Turbo and
-//! their inpainting variants, behind Easel's [`easel_core::backend::ImageBackend`] seam.
+//! their inpainting variants, and the flow-matching transformers FLUX.1 (schnell, dev) and
+//! Qwen-Image(-Edit), behind Easel's [`easel_core::backend::ImageBackend`] seam.
 //!
 //! - [`build`] turns a `[[models]]` entry into a backend; the weights load on its worker thread.
 //! - [`cli`] is `easel models create-random | list`.
@@ -7,6 +8,8 @@
 //!   [`taesd`] (the optional tiny autoencoder);
 //!   [`model`] loads a diffusers-layout folder; [`pipeline`] runs one batch; [`scheduler`] and
 //!   [`noise`] make sampling reproducible from a seed; [`worker`] and [`backend`] serve it.
+//! - [`flow`] holds what the flow families share (scheduler, packing, RoPE, norms, attention);
+//!   [`flux`] is FLUX.1; [`loaded`] is the one place that dispatches on the family's kind.
 //!
 //! `docs/architecture.md` is the map of the whole workspace: which crate depends on which, the
 //! file that parses, validates, plans, executes and delivers each field, and the error table.
@@ -19,12 +22,16 @@ pub mod clip;
 pub mod config;
 pub mod exp;
 pub mod family;
+pub mod flow;
+pub mod flux;
 mod gemm;
+pub mod loaded;
 pub mod model;
 pub mod noise;
 pub mod ops;
 pub mod pipeline;
 pub mod profile;
+pub mod qwen;
 pub mod random;
 pub mod scheduler;
 pub mod taesd;
@@ -49,7 +56,7 @@ pub use family::Family;
 pub fn check(id: &str, options: &serde_json::Value) -> anyhow::Result<()> {
     let cfg = LocalConfig::from_options(options).with_context(|| format!("model '{id}': invalid local options"))?;
     let resolved = cfg.resolve().with_context(|| format!("model '{id}'"))?;
-    model::Layout::read(&resolved.path, resolved.family).with_context(|| format!("model '{id}'"))?;
+    loaded::check_layout(&resolved.path, resolved.family).with_context(|| format!("model '{id}'"))?;
     if let Some(dir) = &resolved.tiny_vae {
         taesd::TinyVaeLayout::read(dir).with_context(|| format!("model '{id}': tiny_vae"))?;
     }

@@ -61,12 +61,41 @@ pub fn weights_file(dir: &Path, stem: &str) -> Result<PathBuf> {
     bail!("no {stem}.safetensors in {}", dir.display())
 }
 
+/// The weights files of a component folder: one file, or the shards its
+/// `{stem}.safetensors.index.json` (or the fp16 variant's) lists, each checked to exist.
+pub fn weights_files(dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
+    if let Ok(one) = weights_file(dir, stem) {
+        return Ok(vec![one]);
+    }
+    for index in [format!("{stem}.safetensors.index.json"), format!("{stem}.fp16.safetensors.index.json")] {
+        let path = dir.join(&index);
+        if !path.is_file() {
+            continue;
+        }
+        let map = read_json(&path)?;
+        let map = map
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .with_context(|| format!("{} has no weight_map", path.display()))?;
+        let mut files: Vec<String> = map.values().filter_map(Value::as_str).map(str::to_string).collect();
+        files.sort();
+        files.dedup();
+        let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
+        if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+            bail!("{} lists {}, which is missing", path.display(), missing.display());
+        }
+        anyhow::ensure!(!files.is_empty(), "{} lists no files", path.display());
+        return Ok(files);
+    }
+    bail!("no {stem}.safetensors (or sharded index) in {}", dir.display())
+}
+
 /// Bytes of weights a folder would load (for the memory budget).
 pub fn weights_bytes(root: &Path) -> u64 {
     let mut total = 0;
-    for dir in ["unet", "vae", "text_encoder", "text_encoder_2"] {
+    for dir in ["unet", "transformer", "vae", "text_encoder", "text_encoder_2"] {
         for stem in ["diffusion_pytorch_model", "model"] {
-            if let Ok(p) = weights_file(&root.join(dir), stem) {
+            for p in weights_files(&root.join(dir), stem).unwrap_or_default() {
                 total += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
             }
         }

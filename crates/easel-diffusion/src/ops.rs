@@ -74,6 +74,13 @@ impl Conv {
         Ok(Self { inner, flat, bias, cout, k, pad: cfg.padding, stride: cfg.stride })
     }
 
+    /// A convolution from its weight `(cout, cin, k, k)` and bias (for weights stored in another
+    /// shape, such as the Qwen VAE's causal 3-D kernels used on single frames).
+    pub fn from_weights(weight: Tensor, bias: Option<Tensor>, cfg: Conv2dConfig) -> Result<Self> {
+        let (cout, _, k, _) = weight.dims4()?;
+        Self::wrap(candle_nn::Conv2d::new(weight.contiguous()?, bias, cfg), cout, k, cfg)
+    }
+
     fn fast(&self, x: &Tensor) -> bool {
         self.flat.is_some()
             && x.device().is_cpu()

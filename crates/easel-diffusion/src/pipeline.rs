@@ -139,7 +139,8 @@ pub fn encode_text(
     Ok(Conditioning { context, added })
 }
 
-fn image_to_tensor(img: &DynamicImage, dev: &Device) -> Result<Tensor> {
+/// An RGB image → `(1, 3, h, w)` in [-1, 1], f32.
+pub fn image_to_tensor(img: &DynamicImage, dev: &Device) -> Result<Tensor> {
     let rgb = img.to_rgb8();
     let (w, h) = rgb.dimensions();
     let t = Tensor::from_vec(rgb.into_raw(), (h as usize, w as usize, 3), dev)?.permute((2, 0, 1))?;

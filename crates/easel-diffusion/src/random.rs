@@ -39,6 +39,8 @@ pub enum Scale {
 struct RandomInit {
     seed: u64,
     made: Mutex<HashMap<String, Tensor>>,
+    /// Names the constructors may probe for (`contains_tensor`) and should find.
+    claims: fn(&str) -> bool,
 }
 
 fn name_hash(name: &str) -> u64 {
@@ -82,13 +84,28 @@ impl SimpleBackend for RandomInit {
     /// candle's VAE attention picks diffusers' current names (`to_q`...) only when they exist;
     /// claiming them makes the random model use those names, as diffusers writes them.
     fn contains_tensor(&self, name: &str) -> bool {
-        name.ends_with("to_q.weight")
+        (self.claims)(name)
     }
 }
 
+fn diffusers_attention_names(name: &str) -> bool {
+    name.ends_with("to_q.weight")
+}
+
 /// Builds one component with random weights and writes its safetensors; returns the parameter count.
-fn write_component(file: &Path, seed: u64, build: impl FnOnce(VarBuilder) -> Result<()>) -> Result<usize> {
-    let init = std::sync::Arc::new(RandomInit { seed, made: Mutex::new(HashMap::new()) });
+pub(crate) fn write_component(file: &Path, seed: u64, build: impl FnOnce(VarBuilder) -> Result<()>) -> Result<usize> {
+    write_component_claiming(file, seed, diffusers_attention_names, build)
+}
+
+/// [`write_component`] where `claims` says which probed names exist (so a constructor that
+/// looks for one of several names picks the one the reference library writes).
+pub(crate) fn write_component_claiming(
+    file: &Path,
+    seed: u64,
+    claims: fn(&str) -> bool,
+    build: impl FnOnce(VarBuilder) -> Result<()>,
+) -> Result<usize> {
+    let init = std::sync::Arc::new(RandomInit { seed, made: Mutex::new(HashMap::new()), claims });
     struct Shared(std::sync::Arc<RandomInit>);
     impl SimpleBackend for Shared {
         fn get(&self, s: Shape, n: &str, h: Init, d: DType, dev: &Device) -> candle_core::Result<Tensor> {
@@ -109,7 +126,7 @@ fn write_component(file: &Path, seed: u64, build: impl FnOnce(VarBuilder) -> Res
     Ok(params)
 }
 
-fn write_json(path: &Path, v: &Value) -> Result<()> {
+pub(crate) fn write_json(path: &Path, v: &Value) -> Result<()> {
     std::fs::write(path, serde_json::to_string_pretty(v)? + "\n")
         .with_context(|| format!("cannot write {}", path.display()))
 }
@@ -123,7 +140,7 @@ struct Spec {
 }
 
 #[expect(clippy::too_many_arguments, reason = "one argument per field of the CLIP config it writes")]
-fn clip_json(
+pub(crate) fn clip_json(
     vocab: usize,
     hidden: usize,
     inter: usize,
@@ -265,7 +282,7 @@ fn spec(family: Family, scale: Scale) -> Spec {
 }
 
 /// CLIP's byte → printable character table, in CLIP's vocabulary order.
-fn byte_chars() -> Vec<char> {
+pub(crate) fn byte_chars() -> Vec<char> {
     let mut bs: Vec<u32> = (u32::from('!')..=u32::from('~')).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
     let mut cs = bs.clone();
     let mut n = 0;
@@ -348,6 +365,16 @@ pub fn write_tokenizer(
 pub struct Created {
     pub params: Vec<(String, usize)>,
     pub merges: usize,
+}
+
+/// Writes a random model of any family: the SD families here, the flow families in their own
+/// modules. `merges_file` is for the SD families' CLIP tokenizer.
+pub fn create_any(family: Family, scale: Scale, out: &Path, seed: u64, merges_file: Option<&Path>) -> Result<Created> {
+    match family.kind() {
+        crate::family::Kind::Sd => create(family, scale, out, seed, merges_file),
+        crate::family::Kind::Flux => crate::flux::random::create(family, scale, out, seed),
+        crate::family::Kind::Qwen => crate::qwen::random::create(family, scale, out, seed),
+    }
 }
 
 /// Writes a random model of `family` at `scale` into `out` (which must be empty or absent).

@@ -5,7 +5,9 @@
 //! and [`crate::attention`] (the decoder dominates a one-step generation on CPU). Encoding
 //! returns the mean: img2img and inpainting need a deterministic encode (the mean, or a sample
 //! drawn from Easel's seeded noise), not candle's unseedable `sample()`.
-//! `scaling_factor` comes from `vae/config.json` (0.18215 for SD, 0.13025 for SDXL).
+//! `scaling_factor` and `shift_factor` come from `vae/config.json` (0.18215 for SD, 0.13025 for SDXL;
+//! FLUX's 16-channel VAE: 0.3611 and 0.1159, without the quant convolutions), as do the block widths
+//! and group count.
 
 use anyhow::{Context, Result};
 use candle_core::{D, Tensor};
@@ -23,6 +25,8 @@ pub struct VaeConfig {
     pub latent_channels: usize,
     pub norm_num_groups: usize,
     pub scaling_factor: f64,
+    /// Subtracted before scaling when encoding, added back when decoding (FLUX: 0.1159; SD: 0).
+    pub shift_factor: f64,
     pub use_quant_conv: bool,
     pub use_post_quant_conv: bool,
 }
@@ -39,6 +43,7 @@ impl VaeConfig {
             latent_channels: u("latent_channels", 4),
             norm_num_groups: u("norm_num_groups", 32),
             scaling_factor: v.get("scaling_factor").and_then(Value::as_f64).unwrap_or(0.18215),
+            shift_factor: v.get("shift_factor").and_then(Value::as_f64).unwrap_or(0.0),
             use_quant_conv: b("use_quant_conv"),
             use_post_quant_conv: b("use_post_quant_conv"),
         })
@@ -62,7 +67,17 @@ impl Mid {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.first.forward(x, None)?;
-        let x = self.attn.forward(&x)?;
+        // One image at a time: candle's attention block (the fallback off the CPU f32 path) mixes
+        // the images of a batch when the channels are few (its batched matmul on the transposed
+        // `(b, h·w, c)` view; seen with the 4-channel tiny FLUX VAE, max error 0.86 against the
+        // image decoded alone).
+        let b = x.dim(0)?;
+        let x = if b == 1 {
+            self.attn.forward(&x)?
+        } else {
+            let parts = (0..b).map(|i| self.attn.forward(&x.narrow(0, i, 1)?)).collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&parts, 0)?
+        };
         self.second.forward(&x, None)
     }
 }
@@ -176,7 +191,7 @@ impl Vae {
         &self.cfg
     }
 
-    /// Pixels in [-1, 1] `(b, 3, H, W)` → the mean of the latent distribution, scaled.
+    /// Pixels in [-1, 1] `(b, 3, H, W)` → the mean of the latent distribution, shifted and scaled.
     pub fn encode(&self, pixels: &Tensor) -> Result<Tensor> {
         let mut x = self.enc_in.forward(pixels)?;
         for level in &self.enc_down {
@@ -193,12 +208,12 @@ impl Vae {
             x = q.forward(&x)?;
         }
         let mean = x.narrow(1, 0, self.cfg.latent_channels)?;
-        Ok((mean * self.cfg.scaling_factor)?)
+        Ok(((mean - self.cfg.shift_factor)? * self.cfg.scaling_factor)?)
     }
 
     /// Scaled latents → pixels in [-1, 1].
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        let mut x = (latents / self.cfg.scaling_factor)?;
+        let mut x = ((latents / self.cfg.scaling_factor)? + self.cfg.shift_factor)?;
         if let Some(q) = &self.post_quant {
             x = q.forward(&x)?;
         }

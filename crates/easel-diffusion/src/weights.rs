@@ -83,3 +83,41 @@ pub fn var_builder(path: &Path, dtype: DType, device: &Device) -> Result<VarBuil
     let backend = FileTensors::open(path)?;
     Ok(VarBuilder::from_backend(Box::new(backend), dtype, device.clone()))
 }
+
+/// Several safetensors files (a sharded checkpoint) behind one name lookup.
+struct ShardedTensors {
+    files: Vec<FileTensors>,
+}
+
+impl ShardedTensors {
+    fn find(&self, name: &str) -> candle_core::Result<&FileTensors> {
+        self.files.iter().find(|f| f.infos.contains_key(name)).ok_or_else(|| {
+            let first = self.files.first().map(|f| f.path.as_str()).unwrap_or("?");
+            candle_core::Error::Msg(format!("cannot find tensor {name} in {first} or its other shards"))
+        })
+    }
+}
+
+impl SimpleBackend for ShardedTensors {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.find(name)?.get(s, name, h, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.find(name)?.read(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.files.iter().any(|f| f.infos.contains_key(name))
+    }
+}
+
+/// A `VarBuilder` over one or more safetensors files (the shards of one component).
+pub fn var_builder_files(paths: &[std::path::PathBuf], dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    if let [one] = paths {
+        return var_builder(one, dtype, device);
+    }
+    let files = paths.iter().map(|p| FileTensors::open(p)).collect::<Result<Vec<_>>>()?;
+    anyhow::ensure!(!files.is_empty(), "no weights files");
+    Ok(VarBuilder::from_backend(Box::new(ShardedTensors { files }), dtype, device.clone()))
+}

@@ -11,7 +11,7 @@
 //! out-of-memory abort that unwinds) is caught around that job alone: the job answers
 //! [`BackendError::Internal`] (a 500 with the generic message) and the thread goes on with the
 //! next one. Keeping the thread rather than restarting it is safe because a job cannot leave the
-//! model half-changed: [`Model`] holds immutable weights and tokenizers, `pipeline::run` only
+//! model half-changed: [`Loaded`] holds immutable weights and tokenizers, [`Loaded::run`] only
 //! borrows it, and everything a job mutates (scheduler, latents, noise, the partial-image
 //! sender) lives in the job's own frames and is dropped as the panic unwinds. Restarting would
 //! reload the weights (seconds to minutes) and drop the queue for nothing. What a restart would
@@ -42,8 +42,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Resolved;
-use crate::model::{Model, weights_bytes};
-use crate::pipeline::{self, Generate, Hooks, RunError};
+use crate::loaded::Loaded;
+use crate::model::weights_bytes;
+use crate::pipeline::{Generate, Hooks, RunError};
 
 /// Where the model stands, for `/readyz`.
 #[derive(Debug, Clone)]
@@ -240,7 +241,7 @@ fn run(
 
 /// Tests an unready worker with a job of its own: one step, one image at the smallest size. Its
 /// image clears the panic streak; a panic counts like a job's.
-fn probe(id: &str, model: &Model, cfg: &Resolved, weights: u64, health: &Health, panics: &metrics::Counter) {
+fn probe(id: &str, model: &Loaded, cfg: &Resolved, weights: u64, health: &Health, panics: &metrics::Counter) {
     let d = cfg.defaults;
     let edge = d.min_edge as usize;
     let generate = Generate {
@@ -275,7 +276,7 @@ fn probe(id: &str, model: &Model, cfg: &Resolved, weights: u64, health: &Health,
     }
 }
 
-fn load(cfg: &Resolved) -> anyhow::Result<Model> {
+fn load(cfg: &Resolved) -> anyhow::Result<Loaded> {
     if let Some(budget) = cfg.memory_budget {
         let need = weights_bytes(&cfg.path);
         let need = if cfg.dtype == candle_core::DType::F32 { need } else { need / 2 };
@@ -288,10 +289,14 @@ fn load(cfg: &Resolved) -> anyhow::Result<Model> {
         }
     }
     let device = cfg.device.open()?;
-    let model = Model::load(&cfg.path, cfg.family, &device, cfg.dtype)?;
-    match &cfg.tiny_vae {
-        Some(dir) => model.with_tiny_vae(dir, cfg.decoder),
-        None => Ok(model),
+    let mut loaded = Loaded::load(&cfg.path, cfg.family, &device, cfg.dtype, cfg.preset)?;
+    if let (Loaded::Qwen(m), Some(p)) = (&mut loaded, cfg.condition_pixels) {
+        m.condition_pixels = p;
+    }
+    match (loaded, &cfg.tiny_vae) {
+        (Loaded::Sd(model), Some(dir)) => Ok(Loaded::Sd(Box::new(model.with_tiny_vae(dir, cfg.decoder)?))),
+        (_, Some(_)) => unreachable!("config resolution refuses tiny_vae outside the SD families"),
+        (loaded, None) => Ok(loaded),
     }
 }
 
@@ -313,7 +318,7 @@ struct Reports<'a> {
 
 fn serve(
     id: &str,
-    model: &Model,
+    model: &Loaded,
     cfg: &Resolved,
     weights: u64,
     mut g: Generate,
@@ -347,7 +352,7 @@ fn serve(
             }
         };
         let hooks = Hooks { cancelled, partial: &mut on_partial, step: &mut on_step };
-        match pipeline::run(model, &g, hooks) {
+        match model.run(&g, hooks) {
             Ok(batch) => images.extend(batch),
             Err(RunError::Cancelled) => return Err(BackendError::Cancelled),
             Err(RunError::Failed(e)) => {
