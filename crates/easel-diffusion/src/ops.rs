@@ -14,6 +14,8 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2dConfig, Init, VarBuilder};
 use rayon::prelude::*;
 
+use crate::winograd::Winograd;
+
 /// Largest im2col band, in f32 elements (64 MiB).
 const BAND: usize = 16 * 1024 * 1024;
 
@@ -25,13 +27,25 @@ pub struct Conv {
     k: usize,
     pad: usize,
     stride: usize,
+    /// 3×3, stride 1, padding 1 on CPU f32: the Winograd path (`crate::winograd`).
+    winograd: Option<Winograd>,
 }
 
 impl Conv {
     pub fn new(vb: VarBuilder, cin: usize, cout: usize, k: usize, cfg: Conv2dConfig) -> Result<Self> {
         let inner = candle_nn::conv2d(cin, cout, k, cfg, vb)?;
         let flat = inner.weight().reshape((cout, cin * k * k))?.contiguous()?;
-        Ok(Self { inner, flat, k, pad: cfg.padding, stride: cfg.stride })
+        let winograd = (k == 3 && cfg.stride == 1 && cfg.padding == 1 && cfg.dilation == 1 && cfg.groups == 1)
+            .then(|| Winograd::new(inner.weight(), inner.bias()))
+            .transpose()?
+            .flatten();
+        Ok(Self { inner, flat, k, pad: cfg.padding, stride: cfg.stride, winograd })
+    }
+
+    /// The same convolution without the Winograd path (for benchmarks against it).
+    pub fn direct_only(mut self) -> Self {
+        self.winograd = None;
+        self
     }
 
     fn fast(&self, x: &Tensor) -> bool {
@@ -41,6 +55,9 @@ impl Conv {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if !self.fast(x) {
             return Ok(self.inner.forward(x)?);
+        }
+        if let Some(wg) = self.winograd.as_ref().filter(|wg| wg.takes(x)) {
+            return wg.forward(x);
         }
         let (b, cin, h, w) = x.dims4()?;
         let cout = self.flat.dim(0)?;
