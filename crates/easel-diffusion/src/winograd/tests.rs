@@ -169,3 +169,26 @@ fn the_rule_keeps_small_images_on_the_direct_path() {
     assert_eq!(variant(640, 64, 64), Some(Variant::F2));
     assert_eq!(variant(1280, 128, 128), Some(Variant::F2));
 }
+
+/// `ops::Conv` sends a 3×3 padding-1 convolution of a 64×64 input through this module (its
+/// output is bit-identical to `Winograd::forward`'s) and agrees with candle's own convolution.
+#[test]
+fn ops_conv_takes_the_winograd_path() {
+    use candle_core::{DType, Module};
+    let dev = Device::Cpu;
+    let vm = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
+    let cfg = candle_nn::Conv2dConfig { padding: 1, ..Default::default() };
+    let conv = crate::ops::Conv::new(vb.pp("c"), 16, 8, 3, cfg).unwrap();
+    let candle = candle_nn::conv2d(16, 8, 3, cfg, vb.pp("c")).unwrap();
+    let wg = Winograd::new(candle.weight(), candle.bias()).unwrap().unwrap();
+    let x = Tensor::randn(0f32, 1.0, (1, 16, 64, 64), &dev).unwrap();
+    assert!(wg.takes(&x));
+    let got = conv.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let same = wg.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(got, same);
+    let want = candle.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff / max < 3e-5, "relative error {:.2e}", diff / max);
+}
