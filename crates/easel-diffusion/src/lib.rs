@@ -39,6 +39,7 @@ pub mod tokenizer;
 pub mod unet;
 pub mod vae;
 pub mod weights;
+pub mod winograd;
 pub mod worker;
 
 use std::sync::Arc;

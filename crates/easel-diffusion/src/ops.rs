@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use crate::exp::{silu as silu_f32, simd};
 use crate::gemm::{View, gemm};
 use crate::profile;
+use crate::winograd::Winograd;
 
 /// Largest im2col band, in f32 elements (64 MiB).
 const BAND: usize = 16 * 1024 * 1024;
@@ -51,6 +52,8 @@ pub struct Conv {
     k: usize,
     pad: usize,
     stride: usize,
+    /// 3×3, stride 1, padding 1 on CPU f32: the Winograd path (`crate::winograd`).
+    winograd: Option<Winograd>,
 }
 
 impl Conv {
@@ -71,7 +74,11 @@ impl Conv {
             Some(b) if host_f32 => Some(b.to_vec1::<f32>()?),
             _ => None,
         };
-        Ok(Self { inner, flat, bias, cout, k, pad: cfg.padding, stride: cfg.stride })
+        let winograd = (k == 3 && cfg.stride == 1 && cfg.padding == 1 && cfg.dilation == 1 && cfg.groups == 1)
+            .then(|| Winograd::new(inner.weight(), inner.bias()))
+            .transpose()?
+            .flatten();
+        Ok(Self { inner, flat, bias, cout, k, pad: cfg.padding, stride: cfg.stride, winograd })
     }
 
     /// A convolution from its weight `(cout, cin, k, k)` and bias (for weights stored in another
@@ -79,6 +86,12 @@ impl Conv {
     pub fn from_weights(weight: Tensor, bias: Option<Tensor>, cfg: Conv2dConfig) -> Result<Self> {
         let (cout, _, k, _) = weight.dims4()?;
         Self::wrap(candle_nn::Conv2d::new(weight.contiguous()?, bias, cfg), cout, k, cfg)
+    }
+
+    /// The same convolution without the Winograd path (for benchmarks against it).
+    pub fn direct_only(mut self) -> Self {
+        self.winograd = None;
+        self
     }
 
     fn fast(&self, x: &Tensor) -> bool {
@@ -100,6 +113,9 @@ impl Conv {
         if !self.fast(x) {
             let _t = profile::start("conv (candle)", || (conv_label(self.k, x, self.cout), 0.0));
             return Ok(self.inner.forward(x)?);
+        }
+        if let Some(wg) = self.winograd.as_ref().filter(|wg| wg.takes(x)) {
+            return wg.forward(x);
         }
         let (b, cin, h, w) = x.dims4()?;
         let (cout, k, hw) = (self.cout, self.k, h * w);

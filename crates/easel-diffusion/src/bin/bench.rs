@@ -48,6 +48,10 @@ struct Args {
     /// Hide profile rows under this share of the run (they are summed per operation).
     #[arg(long, default_value_t = 0.005)]
     min_share: f64,
+    /// Time the VAE decoder's 3×3 convolution shapes at `--size` output, direct (im2col + GEMM)
+    /// against Winograd, `--runs` times each, interleaved.
+    #[arg(long)]
+    convs: bool,
     /// `cpu` or `cuda`.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -75,6 +79,9 @@ fn main() -> Result<()> {
     };
     if a.ops {
         return ops(a.size);
+    }
+    if a.convs {
+        return convs(a.size, a.runs);
     }
     let t = Instant::now();
     let mut model = Model::load(&a.model, family, &dev, dtype)?;
@@ -200,5 +207,62 @@ fn ops(size: usize) -> Result<()> {
     time("silu", &|| candle_nn::ops::silu(&x))?;
     let half = x.narrow(2, 0, size / 2)?.narrow(3, 0, size / 2)?.contiguous()?;
     time("upsample x2", &|| half.upsample_nearest2d(size, size))?;
+    Ok(())
+}
+
+/// User + system CPU seconds of this process so far (`/proc/self/stat`, clock ticks of 10 ms).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, s)| s);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of the file (utime, stime) are the 12th and 13th after the name.
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// The VAE decoder's 3×3 convolutions for a `size`² image (latent `size / 8`), direct against
+/// Winograd, each run printed with wall and CPU seconds.
+fn convs(size: usize, runs: usize) -> Result<()> {
+    use candle_core::Tensor;
+    use easel_diffusion::ops::Conv;
+    let dev = Device::Cpu;
+    let l = size / 8;
+    // (cin, cout, edge): conv_in, mid and up-block resnets, upsamplers, conv_out.
+    let shapes = [
+        (4, 512, l),
+        (512, 512, l),
+        (512, 512, 2 * l),
+        (512, 512, 4 * l),
+        (512, 256, 4 * l),
+        (256, 256, 4 * l),
+        (256, 256, 8 * l),
+        (256, 128, 8 * l),
+        (128, 128, 8 * l),
+        (128, 3, 8 * l),
+    ];
+    let cfg = candle_nn::Conv2dConfig { padding: 1, ..Default::default() };
+    for (cin, cout, e) in shapes {
+        let vm = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let wg = Conv::new(vb.pp("c"), cin, cout, 3, cfg)?;
+        let direct = Conv::new(vb.pp("c"), cin, cout, 3, cfg)?.direct_only();
+        let x = Tensor::randn(0f32, 1.0, (1, cin, e, e), &dev)?;
+        let flops = 2.0 * (cin * cout * 9 * e * e) as f64;
+        let a = direct.forward(&x)?;
+        let b = wg.forward(&x)?;
+        let err = (&a - &b)?.abs()?.max_all()?.to_scalar::<f32>()? / a.abs()?.max_all()?.to_scalar::<f32>()?;
+        for run in 0..runs {
+            for (name, conv) in [("direct", &direct), ("winograd", &wg)] {
+                let (t, c) = (Instant::now(), cpu_seconds());
+                conv.forward(&x)?;
+                let wall = t.elapsed().as_secs_f64();
+                println!(
+                    "conv {cin}->{cout} @{e}x{e} run {run} {name}: {wall:.3} s wall, {:.2} s cpu, {:.1} direct-GFLOP/s, max rel diff {err:.1e}",
+                    cpu_seconds() - c,
+                    flops / wall / 1e9
+                );
+            }
+        }
+    }
     Ok(())
 }
