@@ -5,7 +5,8 @@
 # easel-diffusion-bench; give several, e.g. "target/release/bench-before target/release/easel-diffusion-bench",
 # to compare builds) and then diffusers (scripts/parity/bench_diffusers.py in the parity venv), one
 # after the other, and prints each one's "run:" line (text, UNet, VAE, total wall time, CPU-seconds
-# of the run, peak RSS). Needs a full-size model (`easel models create-random --scale full`).
+# of the run, peak RSS) and the whole process's wall and CPU time (loading included; bash's `time`).
+# Needs a full-size model (`easel models create-random --scale full`).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 model="$1"
@@ -16,13 +17,15 @@ family="${FAMILY:-sd-turbo}"
 size="${SIZE:-512}"
 bins="${EASEL_BINS:-$root/target/release/easel-diffusion-bench}"
 py="${PARITY_VENV:-$root/scripts/parity/.venv}/bin/python"
+TIMEFORMAT='    process: wall %R s, user %U s, sys %S s'
+export PYTHONWARNINGS=ignore TRANSFORMERS_VERBOSITY=error
 echo "# $(date -u +%FT%TZ) $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for i in $(seq 1 "$pairs"); do
   for bin in $bins; do
     printf '%s pair %s: ' "$(basename "$bin")" "$i"
-    "$bin" --model "$model" --family "$family" --size "$size" --no-warmup "$@" | grep '^run:'
+    time ("$bin" --model "$model" --family "$family" --size "$size" --no-warmup "$@" | grep '^run:')
   done
   printf 'diffusers pair %s: ' "$i"
-  "$py" "$root/scripts/parity/bench_diffusers.py" --model "$model" --size "$size" --runs 0 "$@" | grep '^warm-up:' | sed 's/^warm-up:/run:/'
+  time ("$py" "$root/scripts/parity/bench_diffusers.py" --model "$model" --size "$size" --runs 0 "$@" 2>/dev/null | grep '^warm-up:' | sed 's/^warm-up:/run:/')
   echo "# load $(cut -d' ' -f1-3 /proc/loadavg)"
 done
