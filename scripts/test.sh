@@ -71,9 +71,15 @@ soak_seconds="${EASEL_SOAK_SECONDS:-20}"
 step "Soak (${soak_seconds}s)"
 if [ "$soak_seconds" -gt 0 ]; then scripts/soak/run.sh "$soak_seconds"; else echo "skipped (EASEL_SOAK_SECONDS=0)"; fi
 
-# The relay benchmark once, tiny (bench/relay/run.sh --smoke: Easel against nginx, 2 s): skipped
-# without nginx or wrk, fails if Easel errors. The full side-by-side run is bench/relay/RESULTS.md.
-step "Relay benchmark (smoke)" && bench/relay/run.sh --smoke
+# The relay benchmark once, tiny (bench/relay/run.sh --smoke: Easel against nginx from apt, 2 s):
+# fails if Easel errors. The full side-by-side run is bench/relay/RESULTS.md.
+step "Relay benchmark (smoke)"
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nginx-light >/dev/null \
+    || { echo "could not install nginx (apt-get install nginx-light)" >&2; exit 1; }
+fi
+bench/relay/run.sh --smoke
 
 # Then every fuzz target for a bounded time (EASEL_FUZZ_SECONDS each, default 20, 0 skips): scripts/fuzz.sh.
 step "Fuzzing" && scripts/fuzz.sh

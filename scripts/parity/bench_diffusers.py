@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The diffusers side of the CPU benchmark: same folder, size, steps and guidance as
 `easel-diffusion-bench`; times text encoding, the UNet loop and the VAE decode, and reports
-peak RSS (ru_maxrss). fp32, `torch.set_num_threads(--threads)`."""
+peak RSS (ru_maxrss) and the process's CPU-seconds (user + system) per run. fp32,
+`torch.set_num_threads(--threads)`."""
 
 import argparse
 import resource
@@ -26,9 +27,17 @@ pipe.scheduler = cls.from_config(pipe.scheduler.config)
 pipe.set_progress_bar_config(disable=True)
 prompt = "an astronaut riding a horse on mars"
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 print(f"loaded, peak RSS {rss():.0f} MiB", flush=True)
 for run in range(a.runs + 1):
     g = torch.Generator().manual_seed(42)
+    cpu0 = cpu()
     with torch.no_grad():
         t0 = time.perf_counter()
         pipe.encode_prompt(prompt, "cpu", 1, a.guidance > 1.0)
@@ -42,4 +51,4 @@ for run in range(a.runs + 1):
         vae = time.perf_counter() - t2
     label = "warm-up" if run == 0 else "run"
     print(f"{label}: text {text:.2f} s, unet {unet:.2f} s ({a.steps} steps), vae decode {vae:.2f} s, "
-          f"total {text + unet + vae:.2f} s, peak RSS {rss():.0f} MiB", flush=True)
+          f"total {text + unet + vae:.2f} s, cpu {cpu() - cpu0:.2f} s, peak RSS {rss():.0f} MiB", flush=True)

@@ -301,7 +301,10 @@ pub enum OutputImage {
     Pixels(DynamicImage),
     /// Encoded bytes (raw, or base64 text as a relay received it), already checked to start like
     /// an image of `format`.
-    Encoded { bytes: ImageBytes, format: OutputFormat },
+    Encoded {
+        bytes: ImageBytes,
+        format: OutputFormat,
+    },
 }
 
 impl std::fmt::Debug for OutputImage {

@@ -171,8 +171,9 @@ pub struct VaeAttention {
     k: Linear,
     v: Linear,
     out: Linear,
-    /// candle's block, for devices and dtypes the fused kernel does not serve.
-    fallback: candle_transformers::models::stable_diffusion::attention::AttentionBlock,
+    /// candle's block, for devices and dtypes the fused kernel does not serve (not loaded for
+    /// f32 on the CPU, so the weights are held once).
+    fallback: Option<candle_transformers::models::stable_diffusion::attention::AttentionBlock>,
 }
 
 impl VaeAttention {
@@ -180,7 +181,11 @@ impl VaeAttention {
         use candle_transformers::models::stable_diffusion::attention::{AttentionBlock, AttentionBlockConfig};
         let cfg =
             AttentionBlockConfig { num_head_channels: None, num_groups: groups, rescale_output_factor: 1.0, eps: 1e-6 };
-        let fallback = AttentionBlock::new(vb.clone(), channels, cfg)?;
+        let fallback = if vb.device().is_cpu() && vb.dtype() == DType::F32 {
+            None
+        } else {
+            Some(AttentionBlock::new(vb.clone(), channels, cfg)?)
+        };
         let (q, k, v, out) = if vb.contains_tensor("to_q.weight") {
             ("to_q", "to_k", "to_v", "to_out.0")
         } else {
@@ -197,9 +202,10 @@ impl VaeAttention {
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if !fused(xs) {
-            return Ok(self.fallback.forward(xs)?);
+        if let Some(fallback) = &self.fallback {
+            return Ok(fallback.forward(xs)?);
         }
+        ensure!(fused(xs), "VAE attention: loaded for f32 on the CPU, given {:?} on {:?}", xs.dtype(), xs.device());
         let (b, c, h, w) = xs.dims4()?;
         let x = self.norm.forward(xs, false)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
         let q = (self.q.forward(&x)? * (1.0 / (c as f64).sqrt()))?;

@@ -3,15 +3,14 @@
 //! Written here rather than taken from candle because candle's transformer blocks use the tanh
 //! approximation of GELU in GEGLU where diffusers uses the exact erf form (an error of up to 5e-4
 //! per activation that piles up through the network), and because attention here is computed in
-//! query chunks so its score matrix stays within a fixed memory bound at large sizes (on the CPU
-//! in f32, fused: [`crate::attention`]), and so that convolutions and group norms take the CPU
-//! fast paths of [`crate::ops`].
+//! query chunks so its score matrix stays within a fixed memory bound at large sizes (measured
+//! faster here than the fused kernel of [`crate::attention`], which the VAE uses), and so that
+//! convolutions and group norms take the CPU fast paths of [`crate::ops`].
 
 use anyhow::Result;
 use candle_core::{D, DType, Module, Tensor};
 use candle_nn::{Conv2dConfig, LayerNorm, Linear, VarBuilder, layer_norm, linear, linear_no_bias};
 
-use crate::attention;
 use crate::ops::{Conv, GroupNorm as FastGroupNorm};
 use crate::profile;
 
@@ -46,9 +45,10 @@ impl Attention {
         let hd = dim / h;
         let q = (timed_linear(&self.q, xs)? * (1.0 / (hd as f64).sqrt()))?;
         let (k, v) = (timed_linear(&self.k, ctx)?, timed_linear(&self.v, ctx)?);
-        if attention::fused(&q) {
-            return timed_linear(&self.out, &attention::attend(&q, &k, &v, h)?);
-        }
+        // The UNet's many-head attention stays on the chunked GEMM path below: the fused kernel of
+        // `crate::attention` ran at about 7 GFLOP/s against 16.5 for these GEMMs on the reference
+        // 2-core Zen 3 (sd-turbo 512² UNet 18.5 s fused, 12.2 s chunked; bench/diffusion/kernels.md).
+        // The VAE's single 512-channel head uses it.
         let split = |t: Tensor, len: usize| -> candle_core::Result<Tensor> {
             t.reshape((b, len, h, hd))?.transpose(1, 2)?.contiguous()?.to_dtype(DType::F32)
         };

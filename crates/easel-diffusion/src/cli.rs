@@ -47,7 +47,8 @@ pub async fn run(cmd: ModelsCommand) -> Result<()> {
             let fam = Family::parse(&family)?;
             let out2 = out.clone();
             let mut made =
-                tokio::task::spawn_blocking(move || random::create_any(fam, scale, &out2, seed, bpe.as_deref())).await??;
+                tokio::task::spawn_blocking(move || random::create_any(fam, scale, &out2, seed, bpe.as_deref()))
+                    .await??;
             if tiny_vae {
                 let dir = out.join("vae_tiny");
                 let n = tokio::task::spawn_blocking(move || random::create_tiny_vae(&dir, scale, seed)).await??;

@@ -15,10 +15,10 @@ use serde_json::Value;
 
 use crate::clip::{ClipConfig, ClipText};
 use crate::family::Family;
-use crate::scheduler::TrainSchedule;
-use crate::tokenizer::ClipTokenizer;
 use crate::pipeline::Decoder;
+use crate::scheduler::TrainSchedule;
 use crate::taesd::{TinyVae, TinyVaeLayout};
+use crate::tokenizer::ClipTokenizer;
 use crate::unet::{UNet, UNetConfig};
 use crate::vae::{Vae, VaeConfig};
 

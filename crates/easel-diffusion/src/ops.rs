@@ -8,7 +8,7 @@
 //! calls) and runs one GEMM per band through [`crate::gemm`] (candle's own GEMM crate) straight
 //! into its rows of the output, which already holds the bias, so there is no per-band output,
 //! no concatenation and no bias pass; 1×1 convolutions multiply the input in place, with no
-//! im2col at all. The weights are flattened once at load. Group norm is two passes over each
+//! im2col at all. The weights are reshaped once at load (a view, not a copy). Group norm is two passes over each
 //! group in parallel (f64 statistics) and one that writes the output with SiLU fused, using the
 //! vectorised [`crate::exp`]. Anything else (GPU, f16, strides) uses candle's own ops.
 
@@ -45,8 +45,9 @@ pub fn host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
 /// A 2-D convolution with stride 1 and "same" padding, or any candle convolution.
 pub struct Conv {
     inner: candle_nn::Conv2d,
-    /// `(cout, cin * k * k)` row-major, for the fast path (`None` unless the weights are f32 on the CPU).
-    flat: Option<Vec<f32>>,
+    /// `(cout, cin * k * k)`: the weights, reshaped without a copy, for the fast path (`None`
+    /// unless they are f32 on the CPU).
+    flat: Option<Tensor>,
     bias: Option<Vec<f32>>,
     cout: usize,
     k: usize,
@@ -69,7 +70,7 @@ impl Conv {
     fn wrap(inner: candle_nn::Conv2d, cout: usize, k: usize, cfg: Conv2dConfig) -> Result<Self> {
         let weight = inner.weight();
         let host_f32 = weight.device().is_cpu() && weight.dtype() == DType::F32;
-        let flat = host_f32.then(|| weight.flatten_all()?.to_vec1::<f32>()).transpose()?;
+        let flat = host_f32.then(|| weight.flatten_from(1)?.contiguous()).transpose()?;
         let bias = match inner.bias() {
             Some(b) if host_f32 => Some(b.to_vec1::<f32>()?),
             _ => None,
@@ -120,7 +121,7 @@ impl Conv {
         let (b, cin, h, w) = x.dims4()?;
         let (cout, k, hw) = (self.cout, self.k, h * w);
         let kk = cin * k * k;
-        let flat = View::rows(self.flat.as_deref().unwrap_or_default(), cout, kk, kk);
+        let Some(weights) = &self.flat else { bail!("conv: no CPU weights") };
         let threads = rayon::current_num_threads();
         // The output starts as the bias, and every band's GEMM adds its product onto it.
         let mut out = match &self.bias {
@@ -134,32 +135,35 @@ impl Conv {
         };
         let accumulate = self.bias.is_some();
         let label = || conv_label(k, x, cout);
-        host(x, |data| {
-            for (img, dst) in data.chunks_exact(cin * hw).zip(out.chunks_exact_mut(cout * hw)) {
-                if k == 1 {
-                    let _t = profile::start("conv1x1 gemm", || (label(), 2.0 * (cout * cin * hw) as f64));
-                    gemm(dst, hw, flat, View::rows(img, cin, hw, hw), accumulate, threads);
-                    continue;
-                }
-                let rows = (band / (kk * w).max(1)).clamp(1, h);
-                with_cols(kk * rows * w, |cols| {
-                    let mut y0 = 0;
-                    while y0 < h {
-                        let r = rows.min(h - y0);
-                        let n = r * w;
-                        let cols = &mut cols[..kk * n];
-                        profile::time(
-                            "conv im2col",
-                            || (format!("{k}x{k} {cin} @{h}x{w}"), 0.0),
-                            || im2col(img, cin, h, w, k, self.pad, y0, r, cols),
-                        );
-                        let _t = profile::start("conv3x3 gemm", || (label(), 2.0 * (cout * kk * n) as f64));
-                        gemm(&mut dst[y0 * w..], hw, flat, View::rows(cols, kk, n, n), accumulate, threads);
-                        y0 += r;
+        host(weights, |weights| {
+            let flat = View::rows(weights, cout, kk, kk);
+            host(x, |data| {
+                for (img, dst) in data.chunks_exact(cin * hw).zip(out.chunks_exact_mut(cout * hw)) {
+                    if k == 1 {
+                        let _t = profile::start("conv1x1 gemm", || (label(), 2.0 * (cout * cin * hw) as f64));
+                        gemm(dst, hw, flat, View::rows(img, cin, hw, hw), accumulate, threads);
+                        continue;
                     }
-                });
-            }
-        })?;
+                    let rows = (band / (kk * w).max(1)).clamp(1, h);
+                    with_cols(kk * rows * w, |cols| {
+                        let mut y0 = 0;
+                        while y0 < h {
+                            let r = rows.min(h - y0);
+                            let n = r * w;
+                            let cols = &mut cols[..kk * n];
+                            profile::time(
+                                "conv im2col",
+                                || (format!("{k}x{k} {cin} @{h}x{w}"), 0.0),
+                                || im2col(img, cin, h, w, k, self.pad, y0, r, cols),
+                            );
+                            let _t = profile::start("conv3x3 gemm", || (label(), 2.0 * (cout * kk * n) as f64));
+                            gemm(&mut dst[y0 * w..], hw, flat, View::rows(cols, kk, n, n), accumulate, threads);
+                            y0 += r;
+                        }
+                    });
+                }
+            })
+        })??;
         Ok(Tensor::from_vec(out, (b, cout, h, w), &Device::Cpu)?)
     }
 }
@@ -353,7 +357,7 @@ mod tests {
         let got = conv.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let want = reference(
             &x.flatten_all().unwrap().to_vec1().unwrap(),
-            conv.flat.as_deref().unwrap(),
+            &conv.flat.as_ref().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             conv.bias.as_deref().unwrap(),
             shape,
             cout,

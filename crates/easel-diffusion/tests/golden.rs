@@ -425,7 +425,14 @@ mod flux {
         let g = model.transformer.config().guidance_embeds.then_some([guidance]);
         let velocity = model
             .transformer
-            .forward(&noise, &prompt.t5, &prompt.pooled, &[schedule.model_t(0)], g.as_ref().map(|g| g.as_slice()), &rope)
+            .forward(
+                &noise,
+                &prompt.t5,
+                &prompt.pooled,
+                &[schedule.model_t(0)],
+                g.as_ref().map(|g| g.as_slice()),
+                &rope,
+            )
             .unwrap();
         errs.push(("velocity", rel_error(&velocity, &fx["velocity"])));
         let s = flux::Sampling { prompt: &prompt, schedule: &schedule, start: 0, guidance, size, partials: 0 };
@@ -476,8 +483,7 @@ mod qwen {
     }
 
     fn check(case: &str) {
-        let index: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir().join("cases.json")).unwrap()).unwrap();
+        let index: Value = serde_json::from_str(&std::fs::read_to_string(dir().join("cases.json")).unwrap()).unwrap();
         let c = &index["cases"][case];
         let bytes = std::fs::read(dir().join(format!("{case}.safetensors"))).unwrap();
         let fx = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
