@@ -71,6 +71,9 @@ soak_seconds="${EASEL_SOAK_SECONDS:-20}"
 step "Soak (${soak_seconds}s)"
 if [ "$soak_seconds" -gt 0 ]; then scripts/soak/run.sh "$soak_seconds"; else echo "skipped (EASEL_SOAK_SECONDS=0)"; fi
 
+# The diffusion benchmark once, tiny (bench/diffusion/smoke.sh: profile and TAESD decode at 64²).
+step "Diffusion benchmark (smoke)" && bench/diffusion/smoke.sh
+
 # The relay benchmark once, tiny (bench/relay/run.sh --smoke: Easel against nginx from apt, 2 s):
 # fails if Easel errors. The full side-by-side run is bench/relay/RESULTS.md.
 step "Relay benchmark (smoke)"

@@ -162,7 +162,7 @@ impl Block {
 enum Layer {
     Conv(Conv),
     Act(Activation),
-    Block(Block),
+    Block(Box<Block>),
     Upsample(usize),
 }
 
@@ -204,7 +204,7 @@ impl TinyVae {
             }));
             for _ in 0..blocks {
                 let k = encoder.len();
-                encoder.push(Layer::Block(Block::new(e.pp(k), ch[i], act)?));
+                encoder.push(Layer::Block(Box::new(Block::new(e.pp(k), ch[i], act)?)));
             }
         }
         let k = encoder.len();
@@ -217,7 +217,7 @@ impl TinyVae {
         for (i, &blocks) in cfg.num_decoder_blocks.iter().enumerate() {
             for _ in 0..blocks {
                 let k = decoder.len();
-                decoder.push(Layer::Block(Block::new(d.pp(k), ch[i], act)?));
+                decoder.push(Layer::Block(Box::new(Block::new(d.pp(k), ch[i], act)?)));
             }
             let last = i + 1 == stages;
             if !last {
