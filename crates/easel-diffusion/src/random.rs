@@ -443,7 +443,21 @@ pub fn create(family: Family, scale: Scale, out: &Path, seed: u64, merges_file: 
         index["requires_safety_checker"] = json!(false);
     }
     write_json(&out.join("model_index.json"), &index)?;
-    let info = json!({
+    write_info(out, family, scale, seed, &params, Some(merges))?;
+    Ok(Created { params, merges })
+}
+
+/// Writes [`INFO_FILE`]: what marks a folder as random weights (`models list`, `/v1/models`'
+/// `random_weights`), for every family. `merges`: the BPE merges of an SD tokenizer.
+pub(crate) fn write_info(
+    out: &Path,
+    family: Family,
+    scale: Scale,
+    seed: u64,
+    params: &[(String, usize)],
+    merges: Option<usize>,
+) -> Result<()> {
+    let mut info = json!({
         "random": true,
         "warning": "The weights of this model are random. It makes noise, not pictures.",
         "created_by": "easel models create-random",
@@ -451,10 +465,11 @@ pub fn create(family: Family, scale: Scale, out: &Path, seed: u64, merges_file: 
         "scale": format!("{scale:?}").to_lowercase(),
         "seed": seed,
         "parameters": params.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        "bpe_merges": merges,
     });
-    write_json(&out.join(INFO_FILE), &info)?;
-    Ok(Created { params, merges })
+    if let Some(m) = merges {
+        info["bpe_merges"] = json!(m);
+    }
+    write_json(&out.join(INFO_FILE), &info)
 }
 
 /// diffusers' `AutoencoderTiny` config: TAESD's published widths (`full`) or 8 channels (`tiny`),

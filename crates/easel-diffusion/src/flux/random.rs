@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::random_text::{self, dims};
 use super::transformer::{FluxConfig, FluxTransformer};
 use crate::family::Family;
-use crate::random::{Created, INFO_FILE, Scale, write_component, write_json};
+use crate::random::{Created, Scale, write_component, write_json};
 
 /// `transformer/config.json` for `family` at `scale`.
 pub fn transformer_json(family: Family, scale: Scale) -> Value {
@@ -76,16 +76,7 @@ pub fn create(family: Family, scale: Scale, out: &Path, seed: u64) -> Result<Cre
         "image_encoder": [null, null], "feature_extractor": [null, null],
     });
     write_json(&out.join("model_index.json"), &index)?;
-    let info = json!({
-        "random": true,
-        "warning": "The weights of this model are random. It makes noise, not pictures.",
-        "created_by": "easel models create-random",
-        "family": family.name(),
-        "scale": format!("{scale:?}").to_lowercase(),
-        "seed": seed,
-        "parameters": params.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
-    });
-    write_json(&out.join(INFO_FILE), &info)?;
+    crate::random::write_info(out, family, scale, seed, &params, None)?;
     Ok(Created { params, merges: 0 })
 }
 

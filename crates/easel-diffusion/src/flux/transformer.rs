@@ -13,8 +13,9 @@ use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde_json::Value;
 
+use crate::flow::blocks::{FeedForward, Qkv};
 use crate::flow::embed::{MlpEmbedder, timestep_embedding};
-use crate::flow::norm::{HeadRmsNorm, Modulation, gated, layer_norm, modulate};
+use crate::flow::norm::{Modulation, gated, layer_norm, modulate};
 use crate::flow::{Rope, joint_attention};
 
 /// diffusers hard-codes RoPE's θ and the MLP ratio.
@@ -99,58 +100,6 @@ impl FluxConfig {
 }
 
 /// `[B, S, H·D]` → `[B, H, S, D]`.
-fn heads(x: &Tensor, h: usize) -> Result<Tensor> {
-    let (b, s, hd) = x.dims3()?;
-    Ok(x.reshape((b, s, h, hd / h))?.transpose(1, 2)?)
-}
-
-struct FeedForward {
-    proj: Linear,
-    out: Linear,
-}
-
-impl FeedForward {
-    fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
-        Ok(Self {
-            proj: candle_nn::linear(dim, dim * MLP_RATIO, vb.pp("net.0.proj"))?,
-            out: candle_nn::linear(dim * MLP_RATIO, dim, vb.pp("net.2"))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.out.forward(&self.proj.forward(x)?.gelu()?)?)
-    }
-}
-
-/// q, k, v projections with per-head RMSNorm on q and k.
-struct Qkv {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    norm_q: HeadRmsNorm,
-    norm_k: HeadRmsNorm,
-}
-
-impl Qkv {
-    fn new(vb: &VarBuilder, names: [&str; 5], dim: usize, head_dim: usize) -> Result<Self> {
-        Ok(Self {
-            q: candle_nn::linear(dim, dim, vb.pp(names[0]))?,
-            k: candle_nn::linear(dim, dim, vb.pp(names[1]))?,
-            v: candle_nn::linear(dim, dim, vb.pp(names[2]))?,
-            norm_q: HeadRmsNorm::new(vb.pp(names[3]), head_dim, 1e-6)?,
-            norm_k: HeadRmsNorm::new(vb.pp(names[4]), head_dim, 1e-6)?,
-        })
-    }
-
-    /// `[B, H, S, D]` each, q and k normed.
-    fn forward(&self, x: &Tensor, h: usize) -> Result<(Tensor, Tensor, Tensor)> {
-        let q = self.norm_q.forward(&heads(&self.q.forward(x)?, h)?)?;
-        let k = self.norm_k.forward(&heads(&self.k.forward(x)?, h)?)?;
-        let v = heads(&self.v.forward(x)?, h)?;
-        Ok((q, k, v))
-    }
-}
-
 /// Attention over `[a; b]` (q, k, v concatenated along the sequence), RoPE on the whole.
 fn attend(parts: &[(Tensor, Tensor, Tensor)], rope: &Rope) -> Result<Tensor> {
     let cat = |i: usize| -> Result<Tensor> {

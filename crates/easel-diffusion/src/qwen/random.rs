@@ -25,7 +25,7 @@ use super::tokenizer::tokenizer_json;
 use super::transformer::{QwenTransformer, QwenTransformerConfig};
 use super::vae::{LATENTS_MEAN, LATENTS_STD, QwenVae, QwenVaeConfig};
 use crate::family::Family;
-use crate::random::{Created, INFO_FILE, Scale, byte_chars, write_component, write_json};
+use crate::random::{Created, Scale, byte_chars, write_component, write_json};
 
 /// Qwen2.5-VL's vocabulary size and its special tokens with their ids.
 pub const VOCAB_SIZE: usize = 152_064;
@@ -190,16 +190,7 @@ pub fn create(family: Family, scale: Scale, out: &Path, seed: u64) -> Result<Cre
         index["processor"] = json!(["transformers", "Qwen2VLProcessor"]);
     }
     write_json(&out.join("model_index.json"), &index)?;
-    let info = json!({
-        "random": true,
-        "warning": "The weights of this model are random. It makes noise, not pictures.",
-        "created_by": "easel models create-random",
-        "family": family.name(),
-        "scale": format!("{scale:?}").to_lowercase(),
-        "seed": seed,
-        "parameters": params.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
-    });
-    write_json(&out.join(INFO_FILE), &info)?;
+    crate::random::write_info(out, family, scale, seed, &params, None)?;
     Ok(Created { params, merges: 0 })
 }
 

@@ -19,8 +19,9 @@ use candle_nn::{Linear, RmsNorm, VarBuilder, linear, rms_norm};
 use serde_json::Value;
 
 use crate::flow::attention::joint_attention;
+use crate::flow::blocks::{FeedForward, Qkv};
 use crate::flow::embed::{MlpEmbedder, timestep_embedding};
-use crate::flow::norm::{HeadRmsNorm, Modulation, layer_norm, modulate};
+use crate::flow::norm::{Modulation, layer_norm, modulate};
 use crate::flow::rope::Rope;
 
 use super::positions::qwen_rope;
@@ -98,41 +99,6 @@ impl QwenTransformerConfig {
     }
 }
 
-struct Mlp {
-    up: Linear,
-    down: Linear,
-}
-
-impl Mlp {
-    fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
-        Ok(Self { up: linear(dim, 4 * dim, vb.pp("net.0.proj"))?, down: linear(4 * dim, dim, vb.pp("net.2"))? })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.down.forward(&self.up.forward(x)?.gelu()?)?)
-    }
-}
-
-/// One stream's side of the joint attention.
-struct Qkv {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    norm_q: HeadRmsNorm,
-    norm_k: HeadRmsNorm,
-}
-
-impl Qkv {
-    /// `(q, k, v)` as `[B, H, S, D]`, q and k normalised and rotated.
-    fn forward(&self, x: &Tensor, heads: usize, rope: &Rope) -> Result<(Tensor, Tensor, Tensor)> {
-        let (b, s, _) = x.dims3()?;
-        let split = |t: Tensor| -> Result<Tensor> { Ok(t.reshape((b, s, heads, ()))?.transpose(1, 2)?.contiguous()?) };
-        let q = rope.apply(&self.norm_q.forward(&split(self.q.forward(x)?)?)?)?;
-        let k = rope.apply(&self.norm_k.forward(&split(self.k.forward(x)?)?)?)?;
-        Ok((q, k, split(self.v.forward(x)?)?))
-    }
-}
-
 struct Block {
     img_mod: Modulation,
     txt_mod: Modulation,
@@ -140,8 +106,8 @@ struct Block {
     txt_qkv: Qkv,
     img_out: Linear,
     txt_out: Linear,
-    img_mlp: Mlp,
-    txt_mlp: Mlp,
+    img_mlp: FeedForward,
+    txt_mlp: FeedForward,
     heads: usize,
 }
 
@@ -154,28 +120,15 @@ impl Block {
         let dim = cfg.inner_dim();
         let hd = cfg.attention_head_dim;
         let a = vb.pp("attn");
-        let norm = |name: &str| HeadRmsNorm::new(a.pp(name), hd, 1e-6);
         Ok(Self {
             img_mod: Modulation::new(vb.pp("img_mod.1"), dim, 6)?,
             txt_mod: Modulation::new(vb.pp("txt_mod.1"), dim, 6)?,
-            img_qkv: Qkv {
-                q: linear(dim, dim, a.pp("to_q"))?,
-                k: linear(dim, dim, a.pp("to_k"))?,
-                v: linear(dim, dim, a.pp("to_v"))?,
-                norm_q: norm("norm_q")?,
-                norm_k: norm("norm_k")?,
-            },
-            txt_qkv: Qkv {
-                q: linear(dim, dim, a.pp("add_q_proj"))?,
-                k: linear(dim, dim, a.pp("add_k_proj"))?,
-                v: linear(dim, dim, a.pp("add_v_proj"))?,
-                norm_q: norm("norm_added_q")?,
-                norm_k: norm("norm_added_k")?,
-            },
+            img_qkv: Qkv::new(&a, ["to_q", "to_k", "to_v", "norm_q", "norm_k"], dim, hd)?,
+            txt_qkv: Qkv::new(&a, ["add_q_proj", "add_k_proj", "add_v_proj", "norm_added_q", "norm_added_k"], dim, hd)?,
             img_out: linear(dim, dim, a.pp("to_out.0"))?,
             txt_out: linear(dim, dim, a.pp("to_add_out"))?,
-            img_mlp: Mlp::new(vb.pp("img_mlp"), dim)?,
-            txt_mlp: Mlp::new(vb.pp("txt_mlp"), dim)?,
+            img_mlp: FeedForward::new(vb.pp("img_mlp"), dim)?,
+            txt_mlp: FeedForward::new(vb.pp("txt_mlp"), dim)?,
             heads: cfg.num_attention_heads,
         })
     }
@@ -220,8 +173,10 @@ impl Block {
         let ([ts1, tc1, tg1], [ts2, tc2, tg2]) = Self::mods(&self.txt_mod, temb, None)?;
         let img_in = modulate_tokens(&layer_norm(img)?, &is1, &ic1)?;
         let txt_in = modulate_tokens(&layer_norm(txt)?, &ts1, &tc1)?;
-        let (iq, ik, iv) = self.img_qkv.forward(&img_in, self.heads, img_rope)?;
-        let (tq, tk, tv) = self.txt_qkv.forward(&txt_in, self.heads, txt_rope)?;
+        let (iq, ik, iv) = self.img_qkv.forward(&img_in, self.heads)?;
+        let (iq, ik) = (img_rope.apply(&iq)?, img_rope.apply(&ik)?);
+        let (tq, tk, tv) = self.txt_qkv.forward(&txt_in, self.heads)?;
+        let (tq, tk) = (txt_rope.apply(&tq)?, txt_rope.apply(&tk)?);
         let q = Tensor::cat(&[tq, iq], 2)?;
         let k = Tensor::cat(&[tk, ik], 2)?;
         let v = Tensor::cat(&[tv, iv], 2)?;
