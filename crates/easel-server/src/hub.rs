@@ -13,7 +13,9 @@
 //! tools honour them.
 //!
 //! Only the files the local backend loads are fetched ([`wanted`]): `model_index.json`, the
-//! scheduler, tokenizer and component configs, and one safetensors file per component. Weights
+//! scheduler, tokenizer, processor and component configs, and one safetensors file per component
+//! (or, where the repository shards it — FLUX's and Qwen's transformers and text encoders — the
+//! `*.safetensors.index.json` and every shard it names). Weights
 //! prefer the `fp16` variant when the repository has one: half the download, and the precision
 //! the models are published and usually run at (the loader converts to the model's dtype);
 //! `--full-precision` takes the f32 files instead.
@@ -48,6 +50,9 @@ const PIPELINES: &[&str] = &[
     "StableDiffusionInpaintPipeline",
     "StableDiffusionXLPipeline",
     "StableDiffusionXLInpaintPipeline",
+    "FluxPipeline",
+    "QwenImagePipeline",
+    "QwenImageEditPipeline",
 ];
 
 /// Component folders with a safetensors weights file, and its stem.
@@ -55,6 +60,7 @@ const WEIGHTS: &[(&str, &str)] = &[
     ("text_encoder", "model"),
     ("text_encoder_2", "model"),
     ("unet", "diffusion_pytorch_model"),
+    ("transformer", "diffusion_pytorch_model"),
     ("vae", "diffusion_pytorch_model"),
 ];
 
@@ -367,6 +373,14 @@ fn wanted(siblings: &[Sibling], full_precision: bool) -> Result<Vec<Sibling>> {
         let (first, second) = if full_precision { (full, half) } else { (half, full) };
         if let Some(name) = [first, second].into_iter().find(|n| names.contains(n.as_str())) {
             weights.push(name);
+        } else if names.contains(format!("{folder}/{stem}.safetensors.index.json").as_str()) {
+            // Sharded (FLUX's transformer and T5, Qwen's transformer and text encoder): the index
+            // and every `{stem}-NNNNN-of-NNNNN.safetensors` it names.
+            let shard = format!("{folder}/{stem}-");
+            weights.push(format!("{folder}/{stem}.safetensors.index.json"));
+            weights.extend(
+                names.iter().filter(|n| n.starts_with(&shard) && n.ends_with(".safetensors")).map(|n| n.to_string()),
+            );
         }
     }
     let small = |name: &str| {
@@ -375,6 +389,7 @@ fn wanted(siblings: &[Sibling], full_precision: bool) -> Result<Vec<Sibling>> {
             || (name.starts_with("scheduler/") && name.ends_with(".json"))
             || name.starts_with("tokenizer/")
             || name.starts_with("tokenizer_2/")
+            || (name.starts_with("processor/") && !name.ends_with(".md"))
             || WEIGHTS.iter().any(|(folder, _)| name == format!("{folder}/config.json"))
     };
     let mut files: Vec<Sibling> =
@@ -392,7 +407,7 @@ fn check_pipeline(repo: &RepoId, index: &Path) -> Result<()> {
     let class = index.get("_class_name").and_then(|v| v.as_str()).unwrap_or("?");
     anyhow::ensure!(
         PIPELINES.contains(&class),
-        "{repo} is a {class}; Easel runs {} (the SD 1.5, 2.x, Turbo and SDXL families)",
+        "{repo} is a {class}; Easel runs {} (the SD 1.5, 2.x, Turbo and SDXL families, FLUX.1, Qwen-Image and Qwen-Image-Edit)",
         PIPELINES.join(", ")
     );
     Ok(())
@@ -464,6 +479,39 @@ mod tests {
         );
         assert!(names(true).contains(&"unet/diffusion_pytorch_model.safetensors".to_string()));
         assert!(!names(true).iter().any(|n| n.contains("fp16")));
+    }
+
+    #[test]
+    fn sharded_weights_come_with_their_index() {
+        let siblings = [
+            sib("model_index.json", false),
+            sib("transformer/config.json", false),
+            sib("transformer/diffusion_pytorch_model.safetensors.index.json", false),
+            sib("transformer/diffusion_pytorch_model-00001-of-00002.safetensors", true),
+            sib("transformer/diffusion_pytorch_model-00002-of-00002.safetensors", true),
+            sib("text_encoder/config.json", false),
+            sib("text_encoder/model.safetensors.index.json", false),
+            sib("text_encoder/model-00001-of-00001.safetensors", true),
+            sib("text_encoder/generation_config.json", false),
+            sib("processor/preprocessor_config.json", false),
+            sib("processor/README.md", false),
+            sib("flux1-dev.safetensors", true),
+        ];
+        let names = wanted(&siblings, false).unwrap().into_iter().map(|s| s.rfilename).collect::<Vec<_>>();
+        assert_eq!(
+            names,
+            [
+                "model_index.json",
+                "processor/preprocessor_config.json",
+                "text_encoder/config.json",
+                "text_encoder/model.safetensors.index.json",
+                "transformer/config.json",
+                "transformer/diffusion_pytorch_model.safetensors.index.json",
+                "text_encoder/model-00001-of-00001.safetensors",
+                "transformer/diffusion_pytorch_model-00001-of-00002.safetensors",
+                "transformer/diffusion_pytorch_model-00002-of-00002.safetensors",
+            ]
+        );
     }
 
     #[test]

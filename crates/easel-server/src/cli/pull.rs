@@ -90,8 +90,8 @@ pub async fn add_hub_model(config: &mut Config, repo: &str) -> Result<()> {
     Ok(())
 }
 
-/// The family of a pulled folder: as `create-random` recorded it, or from the pipeline class,
-/// the UNet's input channels, the text encoder's width and (for Turbo, whose weights are shaped
+/// The family of a pulled folder: as `create-random` recorded it, or from the pipeline class
+/// (FLUX: dev has a guidance embedder), the UNet's input channels, the text encoder's width and (for Turbo, whose weights are shaped
 /// like their base model's) the repository's name.
 fn family_of(dir: &Path, repo: &RepoId) -> Result<&'static str> {
     use easel_diffusion::model::read_json;
@@ -102,6 +102,17 @@ fn family_of(dir: &Path, repo: &RepoId) -> Result<&'static str> {
     }
     let index = read_json(&dir.join("model_index.json"))?;
     let class = index.get("_class_name").and_then(|v| v.as_str()).unwrap_or("?");
+    match class {
+        "QwenImagePipeline" => return Ok("qwen-image"),
+        "QwenImageEditPipeline" => return Ok("qwen-image-edit"),
+        "FluxPipeline" => {
+            // dev is guidance-distilled (a guidance embedder); schnell is not.
+            let transformer = read_json(&dir.join("transformer/config.json"))?;
+            let dev = transformer.get("guidance_embeds").and_then(|v| v.as_bool()).unwrap_or(false);
+            return Ok(if dev { "flux-dev" } else { "flux-schnell" });
+        }
+        _ => {}
+    }
     let unet = read_json(&dir.join("unet/config.json"))?;
     let inpaint = unet.get("in_channels").and_then(|v| v.as_u64()) == Some(9);
     let turbo = repo.name.to_ascii_lowercase().contains("turbo");

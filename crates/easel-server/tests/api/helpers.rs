@@ -275,3 +275,56 @@ impl Drop for ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A tiny random model made by the real CLI (`easel models create-random --scale tiny`, with
+/// `args` such as `--family flux-schnell --seed 5`), once per test binary and `args`, in a folder
+/// that lives as long as the binary. Checks the CLI says the weights are random.
+pub fn random_model(args: &[&str]) -> std::path::PathBuf {
+    static DIRS: std::sync::Mutex<Vec<(String, tempfile::TempDir)>> = std::sync::Mutex::new(Vec::new());
+    let key = args.join(" ");
+    let mut dirs = DIRS.lock().unwrap();
+    if let Some((_, dir)) = dirs.iter().find(|(k, _)| *k == key) {
+        return dir.path().join("model");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_easel"))
+        .args(["models", "create-random", "--scale", "tiny"])
+        .args(args)
+        .arg("--out")
+        .arg(dir.path().join("model"))
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "create-random {key} failed: {said}");
+    assert!(said.to_lowercase().contains("random"), "create-random must say the weights are random: {said}");
+    let path = dir.path().join("model");
+    dirs.push((key, dir));
+    path
+}
+
+/// A `[[models]]` entry for a local model.
+pub fn local_model(id: &str, options: serde_json::Map<String, Value>) -> easel_server::config::ModelConfig {
+    easel_server::config::ModelConfig { id: id.into(), backend: "local".into(), response_format: None, options }
+}
+
+/// Polls `/readyz` until no model is still loading; returns its last status and body (200, or
+/// 503 naming what failed to load).
+pub async fn wait_loaded(app: &TestApp) -> (u16, String) {
+    let started = std::time::Instant::now();
+    loop {
+        let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+        let status = ready.status().as_u16();
+        let body = ready.text().await.unwrap();
+        if !body.contains("is still loading") {
+            return (status, body);
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(120), "the model did not load: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// [`wait_loaded`], requiring every model to have loaded.
+pub async fn wait_ready(app: &TestApp) {
+    let (status, body) = wait_loaded(app).await;
+    assert_eq!(status, 200, "a model failed to load: {body}");
+}

@@ -4,34 +4,19 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use reqwest::multipart::Form;
 use serde_json::json;
 
-use crate::helpers::{TestApp, assert_error, b64_bytes, file_part, images, json_body, mask, png, spawn_app_with};
+use crate::helpers::{
+    TestApp, assert_error, b64_bytes, file_part, images, json_body, local_model, mask, png, random_model,
+    spawn_app_with, wait_ready,
+};
 use crate::sdk::{Sdk, run_sdk};
 
 /// One tiny sd-turbo folder (with a tiny autoencoder in `vae_tiny/`) for the whole test binary.
 pub fn model_dir() -> PathBuf {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap();
-    let dir = DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let output = Command::new(env!("CARGO_BIN_EXE_easel"))
-            .args(["models", "create-random", "--family", "sd-turbo", "--scale", "tiny", "--seed", "7"])
-            .args(["--tiny-vae", "--out"])
-            .arg(dir.path().join("turbo"))
-            .output()
-            .unwrap();
-        let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-        assert!(output.status.success(), "create-random failed: {said}");
-        assert!(said.to_lowercase().contains("random"), "create-random must say the weights are random: {said}");
-        dir
-    });
-    dir.path().join("turbo")
+    random_model(&["--family", "sd-turbo", "--seed", "7", "--tiny-vae"])
 }
 
 /// A server with the tiny model as `turbo`, once it is ready.
@@ -56,27 +41,13 @@ pub async fn local_app_with(extra: &[(&str, serde_json::Value)]) -> TestApp {
                 options.insert(k.into(), v);
             }
             options.extend(extra);
-            c.models = vec![easel_server::config::ModelConfig {
-                id: "turbo".into(),
-                backend: "local".into(),
-                response_format: None,
-                options,
-            }];
+            c.models = vec![local_model("turbo", options)];
         },
         Vec::new(),
     )
     .await;
-    let started = Instant::now();
-    loop {
-        let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
-        if ready.status() == 200 {
-            return app;
-        }
-        let body = ready.text().await.unwrap();
-        assert!(body.contains("loading"), "the model failed to load: {body}");
-        assert!(started.elapsed() < Duration::from_secs(120), "the model did not load: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_ready(&app).await;
+    app
 }
 
 #[tokio::test]

@@ -5,33 +5,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use reqwest::multipart::Form;
 use serde_json::json;
 
-use crate::helpers::{TestApp, assert_error, b64_bytes, file_part, images, json_body, mask, png, spawn_app_with};
+use crate::helpers::{
+    TestApp, assert_error, b64_bytes, file_part, images, json_body, local_model, mask, png, random_model,
+    spawn_app_with, wait_loaded,
+};
 use crate::sdk::{Sdk, run_sdk};
 
 /// One tiny flux-schnell folder for the whole test binary.
 fn model_dir() -> PathBuf {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap();
-    let dir = DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let output = Command::new(env!("CARGO_BIN_EXE_easel"))
-            .args(["models", "create-random", "--family", "flux-schnell", "--scale", "tiny", "--seed", "5", "--out"])
-            .arg(dir.path().join("flux"))
-            .output()
-            .unwrap();
-        let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-        assert!(output.status.success(), "create-random failed: {said}");
-        assert!(said.to_lowercase().contains("random"), "create-random must say the weights are random: {said}");
-        dir
-    });
-    dir.path().join("flux")
+    random_model(&["--family", "flux-schnell", "--seed", "5"])
 }
 
 /// A server with the folder at `path` as `flux`; returns once `/readyz` stops saying "loading".
@@ -50,26 +36,13 @@ async fn flux_app(path: &Path) -> TestApp {
             ] {
                 options.insert(k.into(), v);
             }
-            c.models = vec![easel_server::config::ModelConfig {
-                id: "flux".into(),
-                backend: "local".into(),
-                response_format: None,
-                options,
-            }];
+            c.models = vec![local_model("flux", options)];
         },
         Vec::new(),
     )
     .await;
-    let started = Instant::now();
-    loop {
-        let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
-        let body = ready.text().await.unwrap();
-        if !body.contains("is still loading") {
-            return app;
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "the model did not load: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_loaded(&app).await;
+    app
 }
 
 #[tokio::test]

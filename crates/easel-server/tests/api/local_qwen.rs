@@ -4,32 +4,18 @@
 //! what the family refuses (edits) before any compute.
 
 use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use reqwest::multipart::Form;
 use serde_json::json;
 
-use crate::helpers::{TestApp, assert_error, b64_bytes, file_part, images, json_body, png, spawn_app_with};
+use crate::helpers::{
+    TestApp, assert_error, b64_bytes, file_part, images, json_body, local_model, png, random_model, spawn_app_with,
+    wait_ready,
+};
 
 /// One tiny qwen-image folder for the whole test binary.
 fn model_dir() -> PathBuf {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap();
-    let dir = DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let output = Command::new(env!("CARGO_BIN_EXE_easel"))
-            .args(["models", "create-random", "--family", "qwen-image", "--scale", "tiny", "--seed", "3", "--out"])
-            .arg(dir.path().join("qwen"))
-            .output()
-            .unwrap();
-        let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-        assert!(output.status.success(), "create-random failed: {said}");
-        dir
-    });
-    dir.path().join("qwen")
+    random_model(&["--family", "qwen-image", "--seed", "3"])
 }
 
 /// A server with the tiny model as `qwen` (plus `extra` `[[models]]` keys), once it is ready.
@@ -49,27 +35,13 @@ async fn qwen_app(extra: &[(&str, serde_json::Value)]) -> TestApp {
                 options.insert(k.into(), v);
             }
             options.extend(extra);
-            c.models = vec![easel_server::config::ModelConfig {
-                id: "qwen".into(),
-                backend: "local".into(),
-                response_format: None,
-                options,
-            }];
+            c.models = vec![local_model("qwen", options)];
         },
         Vec::new(),
     )
     .await;
-    let started = Instant::now();
-    loop {
-        let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
-        if ready.status() == 200 {
-            return app;
-        }
-        let body = ready.text().await.unwrap();
-        assert!(body.contains("loading"), "the model failed to load: {body}");
-        assert!(started.elapsed() < Duration::from_secs(120), "the model did not load: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_ready(&app).await;
+    app
 }
 
 #[tokio::test]

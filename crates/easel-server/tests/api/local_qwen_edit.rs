@@ -5,9 +5,6 @@
 //! refuses (a second image, a mask, a generation) before any compute.
 
 use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use easel_upstream::testing::Fake;
 use image::GenericImageView;
@@ -15,7 +12,8 @@ use reqwest::multipart::Form;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestApp, assert_error, b64_bytes, data_url, file_part, images, json_body, mask, png, spawn_app_with,
+    TestApp, assert_error, b64_bytes, data_url, file_part, images, json_body, local_model, mask, png, random_model,
+    spawn_app_with, wait_ready,
 };
 
 /// Cargo sets this for every test process, so the enhancer can name it as its key variable.
@@ -23,21 +21,7 @@ const KEY_ENV: &str = "CARGO_PKG_NAME";
 
 /// One tiny qwen-image-edit folder for the whole test binary.
 fn model_dir() -> PathBuf {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap();
-    let dir = DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let output = Command::new(env!("CARGO_BIN_EXE_easel"))
-            .args(["models", "create-random", "--family", "qwen-image-edit", "--scale", "tiny", "--seed", "4", "--out"])
-            .arg(dir.path().join("edit"))
-            .output()
-            .unwrap();
-        let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-        assert!(output.status.success(), "create-random failed: {said}");
-        dir
-    });
-    dir.path().join("edit")
+    random_model(&["--family", "qwen-image-edit", "--seed", "4"])
 }
 
 fn options() -> serde_json::Map<String, Value> {
@@ -67,12 +51,7 @@ async fn edit_app(enhancer: Option<&Fake>) -> TestApp {
     );
     let app = spawn_app_with(
         move |c| {
-            let model = |id: &str| easel_server::config::ModelConfig {
-                id: id.into(),
-                backend: "local".into(),
-                response_format: None,
-                options: options(),
-            };
+            let model = |id: &str| local_model(id, options());
             c.models = vec![model("qwen-image-edit")];
             if enhancer.is_some() {
                 c.models.push(model("qwen-image-edit-pe"));
@@ -82,17 +61,8 @@ async fn edit_app(enhancer: Option<&Fake>) -> TestApp {
         Vec::new(),
     )
     .await;
-    let started = Instant::now();
-    loop {
-        let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
-        if ready.status() == 200 {
-            return app;
-        }
-        let body = ready.text().await.unwrap();
-        assert!(body.contains("loading"), "the model failed to load: {body}");
-        assert!(started.elapsed() < Duration::from_secs(120), "the model did not load: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_ready(&app).await;
+    app
 }
 
 /// A source with some structure: a coloured square on a gradient.

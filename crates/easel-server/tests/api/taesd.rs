@@ -2,8 +2,6 @@
 //! `decoder = "taesd"`), through the HTTP API with the tiny random model and the `vae_tiny/`
 //! that `create-random --tiny-vae` writes beside it.
 
-use std::time::{Duration, Instant};
-
 use serde_json::{Value, json};
 
 use crate::helpers::{b64_bytes, images, json_body};
@@ -58,24 +56,11 @@ async fn a_missing_tiny_vae_folder_is_named_by_readyz() {
             options.insert("family".into(), json!("sd-turbo"));
             options.insert("path".into(), json!(path));
             options.insert("tiny_vae".into(), json!(missing));
-            c.models = vec![easel_server::config::ModelConfig {
-                id: "turbo".into(),
-                backend: "local".into(),
-                response_format: None,
-                options,
-            }];
+            c.models = vec![crate::helpers::local_model("turbo", options)];
         },
         Vec::new(),
     )
     .await;
-    let started = Instant::now();
-    let body = loop {
-        let body = app.client.get(app.url("/readyz")).send().await.unwrap().text().await.unwrap();
-        if !body.contains("loading") {
-            break body;
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "still loading: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (_, body) = crate::helpers::wait_loaded(&app).await;
     assert!(body.contains("no-such-taesd") && body.contains("does not exist"), "{body}");
 }
