@@ -1,6 +1,6 @@
 // The official OpenAI Node SDK against a running Easel (started by the Rust test `sdk::node_sdk`).
 // Environment: EASEL_BASE_URL (ending in /v1), EASEL_FIXTURES (image.png, image2.png, mask.png),
-// EASEL_MODEL (default test-image), EASEL_SKIP (comma-separated test names the model cannot do).
+// EASEL_MODEL (default test-image), EASEL_SKIP (test names the model cannot do, one per line: names may hold commas).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -10,7 +10,7 @@ import OpenAI, { toFile, NotFoundError, BadRequestError } from 'openai';
 const client = new OpenAI({ baseURL: process.env.EASEL_BASE_URL, apiKey: 'sk-anything', maxRetries: 0 });
 const fixture = (name) => path.join(process.env.EASEL_FIXTURES, name);
 const MODEL = process.env.EASEL_MODEL || 'test-image';
-const SKIP = new Set((process.env.EASEL_SKIP || '').split(',').filter(Boolean));
+const SKIP = new Set((process.env.EASEL_SKIP || '').split('\n').filter(Boolean));
 const check = (name, fn) => test(name, { skip: SKIP.has(name) }, fn);
 
 function pngSize(b64) {

@@ -1,7 +1,7 @@
 """The official OpenAI Python SDK against a running Easel (started by the Rust test `sdk::python_sdk`).
 
 Environment: EASEL_BASE_URL (ending in /v1), EASEL_FIXTURES (a folder with image.png, image2.png
-and mask.png, 64x64), EASEL_MODEL (default test-image) and EASEL_SKIP (comma-separated checks the
+and mask.png, 64x64), EASEL_MODEL (default test-image) and EASEL_SKIP (one per line: checks the
 model cannot do, e.g. test_variations). Prints one line per check and exits non-zero on any failure.
 """
 
@@ -18,7 +18,7 @@ from openai import OpenAI
 BASE_URL = os.environ["EASEL_BASE_URL"]
 FIXTURES = os.environ["EASEL_FIXTURES"]
 MODEL = os.environ.get("EASEL_MODEL", "test-image")
-SKIP = set(filter(None, os.environ.get("EASEL_SKIP", "").split(",")))
+SKIP = set(filter(None, os.environ.get("EASEL_SKIP", "").split("\n")))
 client = OpenAI(base_url=BASE_URL, api_key="sk-anything", max_retries=0)
 
 

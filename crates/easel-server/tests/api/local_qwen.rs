@@ -132,3 +132,30 @@ async fn the_lightning_preset_changes_the_schedule() {
     let slow = json_body(plain.generate(request).await, 200).await;
     assert_ne!(b64_bytes(&fast["data"][0]), b64_bytes(&slow["data"][0]));
 }
+
+/// The official Python SDK against the tiny model: what a text-to-image model does (its edits and
+/// variations are refused, as `qwen_image_refuses_edits_and_sizes_off_its_grid` shows).
+#[tokio::test]
+async fn python_sdk_with_a_local_qwen_image_model() {
+    let skip = [
+        "test_edit_one_image",
+        "test_edit_raw_bytes",
+        "test_edit_list_of_images_with_mask",
+        "test_edit_with_mask",
+        "test_variations",
+        "test_stream_edit",
+    ];
+    crate::sdk::run_sdk(crate::sdk::Sdk::Python, &qwen_app(&[]).await, "qwen", &skip).await;
+}
+
+#[tokio::test]
+async fn node_sdk_with_a_local_qwen_image_model() {
+    let skip = [
+        "images.edit with a file stream (streaming multipart, octet-stream)",
+        "images.edit with a list of images and a mask",
+        "images.edit with a mask",
+        "images.createVariation",
+        "streaming edit",
+    ];
+    crate::sdk::run_sdk(crate::sdk::Sdk::Node, &qwen_app(&[]).await, "qwen", &skip).await;
+}

@@ -175,3 +175,32 @@ async fn qwen_image_edit_refuses_what_it_cannot_do() {
     let response = app.generate(json!({"model": "qwen-image-edit", "prompt": "a cat"})).await;
     assert_eq!(response.status(), 400, "{}", response.text().await.unwrap());
 }
+
+/// The official Python SDK against the tiny edit model: single-image edits, raw bytes, streaming
+/// (generations, masks and several images are refused, as the tests above show).
+#[tokio::test]
+async fn python_sdk_with_a_local_qwen_image_edit_model() {
+    let skip = [
+        "test_generate",
+        "test_generate_webp_and_url",
+        "test_stream_generate",
+        "test_edit_list_of_images_with_mask",
+        "test_edit_with_mask",
+        "test_variations",
+        "test_errors",
+    ];
+    crate::sdk::run_sdk(crate::sdk::Sdk::Python, &edit_app(None).await, "qwen-image-edit", &skip).await;
+}
+
+#[tokio::test]
+async fn node_sdk_with_a_local_qwen_image_edit_model() {
+    let skip = [
+        "images.generate",
+        "images.edit with a list of images and a mask",
+        "images.edit with a mask",
+        "images.createVariation",
+        "streaming generate",
+        "errors",
+    ];
+    crate::sdk::run_sdk(crate::sdk::Sdk::Node, &edit_app(None).await, "qwen-image-edit", &skip).await;
+}

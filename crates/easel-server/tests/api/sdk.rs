@@ -52,7 +52,7 @@ pub async fn run_sdk(sdk: Sdk, app: &TestApp, model: &str, skip: &[&str]) {
         .env("EASEL_BASE_URL", format!("{}/v1", app.address))
         .env("EASEL_FIXTURES", fixture_dir.path())
         .env("EASEL_MODEL", model)
-        .env("EASEL_SKIP", skip.join(","));
+        .env("EASEL_SKIP", skip.join("\n"));
     let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("the SDK test starts");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
