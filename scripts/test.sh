@@ -77,10 +77,10 @@ step "Diffusion benchmark (smoke)" && bench/diffusion/smoke.sh
 # The relay benchmark once, tiny (bench/relay/run.sh --smoke: Easel against nginx from apt, 2 s):
 # fails if Easel errors. The full side-by-side run is bench/relay/RESULTS.md.
 step "Relay benchmark (smoke)"
-if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+if { ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; } || ! command -v wrk >/dev/null; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nginx-light >/dev/null \
-    || { echo "could not install nginx (apt-get install nginx-light)" >&2; exit 1; }
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nginx-light wrk >/dev/null \
+    || { echo "could not install nginx and wrk (apt-get install nginx-light wrk)" >&2; exit 1; }
 fi
 bench/relay/run.sh --smoke
 

@@ -10,8 +10,9 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 model="$1"
-pairs="${2:-3}"
-shift $(( $# >= 2 ? 2 : 1 ))
+shift
+pairs=3
+if [ $# -ge 1 ] && [ "$1" != "--" ]; then pairs="$1"; shift; fi
 [ "${1:-}" = "--" ] && shift
 family="${FAMILY:-sd-turbo}"
 size="${SIZE:-512}"

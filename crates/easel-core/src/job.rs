@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -140,7 +139,8 @@ impl std::fmt::Debug for Steps {
 #[derive(Debug, Clone)]
 pub struct EncodedPartial {
     pub index: u32,
-    pub bytes: Bytes,
+    /// Base64 when a relayed partial passed through unchanged: sent as that same text.
+    pub bytes: ImageBytes,
 }
 
 /// A delivered image.

@@ -1,7 +1,7 @@
-//! Fused (flash-style) softmax attention for f32 on the CPU, and the VAE's attention block.
+//! Fused (flash-style) softmax attention for f32 on the CPU, and the VAE's attention block that
+//! uses it.
 //!
-//! The UNet's self-attention at 512² runs over 4096 tokens, and so does the VAE's mid block: a
-//! full score matrix is 64 MiB per head, which candle would write, read back for the softmax,
+//! The VAE's mid block at 512² attends over 4096 tokens: a full score matrix is 64 MiB per head, which candle would write, read back for the softmax,
 //! write again and read for the product with the values, all from main memory, with a libm call
 //! per score for `exp`. Here each block of query rows streams the keys and values in tiles: a
 //! tile of scores (cache-sized) comes from one GEMM, is turned into probabilities with the
@@ -10,7 +10,8 @@
 //! once, so the score matrix never exists. Query blocks run in parallel over rayon. Tile products
 //! go through [`crate::gemm`], which reads the heads straight out of the `(batch, tokens,
 //! heads·dim)` projections, so no transposed copies are made either. Other devices and dtypes use
-//! candle's ops ([`crate::blocks::attend`]).
+//! candle's attention block. The UNet keeps its chunked GEMM attention ([`crate::blocks::attend`]):
+//! with many heads this kernel measured at half the GEMM rate (`bench --ops`, several heads).
 
 use anyhow::{Result, ensure};
 use candle_core::{DType, Device, Module, Tensor};
@@ -164,53 +165,58 @@ pub fn fused(x: &Tensor) -> bool {
 }
 
 /// The VAE's single-head self-attention over the pixels of a feature map (diffusers'
-/// `Attention` with `group_norm`, residual added).
-pub struct VaeAttention {
-    norm: GroupNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    /// candle's block, for devices and dtypes the fused kernel does not serve (not loaded for
-    /// f32 on the CPU, so the weights are held once).
-    fallback: Option<candle_transformers::models::stable_diffusion::attention::AttentionBlock>,
+/// `Attention` with `group_norm`, residual added): the fused kernel for f32 on the CPU, candle's
+/// block elsewhere. Only one side's weights are loaded.
+pub enum VaeAttention {
+    Fused { norm: GroupNorm, q: Linear, k: Linear, v: Linear, out: Linear },
+    Candle(candle_transformers::models::stable_diffusion::attention::AttentionBlock),
 }
 
 impl VaeAttention {
     pub fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
         use candle_transformers::models::stable_diffusion::attention::{AttentionBlock, AttentionBlockConfig};
-        let cfg =
-            AttentionBlockConfig { num_head_channels: None, num_groups: groups, rescale_output_factor: 1.0, eps: 1e-6 };
-        let fallback = if vb.device().is_cpu() && vb.dtype() == DType::F32 {
-            None
-        } else {
-            Some(AttentionBlock::new(vb.clone(), channels, cfg)?)
-        };
+        if !(vb.device().is_cpu() && vb.dtype() == DType::F32) {
+            let cfg = AttentionBlockConfig {
+                num_head_channels: None,
+                num_groups: groups,
+                rescale_output_factor: 1.0,
+                eps: 1e-6,
+            };
+            return Ok(Self::Candle(AttentionBlock::new(vb, channels, cfg)?));
+        }
         let (q, k, v, out) = if vb.contains_tensor("to_q.weight") {
             ("to_q", "to_k", "to_v", "to_out.0")
         } else {
             ("query", "key", "value", "proj_attn")
         };
-        Ok(Self {
+        Ok(Self::Fused {
             norm: GroupNorm::new(vb.pp("group_norm"), groups, channels, 1e-6)?,
             q: linear(channels, channels, vb.pp(q))?,
             k: linear(channels, channels, vb.pp(k))?,
             v: linear(channels, channels, vb.pp(v))?,
             out: linear(channels, channels, vb.pp(out))?,
-            fallback,
         })
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if let Some(fallback) = &self.fallback {
-            return Ok(fallback.forward(xs)?);
-        }
+        let Self::Fused { norm, q, k, v, out } = self else {
+            let Self::Candle(block) = self else { unreachable!("two variants") };
+            // One image at a time: candle's block mixes the images of a batch when the channels
+            // are few (its batched matmul on the transposed `(b, h·w, c)` view; seen with the
+            // 4-channel tiny FLUX VAE, max error 0.86 against the image decoded alone).
+            let b = xs.dim(0)?;
+            if b == 1 {
+                return Ok(block.forward(xs)?);
+            }
+            let parts = (0..b).map(|i| block.forward(&xs.narrow(0, i, 1)?)).collect::<candle_core::Result<Vec<_>>>()?;
+            return Ok(Tensor::cat(&parts, 0)?);
+        };
         ensure!(fused(xs), "VAE attention: loaded for f32 on the CPU, given {:?} on {:?}", xs.dtype(), xs.device());
         let (b, c, h, w) = xs.dims4()?;
-        let x = self.norm.forward(xs, false)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
-        let q = (self.q.forward(&x)? * (1.0 / (c as f64).sqrt()))?;
-        let o = attend(&q, &self.k.forward(&x)?, &self.v.forward(&x)?, 1)?;
-        let o = self.out.forward(&o)?.transpose(1, 2)?.reshape((b, c, h, w))?;
+        let x = norm.forward(xs, false)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
+        let q = (q.forward(&x)? * (1.0 / (c as f64).sqrt()))?;
+        let o = attend(&q, &k.forward(&x)?, &v.forward(&x)?, 1)?;
+        let o = out.forward(&o)?.transpose(1, 2)?.reshape((b, c, h, w))?;
         Ok((o + xs)?)
     }
 }

@@ -16,7 +16,7 @@ use crate::profile;
 
 /// Largest attention score block computed at once, in elements (32 MiB of f32): small enough to
 /// stay in cache between the two matmuls and the softmax (3x faster than 256 MiB blocks here).
-const MAX_SCORES: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_SCORES: usize = 8 * 1024 * 1024;
 
 struct Attention {
     q: Linear,

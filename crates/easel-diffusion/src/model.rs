@@ -220,6 +220,6 @@ impl Model {
 
     /// The downscale factor from pixels to latents.
     pub fn latent_factor(&self) -> usize {
-        1 << (self.vae.config().block_out_channels.len() - 1)
+        self.vae.config().scale_factor()
     }
 }

@@ -116,6 +116,11 @@ impl Conv {
             return Ok(self.inner.forward(x)?);
         }
         if let Some(wg) = self.winograd.as_ref().filter(|wg| wg.takes(x)) {
+            // Counted as the direct convolution's FLOPs, so GFLOP/s compare with the im2col rows.
+            let _t = profile::start("conv3x3 winograd", || {
+                let (b, cin, h, w) = x.dims4().unwrap_or_default();
+                (conv_label(3, x, self.cout), 2.0 * (b * self.cout * cin * 9 * h * w) as f64)
+            });
             return wg.forward(x);
         }
         let (b, cin, h, w) = x.dims4()?;

@@ -15,7 +15,7 @@
 //! alone.
 
 use anyhow::{Result, bail};
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 /// Largest transformed-input or GEMM-output band, in f32 elements (32 MiB; glibc then keeps
@@ -145,7 +145,7 @@ impl Winograd {
                 rows[co].push(row);
             }
         }
-        with_slice(&self.weight, |w| {
+        crate::ops::host(&self.weight, |w| {
             rows.into_par_iter().enumerate().for_each(|(co, mut dst)| {
                 for ci in 0..cin {
                     let k = &w[(co * cin + ci) * 9..(co * cin + ci) * 9 + 9];
@@ -187,12 +187,13 @@ impl Winograd {
             while ty0 < th {
                 let tr = rows.min(th - ty0);
                 let band = Band { h, w, tw, ty0, tr };
-                let v =
-                    with_slice(&x, |data| band.input::<N, M>(&data[n * cin * h * w..(n + 1) * cin * h * w], cin, bt))?;
+                let v = crate::ops::host(&x, |data| {
+                    band.input::<N, M>(&data[n * cin * h * w..(n + 1) * cin * h * w], cin, bt)
+                })?;
                 // (cin, n², T) → (n², cin, T): a strided view the GEMM reads directly.
                 let v = Tensor::from_vec(v, (cin, N * N, band.tiles()), &Device::Cpu)?.transpose(0, 1)?;
                 let m = u.matmul(&v)?;
-                with_slice(&m, |m| band.output::<N, M>(m, dst, cout, self.bias.as_deref(), at))?;
+                crate::ops::host(&m, |m| band.output::<N, M>(m, dst, cout, self.bias.as_deref(), at))?;
                 ty0 += tr;
             }
         }
@@ -312,14 +313,6 @@ fn split_rows<const N: usize>(buf: &mut [f32], len: usize) -> [&mut [f32]; N] {
         rest = tail;
         row
     })
-}
-
-/// `f` on the elements of a contiguous CPU f32 tensor, read in place (no copy).
-fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else { bail!("Winograd convolution needs a CPU tensor") };
-    let Some((a, z)) = layout.contiguous_offsets() else { bail!("Winograd convolution needs a contiguous tensor") };
-    Ok(f(&cpu.as_slice::<f32>()?[a..z]))
 }
 
 #[cfg(test)]

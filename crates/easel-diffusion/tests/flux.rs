@@ -3,32 +3,20 @@
 //! partial images, the family's refusals, and folders that must fail to load naming what is wrong.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use easel_core::backend::{BackendCall, BackendOutput, CallContext, OutputImage, SharedBackend};
+
+mod common;
+
+use common::{model_dir, run};
+use easel_core::backend::{BackendOutput, CallContext, OutputImage, SharedBackend};
 use easel_core::error::BackendError;
 use easel_core::testing::CallBuilder;
 use easel_core::types::{ImageSize, Operation};
-use easel_diffusion::random::{Scale, create_any};
-use easel_diffusion::{Family, build};
 use image::{DynamicImage, Rgba, RgbaImage};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-
-fn model_dir(family: &str) -> PathBuf {
-    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let root = ROOT.get_or_init(|| tempfile::tempdir().unwrap());
-    let dir = root.path().join(family);
-    let _guard = LOCK.lock().unwrap();
-    if !dir.exists() {
-        create_any(Family::parse(family).unwrap(), Scale::Tiny, &dir, 7, None).unwrap();
-    }
-    dir
-}
 
 /// A copy of a tiny folder to break.
 fn copy_of(family: &str) -> tempfile::TempDir {
@@ -58,18 +46,7 @@ fn options(family: &str, path: &Path, extra: serde_json::Value) -> serde_json::V
 
 /// The backend once ready, or the reason it is not.
 async fn start(options: serde_json::Value) -> Result<SharedBackend, String> {
-    let b = build("flux", &options).unwrap();
-    let started = Instant::now();
-    loop {
-        match b.readiness().await {
-            Ok(()) => return Ok(b),
-            Err(e) if e.contains("is still loading") => {
-                assert!(started.elapsed() < Duration::from_secs(60), "model did not load");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    common::start("flux", &options).await
 }
 
 async fn backend(family: &str, extra: serde_json::Value) -> SharedBackend {
@@ -85,20 +62,7 @@ fn source() -> DynamicImage {
 }
 
 fn pixels(out: &BackendOutput) -> Vec<Vec<u8>> {
-    out.images
-        .iter()
-        .map(|i| match i {
-            OutputImage::Pixels(p) => {
-                assert_eq!((p.width(), p.height()), (32, 32));
-                p.to_rgb8().into_raw()
-            }
-            other => panic!("expected pixels, got {other:?}"),
-        })
-        .collect()
-}
-
-async fn run(b: &SharedBackend, c: BackendCall) -> Result<BackendOutput, BackendError> {
-    b.call(c, CallContext::new(CancellationToken::new())).await
+    common::pixels(out, (32, 32))
 }
 
 #[tokio::test]

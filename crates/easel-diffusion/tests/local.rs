@@ -1,10 +1,11 @@
 //! End-to-end tests of the local backend on tiny random models written by `create-random` and
 //! loaded back through the real loading path. Images are 64 px so debug builds stay fast.
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{model_dir, run, start};
 use easel_core::backend::{BackendCall, BackendOutput, CallContext, OutputImage, SharedBackend};
 use easel_core::error::BackendError;
 use easel_core::testing::CallBuilder;
@@ -15,32 +16,12 @@ use image::{DynamicImage, Rgba, RgbaImage};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-/// One tiny model folder per family, made once per test run.
-fn model_dir(family: &str) -> PathBuf {
-    static ROOT: OnceLock<tempfile::TempDir> = OnceLock::new();
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let root = ROOT.get_or_init(|| tempfile::tempdir().unwrap());
-    let dir = root.path().join(family);
-    let _guard = LOCK.lock().unwrap();
-    if !dir.exists() {
-        create(Family::parse(family).unwrap(), Scale::Tiny, &dir, 7, None).unwrap();
-    }
-    dir
-}
-
 async fn backend(family: &str, extra: serde_json::Value) -> SharedBackend {
     let mut options = json!({"family": family, "path": model_dir(family), "min_edge": 32, "default_size": "64x64"});
     for (k, v) in extra.as_object().unwrap() {
         options[k] = v.clone();
     }
-    let b = build("test", &options).unwrap();
-    let started = Instant::now();
-    while let Err(e) = b.readiness().await {
-        assert!(e.contains("loading"), "{e}");
-        assert!(started.elapsed() < Duration::from_secs(60), "model did not load");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    b
+    start("test", &options).await.unwrap()
 }
 
 fn call(prompt: &str, seed: u64, n: u32) -> BackendCall {
@@ -61,20 +42,7 @@ fn half_mask() -> DynamicImage {
 }
 
 fn pixels(out: &BackendOutput) -> Vec<Vec<u8>> {
-    out.images
-        .iter()
-        .map(|i| match i {
-            OutputImage::Pixels(p) => {
-                assert_eq!((p.width(), p.height()), (64, 64));
-                p.to_rgb8().into_raw()
-            }
-            other => panic!("expected pixels, got {other:?}"),
-        })
-        .collect()
-}
-
-async fn run(b: &SharedBackend, c: BackendCall) -> Result<BackendOutput, BackendError> {
-    b.call(c, CallContext::new(CancellationToken::new())).await
+    common::pixels(out, (64, 64))
 }
 
 #[tokio::test]

@@ -6,8 +6,6 @@
 //! padded standard base64 (checked once, vectorised, when it is made), so it can be written into
 //! JSON without escaping and decodes without error.
 
-use std::borrow::Cow;
-
 use base64_simd::STANDARD;
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -83,8 +81,9 @@ impl Serialize for Base64 {
 
 impl<'de> Deserialize<'de> for Base64 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = Cow::<'de, str>::deserialize(d)?;
-        Self::checked(Bytes::from(text.into_owned())).map_err(serde::de::Error::custom)
+        // serde hands an owned String here either way; `Bytes` takes it without a copy.
+        let text = String::deserialize(d)?;
+        Self::checked(Bytes::from(text)).map_err(serde::de::Error::custom)
     }
 }
 

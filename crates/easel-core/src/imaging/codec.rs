@@ -124,14 +124,9 @@ pub fn probe(bytes: &[u8]) -> Result<(InputFormat, ImageSize), ImageError> {
 pub fn probe_encoded(bytes: &ImageBytes) -> Result<(InputFormat, ImageSize), ImageError> {
     const HEADER_BYTES: usize = 4096;
     let corrupt = |e: crate::base64::Base64Error| ImageError::Corrupt(e.to_string());
-    match bytes {
-        ImageBytes::Raw(raw) => probe(raw),
-        ImageBytes::Base64(_) => {
-            let prefix = bytes.prefix(HEADER_BYTES).map_err(corrupt)?;
-            probe(&prefix)
-                .or_else(|e| if prefix.len() < bytes.len() { probe(&bytes.raw().map_err(corrupt)?) } else { Err(e) })
-        }
-    }
+    // Raw bytes are their own prefix, so the fallback only ever applies to base64.
+    let prefix = bytes.prefix(HEADER_BYTES).map_err(corrupt)?;
+    probe(&prefix).or_else(|e| if prefix.len() < bytes.len() { probe(&bytes.raw().map_err(corrupt)?) } else { Err(e) })
 }
 
 /// Decodes a PNG, JPEG or WebP image, refusing images over `max_pixels` or over the default byte

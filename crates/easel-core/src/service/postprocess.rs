@@ -5,7 +5,7 @@
 //! the client as it came (only the header is decoded, to read the size). [`passes_through`] says
 //! so before any pixel work is queued.
 
-use bytes::Bytes;
+use crate::base64::ImageBytes;
 use image::{DynamicImage, Rgb};
 
 use crate::backend::OutputImage;
@@ -89,14 +89,15 @@ pub(super) fn finish(
 }
 
 /// Partial images are previews: encoded in the job's format at whatever size they come.
-pub(super) fn finish_partial(image: OutputImage, params: &Finish) -> anyhow::Result<Bytes> {
+/// A relayed partial already in the job's format stays as it came (its base64 text too).
+pub(super) fn finish_partial(image: OutputImage, params: &Finish) -> anyhow::Result<ImageBytes> {
     let pixels = match image {
-        OutputImage::Encoded { bytes, format } if format == params.format => return Ok(bytes.raw()?),
+        OutputImage::Encoded { bytes, format } if format == params.format => return Ok(bytes),
         OutputImage::Encoded { bytes, .. } => imaging::decode_limited(&bytes.raw()?, params.limits)?,
         OutputImage::Pixels(pixels) => pixels,
     };
     let pixels = if params.format == OutputFormat::Jpeg { imaging::flatten(&pixels, WHITE) } else { pixels };
-    imaging::encode(&pixels, params.format, params.compression, &params.encode)
+    Ok(imaging::encode(&pixels, params.format, params.compression, &params.encode)?.into())
 }
 
 #[cfg(test)]

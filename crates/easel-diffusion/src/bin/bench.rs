@@ -210,16 +210,6 @@ fn ops(size: usize) -> Result<()> {
     Ok(())
 }
 
-/// User + system CPU seconds of this process so far (`/proc/self/stat`, clock ticks of 10 ms).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, s)| s);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of the file (utime, stime) are the 12th and 13th after the name.
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
-    (tick(11) + tick(12)) / 100.0
-}
-
 /// The VAE decoder's 3×3 convolutions for a `size`² image (latent `size / 8`), direct against
 /// Winograd, each run printed with wall and CPU seconds.
 fn convs(size: usize, runs: usize) -> Result<()> {
@@ -253,12 +243,12 @@ fn convs(size: usize, runs: usize) -> Result<()> {
         let err = (&a - &b)?.abs()?.max_all()?.to_scalar::<f32>()? / a.abs()?.max_all()?.to_scalar::<f32>()?;
         for run in 0..runs {
             for (name, conv) in [("direct", &direct), ("winograd", &wg)] {
-                let (t, c) = (Instant::now(), cpu_seconds());
+                let (t, c) = (Instant::now(), profile::cpu_seconds());
                 conv.forward(&x)?;
                 let wall = t.elapsed().as_secs_f64();
                 println!(
                     "conv {cin}->{cout} @{e}x{e} run {run} {name}: {wall:.3} s wall, {:.2} s cpu, {:.1} direct-GFLOP/s, max rel diff {err:.1e}",
-                    cpu_seconds() - c,
+                    profile::cpu_seconds() - c,
                     flops / wall / 1e9
                 );
             }

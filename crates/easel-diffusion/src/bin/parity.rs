@@ -272,7 +272,7 @@ fn flux_parts_dump(a: PartsArgs) -> Result<()> {
     let vcfg = VaeConfig::from_json(&read_json(&a.model.join("vae/config.json"))?)?;
     let vfile = weights_file(&a.model.join("vae"), "diffusion_pytorch_model")?;
     let vae = Vae::new(var_builder(&vfile, DType::F32, &dev)?, &vcfg)?;
-    let f = 1 << (vcfg.block_out_channels.len() - 1);
+    let f = vcfg.scale_factor();
     let latents = BatchNoise::new(&[a.seed]).draw((vcfg.latent_channels, a.size / f, a.size / f), &dev)?;
     let image = vae.decode(&latents)?;
     let encoded = vae.encode(&image)?;

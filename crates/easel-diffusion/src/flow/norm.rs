@@ -58,7 +58,8 @@ pub struct HeadRmsNorm {
 impl HeadRmsNorm {
     pub fn new(vb: VarBuilder, head_dim: usize, eps: f64) -> Result<Self> {
         // Ones when made at random (`create-random`): zeros would null every query and key.
-        let weight = vb.get_with_hints(head_dim, "weight", candle_nn::Init::Const(1.0))?;
+        // Kept in f32 (the norm runs in f32 whatever the model dtype): converted once, not per call.
+        let weight = vb.get_with_hints(head_dim, "weight", candle_nn::Init::Const(1.0))?.to_dtype(DType::F32)?;
         ensure!(eps > 0.0, "RMSNorm eps must be positive");
         Ok(Self { weight, eps })
     }
@@ -66,8 +67,7 @@ impl HeadRmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?.contiguous()?;
-        let w = self.weight.to_dtype(DType::F32)?;
-        Ok(candle_nn::ops::rms_norm(&xf, &w, self.eps as f32)?.to_dtype(dtype)?)
+        Ok(candle_nn::ops::rms_norm(&xf, &self.weight, self.eps as f32)?.to_dtype(dtype)?)
     }
 }
 

@@ -53,13 +53,6 @@ impl Rope {
         Ok(Self { cos: Tensor::from_vec(cos, (seq, half), device)?, sin: Tensor::from_vec(sin, (seq, half), device)? })
     }
 
-    /// The tables of `parts` one after the other along the sequence (e.g. `[text; image]`).
-    pub fn cat(parts: &[&Rope]) -> Result<Self> {
-        let cos: Vec<&Tensor> = parts.iter().map(|r| &r.cos).collect();
-        let sin: Vec<&Tensor> = parts.iter().map(|r| &r.sin).collect();
-        Ok(Self { cos: Tensor::cat(&cos, 0)?, sin: Tensor::cat(&sin, 0)? })
-    }
-
     pub fn len(&self) -> usize {
         self.cos.dims()[0]
     }

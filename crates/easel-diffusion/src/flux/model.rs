@@ -43,7 +43,7 @@ impl FluxModel {
 
     /// Pixels per latent pixel (8 for FLUX.1; 1 for diffusers' tiny test VAE).
     pub fn vae_scale_factor(&self) -> usize {
-        1 << (self.vae.config().block_out_channels.len() - 1)
+        self.vae.config().scale_factor()
     }
 }
 

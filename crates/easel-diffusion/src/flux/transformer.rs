@@ -99,21 +99,11 @@ impl FluxConfig {
     }
 }
 
-/// `[B, S, H·D]` → `[B, H, S, D]`.
 /// Attention over `[a; b]` (q, k, v concatenated along the sequence), RoPE on the whole.
 fn attend(parts: &[(Tensor, Tensor, Tensor)], rope: &Rope) -> Result<Tensor> {
-    let cat = |i: usize| -> Result<Tensor> {
-        let xs: Vec<&Tensor> = parts
-            .iter()
-            .map(|p| match i {
-                0 => &p.0,
-                1 => &p.1,
-                _ => &p.2,
-            })
-            .collect();
-        Ok(if xs.len() == 1 { xs[0].clone() } else { Tensor::cat(&xs, 2)? })
-    };
-    let (q, k, v) = (rope.apply(&cat(0)?)?, rope.apply(&cat(1)?)?, cat(2)?);
+    let cat =
+        |pick: fn(&(Tensor, Tensor, Tensor)) -> &Tensor| Tensor::cat(&parts.iter().map(pick).collect::<Vec<_>>(), 2);
+    let (q, k, v) = (rope.apply(&cat(|p| &p.0)?)?, rope.apply(&cat(|p| &p.1)?)?, cat(|p| &p.2)?);
     joint_attention(&q, &k, &v, None)
 }
 
@@ -248,10 +238,6 @@ impl FluxTransformer {
 
     pub fn config(&self) -> &FluxConfig {
         &self.cfg
-    }
-
-    pub fn dtype(&self) -> DType {
-        self.dtype
     }
 
     /// `values·1000` after a cast to the model dtype, as diffusers scales σ and the guidance.

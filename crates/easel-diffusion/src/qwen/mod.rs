@@ -77,7 +77,8 @@ pub struct QwenLayout {
     /// `text_encoder/config.json` as written (the edit reads its `vision_config`).
     pub text_json: Value,
     pub text_files: Vec<PathBuf>,
-    pub tokenizer_dir: PathBuf,
+    /// Loaded at `read` to check it, then moved into the model (not read twice).
+    pub tokenizer: QwenTokenizer,
     pub transformer: QwenTransformerConfig,
     pub transformer_files: Vec<PathBuf>,
     pub vae: QwenVaeConfig,
@@ -90,7 +91,15 @@ pub struct QwenLayout {
 impl QwenLayout {
     pub fn read(root: &Path, family: Family) -> Result<Self> {
         anyhow::ensure!(root.is_dir(), "the model folder {} does not exist", root.display());
-        read_json(&root.join("model_index.json"))?;
+        let index = read_json(&root.join("model_index.json"))?;
+        // Edit-2509/2511 run another pipeline (several pictures, a 384² vision branch, their own
+        // template), which `edit.rs` does not implement: refused rather than run wrongly.
+        if index.get("_class_name").and_then(serde_json::Value::as_str) == Some("QwenImageEditPlusPipeline") {
+            bail!(
+                "{} is a QwenImageEditPlusPipeline (Qwen-Image-Edit-2509/2511), which Easel does not run yet; qwen-image-edit takes the original Qwen-Image-Edit",
+                root.display()
+            );
+        }
         let cfg = |dir: &str, file: &str| read_json(&root.join(dir).join(file));
         let text_json = cfg("text_encoder", "config.json")?;
         let text_config = TextConfig::from_json(&text_json).context("text_encoder/config.json")?;
@@ -117,8 +126,7 @@ impl QwenLayout {
         if family == Family::QwenImageEdit && text_json.get("vision_config").is_none() {
             bail!("text_encoder/config.json has no vision_config: qwen-image-edit needs Qwen2.5-VL's vision tower");
         }
-        let tokenizer_dir = root.join("tokenizer");
-        QwenTokenizer::load(&tokenizer_dir)?;
+        let tokenizer = QwenTokenizer::load(&root.join("tokenizer"))?;
         let processor = if family == Family::QwenImageEdit {
             let v = read_json(&root.join("processor/preprocessor_config.json"))?;
             Some(processor::ProcessorConfig::from_json(&v).context("processor/preprocessor_config.json")?)
@@ -130,7 +138,7 @@ impl QwenLayout {
             text_config,
             text_json,
             text_files: weights_files(&root.join("text_encoder"), "model")?,
-            tokenizer_dir,
+            tokenizer,
             transformer,
             transformer_files: weights_files(&root.join("transformer"), "diffusion_pytorch_model")?,
             vae,
@@ -192,7 +200,7 @@ impl QwenModel {
             device: device.clone(),
             dtype,
             text,
-            tokenizer: QwenTokenizer::load(&layout.tokenizer_dir)?,
+            tokenizer: layout.tokenizer,
             transformer,
             vae,
             flow: preset.map_or(layout.flow, FlowPreset::flow_config),

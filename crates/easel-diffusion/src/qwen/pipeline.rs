@@ -160,11 +160,14 @@ pub fn denoise(
         if let Some((neg_text, scale)) = &uncond {
             v = guide(&v, &velocity(neg_text)?, *scale)?;
         }
-        let x0 = partial_at.contains(&i).then(|| sched.x0(&latents, &v, i)).transpose()?;
+        // The first image's clean estimate, before the step; after the last step it is the final
+        // latent, which `finish` decodes once.
+        let x0 = (partial_at.contains(&i) && i + 1 < g.steps)
+            .then(|| sched.x0(&latents.narrow(0, 0, 1)?, &v.narrow(0, 0, 1)?, i))
+            .transpose()?;
         latents = sched.step(&latents, &v, i)?;
-        // After the last step the clean estimate is the final latent: `finish` decodes it once.
-        if let Some(x0) = x0.filter(|_| i + 1 < g.steps) {
-            let preview = model.vae.decode(&unpack(&x0.narrow(0, 0, 1)?, h, w)?.to_dtype(model.dtype)?)?;
+        if let Some(x0) = x0 {
+            let preview = model.vae.decode(&unpack(&x0, h, w)?.to_dtype(model.dtype)?)?;
             (hooks.partial)(tensor_to_images(&preview)?.remove(0));
         }
         (hooks.step)(i + 1, g.steps);

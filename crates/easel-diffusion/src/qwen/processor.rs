@@ -116,8 +116,7 @@ impl ProcessorConfig {
 
 /// Python's `round`: halves go to the even neighbour.
 pub fn round_half_even(x: f64) -> f64 {
-    let r = x.round();
-    if (x - x.trunc()).abs() == 0.5 { 2.0 * (x / 2.0).round() } else { r }
+    x.round_ties_even()
 }
 
 /// diffusers' `calculate_dimensions(target_area, ratio)`: `(width, height)`, multiples of 32.

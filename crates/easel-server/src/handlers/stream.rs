@@ -69,7 +69,7 @@ async fn run(
             while let Some(partial) = partials_rx.recv().await {
                 let body = PartialImageEvent {
                     kind: partial_kind.clone(),
-                    image: event_image(&job, base64_simd::STANDARD.encode_to_string(&partial.bytes)),
+                    image: event_image(&job, partial.bytes.base64().as_str().to_owned()),
                     partial_image_index: partial.index,
                 };
                 if let Some(event) = json_event(&partial_kind, &body)

@@ -255,10 +255,10 @@ struct FakeHub {
 impl FakeHub {
     async fn start(repo: &str) -> Self {
         let mut files = HashMap::new();
-        // A plain sd-turbo folder: the shared test model also carries `vae_tiny/`, which a pull
-        // does not fetch (TAESD is configured separately).
-        let plain = crate::helpers::random_model(&["--family", "sd-turbo", "--seed", "7"]);
-        collect(&plain, &plain, &mut files);
+        collect(&model_dir(), &model_dir(), &mut files);
+        // The shared test model also carries `vae_tiny/`, which a pull does not fetch (TAESD is
+        // configured on its own): the hub serves the rest.
+        files.retain(|name, _| !name.starts_with("vae_tiny/"));
         let state = Arc::new(Mutex::new(HubState { repo: repo.into(), files, ..HubState::default() }));
         let router = Router::new()
             .route("/api/models/{owner}/{name}/revision/{rev}", get(list))

@@ -328,3 +328,18 @@ pub async fn wait_ready(app: &TestApp) {
     let (status, body) = wait_loaded(app).await;
     assert_eq!(status, 200, "a model failed to load: {body}");
 }
+
+/// A server with one local model `id` configured by `options` (later keys win), returned once
+/// no model is still loading (check [`wait_ready`] where it must have loaded).
+pub async fn spawn_local(id: &str, options: &[(&str, Value)]) -> TestApp {
+    let options: serde_json::Map<String, Value> = options.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect();
+    let model = local_model(id, options);
+    let app = spawn_app_with(move |c| c.models = vec![model], Vec::new()).await;
+    wait_loaded(&app).await;
+    app
+}
+
+/// The `event:` names of a server-sent event stream, in order.
+pub fn sse_event_kinds(text: &str) -> Vec<&str> {
+    text.lines().filter_map(|l| l.strip_prefix("event: ")).collect()
+}

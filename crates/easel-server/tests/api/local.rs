@@ -9,8 +9,7 @@ use reqwest::multipart::Form;
 use serde_json::json;
 
 use crate::helpers::{
-    TestApp, assert_error, b64_bytes, file_part, images, json_body, local_model, mask, png, random_model,
-    spawn_app_with, wait_ready,
+    TestApp, assert_error, b64_bytes, file_part, images, json_body, mask, png, random_model, spawn_local, wait_ready,
 };
 use crate::sdk::{Sdk, run_sdk};
 
@@ -26,26 +25,15 @@ pub async fn local_app() -> TestApp {
 
 /// The same with more `[[models]]` keys.
 pub async fn local_app_with(extra: &[(&str, serde_json::Value)]) -> TestApp {
-    let path = model_dir();
-    let extra: Vec<(String, serde_json::Value)> = extra.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect();
-    let app = spawn_app_with(
-        move |c| {
-            let mut options = serde_json::Map::new();
-            for (k, v) in [
-                ("family", json!("sd-turbo")),
-                ("path", json!(path)),
-                ("min_edge", json!(32)),
-                ("default_size", json!("64x64")),
-                ("steps", json!(4)),
-            ] {
-                options.insert(k.into(), v);
-            }
-            options.extend(extra);
-            c.models = vec![local_model("turbo", options)];
-        },
-        Vec::new(),
-    )
-    .await;
+    let mut options = vec![
+        ("family", json!("sd-turbo")),
+        ("path", json!(model_dir())),
+        ("min_edge", json!(32)),
+        ("default_size", json!("64x64")),
+        ("steps", json!(4)),
+    ];
+    options.extend_from_slice(extra);
+    let app = spawn_local("turbo", &options).await;
     wait_ready(&app).await;
     app
 }
@@ -111,7 +99,7 @@ async fn streams_real_partial_images() {
         .text()
         .await
         .unwrap();
-    let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    let kinds = crate::helpers::sse_event_kinds(&text);
     assert_eq!(
         kinds,
         ["image_generation.partial_image", "image_generation.partial_image", "image_generation.completed"]

@@ -10,8 +10,7 @@ use reqwest::multipart::Form;
 use serde_json::json;
 
 use crate::helpers::{
-    TestApp, assert_error, b64_bytes, file_part, images, json_body, local_model, mask, png, random_model,
-    spawn_app_with, wait_loaded,
+    TestApp, assert_error, b64_bytes, file_part, images, json_body, mask, png, random_model, spawn_local,
 };
 use crate::sdk::{Sdk, run_sdk};
 
@@ -22,27 +21,18 @@ fn model_dir() -> PathBuf {
 
 /// A server with the folder at `path` as `flux`; returns once `/readyz` stops saying "loading".
 async fn flux_app(path: &Path) -> TestApp {
-    let path = path.to_path_buf();
-    let app = spawn_app_with(
-        move |c| {
-            let mut options = serde_json::Map::new();
-            for (k, v) in [
-                ("family", json!("flux-schnell")),
-                ("path", json!(path)),
-                ("min_edge", json!(16)),
-                ("max_edge", json!(64)),
-                ("default_size", json!("32x32")),
-                ("steps", json!(3)),
-            ] {
-                options.insert(k.into(), v);
-            }
-            c.models = vec![local_model("flux", options)];
-        },
-        Vec::new(),
+    spawn_local(
+        "flux",
+        &[
+            ("family", json!("flux-schnell")),
+            ("path", json!(path)),
+            ("min_edge", json!(16)),
+            ("max_edge", json!(64)),
+            ("default_size", json!("32x32")),
+            ("steps", json!(3)),
+        ],
     )
-    .await;
-    wait_loaded(&app).await;
-    app
+    .await
 }
 
 #[tokio::test]
@@ -95,7 +85,7 @@ async fn flux_streams_partial_images() {
         .text()
         .await
         .unwrap();
-    let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    let kinds = crate::helpers::sse_event_kinds(&text);
     assert_eq!(
         kinds,
         ["image_generation.partial_image", "image_generation.partial_image", "image_generation.completed"]

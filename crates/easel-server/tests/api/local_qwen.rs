@@ -9,8 +9,7 @@ use reqwest::multipart::Form;
 use serde_json::json;
 
 use crate::helpers::{
-    TestApp, assert_error, b64_bytes, file_part, images, json_body, local_model, png, random_model, spawn_app_with,
-    wait_ready,
+    TestApp, assert_error, b64_bytes, file_part, images, json_body, png, random_model, spawn_local, wait_ready,
 };
 
 /// One tiny qwen-image folder for the whole test binary.
@@ -20,26 +19,15 @@ fn model_dir() -> PathBuf {
 
 /// A server with the tiny model as `qwen` (plus `extra` `[[models]]` keys), once it is ready.
 async fn qwen_app(extra: &[(&str, serde_json::Value)]) -> TestApp {
-    let path = model_dir();
-    let extra: Vec<(String, serde_json::Value)> = extra.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect();
-    let app = spawn_app_with(
-        move |c| {
-            let mut options = serde_json::Map::new();
-            for (k, v) in [
-                ("family", json!("qwen-image")),
-                ("path", json!(path)),
-                ("min_edge", json!(32)),
-                ("default_size", json!("64x64")),
-                ("steps", json!(3)),
-            ] {
-                options.insert(k.into(), v);
-            }
-            options.extend(extra);
-            c.models = vec![local_model("qwen", options)];
-        },
-        Vec::new(),
-    )
-    .await;
+    let mut options = vec![
+        ("family", json!("qwen-image")),
+        ("path", json!(model_dir())),
+        ("min_edge", json!(32)),
+        ("default_size", json!("64x64")),
+        ("steps", json!(3)),
+    ];
+    options.extend_from_slice(extra);
+    let app = spawn_local("qwen", &options).await;
     wait_ready(&app).await;
     app
 }
@@ -94,7 +82,7 @@ async fn qwen_image_streams_partial_images() {
         .text()
         .await
         .unwrap();
-    let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    let kinds = crate::helpers::sse_event_kinds(&text);
     assert_eq!(
         kinds,
         ["image_generation.partial_image", "image_generation.partial_image", "image_generation.completed"]

@@ -49,16 +49,9 @@ async fn the_final_decode_uses_the_tiny_vae_when_asked() {
 #[tokio::test]
 async fn a_missing_tiny_vae_folder_is_named_by_readyz() {
     let missing = model_dir().join("no-such-taesd");
-    let path = model_dir();
-    let app = crate::helpers::spawn_app_with(
-        move |c| {
-            let mut options = serde_json::Map::new();
-            options.insert("family".into(), json!("sd-turbo"));
-            options.insert("path".into(), json!(path));
-            options.insert("tiny_vae".into(), json!(missing));
-            c.models = vec![crate::helpers::local_model("turbo", options)];
-        },
-        Vec::new(),
+    let app = crate::helpers::spawn_local(
+        "turbo",
+        &[("family", json!("sd-turbo")), ("path", json!(model_dir())), ("tiny_vae", json!(missing))],
     )
     .await;
     let (_, body) = crate::helpers::wait_loaded(&app).await;

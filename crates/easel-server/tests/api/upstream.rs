@@ -194,7 +194,7 @@ async fn upstream_partial_images_stream_through() {
         .await;
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     let text = response.text().await.unwrap();
-    let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    let kinds = crate::helpers::sse_event_kinds(&text);
     assert_eq!(
         kinds,
         ["image_generation.partial_image", "image_generation.partial_image", "image_generation.completed"]
@@ -286,9 +286,11 @@ async fn a_refused_result_link_names_the_entry_that_would_allow_it() {
     assert!(message.contains("do not allow") && !message.contains("listed as"), "{message}");
 }
 
-/// A provider's base64 that needs no change reaches the client as the very same text (the image
-/// row records its decoded length, a hosted copy its decoded bytes); one that needs a change
-/// (another format, another size) is decoded and made again.
+/// A provider's base64 that needs no change reaches the client as the same text with its
+/// Content-Length (the image row records its decoded length, a hosted copy its decoded bytes);
+/// one that needs a change (another format, another size) is decoded and made again. Canonical
+/// base64 has one text per image, so this cannot tell sharing from decoding and encoding again:
+/// the unit tests of `postprocess.rs`, `media.rs` and `response.rs` prove the text is shared.
 #[tokio::test]
 async fn relayed_base64_passes_through_verbatim_only_when_nothing_changes() {
     use base64::Engine as _;
