@@ -177,6 +177,17 @@ impl LocalConfig {
                 bail!("condition_pixels must be within 4096 (64²) and 16777216 (4096²), not {p}");
             }
         }
+        // The flow families take their scheduler from the folder (and `preset`) and render partial
+        // images with their VAE: options that would change neither are refused, not ignored.
+        if flow && self.scheduler.is_some() {
+            bail!(
+                "`scheduler` is for the Stable Diffusion families: {} runs the folder's scheduler/scheduler_config.json (FlowMatch Euler)",
+                family.name()
+            );
+        }
+        if flow && self.preview.is_some_and(|p| p != Preview::Vae) {
+            bail!("{} renders partial images with its VAE only: leave `preview` unset or \"vae\"", family.name());
+        }
         let ranges = EXTENSION_RANGES;
         if let Some(s) = self.steps {
             ranges.steps.check("steps", i64::from(s))?;
@@ -322,6 +333,21 @@ mod tests {
         assert!(err.to_string().contains("multiples of 16"), "{err}");
         assert_eq!(resolved("flux-schnell").defaults.steps, 4);
         assert_eq!((resolved("flux-schnell").strength, resolved("sd-turbo").strength), (0.6, 0.8));
+    }
+
+    #[test]
+    fn flow_families_refuse_the_sd_sampling_options() {
+        let resolve = |family: &str, key: &str, value: &str| {
+            let mut options = serde_json::json!({"family": family, "path": "/x"});
+            options[key] = value.into();
+            LocalConfig::from_options(&options).unwrap().resolve()
+        };
+        let err = resolve("flux-dev", "scheduler", "euler_a").unwrap_err().to_string();
+        assert!(err.contains("`scheduler`") && err.contains("flux-dev"), "{err}");
+        let err = resolve("qwen-image", "preview", "approx").unwrap_err().to_string();
+        assert!(err.contains("preview") && err.contains("qwen-image"), "{err}");
+        assert!(resolve("qwen-image", "preview", "vae").is_ok());
+        assert!(resolve("sd-turbo", "scheduler", "euler_a").is_ok());
     }
 
     #[test]

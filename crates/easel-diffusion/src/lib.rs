@@ -30,6 +30,7 @@ pub mod model;
 pub mod noise;
 pub mod ops;
 pub mod pipeline;
+pub mod placement;
 pub mod profile;
 pub mod qwen;
 pub mod random;

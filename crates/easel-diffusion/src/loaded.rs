@@ -22,19 +22,34 @@ pub enum Loaded {
 
 impl Loaded {
     /// Reads a folder's weights for `family` (a bad folder fails naming the file or tensor);
-    /// `preset` replaces the folder's scheduler config (Qwen families only).
+    /// `preset` replaces the folder's scheduler config (Qwen families only); `budget` (bytes,
+    /// `memory_budget_mib`) is what the weights must fit, the flow families' parts placed to fit
+    /// it ([`crate::placement`]).
     pub fn load(
         root: &Path,
         family: Family,
         device: &Device,
         dtype: DType,
         preset: Option<crate::qwen::FlowPreset>,
+        budget: Option<u64>,
     ) -> Result<Self> {
         Ok(match family.kind() {
-            Kind::Sd => Self::Sd(Box::new(Model::load(root, family, device, dtype)?)),
-            Kind::Flux => Self::Flux(Box::new(FluxModel::load(root, family, device, dtype)?)),
-            Kind::Qwen => Self::Qwen(Box::new(crate::qwen::QwenModel::load(root, family, device, dtype, preset)?)),
+            Kind::Sd => Self::Sd(Box::new(Model::load(root, family, device, dtype, budget)?)),
+            Kind::Flux => Self::Flux(Box::new(FluxModel::load(root, family, device, dtype, budget)?)),
+            Kind::Qwen => {
+                Self::Qwen(Box::new(crate::qwen::QwenModel::load(root, family, device, dtype, preset, budget)?))
+            }
         })
+    }
+
+    /// Bytes of weights on the device while the loop runs: what a batch's activations share the
+    /// memory budget with.
+    pub fn denoising_bytes(&self) -> u64 {
+        match self {
+            Self::Sd(m) => m.weights_bytes,
+            Self::Flux(m) => m.denoising_bytes,
+            Self::Qwen(m) => m.denoising_bytes,
+        }
     }
 
     /// Runs one batch (one image per seed of `g`).

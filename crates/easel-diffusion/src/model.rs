@@ -21,6 +21,7 @@ use crate::taesd::{TinyVae, TinyVaeLayout};
 use crate::tokenizer::ClipTokenizer;
 use crate::unet::{UNet, UNetConfig};
 use crate::vae::{Vae, VaeConfig};
+use crate::weights::bytes_in;
 
 pub struct TextEncoder {
     pub model: ClipText,
@@ -43,6 +44,8 @@ pub struct Model {
     pub tiny_vae: Option<TinyVae>,
     /// What decodes the final latents.
     pub decoder: Decoder,
+    /// Bytes of weights loaded (all on the device while the loop runs).
+    pub weights_bytes: u64,
 }
 
 pub fn read_json(path: &Path) -> Result<Value> {
@@ -88,19 +91,6 @@ pub fn weights_files(dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
         return Ok(files);
     }
     bail!("no {stem}.safetensors (or sharded index) in {}", dir.display())
-}
-
-/// Bytes of weights a folder would load (for the memory budget).
-pub fn weights_bytes(root: &Path) -> u64 {
-    let mut total = 0;
-    for dir in ["unet", "transformer", "vae", "text_encoder", "text_encoder_2"] {
-        for stem in ["diffusion_pytorch_model", "model"] {
-            for p in weights_files(&root.join(dir), stem).unwrap_or_default() {
-                total += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-            }
-        }
-    }
-    total
 }
 
 fn weights(file: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
@@ -172,9 +162,34 @@ impl Layout {
     }
 }
 
+impl Layout {
+    /// Bytes of weights the model holds: text encoders in f32, the UNet and VAE in `dtype`.
+    pub fn weights_bytes(&self, dtype: DType) -> Result<u64> {
+        let all = |_: &str| true;
+        let mut total = bytes_in(std::slice::from_ref(&self.text.weights), DType::F32, &all)?;
+        if let Some(t) = &self.text2 {
+            total += bytes_in(std::slice::from_ref(&t.weights), DType::F32, &all)?;
+        }
+        for file in [&self.unet.1, &self.vae.1] {
+            total += bytes_in(std::slice::from_ref(file), dtype, &all)?;
+        }
+        Ok(total)
+    }
+}
+
 impl Model {
-    pub fn load(root: &Path, family: Family, device: &Device, dtype: DType) -> Result<Self> {
+    /// Reads the weights; with a `budget` (bytes), they must fit it (the SD models are small
+    /// enough to stay whole; the flow families place their parts, [`crate::placement`]).
+    pub fn load(root: &Path, family: Family, device: &Device, dtype: DType, budget: Option<u64>) -> Result<Self> {
         let layout = Layout::read(root, family)?;
+        let weights_bytes = layout.weights_bytes(dtype)?;
+        if let Some(budget) = budget.filter(|b| weights_bytes > *b) {
+            bail!(
+                "the weights need about {} MiB, over memory_budget_mib = {}",
+                weights_bytes.div_ceil(1024 * 1024),
+                budget / (1024 * 1024)
+            );
+        }
         let text = layout.text.load("text_encoder", device)?;
         let text2 = match layout.text2 {
             Some(l) => Some(l.load("text_encoder_2", device)?),
@@ -196,6 +211,7 @@ impl Model {
             zeros_for_empty_prompt: layout.zeros_for_empty_prompt,
             tiny_vae: None,
             decoder: Decoder::Vae,
+            weights_bytes,
         })
     }
 

@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::safetensors::Load;
@@ -113,11 +114,156 @@ impl SimpleBackend for ShardedTensors {
 }
 
 /// A `VarBuilder` over one or more safetensors files (the shards of one component).
-pub fn var_builder_files(paths: &[std::path::PathBuf], dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+pub fn var_builder_files(paths: &[PathBuf], dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
     if let [one] = paths {
         return var_builder(one, dtype, device);
     }
     let files = paths.iter().map(|p| FileTensors::open(p)).collect::<Result<Vec<_>>>()?;
     anyhow::ensure!(!files.is_empty(), "no weights files");
     Ok(VarBuilder::from_backend(Box::new(ShardedTensors { files }), dtype, device.clone()))
+}
+
+/// Bytes the tensors of `paths` whose names `keep` takes would take in `dtype`, from the headers
+/// alone (for the memory plan).
+pub fn bytes_in(paths: &[PathBuf], dtype: DType, keep: &dyn Fn(&str) -> bool) -> Result<u64> {
+    let mut elements = 0u64;
+    for p in paths {
+        let f = FileTensors::open(p)?;
+        let kept = f.infos.iter().filter(|(name, _)| keep(name));
+        elements += kept.map(|(_, i)| i.shape.iter().product::<usize>() as u64).sum::<u64>();
+    }
+    Ok(elements * dtype.size_in_bytes() as u64)
+}
+
+/// Every tensor of `paths` read into host memory in `dtype`: the copy a part kept off its GPU
+/// between uses is rebuilt from ([`HostTensors::var_builder`]). Clones share the tensors.
+#[derive(Clone)]
+pub struct HostTensors {
+    tensors: Arc<HashMap<String, Tensor>>,
+    origin: Arc<str>,
+}
+
+impl HostTensors {
+    pub fn read(paths: &[PathBuf], dtype: DType) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        for p in paths {
+            let f = FileTensors::open(p)?;
+            for name in f.infos.keys() {
+                tensors.insert(name.clone(), f.read(name, dtype, &Device::Cpu)?);
+            }
+        }
+        let origin = paths.first().map(|p| p.display().to_string()).unwrap_or_default();
+        Ok(Self { tensors: Arc::new(tensors), origin: origin.into() })
+    }
+
+    /// A `VarBuilder` that copies each tensor to `device` as the model asks for it.
+    pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
+    }
+
+    fn find(&self, name: &str) -> candle_core::Result<&Tensor> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("cannot find tensor {name} in {}", self.origin)))
+    }
+}
+
+impl SimpleBackend for HostTensors {
+    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self.find(name)?;
+        if t.shape() != &s {
+            candle_core::bail!("shape mismatch for {name} in {}: expected {s:?}, found {:?}", self.origin, t.shape());
+        }
+        t.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.find(name)?.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
+/// Checks tensor names and shapes against the headers of `paths` without reading any data: each
+/// tensor a model asks for is a zero broadcast to its shape (no memory), on the CPU. A model
+/// built from [`checker`] proves the files hold what loading it later will need.
+struct HeaderCheck(ShardedTensors);
+
+impl SimpleBackend for HeaderCheck {
+    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, _: &Device) -> candle_core::Result<Tensor> {
+        let f = self.0.find(name)?;
+        let found = &f.infos[name].shape;
+        if found.as_slice() != s.dims() {
+            candle_core::bail!("shape mismatch for {name} in {}: expected {s:?}, found {found:?}", f.path);
+        }
+        Tensor::zeros((), dtype, &Device::Cpu)?.broadcast_as(s)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, _: &Device) -> candle_core::Result<Tensor> {
+        let f = self.0.find(name)?;
+        Tensor::zeros((), dtype, &Device::Cpu)?.broadcast_as(f.infos[name].shape.as_slice())
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.contains_tensor(name)
+    }
+}
+
+/// A `VarBuilder` for checking, not running, a model (see [`HeaderCheck`]).
+pub fn checker(paths: &[PathBuf], dtype: DType) -> Result<VarBuilder<'static>> {
+    let files = paths.iter().map(|p| FileTensors::open(p)).collect::<Result<Vec<_>>>()?;
+    anyhow::ensure!(!files.is_empty(), "no weights files");
+    Ok(VarBuilder::from_backend(Box::new(HeaderCheck(ShardedTensors { files })), dtype, Device::Cpu))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let a = Tensor::arange(0f32, 6.0, &Device::Cpu).unwrap().reshape((2, 3)).unwrap();
+        let b = Tensor::new(&[1.5f32, -2.0], &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&HashMap::from([("a".to_string(), a), ("b".to_string(), b)]), &path).unwrap();
+        (dir, path)
+    }
+
+    /// The host copy (a part kept off its GPU) gives what the file gives, and names what is wrong.
+    #[test]
+    fn host_copies_read_as_the_file_does() {
+        let (_dir, path) = file();
+        let files = [path];
+        let host = HostTensors::read(&files, DType::BF16).unwrap();
+        let (from_host, from_file) =
+            (host.var_builder(DType::F32, &Device::Cpu), var_builder_files(&files, DType::BF16, &Device::Cpu).unwrap());
+        for (name, dims) in [("a", vec![2, 3]), ("b", vec![2])] {
+            let shape = Shape::from(dims);
+            let h = from_host.get(shape.clone(), name).unwrap();
+            let f = from_file.get(shape, name).unwrap().to_dtype(DType::F32).unwrap();
+            assert_eq!(h.dtype(), DType::F32);
+            assert_eq!(
+                h.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                f.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+        }
+        let err = from_host.get((3, 2), "a").unwrap_err().to_string();
+        assert!(err.contains("shape mismatch for a") && err.contains("w.safetensors"), "{err}");
+        assert!(from_host.get(2, "c").unwrap_err().to_string().contains("cannot find tensor c"));
+    }
+
+    /// The checker reads no data: it answers from the header, shapes checked.
+    #[test]
+    fn the_checker_answers_from_the_header() {
+        let (_dir, path) = file();
+        let files = [path];
+        let vb = checker(&files, DType::F32).unwrap();
+        let a = vb.get((2, 3), "a").unwrap();
+        assert_eq!((a.dims(), a.sum_all().unwrap().to_scalar::<f32>().unwrap()), (&[2, 3][..], 0.0));
+        assert!(vb.get((3, 2), "a").unwrap_err().to_string().contains("expected [3, 2], found [2, 3]"));
+        assert_eq!(bytes_in(&files, DType::BF16, &|_| true).unwrap(), 16);
+        assert_eq!(bytes_in(&files, DType::F32, &|n| n == "b").unwrap(), 8);
+    }
 }

@@ -43,7 +43,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Resolved;
 use crate::loaded::Loaded;
-use crate::model::weights_bytes;
 use crate::pipeline::{Generate, Hooks, RunError};
 
 /// Where the model stands, for `/readyz`.
@@ -193,7 +192,7 @@ fn run(
             return;
         }
     };
-    let weights = weights_bytes(&cfg.path);
+    let weights = model.denoising_bytes();
     // Only to wait for a job with a time limit while unready (see the module docs).
     let timer = tokio::runtime::Builder::new_current_thread().enable_time().build();
     loop {
@@ -277,19 +276,8 @@ fn probe(id: &str, model: &Loaded, cfg: &Resolved, weights: u64, health: &Health
 }
 
 fn load(cfg: &Resolved) -> anyhow::Result<Loaded> {
-    if let Some(budget) = cfg.memory_budget {
-        let need = weights_bytes(&cfg.path);
-        let need = if cfg.dtype == candle_core::DType::F32 { need } else { need / 2 };
-        if need > budget {
-            anyhow::bail!(
-                "the weights need about {} MiB, over memory_budget_mib = {}",
-                need / (1024 * 1024),
-                budget / (1024 * 1024)
-            );
-        }
-    }
     let device = cfg.device.open()?;
-    let mut loaded = Loaded::load(&cfg.path, cfg.family, &device, cfg.dtype, cfg.preset)?;
+    let mut loaded = Loaded::load(&cfg.path, cfg.family, &device, cfg.dtype, cfg.preset, cfg.memory_budget)?;
     if let (Loaded::Qwen(m), Some(p)) = (&mut loaded, cfg.condition_pixels) {
         m.condition_pixels = p;
     }

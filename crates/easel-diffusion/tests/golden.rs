@@ -103,7 +103,7 @@ fn check(case: &str) {
     }
 
     let dev = Device::Cpu;
-    let model = Model::load(dir.path(), family, &dev, DType::F32).unwrap();
+    let model = Model::load(dir.path(), family, &dev, DType::F32, None).unwrap();
     let prompt = fx.str("prompt");
     assert_eq!(Some(model.text.tokenizer.encode(prompt).unwrap().ids), fx.ids("input_ids"), "{case}: token ids");
     let ids2 = model.text2.as_ref().map(|t| t.tokenizer.encode(prompt).unwrap().ids);
@@ -307,7 +307,7 @@ mod qwen_edit {
             );
         }
         let dev = Device::Cpu;
-        let mut model = QwenModel::load(model_dir.path(), Family::QwenImageEdit, &dev, DType::F32, None).unwrap();
+        let mut model = QwenModel::load(model_dir.path(), Family::QwenImageEdit, &dev, DType::F32, None, None).unwrap();
         model.condition_pixels = meta["condition_pixels"].as_u64().unwrap();
         let src = &meta["source"];
         let image = std::sync::Arc::new(image::DynamicImage::ImageRgb8(formula_image(
@@ -396,13 +396,13 @@ mod flux {
         }
 
         let dev = Device::Cpu;
-        let model = FluxModel::load(tmp.path(), family, &dev, DType::F32).unwrap();
+        let model = FluxModel::load(tmp.path(), family, &dev, DType::F32, None).unwrap();
         let (clip_ids, t5_ids) = model.text.ids(index["prompt"].as_str().unwrap(), model.max_sequence_length).unwrap();
         assert_eq!(clip_ids, ids(&fx["clip_ids"]), "{case}: CLIP token ids");
         assert_eq!(t5_ids, ids(&fx["t5_ids"]), "{case}: T5 token ids");
         let size_px = index["size"].as_u64().unwrap() as usize;
         let size = flux::latent_size(&model, size_px, size_px).unwrap();
-        let c_lat = model.transformer.config().latent_channels();
+        let c_lat = model.transformer_config.latent_channels();
         let seed = index["seed"].as_u64().unwrap();
         let noise = pack(&BatchNoise::new(&[seed]).draw((c_lat, size.0, size.1), &dev).unwrap()).unwrap();
         assert_eq!(
@@ -422,9 +422,11 @@ mod flux {
         let sigmas = Tensor::new(schedule.sigmas(), &dev).unwrap();
         errs.push(("sigmas", rel_error(&sigmas, &fx["sigmas"])));
         let rope = flux::rope(&model, t5_ids.len(), size).unwrap();
-        let g = model.transformer.config().guidance_embeds.then_some([guidance]);
+        let g = model.transformer_config.guidance_embeds.then_some([guidance]);
         let velocity = model
             .transformer
+            .get()
+            .unwrap()
             .forward(
                 &noise,
                 &prompt.t5,
@@ -499,7 +501,7 @@ mod qwen {
         }
         let preset = c["preset"].as_str().map(|p| serde_json::from_value::<FlowPreset>(p.into()).unwrap());
         let dev = Device::Cpu;
-        let model = QwenModel::load(model_dir.path(), Family::QwenImage, &dev, DType::F32, preset).unwrap();
+        let model = QwenModel::load(model_dir.path(), Family::QwenImage, &dev, DType::F32, preset, None).unwrap();
         let size = c["size"].as_u64().unwrap() as usize;
         let g = Generate {
             prompt: index["prompt"].as_str().unwrap().to_string(),

@@ -84,7 +84,7 @@ fn main() -> Result<()> {
         return convs(a.size, a.runs);
     }
     let t = Instant::now();
-    let mut model = Model::load(&a.model, family, &dev, dtype)?;
+    let mut model = Model::load(&a.model, family, &dev, dtype, None)?;
     if let Some(dir) = &a.tiny_vae {
         model = model.with_tiny_vae(dir, pipeline::Decoder::Vae)?;
     }

@@ -116,7 +116,7 @@ fn dump(a: Args) -> Result<()> {
     let family = Family::parse(&a.family)?;
     let scheduler: SchedulerKind = serde_json::from_value(serde_json::Value::String(a.scheduler.clone()))?;
     let dev = Device::Cpu;
-    let model = Model::load(&a.model, family, &dev, DType::F32)?;
+    let model = Model::load(&a.model, family, &dev, DType::F32, None)?;
     let g = Generate {
         prompt: a.prompt.clone(),
         negative_prompt: a.negative.clone(),
@@ -183,16 +183,16 @@ fn flux_dump(a: FluxArgs) -> Result<()> {
 
     let family = Family::parse(&a.family)?;
     let dev = Device::Cpu;
-    let model = FluxModel::load(&a.model, family, &dev, DType::F32)?;
+    let model = FluxModel::load(&a.model, family, &dev, DType::F32, None)?;
     let (clip_ids, t5_ids) = model.text.ids(&a.prompt, model.max_sequence_length)?;
     let prompt = model.text.encode_ids(&clip_ids, &t5_ids)?;
     let size = flux::latent_size(&model, a.size, a.size)?;
-    let c = model.transformer.config().latent_channels();
+    let c = model.transformer_config.latent_channels();
     let noise = pack(&BatchNoise::new(&[a.seed]).draw((c, size.0, size.1), &dev)?)?;
     let schedule = flux::schedule(&model, a.steps, size);
     let rope = flux::rope(&model, t5_ids.len(), size)?;
-    let guidance = model.transformer.config().guidance_embeds.then_some([a.guidance]);
-    let velocity = model.transformer.forward(
+    let guidance = model.transformer_config.guidance_embeds.then_some([a.guidance]);
+    let velocity = model.transformer.get()?.forward(
         &noise,
         &prompt.t5,
         &prompt.pooled,

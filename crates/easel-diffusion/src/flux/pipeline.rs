@@ -42,7 +42,7 @@ pub fn schedule(model: &FluxModel, steps: usize, (h, w): (usize, usize)) -> Flow
 pub fn rope(model: &FluxModel, text_len: usize, (h, w): (usize, usize)) -> Result<Rope> {
     let mut ids = vec![[0f32; 3]; text_len];
     ids.extend(flux_image_ids(h / 2, w / 2));
-    Rope::new(&ids, &model.transformer.config().axes_dims_rope, ROPE_THETA, &model.device)
+    Rope::new(&ids, &model.transformer_config.axes_dims_rope, ROPE_THETA, &model.device)
 }
 
 /// Packed latents `[B, N, 4C]` → pixels `[B, 3, H, W]` in [-1, 1] (the VAE undoes scale and shift).
@@ -73,16 +73,17 @@ pub fn sample(model: &FluxModel, latents: Tensor, s: &Sampling<'_>, hooks: &mut 
     let t5 = s.prompt.t5.repeat((b, 1, 1))?;
     let pooled = s.prompt.pooled.repeat((b, 1))?;
     let rope = rope(model, t5.dim(1)?, s.size)?;
-    let guidance = model.transformer.config().guidance_embeds.then(|| vec![s.guidance; b]);
+    let guidance = model.transformer_config.guidance_embeds.then(|| vec![s.guidance; b]);
     let steps = s.schedule.steps();
     let partial_at = partial_steps(s.partials, steps - s.start);
     let mut latents = latents.to_dtype(model.dtype)?;
+    let transformer = model.transformer.get()?;
     for i in s.start..steps {
         if (hooks.cancelled)() {
             return Err(RunError::Cancelled);
         }
         let t = vec![s.schedule.model_t(i); b];
-        let v = model.transformer.forward(&latents, &t5, &pooled, &t, guidance.as_deref(), &rope)?;
+        let v = transformer.forward(&latents, &t5, &pooled, &t, guidance.as_deref(), &rope)?;
         if partial_at.contains(&(i - s.start)) && i + 1 < steps {
             let x0 = s.schedule.x0(&latents.narrow(0, 0, 1)?, &v.narrow(0, 0, 1)?, i)?;
             let pixels = decode(model, &x0, s.size)?;
@@ -100,7 +101,7 @@ pub fn prepare(model: &FluxModel, g: &Generate) -> Result<(FluxPrompt, FlowSched
     let b = g.seeds.len();
     ensure!(b > 0, "no seeds");
     let size = latent_size(model, g.width, g.height)?;
-    let c = model.transformer.config().latent_channels();
+    let c = model.transformer_config.latent_channels();
     let prompt = model.text.encode(&g.prompt, model.max_sequence_length)?;
     let schedule = schedule(model, g.steps, size);
     let noise = BatchNoise::new(&g.seeds).draw((c, size.0, size.1), &model.device)?;

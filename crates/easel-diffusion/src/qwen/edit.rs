@@ -34,7 +34,7 @@ use image::DynamicImage;
 use super::QwenModel;
 use super::pipeline::{Condition, Prompts, cfg_scale, denoise, finish, initial_noise, negative_prompt};
 use super::processor::{self, Filter, ProcessorConfig, calculate_dimensions};
-use super::text::QwenTokenizer;
+use super::text::{QwenTextEncoder, QwenTokenizer};
 use super::transformer::ImageShape;
 use super::vision::Grid;
 use crate::flow::pack;
@@ -107,10 +107,17 @@ pub fn mrope_positions(len: usize, start: usize, rows: usize, cols: usize) -> Ve
     streams.concat()
 }
 
-/// Prompt embeddings `(1, L, D)` of `prompt` with the source's vision `features` `(n, D)` in place
-/// of its image tokens; `grid` is the source's patch grid.
-pub fn encode_with_image(model: &QwenModel, prompt: &str, features: &Tensor, grid: Grid) -> Result<Tensor> {
-    let merge = model.vision.as_ref().map_or(2, |v| v.config().spatial_merge_size);
+/// Prompt embeddings `(1, L, D)` of `prompt` through `text` (the model's encoder, on the device)
+/// with the source's vision `features` `(n, D)` in place of its image tokens; `grid` is the
+/// source's patch grid.
+pub fn encode_with_image(
+    model: &QwenModel,
+    text: &QwenTextEncoder,
+    prompt: &str,
+    features: &Tensor,
+    grid: Grid,
+) -> Result<Tensor> {
+    let merge = model.vision_config.as_ref().map_or(2, |v| v.spatial_merge_size);
     let (rows, cols) = (grid.h / merge, grid.w / merge);
     let n = features.dim(0)?;
     ensure!(n == rows * cols * grid.t, "{n} vision features for a {rows}x{cols} grid");
@@ -121,7 +128,7 @@ pub fn encode_with_image(model: &QwenModel, prompt: &str, features: &Tensor, gri
         ids.len()
     );
     let dev = &model.device;
-    let embeds = model.text.embed(&Tensor::new(ids.as_slice(), dev)?.unsqueeze(0)?)?;
+    let embeds = text.embed(&Tensor::new(ids.as_slice(), dev)?.unsqueeze(0)?)?;
     let s = ids.len();
     let embeds = Tensor::cat(
         &[
@@ -132,7 +139,7 @@ pub fn encode_with_image(model: &QwenModel, prompt: &str, features: &Tensor, gri
         1,
     )?;
     let positions = Tensor::from_vec(mrope_positions(s, start, rows, cols), (3, 1, s), dev)?;
-    let hidden = model.text.forward_embeds(&embeds, Some(&positions), None)?;
+    let hidden = text.forward_embeds(&embeds, Some(&positions), None)?;
     Ok(hidden.narrow(1, EDIT_DROP, s - EDIT_DROP)?)
 }
 
@@ -144,7 +151,9 @@ pub fn prepare(
     area: u64,
     cfg: &ProcessorConfig,
 ) -> Result<(Prompts, Condition)> {
-    let Some(tower) = &model.vision else { bail!("{} has no vision tower loaded", model.family.name()) };
+    let (Some(tower), Some(vcfg)) = (&model.vision, &model.vision_config) else {
+        bail!("{} has no vision tower loaded", model.family.name())
+    };
     let dev = &model.device;
     let source = prepare_source(image, area, cfg, dev)?;
     let f = model.vae_factor();
@@ -153,15 +162,19 @@ pub fn prepare(
         w.is_multiple_of(2 * f) && h.is_multiple_of(2 * f),
         "the condition size {w}x{h} does not pack into 2x2 latent tokens of {f} px"
     );
-    let n = source.patches.len() / tower.config().patch_dim();
-    let patches = Tensor::from_vec(source.patches, (n, tower.config().patch_dim()), dev)?;
-    let features = tower.forward(&patches, &[source.grid])?;
-    let cond = encode_with_image(model, &g.prompt, &features, source.grid)?;
+    let n = source.patches.len() / vcfg.patch_dim();
+    let patches = Tensor::from_vec(source.patches, (n, vcfg.patch_dim()), dev)?;
+    // One part on the device at a time when the model is over its budget: the tower, then the
+    // language model.
+    let features = tower.get()?.forward(&patches, &[source.grid])?;
+    let text = model.text.get()?;
+    let cond = encode_with_image(model, &text, &g.prompt, &features, source.grid)?;
     let uncond = if cfg_scale(g).is_some() {
-        Some(encode_with_image(model, negative_prompt(g), &features, source.grid)?)
+        Some(encode_with_image(model, &text, negative_prompt(g), &features, source.grid)?)
     } else {
         None
     };
+    drop(text);
     let latents = model.vae.encode(&source.pixels.to_dtype(model.dtype)?)?;
     let tokens = pack(&latents)?;
     let shape = ImageShape { frames: 1, rows: h / f / 2, cols: w / f / 2 };

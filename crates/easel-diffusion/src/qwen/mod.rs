@@ -32,6 +32,7 @@ use serde_json::Value;
 use crate::family::Family;
 use crate::flow::FlowConfig;
 use crate::model::{read_json, weights_files};
+use crate::placement::{Part, Placed, Plan, Role, Weights};
 use crate::weights::var_builder_files;
 use text::{QwenTextEncoder, QwenTokenizer, TextConfig};
 use transformer::{QwenTransformer, QwenTransformerConfig};
@@ -149,50 +150,96 @@ impl QwenLayout {
     }
 }
 
+impl QwenLayout {
+    /// The vision tower's config, for `qwen-image-edit`.
+    pub fn vision_config(&self) -> Result<Option<vision::VisionConfig>> {
+        if self.family != Family::QwenImageEdit {
+            return Ok(None);
+        }
+        let v = vision::VisionConfig::from_json(&self.text_json["vision_config"])
+            .context("text_encoder/config.json: vision_config")?;
+        Ok(Some(v))
+    }
+
+    /// The parts as the memory plan sees them, in `dtype`: the text encoder's files hold the
+    /// language model and the vision tower (counted only for the edit).
+    pub fn parts(&self, dtype: DType) -> Result<Vec<Part>> {
+        let mut parts = vec![Part::of(TEXT, Role::Text, &self.text_files, dtype, &|n| !vision::is_tower_tensor(n))?];
+        if self.family == Family::QwenImageEdit {
+            parts.push(Part::of(VISION, Role::Text, &self.text_files, dtype, &vision::is_tower_tensor)?);
+        }
+        parts.push(Part::new(TRANSFORMER, Role::Denoiser, &self.transformer_files, dtype)?);
+        parts.push(Part::new("vae", Role::Decoder, &self.vae_files, dtype)?);
+        Ok(parts)
+    }
+}
+
+/// The plan's names of the parts kept off the device when over budget.
+const TEXT: &str = "text_encoder";
+const VISION: &str = "vision_tower";
+const TRANSFORMER: &str = "transformer";
+
 /// A loaded Qwen-Image(-Edit) model.
 pub struct QwenModel {
     pub family: Family,
     pub device: Device,
     pub dtype: DType,
-    pub text: QwenTextEncoder,
+    pub text: Placed<QwenTextEncoder>,
     pub tokenizer: QwenTokenizer,
-    pub transformer: QwenTransformer,
+    pub transformer: Placed<QwenTransformer>,
     pub vae: QwenVae,
     pub flow: FlowConfig,
     pub text_json: Value,
-    /// Qwen2.5-VL's vision tower, for `qwen-image-edit`.
-    pub vision: Option<vision::VisionTower>,
+    /// Qwen2.5-VL's vision tower and its config, for `qwen-image-edit`.
+    pub vision: Option<Placed<vision::VisionTower>>,
+    pub vision_config: Option<vision::VisionConfig>,
     /// The edit's image processor settings.
     pub processor: Option<processor::ProcessorConfig>,
     /// The area the edit brings its source image to (diffusers: 1024², [`edit::CONDITION_PIXELS`]).
     pub condition_pixels: u64,
+    /// Bytes of weights on the device while the loop runs.
+    pub denoising_bytes: u64,
 }
 
 impl QwenModel {
-    /// Reads the weights; `preset`, when given, replaces the folder's scheduler config.
+    /// Reads the weights, placed to fit `budget` bytes when one is given ([`crate::placement`]);
+    /// `preset`, when given, replaces the folder's scheduler config.
     pub fn load(
         root: &Path,
         family: Family,
         device: &Device,
         dtype: DType,
         preset: Option<FlowPreset>,
+        budget: Option<u64>,
     ) -> Result<Self> {
         if dtype == DType::F16 {
             bail!("Qwen-Image does not run in f16 (its activations overflow it): use dtype = \"bf16\" on GPUs");
         }
         let layout = QwenLayout::read(root, family)?;
-        let tvb = var_builder_files(&layout.text_files, dtype, device)?;
-        let text = QwenTextEncoder::new(tvb.clone(), &layout.text_config).context("loading text_encoder")?;
-        let vision = if family == Family::QwenImageEdit {
-            let vcfg = vision::VisionConfig::from_json(&layout.text_json["vision_config"])
-                .context("text_encoder/config.json: vision_config")?;
-            Some(vision::VisionTower::load(tvb, &vcfg).context("loading the text encoder's vision tower")?)
-        } else {
-            None
+        let plan = Plan::new(layout.parts(dtype)?, budget)?;
+        if plan.offloads() {
+            tracing::info!(
+                ?plan,
+                "Qwen-Image is over its memory budget: its text encoder and transformer go on the device one at a time"
+            );
+        }
+        // The language model and the vision tower share files, placed alike (Role::Text): one host copy.
+        let text_weights = Weights::new(&layout.text_files, dtype, device, plan.placement(TEXT))?;
+        let text_config = layout.text_config.clone();
+        let text = Placed::new(&text_weights, move |vb| {
+            QwenTextEncoder::new(vb, &text_config).context("loading text_encoder")
+        })?;
+        let vision_config = layout.vision_config()?;
+        let vision = match vision_config.clone() {
+            Some(vcfg) => Some(Placed::new(&text_weights, move |vb| {
+                vision::VisionTower::load(vb, &vcfg).context("loading the text encoder's vision tower")
+            })?),
+            None => None,
         };
+        let weights = Weights::new(&layout.transformer_files, dtype, device, plan.placement(TRANSFORMER))?;
+        let tcfg = layout.transformer.clone();
         let transformer =
-            QwenTransformer::new(var_builder_files(&layout.transformer_files, dtype, device)?, &layout.transformer)
-                .context("loading transformer")?;
+            Placed::new(&weights, move |vb| QwenTransformer::new(vb, &tcfg).context("loading transformer"))?;
         let vae =
             QwenVae::new(var_builder_files(&layout.vae_files, dtype, device)?, &layout.vae).context("loading vae")?;
         Ok(Self {
@@ -206,8 +253,10 @@ impl QwenModel {
             flow: preset.map_or(layout.flow, FlowPreset::flow_config),
             text_json: layout.text_json,
             vision,
+            vision_config,
             processor: layout.processor,
             condition_pixels: edit::CONDITION_PIXELS,
+            denoising_bytes: plan.denoising_bytes(),
         })
     }
 
@@ -227,6 +276,7 @@ mod tests {
     use super::*;
     use crate::flow::FlowSchedule;
     use crate::pipeline::{Generate, Hooks, Preview};
+    use crate::placement::Role;
     use crate::random::Scale;
 
     fn tiny() -> tempfile::TempDir {
@@ -272,7 +322,7 @@ mod tests {
             preview: Preview::Vae,
         };
         let run = |dtype| {
-            let m = QwenModel::load(&root, Family::QwenImage, &Device::Cpu, dtype, None).unwrap();
+            let m = QwenModel::load(&root, Family::QwenImage, &Device::Cpu, dtype, None, None).unwrap();
             let never = || false;
             let mut hooks = Hooks { cancelled: &never, partial: &mut |_| {}, step: &mut |_, _| {} };
             let prompts = pipeline::encode(&m, &g).unwrap();
@@ -283,8 +333,48 @@ mod tests {
         let err = (&a - &b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
             / a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(err < 0.05, "bf16 latents differ from f32 by {err}");
-        let f16 = QwenModel::load(&root, Family::QwenImage, &Device::Cpu, DType::F16, None).map(drop).unwrap_err();
+        let f16 =
+            QwenModel::load(&root, Family::QwenImage, &Device::Cpu, DType::F16, None, None).map(drop).unwrap_err();
         assert!(f16.to_string().contains("f16"), "{f16}");
+    }
+
+    /// Over its budget, the edit builds its vision tower, language model (one host copy of their
+    /// shared files on a GPU; the files on the CPU) and transformer for each use, and makes the
+    /// same image.
+    #[test]
+    fn an_edit_over_budget_takes_turns_and_makes_the_same_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, family) = (dir.path().join("m"), Family::QwenImageEdit);
+        random::create(family, Scale::Tiny, &root, 0).unwrap();
+        let parts = QwenLayout::read(&root, family).unwrap().parts(DType::F32).unwrap();
+        let sum = |role| parts.iter().filter(|p| p.role == role).map(|p| p.bytes).sum::<u64>();
+        let budget = sum(Role::Text).max(sum(Role::Denoiser)) + sum(Role::Decoder);
+        assert!(parts.iter().any(|p| p.name == VISION && p.bytes > 0), "{parts:?}");
+        let source = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(48, 32, |x, y| {
+            image::Rgb([(x * 5) as u8, (y * 7) as u8, 90])
+        }));
+        let g = Generate {
+            prompt: "make it blue".into(),
+            negative_prompt: String::new(),
+            width: 32,
+            height: 32,
+            seeds: vec![2],
+            steps: 2,
+            guidance_scale: 3.0,
+            scheduler: crate::scheduler::SchedulerKind::Euler,
+            init: Some(crate::pipeline::InitImage { image: std::sync::Arc::new(source), mask: None, strength: 1.0 }),
+            partials: 0,
+            preview: Preview::Vae,
+        };
+        let run = |budget: Option<u64>| {
+            let mut m = QwenModel::load(&root, family, &Device::Cpu, DType::F32, None, budget).unwrap();
+            m.condition_pixels = 32 * 32;
+            assert_eq!(m.transformer.is_resident(), budget.is_none());
+            let never = || false;
+            let hooks = Hooks { cancelled: &never, partial: &mut |_| {}, step: &mut |_, _| {} };
+            edit::run(&m, &g, hooks).unwrap()[0].to_rgb8().into_raw()
+        };
+        assert_eq!(run(None), run(Some(budget)));
     }
 
     #[test]

@@ -74,7 +74,8 @@ pub fn initial_noise(model: &QwenModel, g: &Generate) -> Result<Tensor> {
 
 /// Text-to-image prompt embeddings (and the negative's when guiding).
 pub fn encode(model: &QwenModel, g: &Generate) -> Result<Prompts> {
-    let enc = |p: &str| encode_prompt(&model.text, &model.tokenizer, p, MAX_SEQUENCE_LENGTH, &model.device);
+    let text = model.text.get()?;
+    let enc = |p: &str| encode_prompt(&text, &model.tokenizer, p, MAX_SEQUENCE_LENGTH, &model.device);
     let cond = enc(&g.prompt)?;
     let uncond = if cfg_scale(g).is_some() { Some(enc(negative_prompt(g))?) } else { None };
     Ok(Prompts { cond, uncond })
@@ -143,6 +144,7 @@ pub fn denoise(
     };
     let mut latents = noise.to_dtype(model.dtype)?;
     let partial_at = partial_steps(g.partials, g.steps);
+    let transformer = model.transformer.get()?;
     for i in 0..g.steps {
         if (hooks.cancelled)() {
             return Err(RunError::Cancelled);
@@ -153,7 +155,7 @@ pub fn denoise(
             None => latents.clone(),
         };
         let velocity = |text: &Tensor| -> Result<Tensor> {
-            let v = model.transformer.forward(&input, TextInput { embeds: text, mask: None }, &t, &shapes)?;
+            let v = transformer.forward(&input, TextInput { embeds: text, mask: None }, &t, &shapes)?;
             Ok(v.narrow(1, 0, n)?)
         };
         let mut v = velocity(&cond)?;

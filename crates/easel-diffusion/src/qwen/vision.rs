@@ -331,10 +331,18 @@ pub struct VisionTower {
     dtype: DType,
 }
 
-/// The prefix the checkpoint stores the tower under: `visual` (before transformers 4.52) or
+/// The prefixes checkpoints store the tower under: `visual` (before transformers 4.52) or
 /// `model.visual` (after).
+const PREFIXES: [&str; 2] = ["visual", "model.visual"];
+
+/// The prefix this checkpoint stores the tower under.
 pub fn prefix(vb: &VarBuilder) -> Option<&'static str> {
-    ["visual", "model.visual"].into_iter().find(|p| vb.contains_tensor(&format!("{p}.patch_embed.proj.weight")))
+    PREFIXES.into_iter().find(|p| vb.contains_tensor(&format!("{p}.patch_embed.proj.weight")))
+}
+
+/// Whether a tensor of the text encoder's files belongs to the vision tower.
+pub fn is_tower_tensor(name: &str) -> bool {
+    PREFIXES.iter().any(|p| name.strip_prefix(p).is_some_and(|rest| rest.starts_with('.')))
 }
 
 impl VisionTower {

@@ -47,7 +47,7 @@ pub struct QwenArgs {
 pub fn dump(a: QwenArgs) -> Result<()> {
     let dev = Device::Cpu;
     let preset = a.preset.as_deref().map(|p| serde_json::from_value::<FlowPreset>(p.into())).transpose()?;
-    let model = QwenModel::load(&a.model, Family::QwenImage, &dev, DType::F32, preset)?;
+    let model = QwenModel::load(&a.model, Family::QwenImage, &dev, DType::F32, preset, None)?;
     let g = Generate {
         prompt: a.prompt.clone(),
         negative_prompt: a.negative.clone(),
@@ -78,7 +78,8 @@ pub fn dump(a: QwenArgs) -> Result<()> {
     out.insert("sigmas".to_string(), Tensor::new(sched.sigmas(), &dev)?);
     let shapes = [ImageShape { frames: 1, rows: h / 2, cols: w / 2 }];
     let t0 = sched.model_t(0);
-    let v0 = model.transformer.forward(&noise, TextInput { embeds: &prompts.cond, mask: None }, &[t0], &shapes)?;
+    let v0 =
+        model.transformer.get()?.forward(&noise, TextInput { embeds: &prompts.cond, mask: None }, &[t0], &shapes)?;
     out.insert("velocity0".to_string(), v0);
     // A padded batch: [prompt, negative], the shorter zero-padded, with the key mask.
     let (lc, ln) = (prompts.cond.dim(1)?, neg.dim(1)?);
@@ -88,7 +89,12 @@ pub fn dump(a: QwenArgs) -> Result<()> {
     let mask: Vec<f32> = [lc, ln].iter().flat_map(|&l| (0..len).map(move |i| if i < l { 1.0 } else { 0.0 })).collect();
     let mask = Tensor::from_vec(mask, (2, len), &dev)?;
     let batch = Tensor::cat(&[&noise, &noise], 0)?;
-    let vm = model.transformer.forward(&batch, TextInput { embeds: &embeds, mask: Some(&mask) }, &[t0, t0], &shapes)?;
+    let vm = model.transformer.get()?.forward(
+        &batch,
+        TextInput { embeds: &embeds, mask: Some(&mask) },
+        &[t0, t0],
+        &shapes,
+    )?;
     out.insert("velocity_masked".to_string(), vm);
     out.insert("mask".to_string(), mask);
     let never = || false;

@@ -48,7 +48,7 @@ pub struct QwenEditArgs {
 /// (unpacked, normalised) and their decoded image.
 pub fn dump(a: QwenEditArgs) -> Result<()> {
     let dev = Device::Cpu;
-    let mut model = QwenModel::load(&a.model, Family::QwenImageEdit, &dev, DType::F32, None)?;
+    let mut model = QwenModel::load(&a.model, Family::QwenImageEdit, &dev, DType::F32, None, None)?;
     model.condition_pixels = a.condition_pixels;
     let image = Arc::new(image::open(&a.image)?);
     let g = Generate {
@@ -68,7 +68,7 @@ pub fn dump(a: QwenEditArgs) -> Result<()> {
     let mut out = HashMap::new();
     let source = edit::prepare_source(&image, model.condition_pixels, &cfg, &dev)?;
     out.insert("source_size".to_string(), Tensor::new(&[i64::from(source.width), i64::from(source.height)], &dev)?);
-    let tower = model.vision.as_ref().expect("edit loads the vision tower");
+    let tower = model.vision.as_ref().expect("edit loads the vision tower").get()?;
     let dim = tower.config().patch_dim();
     let patches = Tensor::from_vec(source.patches.clone(), (source.patches.len() / dim, dim), &dev)?;
     let features = tower.forward(&patches, &[source.grid])?;
