@@ -50,7 +50,8 @@ pub struct LocalConfig {
     pub queue_size: usize,
     /// Most images denoised in one UNet batch (default 4, lowered by `memory_budget_mib`).
     pub max_batch: Option<u32>,
-    /// Memory the model may use: weights must fit, and batches are sized to fit the rest.
+    /// Memory the model may use: weights must fit (the flow families' parts one at a time,
+    /// `crate::placement`), and batches are sized to fit the rest.
     pub memory_budget_mib: Option<u64>,
     /// `WxH` for `size=auto`; default the family's native square.
     pub default_size: Option<String>,
