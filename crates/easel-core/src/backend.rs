@@ -209,15 +209,35 @@ pub struct Capabilities {
     pub max_prompt_chars: usize,
     /// The ranges of the open-model extensions this model accepts.
     pub extensions: ExtensionRanges,
-    /// Whether the backend works on pixels: the core then decodes the first input image and the
-    /// mask once per job, at the call size, and hands them over in [`BackendCall::pixels`].
-    /// Backends that relay bytes leave it false and never pay for a decode.
-    pub takes_pixels: bool,
+    /// Whether and how the backend takes the first input image and the mask as pixels
+    /// ([`BackendCall::pixels`]).
+    pub pixels: PixelInput,
 }
 
 impl Capabilities {
     pub fn supports(&self, operation: Operation) -> bool {
         self.operations.contains(&operation)
+    }
+}
+
+/// Whether and how a backend takes the first input image and the mask as pixels. The core
+/// decodes them once per job, before anything is spent, and hands them over as said here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelInput {
+    /// Not at all: the backend relays the encoded bytes, and never pays for a decode.
+    Bytes,
+    /// Brought to the call size (cover, then centre crop): img2img and inpainting work on the
+    /// output's canvas.
+    AtCallSize,
+    /// As sent, whole: the backend conditions on the image at its own geometry (Qwen-Image-Edit
+    /// brings it to its condition area, keeping its aspect), so a crop to the output's aspect
+    /// would lose what the client sent, and a resize to the call size would resample it twice.
+    AsSent,
+}
+
+impl PixelInput {
+    pub fn wanted(self) -> bool {
+        self != Self::Bytes
     }
 }
 
@@ -258,8 +278,8 @@ impl std::fmt::Debug for InputImage {
     }
 }
 
-/// The first input image and the mask as pixels, decoded once per job and brought to the call
-/// size (cover, then centre crop), for backends that declare [`Capabilities::takes_pixels`].
+/// The first input image and the mask as pixels, decoded once per job, for backends that take
+/// them ([`Capabilities::pixels`]: at the call size, or as sent).
 #[derive(Debug, Clone)]
 pub struct SourcePixels {
     pub image: Arc<DynamicImage>,
@@ -279,7 +299,8 @@ pub struct BackendCall {
     pub images: Vec<InputImage>,
     /// Present only when the backend declares `native_masks`.
     pub mask: Option<InputImage>,
-    /// Present only when the backend declares `takes_pixels` and the request has an image.
+    /// Present only when the backend takes pixels ([`Capabilities::pixels`]) and the request
+    /// has an image.
     pub pixels: Option<SourcePixels>,
     /// Images to make, at most `max_n_per_call`.
     pub n: u32,

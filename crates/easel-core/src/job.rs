@@ -74,7 +74,7 @@ impl ImageJob {
             prompt: self.prompt.clone(),
             images: self.images.clone(),
             mask: if caps.native_masks { self.mask.clone() } else { None },
-            pixels: if caps.takes_pixels { pixels } else { None },
+            pixels: if caps.pixels.wanted() { pixels } else { None },
             n,
             size,
             size_auto: self.size_auto,

@@ -85,7 +85,7 @@ impl LocalBackend {
             partial_images: true,
             max_prompt_chars: 4000,
             extensions: EXTENSION_RANGES,
-            takes_pixels: true,
+            pixels: cfg.family.pixel_input(),
         };
         let worker = Worker::spawn(id, cfg.clone())?;
         let random_weights = cfg.path.join(crate::random::INFO_FILE).is_file();

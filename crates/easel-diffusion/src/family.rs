@@ -6,6 +6,7 @@
 //! sensible steps / guidance / scheduler defaults, and whether it is an SDXL-style model (two text
 //! encoders, micro-conditioning). Everything architectural is read from the folder's JSON configs.
 
+use easel_core::backend::PixelInput;
 use easel_core::types::Operation;
 use serde::Deserialize;
 
@@ -124,6 +125,13 @@ impl Family {
     /// blending for the others); the flow families here have no inpainting model.
     pub fn takes_masks(self) -> bool {
         self.kind() == Kind::Sd
+    }
+
+    /// How the family takes the source image of an edit: on the output's canvas (img2img and
+    /// inpainting), or whole as sent (Qwen-Image-Edit brings it to its condition area itself,
+    /// keeping its aspect, as diffusers does; a crop to the output's aspect would lose part of it).
+    pub fn pixel_input(self) -> PixelInput {
+        if self == Self::QwenImageEdit { PixelInput::AsSent } else { PixelInput::AtCallSize }
     }
 
     /// The operations a family serves. Qwen-Image makes images from text only; Qwen-Image-Edit

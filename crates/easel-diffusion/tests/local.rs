@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{model_dir, run, start};
-use easel_core::backend::{BackendCall, BackendOutput, CallContext, OutputImage, SharedBackend};
+use easel_core::backend::{BackendCall, BackendOutput, CallContext, OutputImage, PixelInput, SharedBackend};
 use easel_core::error::BackendError;
 use easel_core::testing::CallBuilder;
 use easel_core::types::{ImageSize, Operation};
@@ -135,7 +135,7 @@ async fn capabilities_declare_what_the_core_checks() {
     let b = backend("sd-turbo", json!({})).await;
     let caps = b.capabilities();
     assert_eq!(caps.max_input_images, 1);
-    assert!(caps.takes_pixels && caps.native_masks);
+    assert!(caps.pixels == PixelInput::AtCallSize && caps.native_masks);
     assert_eq!(caps.extensions, easel_diffusion::config::EXTENSION_RANGES);
     assert!(
         caps.extensions.steps.check("steps", 201).is_err() && caps.extensions.strength.check("strength", 0.0).is_err()

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use easel_core::backend::{Capabilities, ExtensionRanges, SizeRule};
+use easel_core::backend::{Capabilities, ExtensionRanges, PixelInput, SizeRule};
 use easel_core::range::{FloatRange, IntRange};
 use easel_core::types::{ImageSize, Operation, Quality};
 use serde_json::{Map, Value, json};
@@ -151,7 +151,7 @@ pub fn read(v: &Value) -> anyhow::Result<Capabilities> {
             guidance_scale: float("guidance_scale", defaults.guidance_scale),
             strength: float("strength", defaults.strength),
         },
-        takes_pixels: false,
+        pixels: PixelInput::Bytes,
     })
 }
 
@@ -220,7 +220,7 @@ mod tests {
                 guidance_scale: FloatRange::new(0.0, 2.0),
                 strength: FloatRange::above(0.0, 1.0),
             },
-            takes_pixels: true,
+            pixels: PixelInput::AtCallSize,
         };
         let back = read(&describe(&caps)).unwrap();
         assert_eq!(back.operations, caps.operations);
@@ -232,7 +232,7 @@ mod tests {
         assert_eq!(back.qualities, caps.qualities);
         assert_eq!(back.default_quality, Quality::Low);
         assert_eq!(back.extensions, caps.extensions);
-        assert!(back.native_masks && back.partial_images && !back.takes_pixels);
+        assert!(back.native_masks && back.partial_images && back.pixels == PixelInput::Bytes);
         assert_eq!((back.max_input_images, back.max_prompt_chars), (1, 300));
         let any = read(&describe(&Capabilities { sizes: SizeRule::any(), ..caps })).unwrap();
         assert!(any.sizes.check(ImageSize::new(7, 9999)).is_ok());

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 
-use crate::backend::{BackendCall, BackendOutput, CallContext, PartialImage, SharedBackend, SourcePixels};
+use crate::backend::{BackendCall, BackendOutput, CallContext, PartialImage, PixelInput, SharedBackend, SourcePixels};
 use crate::error::{BackendError, CoreError};
 use crate::imaging;
 use crate::job::{EncodedPartial, ImageJob, JobContext, JobOutput};
@@ -26,8 +26,8 @@ impl ImageService {
         };
 
         // Decoded once per job, before anything is spent: the first image and the mask at the
-        // delivered size for compositing, and at the call size for backends that take pixels.
-        let sources = self.decode_sources(job, call_size, caps.takes_pixels).await?;
+        // delivered size for compositing, and as the backend takes them.
+        let sources = self.decode_sources(job, call_size, caps.pixels).await?;
         let per_call = caps.max_n_per_call.max(1);
         // The calls for `count` images, the first at image `offset` of the job.
         let plan = |count: u32, offset: u32| {
@@ -150,13 +150,13 @@ impl ImageService {
     }
 
     /// Brings the first image and the mask, decoded once when the job was prepared, to the sizes
-    /// each use needs: the delivered size for compositing, the call size for backends that take
-    /// pixels.
+    /// each use needs: the delivered size for compositing; the call size, or none, for the
+    /// backend, as it takes them.
     async fn decode_sources(
         &self,
         job: &ImageJob,
         call_size: ImageSize,
-        takes_pixels: bool,
+        takes: PixelInput,
     ) -> Result<Sources, CoreError> {
         let Some(decoded) = job.decoded.clone() else { return Ok(Sources::default()) };
         let size = job.size;
@@ -175,10 +175,13 @@ impl ImageService {
                 Ok(SourcePixels { image, mask })
             };
             let delivered = at(size)?;
-            let for_backend = match (takes_pixels, call_size == size) {
-                (false, _) => None,
-                (true, true) => Some(delivered.clone()),
-                (true, false) => Some(at(call_size)?),
+            let for_backend = match takes {
+                PixelInput::Bytes => None,
+                PixelInput::AsSent => {
+                    Some(SourcePixels { image: Arc::clone(&decoded.first), mask: decoded.mask.clone() })
+                }
+                PixelInput::AtCallSize if call_size == size => Some(delivered.clone()),
+                PixelInput::AtCallSize => Some(at(call_size)?),
             };
             let for_compositing = delivered.mask.is_some().then_some(delivered);
             Ok::<_, CoreError>(Sources { for_backend, for_compositing })

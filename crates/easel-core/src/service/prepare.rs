@@ -172,7 +172,7 @@ impl ImageService {
                 Some(mask)
             }
         };
-        let keep = mask.is_some() || caps.takes_pixels;
+        let keep = mask.is_some() || caps.pixels.wanted();
         let decoded = self.decode_all(&inputs, mask.as_ref(), params, keep).await?;
         Ok((inputs, mask, decoded))
     }

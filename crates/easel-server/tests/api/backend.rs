@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use easel_core::backend::{
-    BackendCall, BackendOutput, CallContext, Capabilities, ImageBackend, OutputImage, PartialImage, SizeRule,
+    BackendCall, BackendOutput, CallContext, Capabilities, ImageBackend, OutputImage, PartialImage, PixelInput,
+    SizeRule,
 };
 use easel_core::error::BackendError;
 use easel_core::types::{ImageSize, Operation, OutputFormat, Quality};
@@ -54,7 +55,7 @@ pub fn capabilities() -> Capabilities {
         partial_images: true,
         max_prompt_chars: 32_000,
         extensions: Default::default(),
-        takes_pixels: false,
+        pixels: PixelInput::Bytes,
     }
 }
 

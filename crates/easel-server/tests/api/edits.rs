@@ -196,3 +196,47 @@ async fn seed_000_qwen_edits() {
     .await;
     assert!(message.contains("source image"));
 }
+
+/// What a backend that takes pixels gets of a 96x32 source asked to become 32x32: the output's
+/// canvas (cover and centre crop) for img2img, the whole image as sent for a backend that
+/// conditions on it at its own geometry (Qwen-Image-Edit), nothing decoded for a relay.
+#[tokio::test]
+async fn backends_take_the_source_at_the_call_size_or_as_sent() {
+    use easel_core::backend::PixelInput;
+
+    use crate::backend::{TestBackend, capabilities};
+    let with = |pixels| {
+        let mut caps = capabilities();
+        caps.pixels = pixels;
+        TestBackend::new(caps)
+    };
+    let models = vec![
+        ("canvas".to_string(), with(PixelInput::AtCallSize)),
+        ("whole".to_string(), with(PixelInput::AsSent)),
+        ("relay".to_string(), with(PixelInput::Bytes)),
+    ];
+    let app = spawn_app_with(|_| {}, models).await;
+    // Left third red, the rest blue: the centre crop keeps only blue.
+    let source =
+        image::RgbImage::from_fn(96, 32, |x, _| if x < 32 { image::Rgb([255, 0, 0]) } else { image::Rgb([0, 0, 255]) });
+    let mut bytes = Vec::new();
+    image::DynamicImage::ImageRgb8(source)
+        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .unwrap();
+    for (model, want) in [("canvas", Some((32, 32))), ("whole", Some((96, 32))), ("relay", None)] {
+        let form = Form::new()
+            .text("model", model)
+            .text("prompt", "make it green")
+            .text("size", "32x32")
+            .part("image", file_part(bytes.clone(), "wide.png"));
+        let body = json_body(app.post_form("/v1/images/edits", form).await, 200).await;
+        assert_eq!(images(&body)[0].dimensions(), (32, 32), "{model}: delivered at the size asked");
+        let call = app.backend(model).last_call.lock().unwrap().clone().unwrap();
+        let got = call.pixels.as_ref().map(|p| (p.image.width(), p.image.height()));
+        assert_eq!(got, want, "{model}");
+        if model == "whole" {
+            let image = call.pixels.unwrap().image.to_rgb8();
+            assert_eq!(image.get_pixel(0, 16).0, [255, 0, 0], "the part a crop would cut reaches the backend");
+        }
+    }
+}

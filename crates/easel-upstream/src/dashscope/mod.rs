@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use easel_core::BackendError;
-use easel_core::backend::{BackendCall, BackendOutput, CallContext, Capabilities, ExtensionRanges, SizeRule};
+use easel_core::backend::{
+    BackendCall, BackendOutput, CallContext, Capabilities, ExtensionRanges, PixelInput, SizeRule,
+};
 use easel_core::types::{ImageSize, Operation, Quality};
 use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
@@ -254,7 +256,7 @@ impl DashScopeTarget {
             partial_images: false,
             max_prompt_chars: 2000,
             extensions: ExtensionRanges::default(),
-            takes_pixels: false,
+            pixels: PixelInput::Bytes,
         };
         Self { provider, model, family, caps, prompt_extend, extra }
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use easel_core::BackendError;
-use easel_core::backend::{BackendCall, BackendOutput, CallContext, Capabilities, ExtensionRanges};
+use easel_core::backend::{BackendCall, BackendOutput, CallContext, Capabilities, ExtensionRanges, PixelInput};
 use easel_core::types::Operation;
 use serde_json::{Map, Value};
 
@@ -152,7 +152,7 @@ pub fn capabilities(q: &Quirks) -> Capabilities {
         max_prompt_chars: q.max_prompt_chars,
         // Passed on as the client gave them; OpenAI-compatible services document no ranges.
         extensions: ExtensionRanges::default(),
-        takes_pixels: false,
+        pixels: PixelInput::Bytes,
     }
 }
 

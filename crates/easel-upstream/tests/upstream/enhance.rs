@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use easel_core::backend::{BackendOutput, Capabilities, ImageBackend, SizeRule};
+use easel_core::backend::{BackendOutput, Capabilities, ImageBackend, PixelInput, SizeRule};
 use easel_core::types::{Operation, Quality};
 use serde_json::json;
 
@@ -102,7 +102,7 @@ fn local(max_n_per_call: u32) -> Arc<Local> {
             partial_images: false,
             max_prompt_chars: 1000,
             extensions: Default::default(),
-            takes_pixels: false,
+            pixels: PixelInput::Bytes,
         },
         prompts: Default::default(),
     })
