@@ -122,7 +122,9 @@ async fn two_api_nodes_and_a_worker_share_postgres_and_garage() {
     let mut b = node(&b_config);
 
     // A key made through node A's database is honoured on B at once.
-    let key = a.cli(&["keys", "create", "--name", "tenant", "--rpm", "5"]).trim().to_string();
+    // One request a minute: a loaded machine takes seconds per request, and a higher rate would
+    // refill the bucket before the test reaches the limit.
+    let key = a.cli(&["keys", "create", "--name", "tenant", "--rpm", "1"]).trim().to_string();
     let body = json!({"model": "turbo", "prompt": "a lighthouse", "seed": 3, "response_format": "url"});
     let made = json_body(post(&client, &b, &key, body.clone()).await, 200).await;
 
@@ -134,10 +136,7 @@ async fn two_api_nodes_and_a_worker_share_postgres_and_garage() {
     assert_eq!(image.status(), 200);
     assert!(image.bytes().await.unwrap().starts_with(b"\x89PNG"));
 
-    // The rate limit holds across both nodes: five per minute in total.
-    for node in [&a, &b, &a, &b] {
-        json_body(post(&client, node, &key, json!({"model": "turbo", "prompt": "p"})).await, 200).await;
-    }
+    // The rate limit holds across both nodes: B's request used the minute's one on A too.
     assert_error(
         post(&client, &a, &key, json!({"model": "turbo", "prompt": "p"})).await,
         429,
@@ -186,7 +185,7 @@ async fn two_api_nodes_and_a_worker_share_postgres_and_garage() {
     assert!(body["error"]["code"].as_str().unwrap().starts_with("upstream_"), "{body}");
 
     // Nothing lost or doubled: every request that reached a model left exactly one row.
-    assert_eq!(usage_rows(&pg.db, &key, "ok").await, 5);
+    assert_eq!(usage_rows(&pg.db, &key, "ok").await, 1);
     assert_eq!(usage_rows(&pg.db, &key2, "ok").await, 2);
     let failed: i64 = sqlx::query("SELECT COUNT(*) AS n FROM usage WHERE key_id = $1 AND outcome LIKE 'upstream_%'")
         .bind(key_id(&key2))
