@@ -7,9 +7,11 @@
 
 use super::tables::{HuffmanSpec, NATURAL};
 
-/// Codes of one table, by symbol: the code in the low 16 bits, its length above.
+/// Codes of one table, by symbol, made ready to take their value bits: the code shifted left by
+/// the symbol's size (its low four bits; zero for end of block and ZRL) in the low 32 bits, the
+/// length of code and value bits together above.
 pub struct CodeTable {
-    codes: [u32; 256],
+    codes: [u64; 256],
 }
 
 impl CodeTable {
@@ -17,10 +19,11 @@ impl CodeTable {
     pub fn new(spec: &HuffmanSpec) -> Self {
         let mut codes = [0; 256];
         let mut symbols = spec.symbols.iter();
-        let mut code = 0u32;
+        let mut code = 0u64;
         for (length, &count) in (1..=16).zip(&spec.counts) {
             for &symbol in symbols.by_ref().take(usize::from(count)) {
-                codes[usize::from(symbol)] = (length << 16) | code;
+                let size = u64::from(symbol & 15);
+                codes[usize::from(symbol)] = ((length + size) << 32) | (code << size);
                 code += 1;
             }
             code <<= 1;
@@ -28,11 +31,12 @@ impl CodeTable {
         Self { codes }
     }
 
-    /// The code of `symbol` followed by `size` value bits, and the length of both.
+    /// The code of `symbol` followed by its value `bits` (as many as the symbol's size), and the
+    /// length of both.
     #[inline(always)]
-    fn with_bits(&self, symbol: usize, bits: u32, size: u32) -> (u64, u32) {
+    fn with_bits(&self, symbol: usize, bits: u32) -> (u64, u32) {
         let entry = self.codes[symbol & 0xFF];
-        (u64::from(((entry & 0xFFFF) << size) | bits), (entry >> 16) + size)
+        ((entry & 0xFFFF_FFFF) | u64::from(bits), (entry >> 32) as u32)
     }
 }
 
@@ -40,16 +44,17 @@ impl CodeTable {
 /// + v` is non-zero: those coefficients as bits at their zigzag positions.
 static ZIGZAG_BITS: [[u64; 256]; 8] = zigzag_bits();
 
-/// [`category`] of each AC value from -1024 to 1023 (at `value + 1024`): the size above bit
-/// 16, the value bits below. A load instead of a dozen instructions for every coded coefficient.
-static AC_VALUES: [u32; 2048] = ac_values();
+/// [`category`] of each AC value from -1024 to 1023 (at `value + 1024`): the value bits above
+/// the low four, the size in them. A load instead of a dozen instructions for every coded
+/// coefficient, from 4 KiB that stay in the L1 cache.
+static AC_VALUES: [u16; 2048] = ac_values();
 
-const fn ac_values() -> [u32; 2048] {
-    let mut table = [0u32; 2048];
+const fn ac_values() -> [u16; 2048] {
+    let mut table = [0u16; 2048];
     let mut i = 0;
     while i < 2048 {
         let (size, bits) = category(i as i32 - 1024);
-        table[i] = (size << 16) | bits;
+        table[i] = ((bits << 4) | size) as u16;
         i += 1;
     }
     table
@@ -205,7 +210,7 @@ impl<'a> BitWriter<'a> {
         let diff = i32::from(block[0]) - i32::from(*previous_dc);
         *previous_dc = block[0];
         let (size, value) = category(diff);
-        let (code, length) = dc.with_bits(size as usize, value, size);
+        let (code, length) = dc.with_bits(size as usize, value);
         bits.put(out, code, length);
 
         let mut mask = nonzero_mask(block) & !1;
@@ -214,22 +219,21 @@ impl<'a> BitWriter<'a> {
             let k = mask.trailing_zeros();
             let mut run = k - last - 1;
             while run >= 16 {
-                let (code, length) = ac.with_bits(0xF0, 0, 0);
+                let (code, length) = ac.with_bits(0xF0, 0);
                 bits.put(out, code, length);
                 run -= 16;
             }
             let coefficient = block[usize::from(TRANSPOSED[k as usize])];
             // AC coefficients are within ±1023 (see `dct::transform`); the mask only spares a
             // bounds check.
-            let entry = AC_VALUES[(i32::from(coefficient) + 1024) as usize & 2047];
-            let (size, value) = (entry >> 16, entry & 0xFFFF);
-            let (code, length) = ac.with_bits((run << 4 | size) as usize, value, size);
+            let entry = u32::from(AC_VALUES[(i32::from(coefficient) + 1024) as usize & 2047]);
+            let (code, length) = ac.with_bits((run << 4 | (entry & 15)) as usize, entry >> 4);
             bits.put(out, code, length);
             last = k;
             mask &= mask - 1;
         }
         if last != 63 {
-            let (code, length) = ac.with_bits(0x00, 0, 0);
+            let (code, length) = ac.with_bits(0x00, 0);
             bits.put(out, code, length);
         }
         self.bits = bits;
@@ -256,15 +260,17 @@ mod tests {
     #[test]
     fn canonical_codes_of_the_standard_luma_dc_table() {
         let table = CodeTable::new(&LUMA_DC);
-        // T.81 Table K.3.
+        // T.81 Table K.3; each code comes shifted left by its size (the symbol), ready for the
+        // value bits.
         let expected = [(2, 0b00), (3, 0b010), (3, 0b011), (3, 0b100), (3, 0b101), (3, 0b110), (4, 0b1110)];
-        for (symbol, (length, code)) in expected.into_iter().enumerate() {
-            assert_eq!(table.codes[symbol], (length << 16) | code, "symbol {symbol}");
+        for (size, (length, code)) in expected.into_iter().enumerate() {
+            assert_eq!(table.with_bits(size, 0), (code << size, length + size as u32), "symbol {size}");
         }
-        assert_eq!(table.codes[11], (9 << 16) | 0b1_1111_1110);
-        // K.5: end of block is 1010, ZRL 11111111001.
+        assert_eq!(table.with_bits(11, 0b101), (0b1_1111_1110 << 11 | 0b101, 9 + 11));
+        // K.5: end of block is 1010, ZRL 11111111001; 0x23 (run 2, size 3) is 1111110111.
         let ac = CodeTable::new(&LUMA_AC);
-        assert_eq!((ac.codes[0x00], ac.codes[0xF0]), ((4 << 16) | 0b1010, (11 << 16) | 0b111_1111_1001));
+        assert_eq!((ac.with_bits(0x00, 0), ac.with_bits(0xF0, 0)), ((0b1010, 4), (0b111_1111_1001, 11)));
+        assert_eq!(ac.with_bits(0x23, 0b110), (0b11_1111_0111 << 3 | 0b110, 13));
     }
 
     #[test]

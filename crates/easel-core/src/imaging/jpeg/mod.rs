@@ -4,7 +4,8 @@
 //!
 //! Why our own: the build must need nothing beyond cargo and a C compiler (no cmake, no nasm),
 //! and the pure-Rust `jpeg-encoder` it replaced took about three times Pillow's CPU time; this
-//! one takes about 1.1 times, at libjpeg-turbo's PSNR with files 0.8 % smaller (bench/pixels.md).
+//! one takes about the same as Pillow, at libjpeg-turbo's PSNR with files 0.8 % smaller
+//! (bench/pixels.md).
 //! This one is plain safe Rust written for the compiler's vectoriser and for a fast entropy coder:
 //! colour conversion and chroma averaging on whole rows in fixed point ([`color`]), a float AAN DCT
 //! with quantisation by reciprocals ([`dct`]), and a Huffman coder with a 64-bit bit buffer and a
