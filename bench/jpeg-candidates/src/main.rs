@@ -3,11 +3,16 @@
 //! CPU milliseconds per image and the bytes; `jpeg-candidates write DIR` writes the input as PPM
 //! (for Pillow) and each encoder's output.
 //!
-//! Encoders: `jpeg-encoder` (Easel's, pure Rust with AVX2), `mozjpeg-fastest` (mozjpeg's
+//! Encoders: `easel` (Easel's own, `crates/easel-core/src/imaging/jpeg`, compiled into this
+//! crate from its source), `jpeg-encoder` (pure Rust with AVX2), `mozjpeg-fastest` (mozjpeg's
 //! libjpeg-turbo-compatible settings: baseline, standard Huffman tables, no trellis) and
 //! `mozjpeg-default` (progressive, trellis quantisation, optimised tables).
 
 use std::time::Instant;
+
+#[path = "../../../crates/easel-core/src/imaging/jpeg/mod.rs"]
+#[allow(dead_code)]
+mod easel;
 
 fn photo_like(size: u32) -> Vec<u8> {
     let mut state: u32 = 0x1234_5678;
@@ -26,6 +31,12 @@ fn photo_like(size: u32) -> Vec<u8> {
         }
     }
     v
+}
+
+fn easel(px: &[u8], edge: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(px.len() / 3);
+    easel::encode(px, easel::Layout::Rgb, edge, edge, 90, &mut out).unwrap();
+    out
 }
 
 fn jpeg_encoder(px: &[u8], edge: u16) -> Vec<u8> {
@@ -50,6 +61,7 @@ fn mozjpeg(px: &[u8], edge: usize, fastest: bool) -> Vec<u8> {
 
 fn encode(name: &str, px: &[u8], edge: u32) -> Vec<u8> {
     match name {
+        "easel" => easel(px, edge),
         "jpeg-encoder" => jpeg_encoder(px, edge as u16),
         "mozjpeg-fastest" => mozjpeg(px, edge as usize, true),
         "mozjpeg-default" => mozjpeg(px, edge as usize, false),
@@ -57,11 +69,11 @@ fn encode(name: &str, px: &[u8], edge: u32) -> Vec<u8> {
     }
 }
 
-/// user + system CPU seconds of this process, from /proc/self/stat (Linux).
+/// CPU seconds of this process so far, from /proc/self/schedstat (Linux; nanoseconds, where
+/// /proc/self/stat counts 10 ms ticks).
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
-    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+    let stat = std::fs::read_to_string("/proc/self/schedstat").unwrap();
+    stat.split_whitespace().next().unwrap().parse::<f64>().unwrap() / 1e9
 }
 
 fn main() {
@@ -73,7 +85,7 @@ fn main() {
         let mut ppm = format!("P6\n{edge} {edge}\n255\n").into_bytes();
         ppm.extend_from_slice(&px);
         std::fs::write(format!("{dir}/input.ppm"), ppm).unwrap();
-        for name in ["jpeg-encoder", "mozjpeg-fastest", "mozjpeg-default"] {
+        for name in ["easel", "jpeg-encoder", "mozjpeg-fastest", "mozjpeg-default"] {
             std::fs::write(format!("{dir}/{name}.jpg"), encode(name, &px, edge)).unwrap();
         }
         return;

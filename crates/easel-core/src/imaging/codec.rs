@@ -3,8 +3,8 @@
 //! PNG is written with `image`'s fast compression and adaptive filtering: the slowest zlib
 //! settings cost ten times the time for a few percent of size. WebP is lossy through libwebp with
 //! a configurable `method` (speed/size trade-off; `image`'s own WebP encoder is lossless only).
-//! JPEG goes through `jpeg-encoder` with its AVX2 paths and 4:2:0 chroma subsampling (what
-//! libjpeg and Pillow do by default): about three times faster than `image`'s encoder.
+//! JPEG is Easel's own baseline encoder ([`super::jpeg`]), 4:2:0 like libjpeg's and Pillow's
+//! defaults: RGB, RGBA (alpha dropped) and gray pixels go in without a conversion copy.
 //!
 //! Every decode is bounded twice before it starts: by pixels and by the bytes the decoded pixels
 //! take, both read from the header ([`DecodeLimits`]), and then by the `image` crate's own
@@ -17,6 +17,7 @@ use bytes::Bytes;
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{DynamicImage, ImageDecoder, ImageEncoder, ImageReader};
 
+use super::jpeg::{self, Layout};
 use super::{ImageError, sniff};
 use crate::base64::ImageBytes;
 use crate::types::{ImageSize, InputFormat, OutputFormat};
@@ -197,18 +198,18 @@ pub fn encode(
         }
         OutputFormat::Jpeg => {
             let quality = compression.unwrap_or(settings.jpeg_quality).clamp(1, 100);
-            let rgb;
-            let pixels = match image {
-                DynamicImage::ImageRgb8(rgb) => rgb,
-                other => {
-                    rgb = other.to_rgb8();
-                    &rgb
-                }
+            let (width, height) = (image.width(), image.height());
+            let mut samples = |raw: &[u8], layout: Layout, channels: usize| -> anyhow::Result<()> {
+                // An `ImageBuffer` may sit on a longer buffer; the image is its start.
+                let pixels = raw.get(..width as usize * height as usize * channels).unwrap_or(raw);
+                Ok(jpeg::encode(pixels, layout, width, height, quality, &mut out)?)
             };
-            let (width, height) = (u16::try_from(pixels.width())?, u16::try_from(pixels.height())?);
-            let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality);
-            encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
-            encoder.encode(pixels.as_raw(), width, height, jpeg_encoder::ColorType::Rgb)?;
+            match image {
+                DynamicImage::ImageRgb8(rgb) => samples(rgb.as_raw(), Layout::Rgb, 3)?,
+                DynamicImage::ImageRgba8(rgba) => samples(rgba.as_raw(), Layout::Rgba, 4)?,
+                DynamicImage::ImageLuma8(gray) => samples(gray.as_raw(), Layout::Gray, 1)?,
+                other => samples(other.to_rgb8().as_raw(), Layout::Rgb, 3)?,
+            }
         }
         OutputFormat::Webp => {
             let quality = f32::from(compression.unwrap_or(settings.webp_quality).min(100));
@@ -256,6 +257,24 @@ mod tests {
             assert_eq!(sniffed.as_output(), *format);
             assert_eq!(size, ImageSize::new(48, 32));
             assert_eq!(decode(&bytes, u64::MAX).unwrap().width(), 48);
+        }
+    }
+
+    #[test]
+    fn jpeg_takes_every_pixel_layout() {
+        let images = [
+            DynamicImage::ImageLuma8(image::GrayImage::from_pixel(20, 12, image::Luma([90]))),
+            DynamicImage::ImageLumaA8(image::GrayAlphaImage::from_pixel(20, 12, image::LumaA([90, 7]))),
+            DynamicImage::ImageRgba8(RgbaImage::from_pixel(20, 12, Rgba([90, 90, 90, 0]))),
+            DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(20, 12, Rgb([90 * 257u16; 3]))),
+        ];
+        for image in images {
+            let bytes = encode(&image, OutputFormat::Jpeg, Some(90), &EncodeSettings::default()).unwrap();
+            let back = decode(&bytes, u64::MAX).unwrap().to_rgb8();
+            assert_eq!(back.dimensions(), (20, 12));
+            for channel in back.get_pixel(10, 6).0 {
+                assert!(channel.abs_diff(90) <= 1, "{:?}: {channel}", image.color());
+            }
         }
     }
 

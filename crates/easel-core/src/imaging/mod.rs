@@ -2,11 +2,14 @@
 //!
 //! Everything here is synchronous and CPU-bound; async callers run it through
 //! [`tokio::task::spawn_blocking`] (see [`crate::service`]) so the runtime's worker threads stay
-//! free for I/O. Codecs come from well-kept crates: `image` for decoding, PNG and JPEG, libwebp
-//! (through the `webp` crate) for lossy WebP, `fast_image_resize` for SIMD resampling.
+//! free for I/O. Codecs come from well-kept crates: `image` for decoding and PNG, libwebp
+//! (through the `webp` crate) for lossy WebP, `fast_image_resize` for SIMD resampling. JPEG
+//! encoding is Easel's own ([`jpeg`]): every encoder that builds with cargo and a C compiler alone
+//! took two to six times Pillow's CPU (bench/pixels.md).
 
 mod codec;
 mod composite;
+mod jpeg;
 mod resize;
 
 pub use codec::{DecodeLimits, EncodeSettings, Header, decode, decode_limited, encode, header, probe, probe_encoded};
