@@ -159,9 +159,11 @@ impl Weights {
 type Build<T> = Box<dyn Fn(VarBuilder<'static>) -> Result<T> + Send + Sync>;
 
 /// A model part: loaded, or built for each use ([`Placed::get`]).
-pub struct Placed<T> {
-    resident: Option<T>,
-    on_use: Option<(Weights, Build<T>)>,
+pub struct Placed<T>(Inner<T>);
+
+enum Inner<T> {
+    Resident(T),
+    OnUse(Weights, Build<T>),
 }
 
 impl<T> Placed<T> {
@@ -173,25 +175,24 @@ impl<T> Placed<T> {
         build: impl Fn(VarBuilder<'static>) -> Result<T> + Send + Sync + 'static,
     ) -> Result<Self> {
         match weights.placement {
-            Placement::Resident => Ok(Self { resident: Some(build(weights.var_builder()?)?), on_use: None }),
+            Placement::Resident => Ok(Self(Inner::Resident(build(weights.var_builder()?)?))),
             Placement::OnUse => {
                 drop(build(checker(&weights.files, weights.dtype)?)?);
-                Ok(Self { resident: None, on_use: Some((weights.clone(), Box::new(build))) })
+                Ok(Self(Inner::OnUse(weights.clone(), Box::new(build))))
             }
         }
     }
 
     pub fn is_resident(&self) -> bool {
-        self.resident.is_some()
+        matches!(self.0, Inner::Resident(_))
     }
 
     /// The part on the device: borrowed when resident, built now (and dropped with the
     /// returned value) when on use.
     pub fn get(&self) -> Result<Held<'_, T>> {
-        match (&self.resident, &self.on_use) {
-            (Some(part), _) => Ok(Held::Borrowed(part)),
-            (None, Some((weights, build))) => Ok(Held::Owned(build(weights.var_builder()?)?)),
-            (None, None) => unreachable!("a Placed part is resident or on use"),
+        match &self.0 {
+            Inner::Resident(part) => Ok(Held::Borrowed(part)),
+            Inner::OnUse(weights, build) => Ok(Held::Owned(build(weights.var_builder()?)?)),
         }
     }
 }
