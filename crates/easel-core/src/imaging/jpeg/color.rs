@@ -42,7 +42,44 @@ fn chroma(r: u16, g: u16, b: u16) -> (u8, u8) {
 /// Converts two rows of `N`-byte pixels (1: gray, 3: RGB, 4: RGBA with alpha ignored), of an
 /// even number of pixels: the luma of each row into `y_top` and `y_bottom`, and one Cb and Cr
 /// per 2×2 square into `cb` and `cr`.
+///
+/// Compiled twice, for baseline x86-64 and for AVX2 (`pulp`'s V3), and the AVX2 copy is taken
+/// when the CPU has it. Only this function: the DCT and the Huffman coder gained nothing from
+/// AVX2, and the whole scan dispatched as one inlined body was slower, this loop no longer
+/// vectorised there (bench/pixels.md).
 pub fn convert_pair<const N: usize>(
+    top: &[u8],
+    bottom: &[u8],
+    y_top: &mut [u8],
+    y_bottom: &mut [u8],
+    cb: &mut [u8],
+    cr: &mut [u8],
+) {
+    pulp::Arch::new().dispatch(Pair::<N> { top, bottom, y_top, y_bottom, cb, cr });
+}
+
+struct Pair<'a, const N: usize> {
+    top: &'a [u8],
+    bottom: &'a [u8],
+    y_top: &'a mut [u8],
+    y_bottom: &'a mut [u8],
+    cb: &'a mut [u8],
+    cr: &'a mut [u8],
+}
+
+impl<const N: usize> pulp::WithSimd for Pair<'_, N> {
+    type Output = ();
+
+    /// Inlined, with everything it calls, into the function that `pulp` compiles per target.
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let Self { top, bottom, y_top, y_bottom, cb, cr } = self;
+        convert::<N>(top, bottom, y_top, y_bottom, cb, cr);
+    }
+}
+
+#[inline(always)]
+fn convert<const N: usize>(
     top: &[u8],
     bottom: &[u8],
     y_top: &mut [u8],

@@ -4,13 +4,17 @@
 //!
 //! Why our own: the build must need nothing beyond cargo and a C compiler (no cmake, no nasm),
 //! and the pure-Rust `jpeg-encoder` it replaced took about three times Pillow's CPU time; this
-//! one takes about the same as Pillow, at libjpeg-turbo's PSNR with files 0.8 % smaller
+//! one takes about the same as Pillow or a little less, at libjpeg-turbo's PSNR with files 0.8 % smaller
 //! (bench/pixels.md).
 //! This one is plain safe Rust written for the compiler's vectoriser and for a fast entropy coder:
 //! colour conversion and chroma averaging on whole rows in fixed point ([`color`]), a float AAN DCT
 //! with quantisation by reciprocals ([`dct`]), and a Huffman coder with a 64-bit bit buffer and a
 //! non-zero-coefficient bitmask ([`huffman`]). Work goes one 16-row strip at a time, so the
 //! planes stay in cache.
+//!
+//! The colour conversion alone is also compiled for AVX2 and picked at run time (`pulp`'s safe
+//! dispatch, [`color::convert_pair`]): a release build targets baseline x86-64, and AVX2 takes
+//! about 15 % off the whole encode.
 
 mod color;
 mod dct;
