@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Ledger benchmark (issue 8, "Speed"): the release `easel serve` relaying a small generation
 # (a 32x32 PNG) from an instant upstream (nginx serving a canned gpt-image answer on loopback, as
-# scripts/bench-relay does), every request writing its usage and image rows, with SQLite and with
+# bench/relay does), every request writing its usage and image rows, with SQLite and with
 # PostgreSQL. Load: wrk, keep-alive, CONCURRENCY connections for DURATION seconds, RUNS times per
 # engine. Prints requests/s, p50, p99 (wrk's latency distribution), Easel's CPU per request
 # (utime + stime from /proc/PID/stat over the measured run) and PostgreSQL's, and the average
@@ -39,7 +39,6 @@ trap cleanup EXIT
 for tool in wrk nginx; do
     command -v "$tool" >/dev/null || [[ -x "/usr/sbin/$tool" ]] || { echo "$tool is missing (apt-get install wrk nginx-light)" >&2; exit 1; }
 done
-(cd "$root" && cargo build --release -p easel-upstream --example relay_bench)
 bins="${EASEL_BINS:-}"
 if [[ -z "$bins" ]]; then
     (cd "$root" && cargo build --release --bin easel)
@@ -49,8 +48,8 @@ fi
 # The canned upstream.
 nginx_port="$(easel_free_port)"
 mkdir -p "$work/tmp"
-"$target/release/examples/relay_bench" fixtures "$work/fixtures" >/dev/null
-sed -e "s#@DIR@#$work#g" -e "s#@PORT@#$nginx_port#g" "$root/scripts/bench-relay/nginx.conf.in" > "$work/nginx.conf"
+python3 "$root/bench/relay/bench.py" fixtures "$work/fixtures"
+sed -e "s#@DIR@#$work#g" -e "s#@PORT@#$nginx_port#g" "$root/bench/relay/nginx.conf.in" > "$work/nginx.conf"
 "$(command -v nginx || echo /usr/sbin/nginx)" -c "$work/nginx.conf" -p "$work" &
 for _ in $(seq 50); do
     curl -fsS -X POST -o /dev/null "http://127.0.0.1:$nginx_port/small/v1/images/generations" 2>/dev/null && break

@@ -1,18 +1,17 @@
-//! Relay benchmark: Easel's CPU per request when relaying generations to a fast canned upstream.
+//! Relay micro-benchmark: the CPU per request of the relay path alone (no HTTP server, no
+//! ledger), for profiling what this crate and the core add. The end-to-end benchmark, against
+//! LiteLLM and nginx, is `bench/relay/run.sh`.
 //!
-//! `relay_bench fixtures DIR` writes two canned gpt-image answers: `small.json` (a 32x32 PNG)
-//! and `big.json` (a 1024x1024 PNG whose base64 is about 1 MiB). `scripts/bench-relay/run.sh`
-//! serves them with nginx on loopback, then runs `relay_bench run URL BODY REQUESTS CONCURRENCY`,
-//! which drives requests through the real path: `ImageService::prepare` and `run` (model lookup,
-//! validation, the upstream backend with its pooled HTTP client, the base64 check, the core's
-//! pass-through check) and then encodes the response body as the server would (`b64_json`). It
-//! reports the process's CPU time (user + system, from /proc/self/stat) per request.
-//!
-//! Not included: the inbound HTTP server (axum parsing the client's request and writing the
-//! response). Run the server end to end for that; this measures the relay work this crate and the
-//! core add.
+//! `relay_bench run BASE_URL small|big REQUESTS CONCURRENCY` drives requests through
+//! `ImageService::prepare` and `run` (model lookup, validation, the upstream backend with its
+//! pooled HTTP client, the base64 check, the core's pass-through check) against an instant
+//! OpenAI-compatible upstream at `BASE_URL` answering with a 32x32 (`small`) or 1024x1024 (`big`)
+//! PNG, such as nginx serving `bench/relay`'s canned answers (`bench/relay/bench.py fixtures DIR`,
+//! `bench/relay/nginx.conf.in`; `BASE_URL` is then `http://127.0.0.1:PORT/big/v1`), and reports
+//! the process's CPU time (user + system, from /proc/self/stat) per request.
+//! `relay_bench micro ANSWER.json` times the pieces on one answer: JSON parse, base64 decode and
+//! encode.
 
-use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,7 +24,6 @@ use easel_core::request::ImageRequest;
 use easel_core::service::{ImageService, ServiceSettings};
 use easel_core::types::{ImageSize, Operation, OutputFormat, ResponseFormat, SizeRequest};
 use easel_upstream::Gateway;
-use rand::Rng;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -38,38 +36,7 @@ fn cpu_seconds() -> f64 {
     ticks / 100.0
 }
 
-fn png(width: u32, height: u32, noisy_rows: u32) -> Vec<u8> {
-    let mut rng = rand::rng();
-    let img = image::RgbImage::from_fn(width, height, |_, y| {
-        if y < noisy_rows { image::Rgb([rng.random(), rng.random(), rng.random()]) } else { image::Rgb([40, 90, 160]) }
-    });
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).expect("encode");
-    out.into_inner()
-}
-
-fn answer(image: &[u8], size: &str) -> String {
-    json!({
-        "created": 1_713_833_628,
-        "data": [{"b64_json": STANDARD.encode(image)}],
-        "background": "opaque", "output_format": "png", "quality": "low", "size": size,
-        "usage": {"total_tokens": 290, "input_tokens": 18, "output_tokens": 272,
-                  "input_tokens_details": {"text_tokens": 18, "image_tokens": 0}}
-    })
-    .to_string()
-}
-
-fn fixtures(dir: &str) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(format!("{dir}/small.json"), answer(&png(32, 32, 0), "32x32"))?;
-    std::fs::write(format!("{dir}/big.json"), answer(&png(1024, 1024, 185), "1024x1024"))?;
-    for f in ["small.json", "big.json"] {
-        println!("{f}: {} bytes", std::fs::metadata(format!("{dir}/{f}"))?.len());
-    }
-    Ok(())
-}
-
-async fn bench(base_url: &str, body: &str, requests: usize, concurrency: usize, with_body: bool) -> anyhow::Result<()> {
+async fn bench(base_url: &str, body: &str, requests: usize, concurrency: usize) -> anyhow::Result<()> {
     let size = if body == "small" { ImageSize::new(32, 32) } else { ImageSize::new(1024, 1024) };
     let provider = json!({
         "id": "canned", "kind": "openai", "base_url": base_url, "retries": 0,
@@ -101,14 +68,7 @@ async fn bench(base_url: &str, body: &str, requests: usize, concurrency: usize, 
         let model = service.resolve(request.operation, request.model.as_deref())?;
         let job = service.prepare(request, model).await?;
         let output = service.run(&job, JobContext { cancel: CancellationToken::new(), partials: None }).await?;
-        if !with_body {
-            return anyhow::Ok(output.images[0].bytes.len());
-        }
-        // What the server then writes: the response body with the image as base64 (the
-        // upstream's own text when it passed through, shared rather than copied).
-        let image = output.images[0].bytes.base64();
-        let body = [&br#"{"created":0,"data":[{"b64_json":""#[..], image.as_bytes(), br#""}]}"#];
-        anyhow::Ok(body.iter().map(|part| part.len()).sum::<usize>())
+        anyhow::Ok(output.images[0].bytes.len())
     };
     // Warm up: connections, allocator, tokenizer.
     for _ in 0..50 {
@@ -132,7 +92,7 @@ async fn bench(base_url: &str, body: &str, requests: usize, concurrency: usize, 
     let done = per_task * concurrency;
     let (cpu, wall) = (cpu_seconds() - cpu0, wall0.elapsed().as_secs_f64());
     println!(
-        "body={body} response_encoding={with_body} requests={done} concurrency={concurrency} wall={wall:.2}s rate={:.0}/s cpu={cpu:.2}s cpu_per_request={:.3}ms",
+        "body={body} requests={done} concurrency={concurrency} wall={wall:.2}s rate={:.0}/s cpu={cpu:.2}s cpu_per_request={:.3}ms",
         done as f64 / wall,
         cpu * 1000.0 / done as f64
     );
@@ -143,11 +103,9 @@ async fn bench(base_url: &str, body: &str, requests: usize, concurrency: usize, 
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("fixtures") => fixtures(args.get(2).map_or("fixtures", String::as_str)),
         Some("micro") => {
             // Where the time goes for the big body: JSON parse, base64 decode, base64 encode.
-            let dir = args.get(2).map_or("fixtures", String::as_str);
-            let body = std::fs::read(format!("{dir}/big.json"))?;
+            let body = std::fs::read(args.get(2).map_or("big.json", String::as_str))?;
             let rounds = 200;
             let t = Instant::now();
             let mut total = 0;
@@ -199,9 +157,10 @@ async fn main() -> anyhow::Result<()> {
             let body = args.get(3).map_or("small", String::as_str);
             let requests = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(2000);
             let concurrency = args.get(5).and_then(|v| v.parse().ok()).unwrap_or(4);
-            let with_body = args.get(6).is_none_or(|v| v != "no-response");
-            bench(url, body, requests, concurrency, with_body).await
+            bench(url, body, requests, concurrency).await
         }
-        _ => anyhow::bail!("usage: relay_bench fixtures DIR | relay_bench run BASE_URL small|big REQUESTS CONCURRENCY"),
+        _ => anyhow::bail!(
+            "usage: relay_bench run BASE_URL small|big REQUESTS CONCURRENCY | relay_bench micro ANSWER.json"
+        ),
     }
 }

@@ -301,10 +301,13 @@ pub async fn send(provider: &str, request: reqwest::RequestBuilder) -> Result<(H
 
 /// Parses a JSON body; a body that does not parse (a truncated one included) is retried.
 pub fn json<'a, T: Deserialize<'a>>(provider: &str, body: &'a [u8]) -> Result<T, Failure> {
-    serde_json::from_slice(body).map_err(|e| {
-        let message = format!("The upstream provider '{provider}' sent a response that could not be read: {e}");
-        if e.is_eof() { Failure::network(message) } else { Failure::protocol(message) }
-    })
+    serde_json::from_slice(body).map_err(|e| unreadable(provider, &e))
+}
+
+/// The failure for a body that is not the JSON expected: retried when it was cut short.
+pub fn unreadable(provider: &str, e: &serde_json::Error) -> Failure {
+    let message = format!("The upstream provider '{provider}' sent a response that could not be read: {e}");
+    if e.is_eof() { Failure::network(message) } else { Failure::protocol(message) }
 }
 
 /// `retry-after-ms`, or `Retry-After` in seconds or as an HTTP date.

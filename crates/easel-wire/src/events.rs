@@ -3,16 +3,19 @@
 //! the spec marks required is always present. The server frames them as SSE with a matching
 //! `event:` line.
 
+use easel_types::base64::Base64;
 use easel_types::types::{Background, Operation, OutputFormat, Quality};
 use serde::Serialize;
 
 use crate::response::UsageBody;
 
-/// The fields every image event carries.
+/// The fields every image event carries. The image is shared base64 text, as in
+/// [`crate::response::ImageData`]: a relayed image is not copied into the event.
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventImage {
-    pub b64_json: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub b64_json: Base64,
     pub created_at: i64,
     pub size: String,
     pub quality: Quality,

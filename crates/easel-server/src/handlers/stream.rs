@@ -10,6 +10,7 @@
 use std::convert::Infallible;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
+use easel_core::base64::Base64;
 use easel_core::job::{EncodedPartial, ImageJob, JobContext};
 use easel_wire::events::{CompletedEvent, EventImage, PartialImageEvent, completed_type, partial_type};
 use easel_wire::response::{InputTokensDetails, UsageBody};
@@ -69,7 +70,7 @@ async fn run(
             while let Some(partial) = partials_rx.recv().await {
                 let body = PartialImageEvent {
                     kind: partial_kind.clone(),
-                    image: event_image(&job, partial.bytes.base64().as_str().to_owned()),
+                    image: event_image(&job, partial.bytes.base64()),
                     partial_image_index: partial.index,
                 };
                 if let Some(event) = json_event(&partial_kind, &body)
@@ -105,7 +106,7 @@ async fn run(
             for (image, usage) in response.data.into_iter().zip(shares) {
                 let body = CompletedEvent {
                     kind: kind.clone(),
-                    image: reported(image.b64_json.map(|b64| b64.as_str().to_owned()).unwrap_or_default()),
+                    image: reported(image.b64_json.unwrap_or_default()),
                     usage,
                     url: image.url,
                     revised_prompt: image.revised_prompt,
@@ -144,7 +145,7 @@ fn split_usage(total: UsageBody, n: usize) -> Vec<UsageBody> {
 }
 
 /// The fields every event of this job carries, around one image.
-fn event_image(job: &ImageJob, b64_json: String) -> EventImage {
+fn event_image(job: &ImageJob, b64_json: Base64) -> EventImage {
     EventImage {
         b64_json,
         created_at: now(),

@@ -113,9 +113,15 @@ fn node_pool_size() -> u32 {
 }
 
 fn sqlite_options(size: u32, extra_pragmas: &'static str) -> AnyPoolOptions {
-    // Writers queue behind SQLite's one write lock (busy_timeout 5 s), so waits can be long.
-    AnyPoolOptions::new().max_connections(size).acquire_timeout(Duration::from_secs(10)).after_connect(
-        move |conn, _| {
+    // Writers queue behind SQLite's one write lock (busy_timeout 5 s), so waits can be long. No
+    // ping before each acquire: a SQLite connection is a file in this process that cannot go
+    // stale, and the ping is a round trip to the connection's thread (two thread wake-ups) on
+    // every request's key check; sqlx still pings when a connection is returned.
+    AnyPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false)
+        .after_connect(move |conn, _| {
             Box::pin(async move {
                 // WAL lets readers run beside the writer; with it, synchronous = NORMAL cannot
                 // corrupt the database (a power cut may lose the last commits, not the file) and
@@ -128,8 +134,7 @@ fn sqlite_options(size: u32, extra_pragmas: &'static str) -> AnyPoolOptions {
                 conn.execute(sqlx::AssertSqlSafe(pragmas)).await?;
                 Ok(())
             })
-        },
-    )
+        })
 }
 
 fn postgres_options(size: u32) -> AnyPoolOptions {

@@ -346,11 +346,12 @@ impl DashScopeTarget {
         if !item_errors.is_empty() {
             tracing::warn!(provider = id, model = %self.model, failed = item_errors.len(), first = ?item_errors[0], "DashScope made only some of the images");
         }
-        let downloads = links.iter().map(|link| async move {
-            if link.starts_with("http") || link.starts_with("data:") {
-                media::from_url(id, &self.provider.fetcher, link).await
+        let downloads = links.into_iter().map(|link| async move {
+            if link.starts_with("http") {
+                media::from_url(id, &self.provider.fetcher, &link).await
             } else {
-                media::from_b64(id, bytes::Bytes::copy_from_slice(link.as_bytes()))
+                // Base64 or a data URL: the string's own bytes, not a copy.
+                media::from_b64(id, bytes::Bytes::from(link))
             }
         });
         let images = futures::future::try_join_all(downloads).await?;

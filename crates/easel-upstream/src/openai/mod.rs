@@ -5,10 +5,10 @@
 //! every parameter and extension passed through, JSON edits, streaming.
 
 mod request;
+mod skeleton;
 mod stream;
 pub mod wire;
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -23,6 +23,7 @@ use crate::media;
 use crate::profile::{EditStyle, Quirks};
 use crate::provider::Provider;
 use crate::router::Target;
+use skeleton::Skeleton;
 use wire::ImagesResponse;
 
 pub use request::target_size;
@@ -66,7 +67,8 @@ impl OpenAiTarget {
 
     async fn parse(&self, body: &Bytes) -> Result<BackendOutput, Failure> {
         let id = self.provider.id.as_str();
-        let parsed: ImagesResponse<'_> = http::json(id, body)?;
+        let skeleton = Skeleton::of(body);
+        let parsed = read(id, body, &skeleton)?;
         let items = parsed.data.unwrap_or_default();
         if items.is_empty() {
             if parsed.error.is_some() {
@@ -85,14 +87,10 @@ impl OpenAiTarget {
             if output.revised_prompt.is_none() {
                 output.revised_prompt = item.revised_prompt.clone().filter(|p| !p.is_empty());
             }
-            match (item.b64_json.as_ref().filter(|b| !b.is_empty()), item.url.as_deref().filter(|u| !u.is_empty())) {
+            let b64 = item.b64_json.as_ref().filter(|b| !skeleton.is_blank(b));
+            match (b64, item.url.as_deref().filter(|u| !u.is_empty())) {
                 (Some(b64), _) => {
-                    // Borrowed from the body unless it had escapes: shared, not copied.
-                    let text = match b64 {
-                        Cow::Borrowed(text) => body.slice_ref(text.as_bytes()),
-                        Cow::Owned(text) => Bytes::copy_from_slice(text.as_bytes()),
-                    };
-                    downloads.push(futures::future::Either::Left(std::future::ready(media::from_b64(id, text))))
+                    downloads.push(futures::future::Either::Left(std::future::ready(skeleton.image(id, body, b64))))
                 }
                 (None, Some(url)) => {
                     downloads.push(futures::future::Either::Right(media::from_url(id, &self.provider.fetcher, url)))
@@ -111,6 +109,15 @@ impl OpenAiTarget {
         (output.quality, output.background) = (parsed.quality, parsed.background);
         Ok(output)
     }
+}
+
+/// The answer, parsed from its skeleton when every hole in it is an image's `b64_json`.
+fn read<'a>(id: &str, body: &'a [u8], skeleton: &'a Skeleton) -> Result<ImagesResponse<'a>, Failure> {
+    let holes_used = |parsed: &ImagesResponse<'_>| {
+        let images = parsed.data.iter().flatten().filter_map(|item| item.b64_json.as_deref());
+        images.filter(|text| skeleton.is_hole(text)).count()
+    };
+    skeleton.read(body, holes_used).map_err(|e| http::unreadable(id, &e))
 }
 
 fn unsupported(provider: &str, what: &str) -> Failure {

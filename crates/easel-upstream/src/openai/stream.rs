@@ -10,9 +10,9 @@ use easel_core::backend::{BackendOutput, CallContext, PartialImage};
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures::StreamExt;
 
+use super::skeleton::Skeleton;
 use super::wire::StreamEvent;
 use crate::http::{Failure, Next, too_large};
-use crate::media::from_b64;
 
 /// Why the byte stream under the events stopped.
 #[derive(Debug)]
@@ -55,14 +55,22 @@ pub async fn read(
             EventStreamError::Transport(Transport::TooLarge) => too_large(provider, Some(200), limit),
             e => Failure::network(format!("The upstream provider '{provider}' broke off its stream: {e}")),
         })?;
-        let data = event.data.trim();
-        if data == "[DONE]" {
+        // The event's text as shared bytes (trimmed as `str::trim` does): its base64 stays a
+        // slice of it, and a long one is not read by serde_json (see `Skeleton`).
+        let end = event.data.trim_end().len();
+        let start = end - event.data[..end].trim_start().len();
+        let text = Bytes::from(event.data).slice(start..end);
+        if &text[..] == b"[DONE]" {
             break;
         }
-        if data.is_empty() {
+        if text.is_empty() {
             continue;
         }
-        let parsed: StreamEvent<'_> = serde_json::from_str(data).map_err(|e| {
+        let skeleton = Skeleton::of(&text);
+        let holes_used = |parsed: &StreamEvent<'_>| {
+            usize::from(parsed.b64_json.as_deref().is_some_and(|text| skeleton.is_hole(text)))
+        };
+        let parsed: StreamEvent<'_> = skeleton.read(&text, holes_used).map_err(|e| {
             Failure::protocol(format!("The upstream provider '{provider}' sent an unreadable stream event: {e}"))
         })?;
         if let Some(error) = parsed.error {
@@ -83,19 +91,19 @@ pub async fn read(
             });
         }
         let kind = parsed.kind.as_deref().unwrap_or(event.event.as_str());
-        let Some(b64) = parsed.b64_json.as_deref().filter(|b| !b.is_empty()) else {
+        let Some(b64) = parsed.b64_json.as_ref().filter(|b| !skeleton.is_blank(b)) else {
             continue;
         };
         if kind.ends_with("partial_image") {
             if let Some(tx) = &cx.partials {
-                let image = from_b64(provider, Bytes::copy_from_slice(b64.as_bytes()))?;
+                let image = skeleton.image(provider, &text, b64)?;
                 let index = parsed.partial_image_index.unwrap_or(partials);
                 partials += 1;
                 // The core stops listening once it has what it wants; that is not an error.
                 let _ = tx.send(PartialImage { index, image }).await;
             }
         } else if kind.ends_with("completed") {
-            output.images.push(from_b64(provider, Bytes::copy_from_slice(b64.as_bytes()))?);
+            output.images.push(skeleton.image(provider, &text, b64)?);
             if trust_usage && let Some(u) = parsed.usage.as_ref().and_then(|u| u.to_usage()) {
                 output.usage = Some(u);
             }

@@ -2,7 +2,9 @@
 //! [`super::request`]).
 //!
 //! Base64 strings are borrowed from the response buffer, not copied: a relayed 1 MiB image stays
-//! a slice of the bytes that arrived (see [`crate::media::from_b64`]).
+//! a slice of the bytes that arrived (see [`crate::media::from_b64`]). serde's own `Cow<str>`
+//! borrows only as a bare field, never inside an `Option` (it deserializes a `String` there), so
+//! those fields go through [`borrowed`].
 
 use std::borrow::Cow;
 
@@ -33,11 +35,18 @@ fn lenient<'de, D: Deserializer<'de>, T: std::str::FromStr>(d: D) -> Result<Opti
     Ok(Option::<Cow<'de, str>>::deserialize(d)?.and_then(|s| s.parse().ok()))
 }
 
+/// A string borrowed from the input when it has no escapes (owned when it has).
+fn borrowed<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Text<'a>>::deserialize(d)?.map(|text| text.0))
+}
+
 #[derive(Debug, Deserialize)]
 pub struct ImageItem<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub b64_json: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub url: Option<Cow<'a, str>>,
     #[serde(default)]
     pub revised_prompt: Option<String>,
@@ -79,7 +88,7 @@ impl UsageBody {
 pub struct StreamEvent<'a> {
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub b64_json: Option<Cow<'a, str>>,
     #[serde(default)]
     pub partial_image_index: Option<u32>,
@@ -93,4 +102,23 @@ pub struct StreamEvent<'a> {
     pub quality: Option<Quality>,
     #[serde(default, deserialize_with = "lenient")]
     pub background: Option<Background>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_without_escapes_are_borrowed() {
+        let body =
+            r#"{"data":[{"b64_json":"aGk=","url":"https://x.test/a.png"},{"b64_json":"a\/k="},{"b64_json":null}]}"#;
+        let parsed: ImagesResponse<'_> = serde_json::from_str(body).unwrap();
+        let data = parsed.data.unwrap();
+        assert!(matches!(data[0].b64_json, Some(Cow::Borrowed("aGk="))));
+        assert!(matches!(data[0].url, Some(Cow::Borrowed("https://x.test/a.png"))));
+        assert!(matches!(&data[1].b64_json, Some(Cow::Owned(text)) if text == "a/k="));
+        assert!(data[2].b64_json.is_none() && data[2].url.is_none());
+        let event: StreamEvent<'_> = serde_json::from_str(r#"{"type":"x","b64_json":"aGk="}"#).unwrap();
+        assert!(matches!(event.b64_json, Some(Cow::Borrowed("aGk="))));
+    }
 }
