@@ -15,6 +15,7 @@ use std::convert::Infallible;
 use arbitrary::Arbitrary;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, Sse};
+use easel_types::base64::Base64;
 use easel_types::types::{Background, Operation, OutputFormat, Quality};
 use easel_wire::error::ErrorBody;
 use easel_wire::events::{CompletedEvent, EventImage, PartialImageEvent, completed_type, partial_type};
@@ -24,7 +25,8 @@ use serde_json::Value;
 
 #[derive(Arbitrary, Debug)]
 struct Image {
-    b64_json: String,
+    /// The image bytes (the event carries their base64).
+    image: Vec<u8>,
     created_at: i64,
     size: String,
     quality: u8,
@@ -45,7 +47,7 @@ fn pick<T: Copy>(items: &[T], i: u8) -> T {
 
 fn image(i: Image) -> EventImage {
     EventImage {
-        b64_json: i.b64_json,
+        b64_json: Base64::encode(&i.image),
         created_at: i.created_at,
         size: i.size,
         quality: pick(Quality::ALL, i.quality),
