@@ -65,7 +65,7 @@ impl SimpleBackend for FileTensors {
     fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let t = self.read(name, dtype, dev)?;
         if t.shape() != &s {
-            candle_core::bail!("shape mismatch for {name} in {}: expected {s:?}, found {:?}", self.path, t.shape());
+            return Err(shape_mismatch(name, &self.path, &s, t.dims()));
         }
         Ok(t)
     }
@@ -77,6 +77,11 @@ impl SimpleBackend for FileTensors {
     fn contains_tensor(&self, name: &str) -> bool {
         self.infos.contains_key(name)
     }
+}
+
+/// The error every backend here gives for a tensor of the wrong shape, naming it and its file.
+fn shape_mismatch(name: &str, file: &str, expected: &Shape, found: &[usize]) -> candle_core::Error {
+    candle_core::Error::Msg(format!("shape mismatch for {name} in {file}: expected {expected:?}, found {found:?}"))
 }
 
 /// A `VarBuilder` over one safetensors file, reading tensors on demand.
@@ -172,7 +177,7 @@ impl SimpleBackend for HostTensors {
     fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let t = self.find(name)?;
         if t.shape() != &s {
-            candle_core::bail!("shape mismatch for {name} in {}: expected {s:?}, found {:?}", self.origin, t.shape());
+            return Err(shape_mismatch(name, &self.origin, &s, t.dims()));
         }
         t.to_dtype(dtype)?.to_device(dev)
     }
@@ -196,7 +201,7 @@ impl SimpleBackend for HeaderCheck {
         let f = self.0.find(name)?;
         let found = &f.infos[name].shape;
         if found.as_slice() != s.dims() {
-            candle_core::bail!("shape mismatch for {name} in {}: expected {s:?}, found {found:?}", f.path);
+            return Err(shape_mismatch(name, &f.path, &s, found));
         }
         Tensor::zeros((), dtype, &Device::Cpu)?.broadcast_as(s)
     }
