@@ -2,13 +2,13 @@
 //!
 //! Written here rather than taken from candle because candle's transformer blocks use the tanh
 //! approximation of GELU in GEGLU where diffusers uses the exact erf form (an error of up to 5e-4
-//! per activation that piles up through the network), and because attention here is computed in
-//! query chunks so its score matrix stays within a fixed memory bound at large sizes (measured
-//! faster here than the fused kernel of [`crate::attention`], which the VAE uses), and so that
-//! convolutions and group norms take the CPU fast paths of [`crate::ops`].
+//! per activation that piles up through the network), so that attention on the CPU in f32 takes
+//! the fused kernel of [`crate::attention`] (elsewhere it is computed in query chunks, so its
+//! score matrix stays within a fixed memory bound at large sizes), and so that convolutions and
+//! group norms take the CPU fast paths of [`crate::ops`].
 
 use anyhow::Result;
-use candle_core::{D, DType, Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{Conv2dConfig, LayerNorm, Linear, VarBuilder, layer_norm, linear, linear_no_bias};
 
 use crate::ops::{Conv, GroupNorm as FastGroupNorm};
@@ -45,30 +45,40 @@ impl Attention {
         let hd = dim / h;
         let q = (timed_linear(&self.q, xs)? * (1.0 / (hd as f64).sqrt()))?;
         let (k, v) = (timed_linear(&self.k, ctx)?, timed_linear(&self.v, ctx)?);
-        // The UNet's many-head attention stays on the chunked GEMM path below: the fused kernel of
-        // `crate::attention` ran at about 7 GFLOP/s against 16.5 for these GEMMs on the reference
-        // 2-core Zen 3 (sd-turbo 512² UNet 18.5 s fused, 12.2 s chunked; bench/diffusion/kernels.md).
-        // The VAE's single 512-channel head uses it.
+        // CPU f32: the fused kernel of `crate::attention` (no score matrix, vectorised softmax):
+        // 1.0–1.2 s against 2.6 s for the chunked path below over sd-turbo's five 4096-token
+        // self-attentions at 512² (2-core Xeon with AVX-512, bench/diffusion/kernels.md). On
+        // the 2-core Zen 3 of the first measurement, before the AVX-512 GEMM kernels, the
+        // chunked path had won. Other devices and dtypes keep the chunked path.
+        if crate::attention::fused(&q) {
+            let o = crate::attention::attend(&q, &k, &v, h)?;
+            return timed_linear(&self.out, &o);
+        }
         let split = |t: Tensor, len: usize| -> candle_core::Result<Tensor> {
             t.reshape((b, len, h, hd))?.transpose(1, 2)?.contiguous()?.to_dtype(DType::F32)
         };
         let q = split(q, n)?;
         let k = split(k, m)?.t()?.contiguous()?;
         let v = split(v, m)?;
-        let o = attend(&q, &k, &v, MAX_SCORES)?;
+        let o = profile::time(
+            "attention (chunked)",
+            || (format!("{b}x{h} heads, {n}x{m} tokens, d={hd}"), 4.0 * (b * h * n * m * hd) as f64),
+            || attend(&q, &k, &v, MAX_SCORES),
+        )?;
         let o = o.transpose(1, 2)?.reshape((b, n, dim))?.to_dtype(xs.dtype())?;
         timed_linear(&self.out, &o)
     }
 }
 
-/// A linear layer, timed by [`crate::profile`] as "linear" with its shape and FLOPs.
+/// A linear layer ([`crate::ops::linear`]), timed by [`crate::profile`] as "linear" with its
+/// shape and FLOPs.
 pub fn timed_linear(l: &Linear, x: &Tensor) -> Result<Tensor> {
     let _t = profile::start("linear", || {
         let (out, inp) = l.weight().dims2().unwrap_or_default();
         let rows = x.elem_count() / inp.max(1);
         (format!("{rows} x {inp}->{out}"), 2.0 * (rows * inp * out) as f64)
     });
-    Ok(l.forward(x)?)
+    crate::ops::linear(l, x)
 }
 
 /// Softmax attention over `(b, h, n, d)` queries, `(b, h, d, m)` transposed keys and `(b, h, m, d)`
@@ -118,12 +128,8 @@ impl Block {
         };
         let xs = (self.attn1.forward(&norm(&self.norm1, xs)?, None)? + xs)?;
         let xs = (self.attn2.forward(&norm(&self.norm2, &xs)?, Some(context))? + xs)?;
-        let gate = timed_linear(&self.geglu, &norm(&self.norm3, &xs)?)?.chunk(2, D::Minus1)?;
-        let ff = profile::time(
-            "gelu_erf * gate",
-            || (format!("{:?}", gate[0].dims()), 0.0),
-            || &gate[0] * gate[1].gelu_erf()?,
-        )?;
+        let proj = timed_linear(&self.geglu, &norm(&self.norm3, &xs)?)?;
+        let ff = profile::time("gelu_erf * gate", || (format!("{:?}", proj.dims()), 0.0), || crate::ops::geglu(&proj))?;
         Ok((timed_linear(&self.ff_out, &ff)? + xs)?)
     }
 }
@@ -387,7 +393,11 @@ impl UpLevel {
                 Some(s) => (s.dim(2)?, s.dim(3)?),
                 None => (2 * h, 2 * w),
             };
-            let big = profile::time("upsample", || (format!("{:?}", x.dims()), 0.0), || x.upsample_nearest2d(th, tw))?;
+            let big = profile::time(
+                "upsample",
+                || (format!("{:?}", x.dims()), 0.0),
+                || crate::ops::upsample_nearest(&x, th, tw),
+            )?;
             x = up.forward(&big)?;
         }
         Ok(x)

@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Module, Storage, Tensor};
 use candle_nn::{Conv2dConfig, Init, VarBuilder};
 use rayon::prelude::*;
 
-use crate::exp::{silu as silu_f32, simd};
+use crate::exp::{gelu_erf, silu as silu_f32, simd};
 use crate::gemm::{View, gemm};
 use crate::profile;
 use crate::winograd::Winograd;
@@ -99,7 +99,7 @@ impl Conv {
         self.flat.is_some()
             && x.device().is_cpu()
             && x.dtype() == DType::F32
-            && self.stride == 1
+            && self.stride >= 1
             && self.pad * 2 + 1 == self.k
             && self.inner.config().groups == 1
             && self.inner.config().dilation == 1
@@ -124,52 +124,56 @@ impl Conv {
             return wg.forward(x);
         }
         let (b, cin, h, w) = x.dims4()?;
-        let (cout, k, hw) = (self.cout, self.k, h * w);
+        let (cout, k, s) = (self.cout, self.k, self.stride);
+        // Output size with "same" padding at this stride (the UNet's downsamplers: stride 2).
+        let (ho, wo) = ((h - 1) / s + 1, (w - 1) / s + 1);
+        let (hw, out_hw) = (h * w, ho * wo);
         let kk = cin * k * k;
         let Some(weights) = &self.flat else { bail!("conv: no CPU weights") };
         let threads = rayon::current_num_threads();
         // The output starts as the bias, and every band's GEMM adds its product onto it.
         let mut out = match &self.bias {
             Some(bias) => {
-                let _t = profile::start("conv bias fill", || (format!("{cout} @{h}x{w}"), 0.0));
-                let mut out = vec![0f32; b * cout * hw];
-                out.par_chunks_mut(hw).enumerate().for_each(|(i, plane)| plane.fill(bias[i % cout]));
+                let _t = profile::start("conv bias fill", || (format!("{cout} @{ho}x{wo}"), 0.0));
+                let mut out = vec![0f32; b * cout * out_hw];
+                out.par_chunks_mut(out_hw).enumerate().for_each(|(i, plane)| plane.fill(bias[i % cout]));
                 out
             }
-            None => vec![0f32; b * cout * hw],
+            None => vec![0f32; b * cout * out_hw],
         };
         let accumulate = self.bias.is_some();
         let label = || conv_label(k, x, cout);
+        let geometry = Im2col { cin, h, w, k, pad: self.pad, stride: s, wo };
         host(weights, |weights| {
             let flat = View::rows(weights, cout, kk, kk);
             host(x, |data| {
-                for (img, dst) in data.chunks_exact(cin * hw).zip(out.chunks_exact_mut(cout * hw)) {
-                    if k == 1 {
+                for (img, dst) in data.chunks_exact(cin * hw).zip(out.chunks_exact_mut(cout * out_hw)) {
+                    if k == 1 && s == 1 {
                         let _t = profile::start("conv1x1 gemm", || (label(), 2.0 * (cout * cin * hw) as f64));
                         gemm(dst, hw, flat, View::rows(img, cin, hw, hw), accumulate, threads);
                         continue;
                     }
-                    let rows = (band / (kk * w).max(1)).clamp(1, h);
-                    with_cols(kk * rows * w, |cols| {
+                    let rows = (band / (kk * wo).max(1)).clamp(1, ho);
+                    with_cols(kk * rows * wo, |cols| {
                         let mut y0 = 0;
-                        while y0 < h {
-                            let r = rows.min(h - y0);
-                            let n = r * w;
+                        while y0 < ho {
+                            let r = rows.min(ho - y0);
+                            let n = r * wo;
                             let cols = &mut cols[..kk * n];
                             profile::time(
                                 "conv im2col",
                                 || (format!("{k}x{k} {cin} @{h}x{w}"), 0.0),
-                                || im2col(img, cin, h, w, k, self.pad, y0, r, cols),
+                                || geometry.fill(img, y0, r, cols),
                             );
                             let _t = profile::start("conv3x3 gemm", || (label(), 2.0 * (cout * kk * n) as f64));
-                            gemm(&mut dst[y0 * w..], hw, flat, View::rows(cols, kk, n, n), accumulate, threads);
+                            gemm(&mut dst[y0 * wo..], out_hw, flat, View::rows(cols, kk, n, n), accumulate, threads);
                             y0 += r;
                         }
                     });
                 }
             })
         })??;
-        Ok(Tensor::from_vec(out, (b, cout, h, w), &Device::Cpu)?)
+        Ok(Tensor::from_vec(out, (b, cout, ho, wo), &Device::Cpu)?)
     }
 }
 
@@ -201,37 +205,56 @@ impl Module for Conv {
     }
 }
 
-/// Rows `(ci, ky, kx)`, columns the band's output pixels; zero outside the image. Writes every
-/// element of `cols` (it is a reused buffer).
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the convolution geometry is eight plain numbers; a struct would only rename them"
-)]
-fn im2col(img: &[f32], cin: usize, h: usize, w: usize, k: usize, pad: usize, y0: usize, r: usize, cols: &mut [f32]) {
-    let n = r * w;
-    cols.par_chunks_mut(k * k * n).enumerate().take(cin).for_each(|(c, rows_c)| {
-        let plane = &img[c * h * w..(c + 1) * h * w];
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &mut rows_c[(ky * k + kx) * n..(ky * k + kx + 1) * n];
-                // Output x reads input x + kx - pad.
-                let shift = kx as isize - pad as isize;
-                let (lo, hi) = (0isize.max(-shift) as usize, (w as isize).min(w as isize - shift).max(0) as usize);
-                for oy in 0..r {
-                    let iy = (y0 + oy + ky) as isize - pad as isize;
-                    let dst = &mut row[oy * w..(oy + 1) * w];
-                    if iy < 0 || iy >= h as isize || lo >= hi {
-                        dst.fill(0.0);
-                        continue;
+/// The geometry of one convolution's im2col: `cin` planes of `h × w`, a `k × k` kernel with
+/// `pad` zeros around and `stride`, `wo` output columns.
+struct Im2col {
+    cin: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    pad: usize,
+    stride: usize,
+    wo: usize,
+}
+
+impl Im2col {
+    /// Rows `(ci, ky, kx)`, columns the output pixels of output rows `y0 .. y0 + r`; zero outside
+    /// the image. Writes every element of `cols` (it is a reused buffer).
+    fn fill(&self, img: &[f32], y0: usize, r: usize, cols: &mut [f32]) {
+        let Self { cin, h, w, k, pad, stride: s, wo } = *self;
+        let n = r * wo;
+        cols.par_chunks_mut(k * k * n).enumerate().take(cin).for_each(|(c, rows_c)| {
+            let plane = &img[c * h * w..(c + 1) * h * w];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = &mut rows_c[(ky * k + kx) * n..(ky * k + kx + 1) * n];
+                    // Output x reads input x·s + shift: inside the image for lo ≤ x < hi.
+                    let shift = kx as isize - pad as isize;
+                    let lo = ((-shift).max(0) as usize).div_ceil(s).min(wo);
+                    let hi = ((w as isize - shift).max(0) as usize).div_ceil(s).min(wo);
+                    for oy in 0..r {
+                        let iy = ((y0 + oy) * s + ky) as isize - pad as isize;
+                        let dst = &mut row[oy * wo..(oy + 1) * wo];
+                        if iy < 0 || iy >= h as isize || lo >= hi {
+                            dst.fill(0.0);
+                            continue;
+                        }
+                        let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                        dst[..lo].fill(0.0);
+                        let first = (lo * s) as isize + shift;
+                        if s == 1 {
+                            dst[lo..hi].copy_from_slice(&src[first as usize..first as usize + (hi - lo)]);
+                        } else {
+                            for (d, &v) in dst[lo..hi].iter_mut().zip(src[first as usize..].iter().step_by(s)) {
+                                *d = v;
+                            }
+                        }
+                        dst[hi..].fill(0.0);
                     }
-                    let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                    dst[..lo].fill(0.0);
-                    dst[lo..hi].copy_from_slice(&src[(lo as isize + shift) as usize..(hi as isize + shift) as usize]);
-                    dst[hi..].fill(0.0);
                 }
             }
-        }
-    });
+        });
+    }
 }
 
 /// Group normalisation with an optional SiLU after it.
@@ -274,9 +297,12 @@ impl GroupNorm {
         host(x, |data| {
             out.par_chunks_mut(len).zip(data.par_chunks(len)).enumerate().for_each(|(i, (dst, src))| {
                 let g = i % self.groups;
+                // One pass for both moments (f64 sums: E[x²] − mean² keeps 1e-16 relative
+                // precision, so the cancellation matters only past |mean|/std ≈ 10⁶).
                 let n = src.len() as f64;
-                let mean = simd(|| lanes_f64(src, |v| v)) / n;
-                let var = simd(|| lanes_f64(src, |v| (v - mean) * (v - mean))) / n;
+                let (sum, squares) = simd(|| moments_f64(src));
+                let mean = sum / n;
+                let var = (squares / n - mean * mean).max(0.0);
                 let inv = 1.0 / (var + eps).sqrt();
                 for (j, (o, s)) in dst.chunks_mut(h * w).zip(src.chunks(h * w)).enumerate() {
                     let ch = g * per + j;
@@ -295,18 +321,110 @@ impl GroupNorm {
     }
 }
 
-/// `Σ f(x)` in f64 over eight lanes (so it vectorises).
+/// `(Σ x, Σ x²)` in f64 over eight lanes (so it vectorises).
 #[inline(always)]
-fn lanes_f64(xs: &[f32], f: impl Fn(f64) -> f64) -> f64 {
-    let mut lanes = [0f64; 8];
+fn moments_f64(xs: &[f32]) -> (f64, f64) {
+    let (mut sum, mut squares) = ([0f64; 8], [0f64; 8]);
     let chunks = xs.chunks_exact(8);
     let tail = chunks.remainder();
     for c in chunks {
-        for (l, &x) in lanes.iter_mut().zip(c) {
-            *l += f(f64::from(x));
+        for ((s, q), &x) in sum.iter_mut().zip(squares.iter_mut()).zip(c) {
+            let x = f64::from(x);
+            *s += x;
+            *q += x * x;
         }
     }
-    lanes.iter().sum::<f64>() + tail.iter().map(|&x| f(f64::from(x))).sum::<f64>()
+    let (mut s, mut q) = (sum.iter().sum::<f64>(), squares.iter().sum::<f64>());
+    for &x in tail {
+        s += f64::from(x);
+        q += f64::from(x) * f64::from(x);
+    }
+    (s, q)
+}
+
+/// `x · Wᵀ + b` over the last dimension of `x`. On the CPU in f32: one GEMM into an output that
+/// already holds the bias, so there is neither candle's separate broadcast add (a second pass
+/// and a second output of the same size) nor a contiguous copy of a contiguous input; candle's
+/// `Linear` elsewhere.
+pub fn linear(l: &candle_nn::Linear, x: &Tensor) -> Result<Tensor> {
+    let w = l.weight();
+    let (out_dim, in_dim) = w.dims2()?;
+    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if !(cpu_f32(x) && cpu_f32(w) && x.dims().last() == Some(&in_dim) && w.is_contiguous()) {
+        return Ok(l.forward(x)?);
+    }
+    let rows = x.elem_count() / in_dim.max(1);
+    let mut out = vec![0f32; rows * out_dim];
+    let bias = l.bias().map(|b| b.to_vec1::<f32>()).transpose()?;
+    if let Some(bias) = &bias {
+        out.par_chunks_mut(out_dim.max(1)).for_each(|row| row.copy_from_slice(bias));
+    }
+    let threads = rayon::current_num_threads();
+    host(w, |w| {
+        host(x, |x| {
+            let lhs = View::rows(x, rows, in_dim, in_dim);
+            let rhs = View::rows(w, out_dim, in_dim, in_dim).t();
+            gemm(&mut out, out_dim, lhs, rhs, bias.is_some(), threads);
+        })
+    })??;
+    let mut dims = x.dims().to_vec();
+    if let Some(d) = dims.last_mut() {
+        *d = out_dim;
+    }
+    Ok(Tensor::from_vec(out, dims, x.device())?)
+}
+
+/// Nearest-neighbour upsampling of `(b, c, h, w)` to `(b, c, th, tw)`: each pixel doubled along
+/// both axes when that is the size asked (the UNet's and the VAE's upsamplers), on the CPU in f32
+/// with one pass per plane; candle's `upsample_nearest2d` otherwise (a gather per element).
+pub fn upsample_nearest(x: &Tensor, th: usize, tw: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    if !(x.device().is_cpu() && x.dtype() == DType::F32 && th == 2 * h && tw == 2 * w) {
+        return Ok(x.upsample_nearest2d(th, tw)?);
+    }
+    let mut out = vec![0f32; b * c * th * tw];
+    host(x, |data| {
+        out.par_chunks_mut(th * tw).zip(data.par_chunks(h * w)).for_each(|(dst, src)| {
+            for (rows, row) in dst.chunks_exact_mut(2 * tw).zip(src.chunks_exact(w)) {
+                let (top, bottom) = rows.split_at_mut(tw);
+                for (pair, &v) in top.chunks_exact_mut(2).zip(row) {
+                    pair[0] = v;
+                    pair[1] = v;
+                }
+                bottom.copy_from_slice(top);
+            }
+        });
+    })?;
+    Ok(Tensor::from_vec(out, (b, c, th, tw), x.device())?)
+}
+
+/// diffusers' GEGLU after its projection: `a · GELU(gate)` with `(a, gate)` the two halves of
+/// the last dimension of `x`, on the CPU in f32 with the vectorised [`gelu_erf`] (candle's
+/// `gelu_erf` is a scalar f64 `erf` per element), elsewhere with candle's ops.
+pub fn geglu(x: &Tensor) -> Result<Tensor> {
+    let last = x.dims().last().copied().unwrap_or(0);
+    let inner = last / 2;
+    if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+        let gate = x.chunk(2, candle_core::D::Minus1)?;
+        return Ok((&gate[0] * gate[1].gelu_erf()?)?);
+    }
+    let mut dims = x.dims().to_vec();
+    if let Some(d) = dims.last_mut() {
+        *d = inner;
+    }
+    let rows = x.elem_count() / last.max(1);
+    let mut out = vec![0f32; rows * inner];
+    host(x, |data| {
+        out.par_chunks_mut(inner.max(1)).zip(data.par_chunks(last.max(1))).for_each(|(o, row)| {
+            let (a, g) = row.split_at(inner);
+            simd(|| {
+                for ((o, &a), &g) in o.iter_mut().zip(a).zip(g) {
+                    *o = a * gelu_erf(g);
+                }
+            });
+        });
+    })?;
+    Ok(Tensor::from_vec(out, dims, x.device())?)
 }
 
 #[cfg(test)]
@@ -321,19 +439,23 @@ mod tests {
         (b, cin, h, w): (usize, usize, usize, usize),
         cout: usize,
         k: usize,
+        stride: usize,
     ) -> Vec<f64> {
         let pad = k / 2;
-        let mut out = vec![0f64; b * cout * h * w];
+        let (ho, wo) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
+        let mut out = vec![0f64; b * cout * ho * wo];
         for n in 0..b {
             for co in 0..cout {
-                for y in 0..h {
-                    for xo in 0..w {
+                for y in 0..ho {
+                    for xo in 0..wo {
                         let mut s = f64::from(bias[co]);
                         for ci in 0..cin {
                             for ky in 0..k {
                                 for kx in 0..k {
-                                    let (iy, ix) =
-                                        ((y + ky) as isize - pad as isize, (xo + kx) as isize - pad as isize);
+                                    let (iy, ix) = (
+                                        (y * stride + ky) as isize - pad as isize,
+                                        (xo * stride + kx) as isize - pad as isize,
+                                    );
                                     if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
                                         continue;
                                     }
@@ -342,7 +464,7 @@ mod tests {
                                 }
                             }
                         }
-                        out[((n * cout + co) * h + y) * w + xo] = s;
+                        out[((n * cout + co) * ho + y) * wo + xo] = s;
                     }
                 }
             }
@@ -350,12 +472,13 @@ mod tests {
         out
     }
 
-    fn check_conv(shape: (usize, usize, usize, usize), cout: usize, k: usize) {
+    fn check_conv(shape: (usize, usize, usize, usize), cout: usize, k: usize, stride: usize) {
         let dev = Device::Cpu;
         let vm = candle_nn::VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
         let cin = shape.1;
-        let conv = Conv::new(vb.pp("c"), cin, cout, k, Conv2dConfig { padding: k / 2, ..Default::default() }).unwrap();
+        let cfg = Conv2dConfig { padding: k / 2, stride, ..Default::default() };
+        let conv = Conv::new(vb.pp("c"), cin, cout, k, cfg).unwrap();
         // candle initialises the bias to small random values, so the bias path is exercised.
         assert!(conv.bias.as_ref().is_some_and(|b| b.iter().any(|&v| v != 0.0)));
         let x = Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
@@ -367,6 +490,7 @@ mod tests {
             shape,
             cout,
             k,
+            stride,
         );
         let top = want.iter().fold(0f64, |a, v| a.max(v.abs()));
         let err = got.iter().zip(&want).fold(0f64, |a, (&g, w)| a.max((f64::from(g) - w).abs()));
@@ -379,10 +503,14 @@ mod tests {
 
     #[test]
     fn convolutions_match_f64() {
-        check_conv((2, 5, 9, 7), 6, 3);
-        check_conv((1, 16, 12, 33), 8, 3);
-        check_conv((2, 7, 5, 6), 3, 1);
-        check_conv((1, 3, 1, 4), 4, 3);
+        check_conv((2, 5, 9, 7), 6, 3, 1);
+        check_conv((1, 16, 12, 33), 8, 3, 1);
+        check_conv((2, 7, 5, 6), 3, 1, 1);
+        check_conv((1, 3, 1, 4), 4, 3, 1);
+        // The UNet's and the VAE encoder's downsamplers: stride 2, even and odd sizes.
+        check_conv((2, 5, 9, 7), 6, 3, 2);
+        check_conv((1, 16, 16, 12), 8, 3, 2);
+        check_conv((1, 3, 1, 4), 4, 3, 2);
     }
 
     #[test]
@@ -410,6 +538,33 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(diff < 1e-4, "{diff}");
+    }
+
+    #[test]
+    fn linear_layers_match_candle() {
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let with_bias = candle_nn::linear(13, 7, vb.pp("a")).unwrap();
+        let without = candle_nn::linear_no_bias(13, 7, vb.pp("b")).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 13), &dev).unwrap();
+        for l in [&with_bias, &without] {
+            let got = linear(l, &x).unwrap();
+            assert_eq!(got.dims(), &[2, 5, 7]);
+            let want = l.forward(&x).unwrap();
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "{diff}");
+        }
+    }
+
+    #[test]
+    fn upsampling_matches_candle() {
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 7), &Device::Cpu).unwrap();
+        for (th, tw) in [(10, 14), (11, 14), (5, 7)] {
+            let got = upsample_nearest(&x, th, tw).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let want = x.upsample_nearest2d(th, tw).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(got, want, "{th}x{tw}");
+        }
     }
 
     #[test]

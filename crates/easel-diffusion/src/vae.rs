@@ -223,7 +223,7 @@ impl Vae {
                 let big = crate::profile::time(
                     "upsample",
                     || (format!("{:?}", x.dims()), 0.0),
-                    || x.upsample_nearest2d(2 * h, 2 * w),
+                    || crate::ops::upsample_nearest(&x, 2 * h, 2 * w),
                 )?;
                 x = up.forward(&big)?;
             }

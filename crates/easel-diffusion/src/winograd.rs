@@ -5,18 +5,28 @@
 //! pair instead of 9m² multiply-adds: F(4×4) does 36 products for 16 outputs (4× fewer than a
 //! direct convolution), F(2×2) 16 for 4 (2.25× fewer). In matrix form (Lavin & Gray, 2016), per
 //! tile: `Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A`; summed over input channels, each of the (m+2)²
-//! positions is one GEMM `(cout × cin) · (cin × tiles)`, run through candle's batched matmul
-//! (the `gemm` crate). The input is processed a band of tile rows at a time so the transformed
-//! input and the GEMM's output stay under [`BAND`] floats each.
+//! positions is one GEMM `(cout × cin) · (cin × tiles)` on the `gemm` crate ([`crate::gemm`]).
+//! The input is processed a band of tile rows at a time so the transformed input and the GEMMs'
+//! output stay under [`BAND`] floats each, in buffers kept between bands and calls.
 //!
-//! The kernel transform runs per call, not once at load: it is a few tens of flops per channel
-//! pair against (m+2)²·2·tiles in the GEMMs (about 1–2 % at the sizes [`variant`] admits), while
-//! keeping it would hold 4× the weights (F(4×4)) in memory, 0.8 GB more for the VAE decoder
-//! alone.
+//! The input and output transforms run across tiles, not within one: each input row is split
+//! into its `m` phases (`x mod m`), so that element `i` of every tile in a row is one contiguous
+//! run, and every step of `Bᵀ·B` and `Aᵀ·A` becomes a loop over tiles with contiguous loads and
+//! stores, compiled for AVX-512 or AVX2 at run time ([`crate::exp::simd`]). Written per tile
+//! with a scatter, as first, they took twice the GEMMs' time at 128 channels.
+//!
+//! The kernel transform runs per call, not once at load: keeping it would hold 4× the weights
+//! (F(4×4)) in memory, 0.8 GB more for the VAE decoder alone, to save about 2 % of the run
+//! (one small f64 product per output channel, vectorised along the input channels).
+
+use std::cell::RefCell;
 
 use anyhow::{Result, bail};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
+
+use crate::gemm::{View, gemm};
+use crate::profile;
 
 /// Largest transformed-input or GEMM-output band, in f32 elements (32 MiB; glibc then keeps
 /// the buffers on its heap between bands instead of mapping fresh zeroed pages each time, and a
@@ -32,63 +42,77 @@ pub enum Variant {
 
 /// Which variant, if any, a convolution of this shape uses; the one place the choice is made.
 ///
-/// - Few tiles or few input channels: the per-call kernel transform and the 36 thin GEMMs are
-///   not repaid. Measured at 512² output (`easel-diffusion-bench --convs`): 4→512 at 64² took
-///   0.16–0.19 s against 0.005–0.03 s direct, 512→512 at 64² (256 tiles) 0.8–1.2 s against
-///   1.5–1.7 s, 128→3 at 512² 1.8–2.0 s against 5.0 s. So at least 256 tiles (a 64×64 image)
-///   and 16 input channels.
+/// - Few tiles or few channels: the per-call kernel transform, the 36 thin GEMMs and the
+///   transforms are not repaid. Measured at 512² output (`easel-diffusion-bench --convs`): 4→512
+///   at 64² took 0.16–0.19 s against 0.005–0.03 s direct, 512→512 at 64² (256 tiles) 0.8–1.2 s
+///   against 1.5–1.7 s; 128→3 at 512² (the VAE's output convolution) 0.25–0.29 s against
+///   0.14 s, the output transform of 128 channels for 3 outputs. So at least 256 tiles (a
+///   64×64 image) and 16 channels in and out.
 /// - Accuracy: F(4×4)'s transforms have coefficients up to 5 (Bᵀ) and 8 (Aᵀ), so its rounding
 ///   error is 10–20× a direct convolution's and grows with the sum length. Against an f64 direct
 ///   convolution (the tests), with weights scaled like a trained network's, the max error
 ///   relative to the output's max magnitude measured 3e-6 at cin = 4, 1.0e-5 at 128 and 1.5e-5
 ///   at 512: inside issue 12's 3e-5 bound up to 512 (the whole VAE), but with only 2× to spare
 ///   there, so wider inputs (the UNet's 640 and 1280 levels) take F(2×2), 8e-7 at 512.
-pub fn variant(cin: usize, h: usize, w: usize) -> Option<Variant> {
-    if h.div_ceil(4) * w.div_ceil(4) < 256 || cin < 16 {
+pub fn variant(cin: usize, cout: usize, h: usize, w: usize) -> Option<Variant> {
+    if h.div_ceil(4) * w.div_ceil(4) < 256 || cin < 16 || cout < 16 {
         return None;
     }
     Some(if cin > 512 { Variant::F2 } else { Variant::F4 })
 }
 
-/// G (n × 3) of each variant, in f64 for the kernel transform.
-const G2: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
-const G4: [[f64; 3]; 6] = [
-    [0.25, 0.0, 0.0],
-    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
-    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
-    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
-    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
-    [0.0, 0.0, 1.0],
-];
-
-/// Bᵀd for one column of an F(2×2) tile.
-#[inline(always)]
-fn bt2(d: [f32; 4]) -> [f32; 4] {
-    [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
+/// One variant's transforms: `G` (n × 3, in f64 for the kernel transform), `Bᵀd` and `Aᵀm` for
+/// one column of a tile (`N = M + 2` points, `M` outputs).
+pub(crate) trait Transform<const N: usize, const M: usize>: Sync {
+    const G: [[f64; 3]; N];
+    fn bt(d: [f32; N]) -> [f32; N];
+    fn at(m: [f32; N]) -> [f32; M];
 }
 
-/// Aᵀm for F(2×2).
-#[inline(always)]
-fn at2(m: [f32; 4]) -> [f32; 2] {
-    [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+/// F(2×2, 3×3).
+pub(crate) struct F2x2;
+/// F(4×4, 3×3), interpolation points 0, ±1, ±2, ∞.
+pub(crate) struct F4x4;
+
+impl Transform<4, 2> for F2x2 {
+    const G: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+
+    #[inline(always)]
+    fn bt(d: [f32; 4]) -> [f32; 4] {
+        [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
+    }
+
+    #[inline(always)]
+    fn at(m: [f32; 4]) -> [f32; 2] {
+        [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+    }
 }
 
-/// Bᵀd for one column of an F(4×4) tile (interpolation points 0, ±1, ±2, ∞).
-#[inline(always)]
-fn bt4(d: [f32; 6]) -> [f32; 6] {
-    let a = d[4] - 4.0 * d[2];
-    let b = d[3] - 4.0 * d[1];
-    let c = d[4] - d[2];
-    let e = 2.0 * (d[3] - d[1]);
-    [4.0 * d[0] - 5.0 * d[2] + d[4], a + b, a - b, c + e, c - e, 4.0 * d[1] - 5.0 * d[3] + d[5]]
-}
+impl Transform<6, 4> for F4x4 {
+    const G: [[f64; 3]; 6] = [
+        [0.25, 0.0, 0.0],
+        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        [0.0, 0.0, 1.0],
+    ];
 
-/// Aᵀm for F(4×4).
-#[inline(always)]
-fn at4(m: [f32; 6]) -> [f32; 4] {
-    let (s1, d1) = (m[1] + m[2], m[1] - m[2]);
-    let (s2, d2) = (m[3] + m[4], m[3] - m[4]);
-    [m[0] + s1 + s2, d1 + 2.0 * d2, s1 + 4.0 * s2, d1 + 8.0 * d2 + m[5]]
+    #[inline(always)]
+    fn bt(d: [f32; 6]) -> [f32; 6] {
+        let a = d[4] - 4.0 * d[2];
+        let b = d[3] - 4.0 * d[1];
+        let c = d[4] - d[2];
+        let e = 2.0 * (d[3] - d[1]);
+        [4.0 * d[0] - 5.0 * d[2] + d[4], a + b, a - b, c + e, c - e, 4.0 * d[1] - 5.0 * d[3] + d[5]]
+    }
+
+    #[inline(always)]
+    fn at(m: [f32; 6]) -> [f32; 4] {
+        let (s1, d1) = (m[1] + m[2], m[1] - m[2]);
+        let (s2, d2) = (m[3] + m[4], m[3] - m[4]);
+        [m[0] + s1 + s2, d1 + 2.0 * d2, s1 + 4.0 * s2, d1 + 8.0 * d2 + m[5]]
+    }
 }
 
 /// A 3×3, stride-1, padding-1 convolution's weights, ready for the Winograd path.
@@ -98,6 +122,13 @@ pub struct Winograd {
     bias: Option<Vec<f32>>,
     cin: usize,
     cout: usize,
+}
+
+thread_local! {
+    /// The transformed kernel, and the transformed input and the GEMMs' output of a band, kept
+    /// between bands and calls (a band is at most [`BAND`] elements): fresh buffers of tens of
+    /// MiB would be fresh zeroed pages, faulted in one by one, every band and every call.
+    static BUFFERS: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
 }
 
 impl Winograd {
@@ -118,7 +149,7 @@ impl Winograd {
     pub fn takes(&self, x: &Tensor) -> bool {
         match x.dims4() {
             Ok((_, c, h, w)) => {
-                x.device().is_cpu() && x.dtype() == DType::F32 && c == self.cin && variant(c, h, w).is_some()
+                x.device().is_cpu() && x.dtype() == DType::F32 && c == self.cin && variant(c, self.cout, h, w).is_some()
             }
             Err(_) => false,
         }
@@ -128,16 +159,19 @@ impl Winograd {
     /// (F(4×4) when it declines: callers check [`Self::takes`] first).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, c, h, w) = x.dims4()?;
-        match variant(c, h, w).unwrap_or(Variant::F4) {
-            Variant::F2 => self.run::<4, 2>(x, &G2, bt2, at2, BAND),
-            Variant::F4 => self.run::<6, 4>(x, &G4, bt4, at4, BAND),
+        match variant(c, self.cout, h, w).unwrap_or(Variant::F4) {
+            Variant::F2 => self.run::<F2x2, 4, 2>(x, BAND),
+            Variant::F4 => self.run::<F4x4, 6, 4>(x, BAND),
         }
     }
 
-    /// The transformed kernel `(n², cout, cin)`: `U = G g Gᵀ` per channel pair, in f64.
-    fn kernel<const N: usize>(&self, g: &[[f64; 3]; N]) -> Result<Tensor> {
+    /// The transformed kernel `(n², cout, cin)`: `U = G g Gᵀ` per channel pair, in f64, as one
+    /// small product per output channel, `(n² × 9) · (9 × cin)` with `C[(r,c),(a,b)] =
+    /// G[r][a]·G[c][b]`, whose inner loop runs along `cin` (contiguous, vectorised).
+    fn kernel<const N: usize>(&self, g: &[[f64; 3]; N], u: &mut [f32]) -> Result<()> {
         let (cin, cout) = (self.cin, self.cout);
-        let mut u = vec![0f32; N * N * cout * cin];
+        let coef: Vec<[f64; 9]> =
+            (0..N * N).map(|rc| std::array::from_fn(|ab| g[rc / N][ab / 3] * g[rc % N][ab % 3])).collect();
         // Output channel `co` owns row `co` of each position's (cout × cin) plane.
         let mut rows: Vec<Vec<&mut [f32]>> = (0..cout).map(|_| Vec::with_capacity(N * N)).collect();
         for plane in u.chunks_mut(cout * cin) {
@@ -146,59 +180,157 @@ impl Winograd {
             }
         }
         crate::ops::host(&self.weight, |w| {
-            rows.into_par_iter().enumerate().for_each(|(co, mut dst)| {
-                for ci in 0..cin {
-                    let k = &w[(co * cin + ci) * 9..(co * cin + ci) * 9 + 9];
-                    // G g (n × 3), then (G g) Gᵀ (n × n).
-                    let gg: [[f64; 3]; N] = std::array::from_fn(|r| {
-                        std::array::from_fn(|c| (0..3).map(|a| g[r][a] * f64::from(k[a * 3 + c])).sum())
-                    });
-                    for r in 0..N {
-                        for c in 0..N {
-                            dst[r * N + c][ci] = (0..3).map(|b| gg[r][b] * g[c][b]).sum::<f64>() as f32;
+            rows.into_par_iter().enumerate().for_each_init(
+                || (vec![0f64; 9 * cin], vec![0f64; cin]),
+                |(kt, acc), (co, mut dst)| {
+                    crate::exp::simd(|| {
+                        // The 9 taps of every input channel, tap-major.
+                        for (ci, k) in w[co * cin * 9..(co + 1) * cin * 9].chunks_exact(9).enumerate() {
+                            for (ab, &v) in k.iter().enumerate() {
+                                kt[ab * cin + ci] = f64::from(v);
+                            }
                         }
-                    }
-                }
-            });
+                        for (rc, c) in coef.iter().enumerate() {
+                            acc.fill(0.0);
+                            for (ab, &cv) in c.iter().enumerate() {
+                                for (a, &k) in acc.iter_mut().zip(&kt[ab * cin..(ab + 1) * cin]) {
+                                    *a += cv * k;
+                                }
+                            }
+                            for (d, &a) in dst[rc].iter_mut().zip(acc.iter()) {
+                                *d = a as f32;
+                            }
+                        }
+                    })
+                },
+            );
         })?;
-        Ok(Tensor::from_vec(u, (N * N, cout, cin), &Device::Cpu)?)
+        Ok(())
     }
 
-    fn run<const N: usize, const M: usize>(
-        &self,
-        x: &Tensor,
-        g: &[[f64; 3]; N],
-        bt: fn([f32; N]) -> [f32; N],
-        at: fn([f32; N]) -> [f32; M],
-        band_size: usize,
-    ) -> Result<Tensor> {
+    fn run<T: Transform<N, M>, const N: usize, const M: usize>(&self, x: &Tensor, band_size: usize) -> Result<Tensor> {
         let (b, cin, h, w) = x.dims4()?;
         let cout = self.cout;
         if cin != self.cin {
             bail!("Winograd convolution expects {} input channels, got {cin}", self.cin);
         }
-        let u = self.kernel(g)?;
         let x = x.contiguous()?;
         let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
         let rows = (band_size / (N * N * cin.max(cout) * tw)).clamp(1, th);
         let mut out = vec![0f32; b * cout * h * w];
-        for (n, dst) in out.chunks_mut(cout * h * w).enumerate() {
-            let mut ty0 = 0;
-            while ty0 < th {
-                let tr = rows.min(th - ty0);
-                let band = Band { h, w, tw, ty0, tr };
-                let v = crate::ops::host(&x, |data| {
-                    band.input::<N, M>(&data[n * cin * h * w..(n + 1) * cin * h * w], cin, bt)
-                })?;
-                // (cin, n², T) → (n², cin, T): a strided view the GEMM reads directly.
-                let v = Tensor::from_vec(v, (cin, N * N, band.tiles()), &Device::Cpu)?.transpose(0, 1)?;
-                let m = u.matmul(&v)?;
-                crate::ops::host(&m, |m| band.output::<N, M>(m, dst, cout, self.bias.as_deref(), at))?;
-                ty0 += tr;
-            }
-        }
+        let band_len = N * N * cin.max(cout) * rows * tw;
+        with_buffers([N * N * cout * cin, band_len, band_len], |[u, vbuf, mbuf]| {
+            profile::time("winograd kernel", || (format!("{cin}->{cout}"), 0.0), || self.kernel(&T::G, u))?;
+            crate::ops::host(&x, |data| {
+                for (n, dst) in out.chunks_mut(cout * h * w).enumerate() {
+                    let img = &data[n * cin * h * w..(n + 1) * cin * h * w];
+                    let mut ty0 = 0;
+                    while ty0 < th {
+                        let tr = rows.min(th - ty0);
+                        let band = Band { h, w, tw, ty0, tr };
+                        let t = band.tiles();
+                        let v = &mut vbuf[..cin * N * N * t];
+                        profile::time(
+                            "winograd input",
+                            || (format!("{cin} @{h}x{w}"), 0.0),
+                            || band.input::<T, N, M>(img, cin, v),
+                        );
+                        // Position p: (cout × cin) · (cin × T), the input read in place from its
+                        // (cin, n², T) layout, the product written to plane p of (n², cout, T).
+                        let m = &mut mbuf[..N * N * cout * t];
+                        let _t = profile::start("winograd gemm", || {
+                            (format!("{cin}->{cout} @{h}x{w}"), 2.0 * (N * N * cout * cin * t) as f64)
+                        });
+                        // The 16 or 36 positions' GEMMs are independent: each runs whole on one
+                        // thread, its panels in that core's cache (2.5 s against 3.1 s for each
+                        // GEMM split over both cores, sd-turbo 512²'s VAE, 2-core Xeon).
+                        m.par_chunks_exact_mut(cout * t).enumerate().for_each(|(p, plane)| {
+                            let lhs = View::rows(&u[p * cout * cin..(p + 1) * cout * cin], cout, cin, cin);
+                            let rhs = View::rows(&v[p * t..], cin, t, N * N * t);
+                            gemm(plane, t, lhs, rhs, false, 1);
+                        });
+                        drop(_t);
+                        profile::time(
+                            "winograd output",
+                            || (format!("{cout} @{h}x{w}"), 0.0),
+                            || band.output::<T, N, M>(m, dst, cout, self.bias.as_deref()),
+                        );
+                        ty0 += tr;
+                    }
+                }
+            })
+        })?;
         Ok(Tensor::from_vec(out, (b, cout, h, w), &Device::Cpu)?)
     }
+}
+
+/// Runs `f` on three buffers of `lens`: the thread's reusable ones when they are free.
+fn with_buffers<R>(lens: [usize; 3], f: impl FnOnce([&mut [f32]; 3]) -> R) -> R {
+    BUFFERS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => {
+            for (buf, &len) in bufs.iter_mut().zip(&lens) {
+                if buf.len() < len {
+                    *buf = vec![0f32; len];
+                }
+            }
+            let [a, b, c] = &mut *bufs;
+            f([&mut a[..lens[0]], &mut b[..lens[1]], &mut c[..lens[2]]])
+        }
+        Err(_) => f(lens.map(|len| vec![0f32; len]).each_mut().map(|v| v.as_mut_slice())),
+    })
+}
+
+/// Elements the transforms handle together: one AVX-512 register of f32 (two AVX2 ones).
+const LANES: usize = 16;
+
+/// `outs[o][j] = f([ins[0][j], ins[1][j], …])[o]` for `j < len`: the transforms' one loop shape,
+/// written over fixed blocks of [`LANES`] (no bounds checks inside) so that it vectorises across
+/// tiles, with contiguous loads and stores.
+#[inline(always)]
+fn map_lanes<const A: usize, const B: usize>(
+    ins: [&[f32]; A],
+    outs: &mut [&mut [f32]; B],
+    len: usize,
+    f: impl Fn([f32; A]) -> [f32; B],
+) {
+    let mut j = 0;
+    while j + LANES <= len {
+        let blk: [[f32; LANES]; A] = std::array::from_fn(|a| {
+            let mut l = [0f32; LANES];
+            l.copy_from_slice(&ins[a][j..j + LANES]);
+            l
+        });
+        let mut res = [[0f32; LANES]; B];
+        for l in 0..LANES {
+            let r = f(std::array::from_fn(|a| blk[a][l]));
+            for (o, v) in r.into_iter().enumerate() {
+                res[o][l] = v;
+            }
+        }
+        for (o, r) in res.iter().enumerate() {
+            outs[o][j..j + LANES].copy_from_slice(r);
+        }
+        j += LANES;
+    }
+    for j in j..len {
+        let r = f(std::array::from_fn(|a| ins[a][j]));
+        for (o, v) in r.into_iter().enumerate() {
+            outs[o][j] = v;
+        }
+    }
+}
+
+/// `B` disjoint slices of `len` from `buf`, the `o`-th starting at `start + o * stride`
+/// (`stride ≥ len`).
+fn strided_mut<const B: usize>(buf: &mut [f32], start: usize, stride: usize, len: usize) -> [&mut [f32]; B] {
+    let mut rest = &mut buf[start..];
+    std::array::from_fn(|o| {
+        let (row, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        if o + 1 < B {
+            rest = &mut tail[stride - len..];
+        }
+        row
+    })
 }
 
 /// `tr` rows of tiles starting at tile row `ty0`, of an `h × w` image `tw` tiles wide.
@@ -215,104 +347,87 @@ impl Band {
         self.tr * self.tw
     }
 
-    /// `Bᵀ d B` of every tile of every channel, laid out `(cin, n², tiles)`.
-    fn input<const N: usize, const M: usize>(&self, img: &[f32], cin: usize, bt: fn([f32; N]) -> [f32; N]) -> Vec<f32> {
+    /// `Bᵀ d B` of every tile of every channel into `v`, laid out `(cin, n², tiles)`.
+    ///
+    /// Per channel and tile row: each of the tile row's `N` input rows is split into its `M`
+    /// phases (`x mod M`), so that element `i` of every tile is one contiguous run; `·B` runs
+    /// across the tiles on those runs, then `Bᵀ·` across the tiles on the `N` results. Both
+    /// vectorise ([`map_lanes`]).
+    fn input<T: Transform<N, M>, const N: usize, const M: usize>(&self, img: &[f32], cin: usize, v: &mut [f32]) {
         let (h, w, tw) = (self.h, self.w, self.tw);
         let t = self.tiles();
-        let mut v = vec![0f32; cin * N * N * t];
-        // Padded width: tiles read columns -1 ..= tw·m, stored from index 0.
-        let pw = tw * M + 2;
-        let zeros = vec![0f32; w];
-        v.par_chunks_mut(N * N * t).enumerate().for_each_init(
-            || vec![0f32; N * pw],
-            |col, (c, vc)| {
-                let plane = &img[c * h * w..(c + 1) * h * w];
-                for ty in 0..self.tr {
-                    // Column pass (Bᵀd), contiguous along x: vectorises.
-                    let y0 = ((self.ty0 + ty) * M) as isize - 1;
-                    let src: [&[f32]; N] = std::array::from_fn(|i| {
-                        let y = y0 + i as isize;
-                        if y < 0 || y >= h as isize { &zeros[..] } else { &plane[y as usize * w..(y as usize + 1) * w] }
-                    });
-                    let mut rows: [&mut [f32]; N] = split_rows(col, pw);
-                    for x in 0..w {
-                        let r = bt(std::array::from_fn(|i| src[i][x]));
-                        for k in 0..N {
-                            rows[k][x + 1] = r[k];
-                        }
-                    }
-                    // Row pass (·B), one tile at a time.
-                    for j in 0..tw {
-                        for (k, row) in rows.iter_mut().enumerate() {
-                            let d: [f32; N] = std::array::from_fn(|i| row[j * M + i]);
-                            let r = bt(d);
-                            for (l, val) in r.into_iter().enumerate() {
-                                vc[(k * N + l) * t + ty * tw + j] = val;
+        let pw = tw + 1;
+        v.par_chunks_mut(N * N * t).enumerate().take(cin).for_each_init(
+            || (vec![0f32; M * pw], vec![0f32; N * N * tw]),
+            |(phases, rows), (c, vc)| {
+                crate::exp::simd(|| {
+                    let plane = &img[c * h * w..(c + 1) * h * w];
+                    for ty in 0..self.tr {
+                        let y0 = ((self.ty0 + ty) * M) as isize - 1;
+                        for i in 0..N {
+                            let y = y0 + i as isize;
+                            // Padded x runs from -1; phase r holds x = j·M + r - 1.
+                            phases.fill(0.0);
+                            if y >= 0 && y < h as isize {
+                                let src = &plane[y as usize * w..(y as usize + 1) * w];
+                                for (x, &val) in src.iter().enumerate() {
+                                    phases[((x + 1) % M) * pw + (x + 1) / M] = val;
+                                }
                             }
+                            let ins: [&[f32]; N] = std::array::from_fn(|k| &phases[(k % M) * pw + k / M..][..tw]);
+                            let mut outs = strided_mut::<N>(rows, i * N * tw, tw, tw);
+                            map_lanes(ins, &mut outs, tw, T::bt);
+                        }
+                        for l in 0..N {
+                            let ins: [&[f32]; N] = std::array::from_fn(|i| &rows[(i * N + l) * tw..][..tw]);
+                            let mut outs = strided_mut::<N>(vc, l * t + ty * tw, N * t, tw);
+                            map_lanes(ins, &mut outs, tw, T::bt);
                         }
                     }
-                }
+                })
             },
         );
-        v
     }
 
     /// `Aᵀ M A` of every tile of every output channel from the GEMMs' `(n², cout, tiles)`, plus
-    /// the bias, written into `dst` `(cout, h, w)`.
-    fn output<const N: usize, const M: usize>(
+    /// the bias, written into `dst` `(cout, h, w)`: `Aᵀ·` across the tiles, then `·A`, into the
+    /// `M` phases of each output row, which are interleaved into it.
+    fn output<T: Transform<N, M>, const N: usize, const M: usize>(
         &self,
         m: &[f32],
         dst: &mut [f32],
         cout: usize,
         bias: Option<&[f32]>,
-        at: fn([f32; N]) -> [f32; M],
     ) {
         let (h, w, tw) = (self.h, self.w, self.tw);
         let t = self.tiles();
         dst.par_chunks_mut(h * w).enumerate().for_each_init(
-            || vec![0f32; M * N * tw],
-            |tmp, (co, plane)| {
-                let b = bias.map_or(0.0, |b| b[co]);
-                for ty in 0..self.tr {
-                    let base = co * t + ty * tw;
-                    // Aᵀ along the tile's rows, vectorised over the tiles of this row.
-                    for l in 0..N {
-                        let src: [&[f32]; N] = std::array::from_fn(|k| {
-                            let at = (k * N + l) * cout * t + base;
-                            &m[at..at + tw]
-                        });
-                        for j in 0..tw {
-                            let r = at(std::array::from_fn(|k| src[k][j]));
-                            for (i, val) in r.into_iter().enumerate() {
-                                tmp[(i * N + l) * tw + j] = val;
-                            }
+            || (vec![0f32; M * N * tw], vec![0f32; M * tw]),
+            |(cols, phases), (co, plane)| {
+                crate::exp::simd(|| {
+                    let b = bias.map_or(0.0, |b| b[co]);
+                    for ty in 0..self.tr {
+                        let base = co * t + ty * tw;
+                        for l in 0..N {
+                            let ins: [&[f32]; N] = std::array::from_fn(|k| &m[(k * N + l) * cout * t + base..][..tw]);
+                            let mut outs = strided_mut::<M>(cols, l * tw, N * tw, tw);
+                            map_lanes(ins, &mut outs, tw, T::at);
                         }
-                    }
-                    // ·A along the columns, then the bias, clipped to the image.
-                    let y0 = (self.ty0 + ty) * M;
-                    for j in 0..tw {
+                        let y0 = (self.ty0 + ty) * M;
                         for i in 0..M.min(h - y0) {
-                            let r = at(std::array::from_fn(|l| tmp[(i * N + l) * tw + j]));
+                            let ins: [&[f32]; N] = std::array::from_fn(|l| &cols[(i * N + l) * tw..][..tw]);
+                            let mut outs = strided_mut::<M>(phases, 0, tw, tw);
+                            map_lanes(ins, &mut outs, tw, T::at);
                             let row = &mut plane[(y0 + i) * w..(y0 + i + 1) * w];
-                            for (jj, val) in r.into_iter().enumerate().take(w.saturating_sub(j * M)) {
-                                row[j * M + jj] = val + b;
+                            for (x, out) in row.iter_mut().enumerate() {
+                                *out = phases[(x % M) * tw + x / M] + b;
                             }
                         }
                     }
-                }
+                })
             },
         );
     }
-}
-
-/// `N` disjoint rows of `len` from the front of `buf`.
-fn split_rows<const N: usize>(buf: &mut [f32], len: usize) -> [&mut [f32]; N] {
-    let mut rest = buf;
-    std::array::from_fn(|_| {
-        let (row, tail) = std::mem::take(&mut rest).split_at_mut(len);
-        rest = tail;
-        row
-    })
 }
 
 #[cfg(test)]

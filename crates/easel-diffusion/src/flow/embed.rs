@@ -39,8 +39,25 @@ impl MlpEmbedder {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.linear_2.forward(&self.linear_1.forward(x)?.silu()?)?)
+        per_row(&self.linear_2, &per_row(&self.linear_1, x)?.silu()?)
     }
+}
+
+/// A linear layer over `[B, in]`, one row at a time.
+///
+/// The `gemm` crate takes a matrix–vector path for one row and its blocked kernels for several,
+/// and with AVX-512 the two round differently in the last bit. Run batched, an image's
+/// conditioning vector would then differ from the same image's alone, and so would its pixels
+/// (by one level in FLUX.1-dev's tests). Each row through the one-row path keeps an image the
+/// same bits whether it is generated alone or with others (`tests/flux.rs`). These layers see a
+/// handful of rows per step, so nothing is lost.
+pub fn per_row(l: &Linear, x: &Tensor) -> Result<Tensor> {
+    let b = x.dim(0)?;
+    if x.rank() != 2 || b <= 1 {
+        return Ok(l.forward(x)?);
+    }
+    let rows = (0..b).map(|i| l.forward(&x.narrow(0, i, 1)?)).collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&rows, 0)?)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! keys. Statistics are taken in f32 whatever the model dtype, as torch does.
 
 use anyhow::{Result, ensure};
-use candle_core::{D, DType, Module, Tensor};
+use candle_core::{D, DType, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 pub const EPS: f64 = 1e-6;
@@ -44,7 +44,7 @@ impl Modulation {
     }
 
     pub fn forward(&self, temb: &Tensor) -> Result<Vec<Tensor>> {
-        Ok(self.linear.forward(&temb.silu()?)?.chunk(self.chunks, D::Minus1)?)
+        Ok(super::embed::per_row(&self.linear, &temb.silu()?)?.chunk(self.chunks, D::Minus1)?)
     }
 }
 
