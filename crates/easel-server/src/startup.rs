@@ -12,6 +12,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::response::IntoResponse;
+use axum::serve::ListenerExt;
 use easel_core::registry::Model;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -213,7 +214,16 @@ impl Application {
                 axum::serve(listener, router).with_graceful_shutdown(closed.clone().cancelled_owned()).into_future(),
             );
         }
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(closed.clone().cancelled_owned());
+        // TCP_NODELAY on every accepted connection (axum leaves Nagle's algorithm on): an answer
+        // written in several pieces (a relayed MiB of base64, SSE events) otherwise waits for the
+        // client's delayed ACK before its last piece, 20–40 ms per request (bench/relay at
+        // concurrency 1: p50 22 ms, p99 48 ms for a 1 MiB answer, against 0.3 ms for nginx).
+        let listener = self.listener.tap_io(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
+            }
+        });
+        let server = axum::serve(listener, self.router).with_graceful_shutdown(closed.clone().cancelled_owned());
         // Once drained, connections still open (a client that keeps a finished stream open) get a
         // moment to close, then are dropped.
         let result = tokio::select! {
