@@ -99,7 +99,6 @@ impl Conv {
         self.flat.is_some()
             && x.device().is_cpu()
             && x.dtype() == DType::F32
-            && self.stride >= 1
             && self.pad * 2 + 1 == self.k
             && self.inner.config().groups == 1
             && self.inner.config().dilation == 1
@@ -367,11 +366,16 @@ pub fn linear(l: &candle_nn::Linear, x: &Tensor) -> Result<Tensor> {
             gemm(&mut out, out_dim, lhs, rhs, bias.is_some(), threads);
         })
     })??;
+    Ok(Tensor::from_vec(out, last_dim_as(x, out_dim), x.device())?)
+}
+
+/// `x`'s shape with its last dimension replaced by `n`.
+fn last_dim_as(x: &Tensor, n: usize) -> Vec<usize> {
     let mut dims = x.dims().to_vec();
     if let Some(d) = dims.last_mut() {
-        *d = out_dim;
+        *d = n;
     }
-    Ok(Tensor::from_vec(out, dims, x.device())?)
+    dims
 }
 
 /// Nearest-neighbour upsampling of `(b, c, h, w)` to `(b, c, th, tw)`: each pixel doubled along
@@ -408,10 +412,6 @@ pub fn geglu(x: &Tensor) -> Result<Tensor> {
         let gate = x.chunk(2, candle_core::D::Minus1)?;
         return Ok((&gate[0] * gate[1].gelu_erf()?)?);
     }
-    let mut dims = x.dims().to_vec();
-    if let Some(d) = dims.last_mut() {
-        *d = inner;
-    }
     let rows = x.elem_count() / last.max(1);
     let mut out = vec![0f32; rows * inner];
     host(x, |data| {
@@ -424,7 +424,7 @@ pub fn geglu(x: &Tensor) -> Result<Tensor> {
             });
         });
     })?;
-    Ok(Tensor::from_vec(out, dims, x.device())?)
+    Ok(Tensor::from_vec(out, last_dim_as(x, inner), x.device())?)
 }
 
 #[cfg(test)]
