@@ -78,19 +78,25 @@ pub fn attend_slices(q: &[f32], k: &[f32], v: &[f32], s: Dims) -> Vec<f32> {
                 let base = (bi * m + k0) * dim + h * d;
                 let s = &mut scores[..rows * kt];
                 gemm(s, kt, qh, View::rows(&k[base..], kt, d, dim).t(), false, 1);
-                simd(|| online_softmax(s, kt, &mut max, &mut sum, &mut acc, d));
+                simd(
+                    #[inline(always)]
+                    || online_softmax(s, kt, &mut max, &mut sum, &mut acc, d),
+                );
                 gemm(&mut acc, d, View::rows(s, rows, kt, kt), View::rows(&v[base..], kt, d, dim), true, 1);
                 k0 += kt;
             }
-            simd(|| {
-                for r in 0..rows {
-                    let inv = 1.0 / sum[r];
-                    let dst = &mut out_block[r * dim + h * d..r * dim + (h + 1) * d];
-                    for (o, a) in dst.iter_mut().zip(&acc[r * d..(r + 1) * d]) {
-                        *o = a * inv;
+            simd(
+                #[inline(always)]
+                || {
+                    for r in 0..rows {
+                        let inv = 1.0 / sum[r];
+                        let dst = &mut out_block[r * dim + h * d..r * dim + (h + 1) * d];
+                        for (o, a) in dst.iter_mut().zip(&acc[r * d..(r + 1) * d]) {
+                            *o = a * inv;
+                        }
                     }
-                }
-            });
+                },
+            );
         }
     });
     out

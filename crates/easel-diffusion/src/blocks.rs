@@ -11,7 +11,7 @@ use anyhow::Result;
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Conv2dConfig, LayerNorm, Linear, VarBuilder, layer_norm, linear, linear_no_bias};
 
-use crate::ops::{Conv, GroupNorm as FastGroupNorm};
+use crate::ops::{Conv, Extra, GroupNorm as FastGroupNorm};
 use crate::profile;
 
 /// Largest attention score block computed at once, in elements (32 MiB of f32): small enough to
@@ -37,14 +37,16 @@ impl Attention {
         })
     }
 
-    fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+    /// The attention of `xs` over `context` (itself when `None`), plus `residual` (added as the
+    /// output projection writes its result).
+    fn forward(&self, xs: &Tensor, context: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
         let (b, n, dim) = xs.dims3()?;
         let ctx = context.unwrap_or(xs);
         let m = ctx.dim(1)?;
         let h = self.heads;
         let hd = dim / h;
-        let q = (timed_linear(&self.q, xs)? * (1.0 / (hd as f64).sqrt()))?;
-        let (k, v) = (timed_linear(&self.k, ctx)?, timed_linear(&self.v, ctx)?);
+        let q = (timed_linear(&self.q, xs, None)? * (1.0 / (hd as f64).sqrt()))?;
+        let (k, v) = (timed_linear(&self.k, ctx, None)?, timed_linear(&self.v, ctx, None)?);
         // CPU f32: the fused kernel of `crate::attention` (no score matrix, vectorised softmax):
         // 1.0–1.2 s against 2.6 s for the chunked path below over sd-turbo's five 4096-token
         // self-attentions at 512² (2-core Xeon with AVX-512, bench/diffusion/kernels.md). On
@@ -52,7 +54,7 @@ impl Attention {
         // chunked path had won. Other devices and dtypes keep the chunked path.
         if crate::attention::fused(&q) {
             let o = crate::attention::attend(&q, &k, &v, h)?;
-            return timed_linear(&self.out, &o);
+            return timed_linear(&self.out, &o, Some(residual));
         }
         let split = |t: Tensor, len: usize| -> candle_core::Result<Tensor> {
             t.reshape((b, len, h, hd))?.transpose(1, 2)?.contiguous()?.to_dtype(DType::F32)
@@ -66,19 +68,19 @@ impl Attention {
             || attend(&q, &k, &v, MAX_SCORES),
         )?;
         let o = o.transpose(1, 2)?.reshape((b, n, dim))?.to_dtype(xs.dtype())?;
-        timed_linear(&self.out, &o)
+        timed_linear(&self.out, &o, Some(residual))
     }
 }
 
-/// A linear layer ([`crate::ops::linear`]), timed by [`crate::profile`] as "linear" with its
-/// shape and FLOPs.
-pub fn timed_linear(l: &Linear, x: &Tensor) -> Result<Tensor> {
+/// A linear layer plus an optional residual ([`crate::ops::linear_with`]), timed by
+/// [`crate::profile`] as "linear" with its shape and FLOPs.
+pub fn timed_linear(l: &Linear, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
     let _t = profile::start("linear", || {
         let (out, inp) = l.weight().dims2().unwrap_or_default();
         let rows = x.elem_count() / inp.max(1);
         (format!("{rows} x {inp}->{out}"), 2.0 * (rows * inp * out) as f64)
     });
-    crate::ops::linear(l, x)
+    crate::ops::linear_with(l, x, residual)
 }
 
 /// Softmax attention over `(b, h, n, d)` queries, `(b, h, d, m)` transposed keys and `(b, h, m, d)`
@@ -126,11 +128,11 @@ impl Block {
         let norm = |n: &LayerNorm, x: &Tensor| {
             profile::time("layer_norm", || (format!("{:?}", x.dims()), 0.0), || n.forward(x))
         };
-        let xs = (self.attn1.forward(&norm(&self.norm1, xs)?, None)? + xs)?;
-        let xs = (self.attn2.forward(&norm(&self.norm2, &xs)?, Some(context))? + xs)?;
-        let proj = timed_linear(&self.geglu, &norm(&self.norm3, &xs)?)?;
+        let xs = self.attn1.forward(&norm(&self.norm1, xs)?, None, xs)?;
+        let xs = self.attn2.forward(&norm(&self.norm2, &xs)?, Some(context), &xs)?;
+        let proj = timed_linear(&self.geglu, &norm(&self.norm3, &xs)?, None)?;
         let ff = profile::time("gelu_erf * gate", || (format!("{:?}", proj.dims()), 0.0), || crate::ops::geglu(&proj))?;
-        Ok((timed_linear(&self.ff_out, &ff)? + xs)?)
+        timed_linear(&self.ff_out, &ff, Some(&xs))
     }
 }
 
@@ -184,18 +186,17 @@ impl Transformer2D {
         let to_seq = |t: Tensor| -> candle_core::Result<Tensor> { t.permute((0, 2, 3, 1))?.reshape((b, h * w, c)) };
         let mut x = match &self.proj_in {
             Proj::Conv(p) => to_seq(p.forward(&x)?)?,
-            Proj::Linear(p) => timed_linear(p, &to_seq(x)?)?,
+            Proj::Linear(p) => timed_linear(p, &to_seq(x)?, None)?,
         };
         for block in &self.blocks {
             x = block.forward(&x, context)?;
         }
         let to_map =
             |t: Tensor| -> candle_core::Result<Tensor> { t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous() };
-        let x = match &self.proj_out {
-            Proj::Conv(p) => p.forward(&to_map(x)?)?,
-            Proj::Linear(p) => to_map(timed_linear(p, &x)?)?,
-        };
-        Ok((x + xs)?)
+        Ok(match &self.proj_out {
+            Proj::Conv(p) => p.forward_with(&to_map(x)?, Extra { channels: None, residual: Some(xs) })?,
+            Proj::Linear(p) => (to_map(timed_linear(p, &x, None)?)? + xs)?,
+        })
     }
 }
 
@@ -233,18 +234,21 @@ impl Resnet {
         })
     }
 
+    /// The projected time embedding goes into `conv1`'s output and the shortcut into `conv2`'s
+    /// as they are written ([`Extra`]): no pass and no full-size tensor of their own.
     pub fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let mut h = self.conv1.forward(&self.norm1.forward(xs, true)?)?;
-        if let (Some(proj), Some(t)) = (&self.temb, temb) {
-            let t = proj.forward(&candle_nn::ops::silu(t)?)?;
-            h = h.broadcast_add(&t.unsqueeze(2)?.unsqueeze(3)?)?;
-        }
-        let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
+        let t = match (&self.temb, temb) {
+            (Some(proj), Some(t)) => Some(crate::embedder::per_row(proj, &candle_nn::ops::silu(t)?)?),
+            _ => None,
+        };
+        let h =
+            self.conv1.forward_with(&self.norm1.forward(xs, true)?, Extra { channels: t.as_ref(), residual: None })?;
         let skip = match &self.shortcut {
             Some(c) => c.forward(xs)?,
             None => xs.clone(),
         };
-        let out = (skip + h)?;
+        let out =
+            self.conv2.forward_with(&self.norm2.forward(&h, true)?, Extra { channels: None, residual: Some(&skip) })?;
         Ok(if self.scale == 1.0 { out } else { (out / self.scale)? })
     }
 }

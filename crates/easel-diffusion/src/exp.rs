@@ -48,7 +48,15 @@ pub fn exp(x: f32) -> f32 {
 /// Runs `f` compiled for AVX-512 (16 lanes of f32) or else AVX2 and FMA (8 lanes) when this CPU
 /// has them (x86-64; the default target has only SSE2's 4), so loops over slices in `f` (calls
 /// to [`exp`], the Winograd transforms) vectorise to the widest registers. Rust never contracts
-/// `a * b + c` into an FMA on its own, so the results are the same bits on every path.
+/// `a * b + c` into an FMA on its own, and the reductions here sum in fixed lanes, so the results
+/// are the same bits on every path.
+///
+/// Pass the closure as `simd(#[inline(always)] || ...)`. Only code inlined into the
+/// target-feature wrapper is compiled for it; a closure left as a function of its own is
+/// compiled for the default target. Without the attribute LLVM kept the large ones (the Winograd
+/// transforms, the attention's softmax, group norm, GEGLU) out of line, so they ran on SSE2's
+/// 4-lane registers (seen in `perf annotate`): marked, sd-1.5's attention went from 1.87 to
+/// 1.19 s per CFG step (2-core Zen 5, bench/diffusion/kernels.md).
 #[inline(always)]
 pub fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -90,11 +98,14 @@ fn avx2<R>(f: impl FnOnce() -> R) -> R {
 
 /// `xs[i] = e^xs[i]`.
 pub fn exp_in_place(xs: &mut [f32]) {
-    simd(|| {
-        for v in xs.iter_mut() {
-            *v = exp(*v);
-        }
-    });
+    simd(
+        #[inline(always)]
+        || {
+            for v in xs.iter_mut() {
+                *v = exp(*v);
+            }
+        },
+    );
 }
 
 /// `SiLU(x) = x / (1 + e^-x)`.

@@ -42,6 +42,68 @@ pub fn host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     Ok(f(&data[start..start + t.elem_count()]))
 }
 
+/// What a convolution or a linear layer adds to its product besides its own bias: a vector per
+/// image over the output channels (a resnet's projected time embedding, `(b, cout)`) and a tensor
+/// of the output's shape (a residual connection). On the CPU fast paths both are written into
+/// the output before the product accumulates onto it, so neither costs a pass of its own nor a
+/// second output of the full size (each was a fresh 64–256 MiB tensor per resnet in the VAE at
+/// 512²); elsewhere they are candle's broadcast add and add after the layer, in that order.
+#[derive(Default, Clone, Copy)]
+pub struct Extra<'a> {
+    pub channels: Option<&'a Tensor>,
+    pub residual: Option<&'a Tensor>,
+}
+
+impl Extra<'_> {
+    /// `y + channels + residual` with candle's ops (the path off the CPU fast paths).
+    fn add_to(&self, mut y: Tensor) -> Result<Tensor> {
+        if let Some(c) = self.channels {
+            let mut shape = c.dims().to_vec();
+            shape.resize(y.rank(), 1);
+            y = y.broadcast_add(&c.reshape(shape)?)?;
+        }
+        if let Some(r) = self.residual {
+            y = (y + r)?;
+        }
+        Ok(y)
+    }
+
+    /// The per-image, per-channel offsets `bias[c] + channels[n, c]` for `b` images of `cout`
+    /// channels, when there is anything to add.
+    pub(crate) fn offsets(&self, bias: Option<&[f32]>, b: usize, cout: usize) -> Result<Option<Vec<f32>>> {
+        let channels = match self.channels {
+            Some(c) => {
+                let v = c.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                if v.len() != b * cout {
+                    bail!("per-channel addend: {} values for {b} images of {cout} channels", v.len());
+                }
+                Some(v)
+            }
+            None => None,
+        };
+        Ok(match (bias, channels) {
+            (None, None) => None,
+            (Some(bias), None) => Some((0..b).flat_map(|_| bias.iter().copied()).collect()),
+            (None, Some(c)) => Some(c),
+            (Some(bias), Some(mut c)) => {
+                for (i, v) in c.iter_mut().enumerate() {
+                    *v += bias[i % cout];
+                }
+                Some(c)
+            }
+        })
+    }
+
+    /// The residual's elements, checked against the output's shape.
+    pub(crate) fn residual_with<R>(&self, shape: &[usize], f: impl FnOnce(Option<&[f32]>) -> R) -> Result<R> {
+        match self.residual {
+            None => Ok(f(None)),
+            Some(r) if r.dims() == shape => host(r, |r| f(Some(r))),
+            Some(r) => bail!("residual of shape {:?} for an output of shape {shape:?}", r.dims()),
+        }
+    }
+}
+
 /// A 2-D convolution with stride 1 and "same" padding, or any candle convolution.
 pub struct Conv {
     inner: candle_nn::Conv2d,
@@ -105,14 +167,20 @@ impl Conv {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_banded(x, BAND)
+        self.forward_banded(x, Extra::default(), BAND)
     }
 
-    /// [`Conv::forward`] with im2col bands of at most `band` elements (one output row at least).
-    fn forward_banded(&self, x: &Tensor, band: usize) -> Result<Tensor> {
+    /// The convolution plus what `extra` adds ([`Extra`]).
+    pub fn forward_with(&self, x: &Tensor, extra: Extra) -> Result<Tensor> {
+        self.forward_banded(x, extra, BAND)
+    }
+
+    /// [`Conv::forward_with`] with im2col bands of at most `band` elements (one output row at
+    /// least).
+    fn forward_banded(&self, x: &Tensor, extra: Extra, band: usize) -> Result<Tensor> {
         if !self.fast(x) {
             let _t = profile::start("conv (candle)", || (conv_label(self.k, x, self.cout), 0.0));
-            return Ok(self.inner.forward(x)?);
+            return extra.add_to(self.inner.forward(x)?);
         }
         if let Some(wg) = self.winograd.as_ref().filter(|wg| wg.takes(x)) {
             // Counted as the direct convolution's FLOPs, so GFLOP/s compare with the im2col rows.
@@ -120,7 +188,7 @@ impl Conv {
                 let (b, cin, h, w) = x.dims4().unwrap_or_default();
                 (conv_label(3, x, self.cout), 2.0 * (b * self.cout * cin * 9 * h * w) as f64)
             });
-            return wg.forward(x);
+            return wg.forward(x, extra);
         }
         let (b, cin, h, w) = x.dims4()?;
         let (cout, k, s) = (self.cout, self.k, self.stride);
@@ -130,17 +198,25 @@ impl Conv {
         let kk = cin * k * k;
         let Some(weights) = &self.flat else { bail!("conv: no CPU weights") };
         let threads = rayon::current_num_threads();
-        // The output starts as the bias, and every band's GEMM adds its product onto it.
-        let mut out = match &self.bias {
-            Some(bias) => {
-                let _t = profile::start("conv bias fill", || (format!("{cout} @{ho}x{wo}"), 0.0));
-                let mut out = vec![0f32; b * cout * out_hw];
-                out.par_chunks_mut(out_hw).enumerate().for_each(|(i, plane)| plane.fill(bias[i % cout]));
-                out
-            }
-            None => vec![0f32; b * cout * out_hw],
-        };
-        let accumulate = self.bias.is_some();
+        // The output starts as the bias and the extras, and every band's GEMM adds its product
+        // onto it.
+        let offsets = extra.offsets(self.bias.as_deref(), b, cout)?;
+        let accumulate = offsets.is_some() || extra.residual.is_some();
+        let mut out = vec![0f32; b * cout * out_hw];
+        if accumulate {
+            let _t = profile::start("conv bias fill", || (format!("{cout} @{ho}x{wo}"), 0.0));
+            extra.residual_with(&[b, cout, ho, wo], |res| {
+                out.par_chunks_mut(out_hw).enumerate().for_each(|(i, plane)| {
+                    let off = offsets.as_ref().map_or(0.0, |o| o[i]);
+                    match res {
+                        Some(r) => {
+                            plane.iter_mut().zip(&r[i * out_hw..(i + 1) * out_hw]).for_each(|(o, &r)| *o = r + off)
+                        }
+                        None => plane.fill(off),
+                    }
+                });
+            })?;
+        }
         let label = || conv_label(k, x, cout);
         let geometry = Im2col { cin, h, w, k, pad: self.pad, stride: s, wo };
         host(weights, |weights| {
@@ -299,7 +375,10 @@ impl GroupNorm {
                 // One pass for both moments (f64 sums: E[x²] − mean² keeps 1e-16 relative
                 // precision, so the cancellation matters only past |mean|/std ≈ 10⁶).
                 let n = src.len() as f64;
-                let (sum, squares) = simd(|| moments_f64(src));
+                let (sum, squares) = simd(
+                    #[inline(always)]
+                    || moments_f64(src),
+                );
                 let mean = sum / n;
                 let var = (squares / n - mean * mean).max(0.0);
                 let inv = 1.0 / (var + eps).sqrt();
@@ -307,12 +386,15 @@ impl GroupNorm {
                     let ch = g * per + j;
                     let scale = (inv * f64::from(gamma[ch])) as f32;
                     let shift = (f64::from(beta[ch]) - mean * inv * f64::from(gamma[ch])) as f32;
-                    simd(|| {
-                        for (o, &v) in o.iter_mut().zip(s) {
-                            let y = v * scale + shift;
-                            *o = if silu { silu_f32(y) } else { y };
-                        }
-                    });
+                    simd(
+                        #[inline(always)]
+                        || {
+                            for (o, &v) in o.iter_mut().zip(s) {
+                                let y = v * scale + shift;
+                                *o = if silu { silu_f32(y) } else { y };
+                            }
+                        },
+                    );
                 }
             });
         })?;
@@ -346,27 +428,43 @@ fn moments_f64(xs: &[f32]) -> (f64, f64) {
 /// and a second output of the same size) nor a contiguous copy of a contiguous input; candle's
 /// `Linear` elsewhere.
 pub fn linear(l: &candle_nn::Linear, x: &Tensor) -> Result<Tensor> {
+    linear_with(l, x, None)
+}
+
+/// [`linear`] plus a residual of the output's shape, written into the output with the bias
+/// before the GEMM accumulates onto it (no separate add, no second output; candle's `Linear`
+/// and add elsewhere).
+pub fn linear_with(l: &candle_nn::Linear, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
     let w = l.weight();
     let (out_dim, in_dim) = w.dims2()?;
     let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
     if !(cpu_f32(x) && cpu_f32(w) && x.dims().last() == Some(&in_dim) && w.is_contiguous()) {
-        return Ok(l.forward(x)?);
+        return Extra { channels: None, residual }.add_to(l.forward(x)?);
     }
     let rows = x.elem_count() / in_dim.max(1);
+    let shape = last_dim_as(x, out_dim);
     let mut out = vec![0f32; rows * out_dim];
     let bias = l.bias().map(|b| b.to_vec1::<f32>()).transpose()?;
-    if let Some(bias) = &bias {
-        out.par_chunks_mut(out_dim.max(1)).for_each(|row| row.copy_from_slice(bias));
-    }
+    Extra { channels: None, residual }.residual_with(&shape, |res| {
+        out.par_chunks_mut(out_dim.max(1)).enumerate().for_each(|(i, row)| match (res, &bias) {
+            (Some(r), Some(b)) => {
+                row.iter_mut().zip(&r[i * out_dim..(i + 1) * out_dim]).zip(b).for_each(|((o, &r), &b)| *o = r + b)
+            }
+            (Some(r), None) => row.copy_from_slice(&r[i * out_dim..(i + 1) * out_dim]),
+            (None, Some(b)) => row.copy_from_slice(b),
+            (None, None) => {}
+        })
+    })?;
+    let accumulate = bias.is_some() || residual.is_some();
     let threads = rayon::current_num_threads();
     host(w, |w| {
         host(x, |x| {
             let lhs = View::rows(x, rows, in_dim, in_dim);
             let rhs = View::rows(w, out_dim, in_dim, in_dim).t();
-            gemm(&mut out, out_dim, lhs, rhs, bias.is_some(), threads);
+            gemm(&mut out, out_dim, lhs, rhs, accumulate, threads);
         })
     })??;
-    Ok(Tensor::from_vec(out, last_dim_as(x, out_dim), x.device())?)
+    Ok(Tensor::from_vec(out, shape, x.device())?)
 }
 
 /// `x`'s shape with its last dimension replaced by `n`.
@@ -417,11 +515,14 @@ pub fn geglu(x: &Tensor) -> Result<Tensor> {
     host(x, |data| {
         out.par_chunks_mut(inner.max(1)).zip(data.par_chunks(last.max(1))).for_each(|(o, row)| {
             let (a, g) = row.split_at(inner);
-            simd(|| {
-                for ((o, &a), &g) in o.iter_mut().zip(a).zip(g) {
-                    *o = a * gelu_erf(g);
-                }
-            });
+            simd(
+                #[inline(always)]
+                || {
+                    for ((o, &a), &g) in o.iter_mut().zip(a).zip(g) {
+                        *o = a * gelu_erf(g);
+                    }
+                },
+            );
         });
     })?;
     Ok(Tensor::from_vec(out, last_dim_as(x, inner), x.device())?)
@@ -524,7 +625,7 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (2, 6, 7, 11), &dev).unwrap();
         let want = conv.inner.forward(&x).unwrap();
         for band in [6 * 9 * 11 * 2 + 5, 1, usize::MAX] {
-            let got = conv.forward_banded(&x, band).unwrap();
+            let got = conv.forward_banded(&x, Extra::default(), band).unwrap();
             let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(diff < 1e-5, "band {band}: {diff}");
         }
@@ -538,6 +639,47 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(diff < 1e-4, "{diff}");
+    }
+
+    #[test]
+    fn extras_are_added_as_candle_adds_them() {
+        // The time embedding per image and channel and the residual, written into the output
+        // before the product: the same as candle's layer followed by its adds, on the Winograd,
+        // im2col and 1×1 paths and for linear layers.
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let pad1 = Conv2dConfig { padding: 1, ..Default::default() };
+        for (name, (b, cin, h, w), cout, k, cfg) in [
+            ("winograd", (2, 16, 64, 66), 16, 3, pad1),
+            ("im2col", (2, 6, 7, 11), 4, 3, pad1),
+            ("1x1", (2, 6, 7, 11), 4, 1, Conv2dConfig::default()),
+        ] {
+            let conv = Conv::new(vb.pp(name), cin, cout, k, cfg).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (b, cin, h, w), &dev).unwrap();
+            assert_eq!(conv.winograd.as_ref().is_some_and(|wg| wg.takes(&x)), name == "winograd");
+            let temb = Tensor::randn(0f32, 1.0, (b, cout), &dev).unwrap();
+            let res = Tensor::randn(0f32, 1.0, (b, cout, h, w), &dev).unwrap();
+            for extra in [
+                Extra { channels: Some(&temb), residual: None },
+                Extra { channels: None, residual: Some(&res) },
+                Extra { channels: Some(&temb), residual: Some(&res) },
+            ] {
+                let got = conv.forward_with(&x, extra).unwrap();
+                let want = extra.add_to(conv.inner.forward(&x).unwrap()).unwrap();
+                let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(diff < 1e-4, "{name}: {diff}");
+            }
+            let wrong = Tensor::zeros((b, cout, h, w + 1), DType::F32, &dev).unwrap();
+            assert!(conv.forward_with(&x, Extra { channels: None, residual: Some(&wrong) }).is_err());
+        }
+        let l = candle_nn::linear(13, 7, vb.pp("l")).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 13), &dev).unwrap();
+        let res = Tensor::randn(0f32, 1.0, (2, 5, 7), &dev).unwrap();
+        let got = linear_with(&l, &x, Some(&res)).unwrap();
+        let want = (l.forward(&x).unwrap() + &res).unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "linear: {diff}");
     }
 
     #[test]

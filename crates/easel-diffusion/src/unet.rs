@@ -9,9 +9,10 @@
 use anyhow::{Context, Result, bail};
 use candle_core::{Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
-use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
+use candle_transformers::models::stable_diffusion::embeddings::Timesteps;
 
 use crate::blocks::{AttnSpec, DownLevel, LevelShape, MidLevel, UpLevel};
+use crate::embedder::MlpEmbedder;
 use crate::ops::{Conv, GroupNorm as FastGroupNorm};
 use serde_json::Value;
 
@@ -117,8 +118,8 @@ pub struct UNet {
     cfg: UNetConfig,
     conv_in: Conv,
     time_proj: Timesteps,
-    time_embedding: TimestepEmbedding,
-    add: Option<(Timesteps, TimestepEmbedding)>,
+    time_embedding: MlpEmbedder,
+    add: Option<(Timesteps, MlpEmbedder)>,
     down: Vec<DownLevel>,
     mid: MidLevel,
     up: Vec<UpLevel>,
@@ -142,12 +143,12 @@ impl UNet {
         let pad1 = Conv2dConfig { padding: 1, ..Default::default() };
         let conv_in = Conv::new(vb.pp("conv_in"), cfg.in_channels, c0, 3, pad1)?;
         let time_proj = Timesteps::new(c0, cfg.flip_sin_to_cos, cfg.freq_shift);
-        let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), c0, temb)?;
+        let time_embedding = MlpEmbedder::new(vb.pp("time_embedding"), c0, temb)?;
         let add = match cfg.text_time {
             None => None,
             Some((dim, input)) => Some((
                 Timesteps::new(dim, cfg.flip_sin_to_cos, cfg.freq_shift),
-                TimestepEmbedding::new(vb.pp("add_embedding"), input, temb)?,
+                MlpEmbedder::new(vb.pp("add_embedding"), input, temb)?,
             )),
         };
         let shape = LevelShape { layers: cfg.layers_per_block, temb, groups: cfg.norm_num_groups, eps: cfg.norm_eps };

@@ -26,6 +26,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use crate::gemm::{View, gemm};
+use crate::ops::Extra;
 use crate::profile;
 
 /// Largest transformed-input or GEMM-output band, in f32 elements (32 MiB; glibc then keeps
@@ -157,11 +158,11 @@ impl Winograd {
 
     /// The convolution of `x` `(b, cin, h, w)`, bias included, with the variant [`variant`] picks
     /// (F(4×4) when it declines: callers check [`Self::takes`] first).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, extra: Extra) -> Result<Tensor> {
         let (_, c, h, w) = x.dims4()?;
         match variant(c, self.cout, h, w).unwrap_or(Variant::F4) {
-            Variant::F2 => self.run::<F2x2, 4, 2>(x, BAND),
-            Variant::F4 => self.run::<F4x4, 6, 4>(x, BAND),
+            Variant::F2 => self.run::<F2x2, 4, 2>(x, extra, BAND),
+            Variant::F4 => self.run::<F4x4, 6, 4>(x, extra, BAND),
         }
     }
 
@@ -183,37 +184,46 @@ impl Winograd {
             rows.into_par_iter().enumerate().for_each_init(
                 || (vec![0f64; 9 * cin], vec![0f64; cin]),
                 |(kt, acc), (co, mut dst)| {
-                    crate::exp::simd(|| {
-                        // The 9 taps of every input channel, tap-major.
-                        for (ci, k) in w[co * cin * 9..(co + 1) * cin * 9].chunks_exact(9).enumerate() {
-                            for (ab, &v) in k.iter().enumerate() {
-                                kt[ab * cin + ci] = f64::from(v);
-                            }
-                        }
-                        for (rc, c) in coef.iter().enumerate() {
-                            acc.fill(0.0);
-                            for (ab, &cv) in c.iter().enumerate() {
-                                for (a, &k) in acc.iter_mut().zip(&kt[ab * cin..(ab + 1) * cin]) {
-                                    *a += cv * k;
+                    crate::exp::simd(
+                        #[inline(always)]
+                        || {
+                            // The 9 taps of every input channel, tap-major.
+                            for (ci, k) in w[co * cin * 9..(co + 1) * cin * 9].chunks_exact(9).enumerate() {
+                                for (ab, &v) in k.iter().enumerate() {
+                                    kt[ab * cin + ci] = f64::from(v);
                                 }
                             }
-                            for (d, &a) in dst[rc].iter_mut().zip(acc.iter()) {
-                                *d = a as f32;
+                            for (rc, c) in coef.iter().enumerate() {
+                                acc.fill(0.0);
+                                for (ab, &cv) in c.iter().enumerate() {
+                                    for (a, &k) in acc.iter_mut().zip(&kt[ab * cin..(ab + 1) * cin]) {
+                                        *a += cv * k;
+                                    }
+                                }
+                                for (d, &a) in dst[rc].iter_mut().zip(acc.iter()) {
+                                    *d = a as f32;
+                                }
                             }
-                        }
-                    })
+                        },
+                    )
                 },
             );
         })?;
         Ok(())
     }
 
-    fn run<T: Transform<N, M>, const N: usize, const M: usize>(&self, x: &Tensor, band_size: usize) -> Result<Tensor> {
+    fn run<T: Transform<N, M>, const N: usize, const M: usize>(
+        &self,
+        x: &Tensor,
+        extra: Extra,
+        band_size: usize,
+    ) -> Result<Tensor> {
         let (b, cin, h, w) = x.dims4()?;
         let cout = self.cout;
         if cin != self.cin {
             bail!("Winograd convolution expects {} input channels, got {cin}", self.cin);
         }
+        let offsets = extra.offsets(self.bias.as_deref(), b, cout)?;
         let x = x.contiguous()?;
         let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
         let rows = (band_size / (N * N * cin.max(cout) * tw)).clamp(1, th);
@@ -221,47 +231,61 @@ impl Winograd {
         let band_len = N * N * cin.max(cout) * rows * tw;
         with_buffers([N * N * cout * cin, band_len, band_len], |[u, vbuf, mbuf]| {
             profile::time("winograd kernel", || (format!("{cin}->{cout}"), 0.0), || self.kernel(&T::G, u))?;
-            crate::ops::host(&x, |data| {
-                for (n, dst) in out.chunks_mut(cout * h * w).enumerate() {
-                    let img = &data[n * cin * h * w..(n + 1) * cin * h * w];
-                    let mut ty0 = 0;
-                    while ty0 < th {
-                        let tr = rows.min(th - ty0);
-                        let band = Band { h, w, tw, ty0, tr };
-                        let t = band.tiles();
-                        let v = &mut vbuf[..cin * N * N * t];
-                        profile::time(
-                            "winograd input",
-                            || (format!("{cin} @{h}x{w}"), 0.0),
-                            || band.input::<T, N, M>(img, cin, v),
-                        );
-                        // Position p: (cout × cin) · (cin × T), the input read in place from its
-                        // (cin, n², T) layout, the product written to plane p of (n², cout, T).
-                        let m = &mut mbuf[..N * N * cout * t];
-                        let _t = profile::start("winograd gemm", || {
-                            (format!("{cin}->{cout} @{h}x{w}"), 2.0 * (N * N * cout * cin * t) as f64)
-                        });
-                        // The 16 or 36 positions' GEMMs are independent: each runs whole on one
-                        // thread, its panels in that core's cache (2.5 s against 3.1 s for each
-                        // GEMM split over both cores, sd-turbo 512²'s VAE, 2-core Xeon).
-                        m.par_chunks_exact_mut(cout * t).enumerate().for_each(|(p, plane)| {
-                            let lhs = View::rows(&u[p * cout * cin..(p + 1) * cout * cin], cout, cin, cin);
-                            let rhs = View::rows(&v[p * t..], cin, t, N * N * t);
-                            gemm(plane, t, lhs, rhs, false, 1);
-                        });
-                        drop(_t);
-                        profile::time(
-                            "winograd output",
-                            || (format!("{cout} @{h}x{w}"), 0.0),
-                            || band.output::<T, N, M>(m, dst, cout, self.bias.as_deref()),
-                        );
-                        ty0 += tr;
+            extra.residual_with(&[b, cout, h, w], |residual| {
+                crate::ops::host(&x, |data| {
+                    for (n, dst) in out.chunks_mut(cout * h * w).enumerate() {
+                        let add = Add {
+                            offsets: offsets.as_deref().map(|o| &o[n * cout..(n + 1) * cout]),
+                            residual: residual.map(|r| &r[n * cout * h * w..(n + 1) * cout * h * w]),
+                        };
+                        let img = &data[n * cin * h * w..(n + 1) * cin * h * w];
+                        let mut ty0 = 0;
+                        while ty0 < th {
+                            let tr = rows.min(th - ty0);
+                            let band = Band { h, w, tw, ty0, tr };
+                            let t = band.tiles();
+                            let v = &mut vbuf[..cin * N * N * t];
+                            profile::time(
+                                "winograd input",
+                                || (format!("{cin} @{h}x{w}"), 0.0),
+                                || band.input::<T, N, M>(img, cin, v),
+                            );
+                            // Position p: (cout × cin) · (cin × T), the input read in place from its
+                            // (cin, n², T) layout, the product written to plane p of (n², cout, T).
+                            let m = &mut mbuf[..N * N * cout * t];
+                            let _t = profile::start("winograd gemm", || {
+                                (format!("{cin}->{cout} @{h}x{w}"), 2.0 * (N * N * cout * cin * t) as f64)
+                            });
+                            // The 16 or 36 positions' GEMMs are independent: each runs whole on one
+                            // thread, its panels in that core's cache (2.5 s against 3.1 s for each
+                            // GEMM split over both cores, sd-turbo 512²'s VAE, 2-core Xeon).
+                            m.par_chunks_exact_mut(cout * t).enumerate().for_each(|(p, plane)| {
+                                let lhs = View::rows(&u[p * cout * cin..(p + 1) * cout * cin], cout, cin, cin);
+                                let rhs = View::rows(&v[p * t..], cin, t, N * N * t);
+                                gemm(plane, t, lhs, rhs, false, 1);
+                            });
+                            drop(_t);
+                            profile::time(
+                                "winograd output",
+                                || (format!("{cout} @{h}x{w}"), 0.0),
+                                || band.output::<T, N, M>(m, dst, cout, add),
+                            );
+                            ty0 += tr;
+                        }
                     }
-                }
-            })
+                })
+            })?
         })?;
         Ok(Tensor::from_vec(out, (b, cout, h, w), &Device::Cpu)?)
     }
+}
+
+/// What one image's output transform adds to every pixel: the bias plus the per-channel extra
+/// (`cout` values), and the residual `(cout, h, w)` ([`Extra`]).
+#[derive(Clone, Copy)]
+struct Add<'a> {
+    offsets: Option<&'a [f32]>,
+    residual: Option<&'a [f32]>,
 }
 
 /// Runs `f` on three buffers of `lens`: the thread's reusable ones when they are free.
@@ -360,71 +384,110 @@ impl Band {
         v.par_chunks_mut(N * N * t).enumerate().take(cin).for_each_init(
             || (vec![0f32; M * pw], vec![0f32; N * N * tw]),
             |(phases, rows), (c, vc)| {
-                crate::exp::simd(|| {
-                    let plane = &img[c * h * w..(c + 1) * h * w];
-                    for ty in 0..self.tr {
-                        let y0 = ((self.ty0 + ty) * M) as isize - 1;
-                        for i in 0..N {
-                            let y = y0 + i as isize;
-                            // Padded x runs from -1; phase r holds x = j·M + r - 1.
-                            phases.fill(0.0);
-                            if y >= 0 && y < h as isize {
-                                let src = &plane[y as usize * w..(y as usize + 1) * w];
-                                for (x, &val) in src.iter().enumerate() {
-                                    phases[((x + 1) % M) * pw + (x + 1) / M] = val;
+                crate::exp::simd(
+                    #[inline(always)]
+                    || {
+                        let plane = &img[c * h * w..(c + 1) * h * w];
+                        for ty in 0..self.tr {
+                            let y0 = ((self.ty0 + ty) * M) as isize - 1;
+                            for i in 0..N {
+                                let y = y0 + i as isize;
+                                // Padded x runs from -1; phase r holds x = j·M + r - 1.
+                                phases.fill(0.0);
+                                if y >= 0 && y < h as isize {
+                                    let src = &plane[y as usize * w..(y as usize + 1) * w];
+                                    // Padded x' = x + 1 goes to phase x' % M at x' / M: column 0
+                                    // holds the pad and x < M - 1, then every M pixels from M - 1 on
+                                    // fill one column of all phases (a contiguous read per column).
+                                    let lead = (M - 1).min(w);
+                                    for (x, &val) in src[..lead].iter().enumerate() {
+                                        phases[(x + 1) * pw] = val;
+                                    }
+                                    let body = &src[lead..];
+                                    let chunks = body.chunks_exact(M);
+                                    let rest = chunks.remainder();
+                                    let mut j = 1;
+                                    for px in chunks {
+                                        for (r, &val) in px.iter().enumerate() {
+                                            phases[r * pw + j] = val;
+                                        }
+                                        j += 1;
+                                    }
+                                    for (r, &val) in rest.iter().enumerate() {
+                                        phases[r * pw + j] = val;
+                                    }
                                 }
+                                let ins: [&[f32]; N] = std::array::from_fn(|k| &phases[(k % M) * pw + k / M..][..tw]);
+                                let mut outs = strided_mut::<N>(rows, i * N * tw, tw, tw);
+                                map_lanes(ins, &mut outs, tw, T::bt);
                             }
-                            let ins: [&[f32]; N] = std::array::from_fn(|k| &phases[(k % M) * pw + k / M..][..tw]);
-                            let mut outs = strided_mut::<N>(rows, i * N * tw, tw, tw);
-                            map_lanes(ins, &mut outs, tw, T::bt);
+                            for l in 0..N {
+                                let ins: [&[f32]; N] = std::array::from_fn(|i| &rows[(i * N + l) * tw..][..tw]);
+                                let mut outs = strided_mut::<N>(vc, l * t + ty * tw, N * t, tw);
+                                map_lanes(ins, &mut outs, tw, T::bt);
+                            }
                         }
-                        for l in 0..N {
-                            let ins: [&[f32]; N] = std::array::from_fn(|i| &rows[(i * N + l) * tw..][..tw]);
-                            let mut outs = strided_mut::<N>(vc, l * t + ty * tw, N * t, tw);
-                            map_lanes(ins, &mut outs, tw, T::bt);
-                        }
-                    }
-                })
+                    },
+                )
             },
         );
     }
 
     /// `Aᵀ M A` of every tile of every output channel from the GEMMs' `(n², cout, tiles)`, plus
-    /// the bias, written into `dst` `(cout, h, w)`: `Aᵀ·` across the tiles, then `·A`, into the
-    /// `M` phases of each output row, which are interleaved into it.
+    /// the bias and extras of `add`, written into `dst` `(cout, h, w)`: `Aᵀ·` across the tiles,
+    /// then `·A`, into the `M` phases of each output row, which are interleaved into it.
     fn output<T: Transform<N, M>, const N: usize, const M: usize>(
         &self,
         m: &[f32],
         dst: &mut [f32],
         cout: usize,
-        bias: Option<&[f32]>,
+        add: Add,
     ) {
         let (h, w, tw) = (self.h, self.w, self.tw);
         let t = self.tiles();
         dst.par_chunks_mut(h * w).enumerate().for_each_init(
             || (vec![0f32; M * N * tw], vec![0f32; M * tw]),
             |(cols, phases), (co, plane)| {
-                crate::exp::simd(|| {
-                    let b = bias.map_or(0.0, |b| b[co]);
-                    for ty in 0..self.tr {
-                        let base = co * t + ty * tw;
-                        for l in 0..N {
-                            let ins: [&[f32]; N] = std::array::from_fn(|k| &m[(k * N + l) * cout * t + base..][..tw]);
-                            let mut outs = strided_mut::<M>(cols, l * tw, N * tw, tw);
-                            map_lanes(ins, &mut outs, tw, T::at);
-                        }
-                        let y0 = (self.ty0 + ty) * M;
-                        for i in 0..M.min(h - y0) {
-                            let ins: [&[f32]; N] = std::array::from_fn(|l| &cols[(i * N + l) * tw..][..tw]);
-                            let mut outs = strided_mut::<M>(phases, 0, tw, tw);
-                            map_lanes(ins, &mut outs, tw, T::at);
-                            let row = &mut plane[(y0 + i) * w..(y0 + i + 1) * w];
-                            for (x, out) in row.iter_mut().enumerate() {
-                                *out = phases[(x % M) * tw + x / M] + b;
+                crate::exp::simd(
+                    #[inline(always)]
+                    || {
+                        let b = add.offsets.map_or(0.0, |o| o[co]);
+                        let res = add.residual.map(|r| &r[co * h * w..(co + 1) * h * w]);
+                        for ty in 0..self.tr {
+                            let base = co * t + ty * tw;
+                            for l in 0..N {
+                                let ins: [&[f32]; N] =
+                                    std::array::from_fn(|k| &m[(k * N + l) * cout * t + base..][..tw]);
+                                let mut outs = strided_mut::<M>(cols, l * tw, N * tw, tw);
+                                map_lanes(ins, &mut outs, tw, T::at);
+                            }
+                            let y0 = (self.ty0 + ty) * M;
+                            for i in 0..M.min(h - y0) {
+                                let ins: [&[f32]; N] = std::array::from_fn(|l| &cols[(i * N + l) * tw..][..tw]);
+                                let mut outs = strided_mut::<M>(phases, 0, tw, tw);
+                                map_lanes(ins, &mut outs, tw, T::at);
+                                let row = &mut plane[(y0 + i) * w..(y0 + i + 1) * w];
+                                // Tile j's M outputs are pixels M·j .. M·j + M: one contiguous store
+                                // per tile from the M phases (no index arithmetic per pixel).
+                                let whole = w / M * M;
+                                let (head, tail) = row.split_at_mut(whole);
+                                for (j, px) in head.chunks_exact_mut(M).enumerate() {
+                                    for (p, out) in px.iter_mut().enumerate() {
+                                        *out = phases[p * tw + j] + b;
+                                    }
+                                }
+                                for (p, out) in tail.iter_mut().enumerate() {
+                                    *out = phases[p * tw + whole / M] + b;
+                                }
+                                if let Some(r) = res {
+                                    for (out, &r) in row.iter_mut().zip(&r[(y0 + i) * w..(y0 + i + 1) * w]) {
+                                        *out += r;
+                                    }
+                                }
                             }
                         }
-                    }
-                })
+                    },
+                )
             },
         );
     }

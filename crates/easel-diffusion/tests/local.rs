@@ -58,16 +58,23 @@ async fn same_seed_same_bytes_other_seed_other_image() {
 
 #[tokio::test]
 async fn n_images_are_distinct_and_independent_of_batching() {
-    // max_batch 2 splits n = 3 into two UNet batches.
-    let b = backend("sd-turbo", json!({"max_batch": 2, "steps": 2})).await;
-    let three = pixels(&run(&b, call("boats", 10, 3)).await.unwrap());
-    assert_eq!(three.len(), 3);
-    assert_ne!(three[0], three[1]);
-    assert_ne!(three[1], three[2]);
-    assert_ne!(three[0], three[2]);
-    // Image i of a call seeded s is the image of seed s + i made alone (ancestral noise included).
-    let alone = pixels(&run(&b, call("boats", 12, 1)).await.unwrap());
-    assert_eq!(alone[0], three[2]);
+    // max_batch 2 splits n = 3 into two UNet batches: images 0 and 1 together, 2 alone.
+    // SDXL adds the pooled text embedding and its size ids to the time embedding.
+    for family in ["sd-turbo", "sdxl-turbo"] {
+        let b = backend(family, json!({"max_batch": 2, "steps": 2})).await;
+        let three = pixels(&run(&b, call("boats", 10, 3)).await.unwrap());
+        assert_eq!(three.len(), 3);
+        assert_ne!(three[0], three[1]);
+        assert_ne!(three[1], three[2]);
+        assert_ne!(three[0], three[2]);
+        // Image i of a call seeded s is the image of seed s + i made alone (ancestral noise
+        // included), whether it ran in a batch of two (the time embedding's layers see two rows)
+        // or alone.
+        for (seed, i) in [(11, 1), (12, 2)] {
+            let alone = pixels(&run(&b, call("boats", seed, 1)).await.unwrap());
+            assert_eq!(alone[0], three[i], "{family}: image {i}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -36,6 +36,10 @@ struct Args {
     scheduler: String,
     #[arg(long, default_value_t = 1)]
     runs: usize,
+    /// Keep glibc's malloc defaults (every large output faulted in afresh) instead of what the
+    /// worker sets (`easel_diffusion::memory`), to measure the difference.
+    #[arg(long)]
+    default_malloc: bool,
     /// Skip the warm-up run (first-call costs are then included).
     #[arg(long)]
     no_warmup: bool,
@@ -71,6 +75,9 @@ fn peak_rss_mib() -> f64 {
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    if !a.default_malloc {
+        easel_diffusion::memory::keep_freed_memory();
+    }
     let family = Family::parse(&a.family)?;
     let scheduler: SchedulerKind = serde_json::from_value(serde_json::Value::String(a.scheduler.clone()))?;
     let (dev, dtype) = match a.device.as_str() {

@@ -44,7 +44,7 @@ impl Modulation {
     }
 
     pub fn forward(&self, temb: &Tensor) -> Result<Vec<Tensor>> {
-        Ok(super::embed::per_row(&self.linear, &temb.silu()?)?.chunk(self.chunks, D::Minus1)?)
+        Ok(crate::embedder::per_row(&self.linear, &temb.silu()?)?.chunk(self.chunks, D::Minus1)?)
     }
 }
 

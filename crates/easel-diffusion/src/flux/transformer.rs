@@ -13,8 +13,9 @@ use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde_json::Value;
 
+use crate::embedder::MlpEmbedder;
 use crate::flow::blocks::{FeedForward, Qkv};
-use crate::flow::embed::{MlpEmbedder, timestep_embedding};
+use crate::flow::embed::timestep_embedding;
 use crate::flow::norm::{Modulation, gated, layer_norm, modulate};
 use crate::flow::{Rope, joint_attention};
 

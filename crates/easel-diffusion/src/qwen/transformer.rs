@@ -18,9 +18,10 @@ use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Linear, RmsNorm, VarBuilder, linear, rms_norm};
 use serde_json::Value;
 
+use crate::embedder::MlpEmbedder;
 use crate::flow::attention::joint_attention;
 use crate::flow::blocks::{FeedForward, Qkv};
-use crate::flow::embed::{MlpEmbedder, timestep_embedding};
+use crate::flow::embed::timestep_embedding;
 use crate::flow::norm::{Modulation, layer_norm, modulate};
 use crate::flow::rope::Rope;
 

@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::{BAND, F2x2, F4x4, Transform, Variant, Winograd, variant};
+use super::{BAND, Extra, F2x2, F4x4, Transform, Variant, Winograd, variant};
 
 const TOLERANCE: f64 = 3e-5;
 
@@ -98,8 +98,8 @@ impl Case {
         let wg = Winograd::new(&weight, bias.as_ref()).unwrap().unwrap();
         let x = Tensor::from_vec(self.x.clone(), (b, cin, h, w), &dev).unwrap();
         let y = match v {
-            Variant::F2 => wg.run::<F2x2, 4, 2>(&x, band),
-            Variant::F4 => wg.run::<F4x4, 6, 4>(&x, band),
+            Variant::F2 => wg.run::<F2x2, 4, 2>(&x, Extra::default(), band),
+            Variant::F4 => wg.run::<F4x4, 6, 4>(&x, Extra::default(), band),
         }
         .unwrap();
         assert_eq!(y.dims4().unwrap(), (b, cout, h, w));
@@ -161,7 +161,7 @@ fn a_wrong_transform_fails_the_comparison() {
     let wg = Winograd::new(&weight, None).unwrap().unwrap();
     let x = normal(4 * 8 * 8, 1.0, 2);
     let xt = Tensor::from_vec(x.clone(), (1, 4, 8, 8), &dev).unwrap();
-    let y = wg.run::<Bad, 6, 4>(&xt, BAND).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let y = wg.run::<Bad, 6, 4>(&xt, Extra::default(), BAND).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let want = direct(&x, &wt, None, 1, 4, 4, 8, 8);
     let max = want.iter().fold(0f64, |m, v| m.max(v.abs()));
     let diff = y.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((f64::from(*a) - b).abs()));
@@ -196,7 +196,7 @@ fn ops_conv_takes_the_winograd_path() {
     let x = Tensor::randn(0f32, 1.0, (1, 16, 64, 64), &dev).unwrap();
     assert!(wg.takes(&x));
     let got = conv.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let same = wg.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let same = wg.forward(&x, Extra::default()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(got, same);
     let want = candle.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use crate::helpers::{ServeProcess, assert_error, json_body};
+use crate::helpers::{ServeProcess, assert_error, early_in_a_minute, json_body};
 use crate::storage::services;
 
 /// The environment every node gets: the shared URL signing key, and the worker's (unused) key.
@@ -126,6 +126,7 @@ async fn two_api_nodes_and_a_worker_share_postgres_and_garage() {
     // refill the bucket before the test reaches the limit.
     let key = a.cli(&["keys", "create", "--name", "tenant", "--rpm", "1"]).trim().to_string();
     let body = json!({"model": "turbo", "prompt": "a lighthouse", "seed": 3, "response_format": "url"});
+    early_in_a_minute(Duration::from_secs(30)).await;
     let made = json_body(post(&client, &b, &key, body.clone()).await, 200).await;
 
     // A hosted URL minted on B downloads from A: the bytes are in Garage, the key is shared.

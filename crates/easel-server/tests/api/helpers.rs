@@ -119,6 +119,19 @@ impl TestApp {
 }
 
 /// Reads a JSON body, asserting the status and the JSON content type.
+/// Waits, if need be, until the current UTC minute has at least `room` left. Requests per
+/// minute are counted per UTC minute (`storage/limits.rs`), so a test that spends a minute's
+/// requests and then expects a 429 must not straddle a minute's end: that once let a cluster
+/// test's second request in, counted in the next minute.
+pub async fn early_in_a_minute(room: std::time::Duration) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let into = std::time::Duration::from_millis((now.as_millis() % 60_000) as u64);
+    let left = std::time::Duration::from_secs(60) - into;
+    if left < room {
+        tokio::time::sleep(left + std::time::Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn json_body(response: reqwest::Response, status: u16) -> Value {
     let got = response.status().as_u16();
     let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());

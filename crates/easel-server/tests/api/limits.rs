@@ -8,7 +8,7 @@ use easel_server::storage::keys::KeySettings;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, json_body, spawn_app};
+use crate::helpers::{TestApp, assert_error, early_in_a_minute, json_body, spawn_app};
 
 async fn key(app: &TestApp, settings: KeySettings) -> String {
     app.app_state.keys.create(settings).await.unwrap().plaintext
@@ -27,6 +27,7 @@ async fn requests_per_minute_answer_429_with_openais_headers() {
     let app = spawn_app().await;
     let key = key(&app, KeySettings { rpm: Some(2), ..KeySettings::named("rpm") }).await;
     let body = json!({"model": "test-image", "prompt": "p"});
+    early_in_a_minute(std::time::Duration::from_secs(20)).await;
     let first = generate(&app, &key, body.clone()).await;
     assert_eq!(
         (
