@@ -5,7 +5,8 @@
 //! with its own `mmap` and returns it with `munmap` when freed, so each output is new memory
 //! that the kernel faults in and zeroes page by page on first touch: a quarter of the CPU time
 //! of an sd-turbo 512² image went to `clear_page` and the page-fault path (perf, 2-core Zen 5).
-//! With `mmap` off for the heap (`M_MMAP_MAX = 0`) and a trim threshold of 2 GiB, freed outputs
+//! With `mmap` off for the heap (`M_MMAP_MAX = 0`) and a trim threshold of 2 GiB (free space at
+//! the heap's top is handed back only past that), freed outputs
 //! stay in malloc's free lists and the next one reuses them without a fault: sd-turbo 512²
 //! took 7.9–10.4 s instead of 11.1–12.4 s (`bench/diffusion/kernels.md`).
 //!
@@ -14,7 +15,8 @@
 //! after another needs again anyway. Only processes that run local models call this (the worker
 //! at spawn, the benchmark); a gateway without local models keeps glibc's defaults. Other C
 //! libraries (musl) and other systems keep theirs: the call does nothing there. The `mallopt`
-//! call is the crate's other `unsafe` (besides [`crate::gemm`]'s).
+//! call is one of the crate's few `unsafe` blocks (with [`crate::gemm`]'s kernel call and
+//! [`crate::exp::simd`]'s target-feature calls).
 #![allow(unsafe_code)]
 
 use std::sync::Once;

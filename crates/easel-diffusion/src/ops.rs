@@ -45,8 +45,9 @@ pub fn host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
 /// What a convolution or a linear layer adds to its product besides its own bias: a vector per
 /// image over the output channels (a resnet's projected time embedding, `(b, cout)`) and a tensor
 /// of the output's shape (a residual connection). On the CPU fast paths both are written into
-/// the output before the product accumulates onto it, so neither costs a pass of its own nor a
-/// second output of the full size (each was a fresh 64–256 MiB tensor per resnet in the VAE at
+/// the output as it is made (before the product accumulates onto it; the Winograd path adds the
+/// residual to each output row while the row is in cache), so neither costs a pass over memory
+/// of its own nor a second output of the full size (each was a fresh 64–256 MiB tensor per resnet in the VAE at
 /// 512²); elsewhere they are candle's broadcast add and add after the layer, in that order.
 #[derive(Default, Clone, Copy)]
 pub struct Extra<'a> {
@@ -74,10 +75,12 @@ impl Extra<'_> {
         let channels = match self.channels {
             Some(c) => {
                 let v = c.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                if v.len() != b * cout {
-                    bail!("per-channel addend: {} values for {b} images of {cout} channels", v.len());
+                match v.len() {
+                    n if n == b * cout => Some(v),
+                    // One vector for every image, as candle's broadcast add takes it.
+                    n if n == cout => Some(v.repeat(b)),
+                    n => bail!("per-channel addend: {n} values for {b} images of {cout} channels"),
                 }
-                Some(v)
             }
             None => None,
         };
@@ -446,6 +449,9 @@ pub fn linear_with(l: &candle_nn::Linear, x: &Tensor, residual: Option<&Tensor>)
     let mut out = vec![0f32; rows * out_dim];
     let bias = l.bias().map(|b| b.to_vec1::<f32>()).transpose()?;
     Extra { channels: None, residual }.residual_with(&shape, |res| {
+        if res.is_none() && bias.is_none() {
+            return;
+        }
         out.par_chunks_mut(out_dim.max(1)).enumerate().for_each(|(i, row)| match (res, &bias) {
             (Some(r), Some(b)) => {
                 row.iter_mut().zip(&r[i * out_dim..(i + 1) * out_dim]).zip(b).for_each(|((o, &r), &b)| *o = r + b)
@@ -659,9 +665,11 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (b, cin, h, w), &dev).unwrap();
             assert_eq!(conv.winograd.as_ref().is_some_and(|wg| wg.takes(&x)), name == "winograd");
             let temb = Tensor::randn(0f32, 1.0, (b, cout), &dev).unwrap();
+            let shared = Tensor::randn(0f32, 1.0, (1, cout), &dev).unwrap();
             let res = Tensor::randn(0f32, 1.0, (b, cout, h, w), &dev).unwrap();
             for extra in [
                 Extra { channels: Some(&temb), residual: None },
+                Extra { channels: Some(&shared), residual: None },
                 Extra { channels: None, residual: Some(&res) },
                 Extra { channels: Some(&temb), residual: Some(&res) },
             ] {

@@ -156,8 +156,8 @@ impl Winograd {
         }
     }
 
-    /// The convolution of `x` `(b, cin, h, w)`, bias included, with the variant [`variant`] picks
-    /// (F(4×4) when it declines: callers check [`Self::takes`] first).
+    /// The convolution of `x` `(b, cin, h, w)`, bias and `extra` ([`Extra`]) included, with the
+    /// variant [`variant`] picks (F(4×4) when it declines: callers check [`Self::takes`] first).
     pub fn forward(&self, x: &Tensor, extra: Extra) -> Result<Tensor> {
         let (_, c, h, w) = x.dims4()?;
         match variant(c, self.cout, h, w).unwrap_or(Variant::F4) {

@@ -110,7 +110,7 @@ impl Case {
     }
 }
 
-/// Odd sizes (not multiples of 4 or 2), 1/3/4/128/512 channels, batch 2, bias or not, and one
+/// Odd sizes (not multiples of 4 or 2, and narrower than a tile), 1/3/4/128/512 channels, batch 2, bias or not, and one
 /// image wide enough for whole blocks of the transforms' vector lanes plus a remainder.
 const SHAPES: &[(usize, usize, usize, usize, usize, bool)] = &[
     (1, 16, 16, 70, 71, true),
@@ -122,6 +122,10 @@ const SHAPES: &[(usize, usize, usize, usize, usize, bool)] = &[
     (2, 128, 128, 9, 15, true),
     (1, 512, 512, 6, 5, true),
     (1, 512, 4, 5, 6, false),
+    // Narrower than one F(4×4) tile: no whole tile column in the phases.
+    (1, 2, 3, 7, 1, true),
+    (1, 2, 3, 5, 2, true),
+    (1, 2, 2, 6, 3, false),
 ];
 
 /// Each variant, in one band and in bands of one tile row (every band boundary crossed).
