@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder, linear};
 use rayon::prelude::*;
 
-use crate::exp::{exp, simd};
+use crate::exp::exp;
 use crate::gemm::{View, gemm};
 use crate::ops::{GroupNorm, host};
 use crate::profile;
@@ -78,25 +78,19 @@ pub fn attend_slices(q: &[f32], k: &[f32], v: &[f32], s: Dims) -> Vec<f32> {
                 let base = (bi * m + k0) * dim + h * d;
                 let s = &mut scores[..rows * kt];
                 gemm(s, kt, qh, View::rows(&k[base..], kt, d, dim).t(), false, 1);
-                simd(
-                    #[inline(always)]
-                    || online_softmax(s, kt, &mut max, &mut sum, &mut acc, d),
-                );
+                crate::simd! { online_softmax(s, kt, &mut max, &mut sum, &mut acc, d) };
                 gemm(&mut acc, d, View::rows(s, rows, kt, kt), View::rows(&v[base..], kt, d, dim), true, 1);
                 k0 += kt;
             }
-            simd(
-                #[inline(always)]
-                || {
-                    for r in 0..rows {
-                        let inv = 1.0 / sum[r];
-                        let dst = &mut out_block[r * dim + h * d..r * dim + (h + 1) * d];
-                        for (o, a) in dst.iter_mut().zip(&acc[r * d..(r + 1) * d]) {
-                            *o = a * inv;
-                        }
+            crate::simd! {
+                for r in 0..rows {
+                    let inv = 1.0 / sum[r];
+                    let dst = &mut out_block[r * dim + h * d..r * dim + (h + 1) * d];
+                    for (o, a) in dst.iter_mut().zip(&acc[r * d..(r + 1) * d]) {
+                        *o = a * inv;
                     }
-                },
-            );
+                }
+            };
         }
     });
     out

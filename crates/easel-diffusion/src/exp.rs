@@ -45,18 +45,32 @@ pub fn exp(x: f32) -> f32 {
     if x.is_nan() { x } else { y }
 }
 
+/// `simd! { body }`: runs `body` through [`simd`](crate::exp::simd) as an `#[inline(always)]`
+/// closure, so it is compiled inside the AVX-512 / AVX2 wrapper (see there). The body's value
+/// is the macro's value.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! simd {
+    ($($body:tt)*) => {
+        $crate::exp::simd(
+            #[inline(always)]
+            || { $($body)* },
+        )
+    };
+}
+
 /// Runs `f` compiled for AVX-512 (16 lanes of f32) or else AVX2 and FMA (8 lanes) when this CPU
 /// has them (x86-64; the default target has only SSE2's 4), so loops over slices in `f` (calls
 /// to [`exp`], the Winograd transforms) vectorise to the widest registers. Rust never contracts
 /// `a * b + c` into an FMA on its own, and the reductions here sum in fixed lanes, so the results
 /// are the same bits on every path.
 ///
-/// Pass the closure as `simd(#[inline(always)] || ...)`. Only code inlined into the
-/// target-feature wrapper is compiled for it; a closure left as a function of its own is
-/// compiled for the default target. Without the attribute LLVM kept the large ones (the Winograd
-/// transforms, the attention's softmax, group norm, GEGLU) out of line, so they ran on SSE2's
-/// 4-lane registers (seen in `perf annotate`): marked, sd-1.5's attention went from 1.87 to
-/// 1.19 s per CFG step (2-core Zen 5, bench/diffusion/kernels.md).
+/// Call it through [`simd!`](crate::simd), which makes the closure `#[inline(always)]`. Only
+/// code inlined into the target-feature wrapper is compiled for it; a closure left as a function
+/// of its own is compiled for the default target. Without the attribute LLVM kept the large ones
+/// (the Winograd transforms, the attention's softmax, group norm, GEGLU) out of line, so they ran
+/// on SSE2's 4-lane registers (seen in `perf annotate`): inlined, sd-1.5's attention went from
+/// 1.87 to 1.19 s per CFG step (2-core Zen 5, bench/diffusion/kernels.md).
 #[inline(always)]
 pub fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -98,14 +112,11 @@ fn avx2<R>(f: impl FnOnce() -> R) -> R {
 
 /// `xs[i] = e^xs[i]`.
 pub fn exp_in_place(xs: &mut [f32]) {
-    simd(
-        #[inline(always)]
-        || {
-            for v in xs.iter_mut() {
-                *v = exp(*v);
-            }
-        },
-    );
+    crate::simd! {
+        for v in xs.iter_mut() {
+            *v = exp(*v);
+        }
+    };
 }
 
 /// `SiLU(x) = x / (1 + e^-x)`.

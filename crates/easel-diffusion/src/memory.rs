@@ -7,8 +7,9 @@
 //! of an sd-turbo 512² image went to `clear_page` and the page-fault path (perf, 2-core Zen 5).
 //! With `mmap` off for the heap (`M_MMAP_MAX = 0`) and a trim threshold of 2 GiB (free space at
 //! the heap's top is handed back only past that), freed outputs
-//! stay in malloc's free lists and the next one reuses them without a fault: sd-turbo 512²
-//! took 7.9–10.4 s instead of 11.1–12.4 s (`bench/diffusion/kernels.md`).
+//! stay in malloc's free lists and the next one reuses them without a fault: 290 k page faults
+//! in an sd-turbo 512² run instead of 1.26 M (`perf stat`, `bench/diffusion/kernels.md`; its
+//! time gain alone was within this machine's drift, together with `ops::Extra` 20–25 %).
 //!
 //! The cost is memory the process keeps after a job: the heap holds up to 2 GiB of free space
 //! above what is in use instead of handing it back, which a process that runs one diffusion

@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Module, Storage, Tensor};
 use candle_nn::{Conv2dConfig, Init, VarBuilder};
 use rayon::prelude::*;
 
-use crate::exp::{gelu_erf, silu as silu_f32, simd};
+use crate::exp::{gelu_erf, silu as silu_f32};
 use crate::gemm::{View, gemm};
 use crate::profile;
 use crate::winograd::Winograd;
@@ -72,29 +72,25 @@ impl Extra<'_> {
     /// The per-image, per-channel offsets `bias[c] + channels[n, c]` for `b` images of `cout`
     /// channels, when there is anything to add.
     pub(crate) fn offsets(&self, bias: Option<&[f32]>, b: usize, cout: usize) -> Result<Option<Vec<f32>>> {
-        let channels = match self.channels {
+        let mut offsets = match self.channels {
             Some(c) => {
                 let v = c.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
                 match v.len() {
-                    n if n == b * cout => Some(v),
+                    n if n == b * cout => v,
                     // One vector for every image, as candle's broadcast add takes it.
-                    n if n == cout => Some(v.repeat(b)),
+                    n if n == cout => v.repeat(b),
                     n => bail!("per-channel addend: {n} values for {b} images of {cout} channels"),
                 }
             }
-            None => None,
+            None if bias.is_some() => vec![0.0; b * cout],
+            None => return Ok(None),
         };
-        Ok(match (bias, channels) {
-            (None, None) => None,
-            (Some(bias), None) => Some((0..b).flat_map(|_| bias.iter().copied()).collect()),
-            (None, Some(c)) => Some(c),
-            (Some(bias), Some(mut c)) => {
-                for (i, v) in c.iter_mut().enumerate() {
-                    *v += bias[i % cout];
-                }
-                Some(c)
+        if let Some(bias) = bias {
+            for (v, &bc) in offsets.iter_mut().zip(bias.iter().cycle()) {
+                *v += bc;
             }
-        })
+        }
+        Ok(Some(offsets))
     }
 
     /// The residual's elements, checked against the output's shape.
@@ -378,10 +374,7 @@ impl GroupNorm {
                 // One pass for both moments (f64 sums: E[x²] − mean² keeps 1e-16 relative
                 // precision, so the cancellation matters only past |mean|/std ≈ 10⁶).
                 let n = src.len() as f64;
-                let (sum, squares) = simd(
-                    #[inline(always)]
-                    || moments_f64(src),
-                );
+                let (sum, squares) = crate::simd! { moments_f64(src) };
                 let mean = sum / n;
                 let var = (squares / n - mean * mean).max(0.0);
                 let inv = 1.0 / (var + eps).sqrt();
@@ -389,15 +382,12 @@ impl GroupNorm {
                     let ch = g * per + j;
                     let scale = (inv * f64::from(gamma[ch])) as f32;
                     let shift = (f64::from(beta[ch]) - mean * inv * f64::from(gamma[ch])) as f32;
-                    simd(
-                        #[inline(always)]
-                        || {
-                            for (o, &v) in o.iter_mut().zip(s) {
-                                let y = v * scale + shift;
-                                *o = if silu { silu_f32(y) } else { y };
-                            }
-                        },
-                    );
+                    crate::simd! {
+                        for (o, &v) in o.iter_mut().zip(s) {
+                            let y = v * scale + shift;
+                            *o = if silu { silu_f32(y) } else { y };
+                        }
+                    };
                 }
             });
         })?;
@@ -458,7 +448,7 @@ pub fn linear_with(l: &candle_nn::Linear, x: &Tensor, residual: Option<&Tensor>)
             }
             (Some(r), None) => row.copy_from_slice(&r[i * out_dim..(i + 1) * out_dim]),
             (None, Some(b)) => row.copy_from_slice(b),
-            (None, None) => {}
+            (None, None) => unreachable!("returned above"),
         })
     })?;
     let accumulate = bias.is_some() || residual.is_some();
@@ -521,14 +511,11 @@ pub fn geglu(x: &Tensor) -> Result<Tensor> {
     host(x, |data| {
         out.par_chunks_mut(inner.max(1)).zip(data.par_chunks(last.max(1))).for_each(|(o, row)| {
             let (a, g) = row.split_at(inner);
-            simd(
-                #[inline(always)]
-                || {
-                    for ((o, &a), &g) in o.iter_mut().zip(a).zip(g) {
-                        *o = a * gelu_erf(g);
-                    }
-                },
-            );
+            crate::simd! {
+                for ((o, &a), &g) in o.iter_mut().zip(a).zip(g) {
+                    *o = a * gelu_erf(g);
+                }
+            };
         });
     })?;
     Ok(Tensor::from_vec(out, last_dim_as(x, inner), x.device())?)

@@ -184,28 +184,25 @@ impl Winograd {
             rows.into_par_iter().enumerate().for_each_init(
                 || (vec![0f64; 9 * cin], vec![0f64; cin]),
                 |(kt, acc), (co, mut dst)| {
-                    crate::exp::simd(
-                        #[inline(always)]
-                        || {
-                            // The 9 taps of every input channel, tap-major.
-                            for (ci, k) in w[co * cin * 9..(co + 1) * cin * 9].chunks_exact(9).enumerate() {
-                                for (ab, &v) in k.iter().enumerate() {
-                                    kt[ab * cin + ci] = f64::from(v);
+                    crate::simd! {
+                        // The 9 taps of every input channel, tap-major.
+                        for (ci, k) in w[co * cin * 9..(co + 1) * cin * 9].chunks_exact(9).enumerate() {
+                            for (ab, &v) in k.iter().enumerate() {
+                                kt[ab * cin + ci] = f64::from(v);
+                            }
+                        }
+                        for (rc, c) in coef.iter().enumerate() {
+                            acc.fill(0.0);
+                            for (ab, &cv) in c.iter().enumerate() {
+                                for (a, &k) in acc.iter_mut().zip(&kt[ab * cin..(ab + 1) * cin]) {
+                                    *a += cv * k;
                                 }
                             }
-                            for (rc, c) in coef.iter().enumerate() {
-                                acc.fill(0.0);
-                                for (ab, &cv) in c.iter().enumerate() {
-                                    for (a, &k) in acc.iter_mut().zip(&kt[ab * cin..(ab + 1) * cin]) {
-                                        *a += cv * k;
-                                    }
-                                }
-                                for (d, &a) in dst[rc].iter_mut().zip(acc.iter()) {
-                                    *d = a as f32;
-                                }
+                            for (d, &a) in dst[rc].iter_mut().zip(acc.iter()) {
+                                *d = a as f32;
                             }
-                        },
-                    )
+                        }
+                    }
                 },
             );
         })?;
@@ -384,51 +381,48 @@ impl Band {
         v.par_chunks_mut(N * N * t).enumerate().take(cin).for_each_init(
             || (vec![0f32; M * pw], vec![0f32; N * N * tw]),
             |(phases, rows), (c, vc)| {
-                crate::exp::simd(
-                    #[inline(always)]
-                    || {
-                        let plane = &img[c * h * w..(c + 1) * h * w];
-                        for ty in 0..self.tr {
-                            let y0 = ((self.ty0 + ty) * M) as isize - 1;
-                            for i in 0..N {
-                                let y = y0 + i as isize;
-                                // Padded x runs from -1; phase r holds x = j·M + r - 1.
-                                phases.fill(0.0);
-                                if y >= 0 && y < h as isize {
-                                    let src = &plane[y as usize * w..(y as usize + 1) * w];
-                                    // Padded x' = x + 1 goes to phase x' % M at x' / M: column 0
-                                    // holds the pad and x < M - 1, then every M pixels from M - 1 on
-                                    // fill one column of all phases (a contiguous read per column).
-                                    let lead = (M - 1).min(w);
-                                    for (x, &val) in src[..lead].iter().enumerate() {
-                                        phases[(x + 1) * pw] = val;
-                                    }
-                                    let body = &src[lead..];
-                                    let chunks = body.chunks_exact(M);
-                                    let rest = chunks.remainder();
-                                    let mut j = 1;
-                                    for px in chunks {
-                                        for (r, &val) in px.iter().enumerate() {
-                                            phases[r * pw + j] = val;
-                                        }
-                                        j += 1;
-                                    }
-                                    for (r, &val) in rest.iter().enumerate() {
+                crate::simd! {
+                    let plane = &img[c * h * w..(c + 1) * h * w];
+                    for ty in 0..self.tr {
+                        let y0 = ((self.ty0 + ty) * M) as isize - 1;
+                        for i in 0..N {
+                            let y = y0 + i as isize;
+                            // Padded x runs from -1; phase r holds x = j·M + r - 1.
+                            phases.fill(0.0);
+                            if y >= 0 && y < h as isize {
+                                let src = &plane[y as usize * w..(y as usize + 1) * w];
+                                // Padded x' = x + 1 goes to phase x' % M at x' / M: column 0
+                                // holds the pad and x < M - 1, then every M pixels from M - 1 on
+                                // fill one column of all phases (a contiguous read per column).
+                                let lead = (M - 1).min(w);
+                                for (x, &val) in src[..lead].iter().enumerate() {
+                                    phases[(x + 1) * pw] = val;
+                                }
+                                let body = &src[lead..];
+                                let chunks = body.chunks_exact(M);
+                                let rest = chunks.remainder();
+                                let mut j = 1;
+                                for px in chunks {
+                                    for (r, &val) in px.iter().enumerate() {
                                         phases[r * pw + j] = val;
                                     }
+                                    j += 1;
                                 }
-                                let ins: [&[f32]; N] = std::array::from_fn(|k| &phases[(k % M) * pw + k / M..][..tw]);
-                                let mut outs = strided_mut::<N>(rows, i * N * tw, tw, tw);
-                                map_lanes(ins, &mut outs, tw, T::bt);
+                                for (r, &val) in rest.iter().enumerate() {
+                                    phases[r * pw + j] = val;
+                                }
                             }
-                            for l in 0..N {
-                                let ins: [&[f32]; N] = std::array::from_fn(|i| &rows[(i * N + l) * tw..][..tw]);
-                                let mut outs = strided_mut::<N>(vc, l * t + ty * tw, N * t, tw);
-                                map_lanes(ins, &mut outs, tw, T::bt);
-                            }
+                            let ins: [&[f32]; N] = std::array::from_fn(|k| &phases[(k % M) * pw + k / M..][..tw]);
+                            let mut outs = strided_mut::<N>(rows, i * N * tw, tw, tw);
+                            map_lanes(ins, &mut outs, tw, T::bt);
                         }
-                    },
-                )
+                        for l in 0..N {
+                            let ins: [&[f32]; N] = std::array::from_fn(|i| &rows[(i * N + l) * tw..][..tw]);
+                            let mut outs = strided_mut::<N>(vc, l * t + ty * tw, N * t, tw);
+                            map_lanes(ins, &mut outs, tw, T::bt);
+                        }
+                    }
+                }
             },
         );
     }
@@ -448,46 +442,43 @@ impl Band {
         dst.par_chunks_mut(h * w).enumerate().for_each_init(
             || (vec![0f32; M * N * tw], vec![0f32; M * tw]),
             |(cols, phases), (co, plane)| {
-                crate::exp::simd(
-                    #[inline(always)]
-                    || {
-                        let b = add.offsets.map_or(0.0, |o| o[co]);
-                        let res = add.residual.map(|r| &r[co * h * w..(co + 1) * h * w]);
-                        for ty in 0..self.tr {
-                            let base = co * t + ty * tw;
-                            for l in 0..N {
-                                let ins: [&[f32]; N] =
-                                    std::array::from_fn(|k| &m[(k * N + l) * cout * t + base..][..tw]);
-                                let mut outs = strided_mut::<M>(cols, l * tw, N * tw, tw);
-                                map_lanes(ins, &mut outs, tw, T::at);
+                crate::simd! {
+                    let b = add.offsets.map_or(0.0, |o| o[co]);
+                    let res = add.residual.map(|r| &r[co * h * w..(co + 1) * h * w]);
+                    for ty in 0..self.tr {
+                        let base = co * t + ty * tw;
+                        for l in 0..N {
+                            let ins: [&[f32]; N] =
+                                std::array::from_fn(|k| &m[(k * N + l) * cout * t + base..][..tw]);
+                            let mut outs = strided_mut::<M>(cols, l * tw, N * tw, tw);
+                            map_lanes(ins, &mut outs, tw, T::at);
+                        }
+                        let y0 = (self.ty0 + ty) * M;
+                        for i in 0..M.min(h - y0) {
+                            let ins: [&[f32]; N] = std::array::from_fn(|l| &cols[(i * N + l) * tw..][..tw]);
+                            let mut outs = strided_mut::<M>(phases, 0, tw, tw);
+                            map_lanes(ins, &mut outs, tw, T::at);
+                            let row = &mut plane[(y0 + i) * w..(y0 + i + 1) * w];
+                            // Tile j's M outputs are pixels M·j .. M·j + M: one contiguous store
+                            // per tile from the M phases (no index arithmetic per pixel).
+                            let whole = w / M * M;
+                            let (head, tail) = row.split_at_mut(whole);
+                            for (j, px) in head.chunks_exact_mut(M).enumerate() {
+                                for (p, out) in px.iter_mut().enumerate() {
+                                    *out = phases[p * tw + j] + b;
+                                }
                             }
-                            let y0 = (self.ty0 + ty) * M;
-                            for i in 0..M.min(h - y0) {
-                                let ins: [&[f32]; N] = std::array::from_fn(|l| &cols[(i * N + l) * tw..][..tw]);
-                                let mut outs = strided_mut::<M>(phases, 0, tw, tw);
-                                map_lanes(ins, &mut outs, tw, T::at);
-                                let row = &mut plane[(y0 + i) * w..(y0 + i + 1) * w];
-                                // Tile j's M outputs are pixels M·j .. M·j + M: one contiguous store
-                                // per tile from the M phases (no index arithmetic per pixel).
-                                let whole = w / M * M;
-                                let (head, tail) = row.split_at_mut(whole);
-                                for (j, px) in head.chunks_exact_mut(M).enumerate() {
-                                    for (p, out) in px.iter_mut().enumerate() {
-                                        *out = phases[p * tw + j] + b;
-                                    }
-                                }
-                                for (p, out) in tail.iter_mut().enumerate() {
-                                    *out = phases[p * tw + whole / M] + b;
-                                }
-                                if let Some(r) = res {
-                                    for (out, &r) in row.iter_mut().zip(&r[(y0 + i) * w..(y0 + i + 1) * w]) {
-                                        *out += r;
-                                    }
+                            for (p, out) in tail.iter_mut().enumerate() {
+                                *out = phases[p * tw + whole / M] + b;
+                            }
+                            if let Some(r) = res {
+                                for (out, &r) in row.iter_mut().zip(&r[(y0 + i) * w..(y0 + i + 1) * w]) {
+                                    *out += r;
                                 }
                             }
                         }
-                    },
-                )
+                    }
+                }
             },
         );
     }
