@@ -27,7 +27,6 @@ pub mod flow;
 pub mod flux;
 mod gemm;
 pub mod loaded;
-pub mod memory;
 pub mod model;
 pub mod noise;
 pub mod ops;

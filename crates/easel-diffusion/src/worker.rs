@@ -117,7 +117,7 @@ pub struct Worker {
 
 impl Worker {
     pub fn spawn(id: &str, cfg: Resolved) -> std::io::Result<Self> {
-        crate::memory::keep_freed_memory();
+        easel_core::memory::keep_freed_memory(easel_core::memory::Keep::Tensors);
         let state = Arc::new(Mutex::new(LoadState::Loading));
         let (tx, rx) = mpsc::channel(cfg.queue_size);
         let last_job_ms = Arc::new(AtomicU64::new(0));

@@ -76,7 +76,7 @@ fn peak_rss_mib() -> f64 {
 fn main() -> Result<()> {
     let a = Args::parse();
     if !a.default_malloc {
-        easel_diffusion::memory::keep_freed_memory();
+        easel_core::memory::keep_freed_memory(easel_core::memory::Keep::Tensors);
     }
     let family = Family::parse(&a.family)?;
     let scheduler: SchedulerKind = serde_json::from_value(serde_json::Value::String(a.scheduler.clone()))?;

@@ -3,6 +3,17 @@
 //! The `sk-easel-` prefix is permanent (changing it would revoke every key in use) and lets secret
 //! scanners recognise leaked keys. `<id>` is public and indexes the row; only the SHA-256 of
 //! `<secret>` is stored, compared in constant time. The plaintext is shown once, at creation.
+//!
+//! Every request presents a key, so the rows checked are kept in memory for [`RECHECK_AFTER`]
+//! ([`Checked`]): a query is a round trip to the database (two thread wake-ups and a pool ping on
+//! SQLite), which on a relayed request cost more than all of Easel's own work. A key revoked or
+//! changed through this node's admin API stops or changes at once; through another node or the
+//! CLI, within [`RECHECK_AFTER`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rand::distr::Alphanumeric;
@@ -137,14 +148,71 @@ fn random(len: usize) -> String {
     rand::rng().sample_iter(Alphanumeric).take(len).map(|b| char::from(b).to_ascii_lowercase()).collect()
 }
 
+/// How long a key row read from the database (and the answer "no key was ever made") is
+/// believed before it is read again.
+pub const RECHECK_AFTER: Duration = Duration::from_millis(250);
+
+/// At most this many key rows are kept; past it, rows older than [`RECHECK_AFTER`] are dropped.
+/// Only rows that exist are kept, so a flood of made-up ids costs queries, never memory.
+const CHECKED_ROWS: usize = 4096;
+
 #[derive(Debug, Clone)]
 pub struct ApiKeys {
     db: Db,
+    checked: Arc<Checked>,
+}
+
+/// What this node read from the database lately.
+#[derive(Debug, Default)]
+struct Checked {
+    /// Active keys' rows by id, with the stored secret hash and when they were read.
+    rows: Mutex<HashMap<String, (Instant, KeyRecord, String)>>,
+    /// Some key has existed. Never false again once true: a server that has had a key never
+    /// runs open again.
+    ever: AtomicBool,
+    /// When the database last said no key was ever made.
+    none_since: Mutex<Option<Instant>>,
+    /// Counts [`Checked::forget`]s: a row read before one is not kept, since it may be the row
+    /// just changed.
+    generation: AtomicU64,
+}
+
+impl Checked {
+    fn row(&self, id: &str) -> Option<(KeyRecord, String)> {
+        let rows = self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (at, record, hash) = rows.get(id)?;
+        (at.elapsed() < RECHECK_AFTER).then(|| (record.clone(), hash.clone()))
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Keeps a row read when [`Checked::generation`] was `generation`.
+    fn keep(&self, record: &KeyRecord, hash: &str, generation: u64) {
+        let mut rows = self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.generation() != generation {
+            return;
+        }
+        if rows.len() >= CHECKED_ROWS {
+            rows.retain(|_, (at, _, _)| at.elapsed() < RECHECK_AFTER);
+        }
+        if rows.len() < CHECKED_ROWS {
+            rows.insert(record.id.clone(), (Instant::now(), record.clone(), hash.to_string()));
+        }
+    }
+
+    /// Drops `id`'s row, and any row being read now, before and after a change to it.
+    fn forget(&self, id: &str) {
+        let mut rows = self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        rows.remove(id);
+    }
 }
 
 impl ApiKeys {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self { db, checked: Arc::default() }
     }
 
     /// A new key with `settings` (a name is required).
@@ -173,6 +241,7 @@ impl ApiKeys {
         .bind(record.created_at)
         .execute(&self.db)
         .await?;
+        self.checked.ever.store(true, Ordering::Relaxed);
         self.write(&record).await?;
         Ok(NewKey { record, plaintext: format!("{PREFIX}{id}-{secret}") })
     }
@@ -187,6 +256,7 @@ impl ApiKeys {
 
     /// Stores every setting of `record`.
     async fn write(&self, record: &KeyRecord) -> anyhow::Result<()> {
+        self.checked.forget(&record.id);
         let limit = |v: Option<u64>| v.map(|v| v as i64);
         let l = &record.limits;
         sqlx::query(
@@ -205,6 +275,7 @@ impl ApiKeys {
         .bind(&record.id)
         .execute(&self.db)
         .await?;
+        self.checked.forget(&record.id);
         Ok(())
     }
 
@@ -226,11 +297,13 @@ impl ApiKeys {
     /// Revokes by id (or by the whole key); false when no active key matched.
     pub async fn revoke(&self, id_or_key: &str) -> anyhow::Result<bool> {
         let id = parse(id_or_key).map_or(id_or_key, |(id, _)| id);
+        self.checked.forget(id);
         let done = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
             .bind(now())
             .bind(id)
             .execute(&self.db)
             .await?;
+        self.checked.forget(id);
         Ok(done.rows_affected() > 0)
     }
 
@@ -239,24 +312,45 @@ impl ApiKeys {
         let Some((id, secret)) = parse(presented) else {
             return Ok(None);
         };
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            ", secret_hash FROM api_keys WHERE id = $1 AND revoked_at IS NULL"
-        ))
-        .bind(id)
-        .fetch_optional(&self.db)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let stored: String = row.try_get("secret_hash")?;
-        if bool::from(stored.as_bytes().ct_eq(hash(secret).as_bytes())) { Ok(Some(record(&row)?)) } else { Ok(None) }
+        let (key, stored) = match self.checked.row(id) {
+            Some(checked) => checked,
+            None => {
+                let generation = self.checked.generation();
+                let row = sqlx::query(concat!(
+                    "SELECT ",
+                    columns!(),
+                    ", secret_hash FROM api_keys WHERE id = $1 AND revoked_at IS NULL"
+                ))
+                .bind(id)
+                .fetch_optional(&self.db)
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                let (key, stored) = (record(&row)?, row.try_get::<String, _>("secret_hash")?);
+                self.checked.keep(&key, &stored, generation);
+                (key, stored)
+            }
+        };
+        Ok(bool::from(stored.as_bytes().ct_eq(hash(secret).as_bytes())).then_some(key))
     }
 
     /// Whether any key was ever made, revoked ones included: a server that has had a key never
     /// runs open again.
     pub async fn any_ever(&self) -> anyhow::Result<bool> {
+        if self.checked.ever.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let none_since = *self.checked.none_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if none_since.is_some_and(|at| at.elapsed() < RECHECK_AFTER) {
+            return Ok(false);
+        }
         let row = sqlx::query("SELECT COUNT(*) AS n FROM api_keys").fetch_one(&self.db).await?;
-        Ok(row.try_get::<i64, _>("n")? > 0)
+        let ever = row.try_get::<i64, _>("n")? > 0;
+        if ever {
+            self.checked.ever.store(true, Ordering::Relaxed);
+        } else {
+            *self.checked.none_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+        }
+        Ok(ever)
     }
 }
 

@@ -4,7 +4,8 @@
 //! ([`record_group`]), since a commit costs far more than a row.
 
 use easel_core::usage::Usage;
-use sqlx::Row;
+use sqlx::AnyConnection;
+use sqlx::{Connection, Executor, Row};
 
 use super::db::Db;
 
@@ -43,63 +44,135 @@ pub struct ImageRecord {
 
 /// Writes one request's usage row and image rows in one transaction.
 pub async fn record(db: &Db, usage: &UsageRecord, images: &[ImageRecord]) -> anyhow::Result<()> {
-    record_group(db, &[(usage, images)]).await
+    record_group(&mut *db.acquire().await?, &[(usage, images)]).await
 }
 
 /// Writes several requests' rows in one transaction: all of them or none. Rows go in multi-row
-/// INSERTs (see [`STATEMENT_SIZES`]), so a group of any size costs a few statements (one round
-/// trip each on PostgreSQL) and one commit.
-pub async fn record_group(db: &Db, group: &[(&UsageRecord, &[ImageRecord])]) -> anyhow::Result<()> {
-    let mut tx = db.begin().await?;
+/// INSERTs (see [`STATEMENT_SIZES`]), so a group of any size costs a few statements and one
+/// commit.
+///
+/// On SQLite the whole transaction (`BEGIN`, the INSERTs, `COMMIT`) is one multi-statement
+/// query: sqlx runs every SQLite statement on the connection's own thread, so each statement
+/// is a round trip there and back (two thread wake-ups), and one query makes the group one
+/// round trip instead of four. The placeholders are numbered across the statements (`$19` is
+/// the second row's first value), which sqlx's SQLite driver binds by number. PostgreSQL's
+/// protocol takes one statement per prepared query, so there the statements go one by one in
+/// an sqlx transaction (one network round trip each).
+pub async fn record_group(conn: &mut AnyConnection, group: &[(&UsageRecord, &[ImageRecord])]) -> anyhow::Result<()> {
     let (once, each): (Vec<_>, Vec<_>) = group.iter().copied().partition(|(usage, _)| usage.once);
-    let statements = chunks(&each).map(|chunk| (chunk, "")).chain(chunks(&once).map(|chunk| (chunk, USAGE_ONCE)));
-    for (chunk, suffix) in statements {
-        let sql = insert_sql(USAGE_INSERT, USAGE_COLUMNS, chunk.len()) + suffix;
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (usage, images) in chunk {
-            query = query
-                .bind(usage.id.to_string())
-                .bind(&usage.key_id)
-                .bind(&usage.model)
-                .bind(&usage.backend)
-                .bind(&usage.operation)
-                .bind(&usage.outcome)
-                .bind(i32::from(usage.status))
-                .bind(images.len() as i32)
-                .bind(&usage.size)
-                .bind(&usage.quality)
-                .bind(&usage.output_format)
-                .bind(usage.usage.input_text_tokens as i64)
-                .bind(usage.usage.input_image_tokens as i64)
-                .bind(usage.usage.output_tokens as i64)
-                .bind(usage.usage.total_tokens() as i64)
-                .bind(usage.latency_ms)
-                .bind(&usage.end_user)
-                .bind(usage.created_at);
-        }
-        query.execute(&mut *tx).await?;
-    }
     let images = group.iter().flat_map(|(usage, images)| images.iter().map(move |image| (*usage, image)));
-    for chunk in chunks(&images.collect::<Vec<_>>()) {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_sql(IMAGES_INSERT, IMAGES_COLUMNS, chunk.len())));
-        for (usage, image) in chunk {
-            query = query
-                .bind(image.id.to_string())
-                .bind(usage.id.to_string())
-                .bind(&usage.key_id)
-                .bind(&usage.model)
-                .bind(image.width as i32)
-                .bind(image.height as i32)
-                .bind(&image.format)
-                .bind(image.bytes as i64)
-                .bind(&image.blob_key)
-                .bind(usage.created_at)
-                .bind(image.expires_at);
+    let images = images.collect::<Vec<_>>();
+    // Usage rows first: they are what the images' `usage_id` points at.
+    let statements = chunks(&each)
+        .map(|rows| Insert::Usage { rows, once: false })
+        .chain(chunks(&once).map(|rows| Insert::Usage { rows, once: true }))
+        .chain(chunks(&images).map(Insert::Images))
+        .collect::<Vec<_>>();
+    if conn.backend_name() == "SQLite" {
+        let mut sql = String::from("BEGIN; ");
+        let mut first = 1;
+        for statement in &statements {
+            sql.push_str(&statement.sql(first));
+            sql.push_str("; ");
+            first += statement.parameters();
         }
-        query.execute(&mut *tx).await?;
+        sql.push_str("COMMIT");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for statement in &statements {
+            query = statement.bind(query);
+        }
+        if let Err(e) = query.execute(&mut *conn).await {
+            // The statement that failed undid only itself: end the transaction, so the
+            // connection goes on in autocommit ("no transaction is active" is not a problem).
+            let _ = conn.execute("ROLLBACK").await;
+            return Err(e.into());
+        }
+    } else {
+        let mut tx = conn.begin().await?;
+        for statement in &statements {
+            statement.bind(sqlx::query(sqlx::AssertSqlSafe(statement.sql(1)))).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
     }
-    tx.commit().await?;
     Ok(())
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// One INSERT of a group.
+enum Insert<'a> {
+    /// Usage rows; `once`: a row whose id is already there is skipped ([`UsageRecord::once`]).
+    Usage { rows: &'a [(&'a UsageRecord, &'a [ImageRecord])], once: bool },
+    /// Image rows, each with the usage row it belongs to.
+    Images(&'a [(&'a UsageRecord, &'a ImageRecord)]),
+}
+
+impl<'a> Insert<'a> {
+    fn parameters(&self) -> usize {
+        match self {
+            Self::Usage { rows, .. } => rows.len() * USAGE_COLUMNS,
+            Self::Images(rows) => rows.len() * IMAGES_COLUMNS,
+        }
+    }
+
+    /// The statement, its placeholders numbered from `$first`.
+    fn sql(&self, first: usize) -> String {
+        match self {
+            Self::Usage { rows, once } => {
+                insert_sql(USAGE_INSERT, USAGE_COLUMNS, rows.len(), first) + if *once { USAGE_ONCE } else { "" }
+            }
+            Self::Images(rows) => insert_sql(IMAGES_INSERT, IMAGES_COLUMNS, rows.len(), first),
+        }
+    }
+
+    /// Binds this statement's values, in placeholder order, after those already in `query`.
+    fn bind<'q>(&self, mut query: Query<'q>) -> Query<'q>
+    where
+        'a: 'q,
+    {
+        match self {
+            Self::Usage { rows, .. } => {
+                for (usage, images) in *rows {
+                    query = query
+                        .bind(usage.id.to_string())
+                        .bind(&usage.key_id)
+                        .bind(&usage.model)
+                        .bind(&usage.backend)
+                        .bind(&usage.operation)
+                        .bind(&usage.outcome)
+                        .bind(i32::from(usage.status))
+                        .bind(images.len() as i32)
+                        .bind(&usage.size)
+                        .bind(&usage.quality)
+                        .bind(&usage.output_format)
+                        .bind(usage.usage.input_text_tokens as i64)
+                        .bind(usage.usage.input_image_tokens as i64)
+                        .bind(usage.usage.output_tokens as i64)
+                        .bind(usage.usage.total_tokens() as i64)
+                        .bind(usage.latency_ms)
+                        .bind(&usage.end_user)
+                        .bind(usage.created_at);
+                }
+            }
+            Self::Images(rows) => {
+                for (usage, image) in *rows {
+                    query = query
+                        .bind(image.id.to_string())
+                        .bind(usage.id.to_string())
+                        .bind(&usage.key_id)
+                        .bind(&usage.model)
+                        .bind(image.width as i32)
+                        .bind(image.height as i32)
+                        .bind(&image.format)
+                        .bind(image.bytes as i64)
+                        .bind(&image.blob_key)
+                        .bind(usage.created_at)
+                        .bind(image.expires_at);
+                }
+            }
+        }
+        query
+    }
 }
 
 const USAGE_INSERT: &str = "INSERT INTO usage (id, key_id, model, backend, operation, outcome, status, image_count, \
@@ -128,8 +201,8 @@ fn chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
-/// `prefix` followed by `rows` tuples of `$n` placeholders.
-fn insert_sql(prefix: &str, columns: usize, rows: usize) -> String {
+/// `prefix` followed by `rows` tuples of placeholders, numbered from `$first`.
+fn insert_sql(prefix: &str, columns: usize, rows: usize, first: usize) -> String {
     let mut sql = String::with_capacity(prefix.len() + rows * columns * 6);
     sql.push_str(prefix);
     for row in 0..rows {
@@ -139,7 +212,7 @@ fn insert_sql(prefix: &str, columns: usize, rows: usize) -> String {
                 sql.push_str(", ");
             }
             sql.push('$');
-            sql.push_str(&(row * columns + column + 1).to_string());
+            sql.push_str(&(first + row * columns + column).to_string());
         }
         sql.push(')');
     }
@@ -208,7 +281,8 @@ mod tests {
 
     #[test]
     fn placeholders_number_every_column_of_every_row() {
-        assert_eq!(insert_sql("INSERT INTO t (a, b) VALUES ", 2, 1), "INSERT INTO t (a, b) VALUES ($1, $2)");
-        assert_eq!(insert_sql("V ", 3, 2), "V ($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(insert_sql("INSERT INTO t (a, b) VALUES ", 2, 1, 1), "INSERT INTO t (a, b) VALUES ($1, $2)");
+        assert_eq!(insert_sql("V ", 3, 2, 1), "V ($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(insert_sql("V ", 2, 2, 7), "V ($7, $8), ($9, $10)");
     }
 }

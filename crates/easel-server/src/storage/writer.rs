@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::db::{self, Checkpoint, Db, Engine, WalState};
 use super::records::{self, ImageRecord, UsageRecord};
+use sqlx::Any;
+use sqlx::pool::PoolConnection;
 
 /// The most requests in one transaction.
 pub const MAX_GROUP: usize = 128;
@@ -101,6 +103,7 @@ async fn run(
     let mut ticker = tokio::time::interval(Wal::TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut group = Vec::with_capacity(MAX_GROUP);
+    let mut conn = Held { db: db.clone(), conn: None };
     loop {
         let first = tokio::select! {
             // The ticker first: under constant load the queue is never empty.
@@ -126,7 +129,7 @@ async fn run(
         {
             group.push(entry);
         }
-        commit(&db, &mut group).await;
+        commit(&mut conn, &mut group).await;
         if let Some(wal) = &mut wal {
             wal.after_commit().await;
         }
@@ -136,10 +139,34 @@ async fn run(
     }
 }
 
+/// The writer's connection, kept from one group to the next: sqlx tests a connection that goes
+/// back to its pool with a ping, a round trip to the connection's thread (SQLite) or server
+/// (PostgreSQL), which a group would otherwise pay on top of its one commit.
+struct Held {
+    db: Db,
+    conn: Option<PoolConnection<Any>>,
+}
+
+impl Held {
+    /// Writes `rows` in one transaction on the held connection. After an error the connection
+    /// goes back to the pool, whose ping closes it if it broke; the next call takes a fresh one.
+    async fn record(&mut self, rows: &[(&UsageRecord, &[ImageRecord])]) -> anyhow::Result<()> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(self.db.acquire().await?),
+        };
+        let result = records::record_group(conn, rows).await;
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+}
+
 /// Commits the group and answers every caller in it.
-async fn commit(db: &Db, group: &mut Vec<Entry>) {
+async fn commit(conn: &mut Held, group: &mut Vec<Entry>) {
     let rows = group.iter().map(|e| (&e.usage, e.images.as_slice())).collect::<Vec<_>>();
-    let result = records::record_group(db, &rows).await;
+    let result = conn.record(&rows).await;
     drop(rows);
     metrics::counter!("easel_ledger_commits_total").increment(1);
     metrics::counter!("easel_ledger_records_total").increment(group.len() as u64);
@@ -156,7 +183,7 @@ async fn commit(db: &Db, group: &mut Vec<Entry>) {
             // One bad row fails the whole transaction: find it by retrying one request at a time.
             tracing::debug!(error = %e, records = group.len(), "a ledger group failed; retrying its records one by one");
             for entry in group.drain(..) {
-                let result = records::record(db, &entry.usage, &entry.images).await;
+                let result = conn.record(&[(&entry.usage, &entry.images)]).await;
                 let _ = entry.done.send(result);
             }
         }

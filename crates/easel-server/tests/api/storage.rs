@@ -12,7 +12,7 @@ use bytes::Bytes;
 use easel_core::usage::Usage;
 use easel_server::storage::blobs::Blobs;
 use easel_server::storage::db::{self, Db, Engine};
-use easel_server::storage::keys::{ApiKeys, KeySettings};
+use easel_server::storage::keys::{ApiKeys, KeySettings, RECHECK_AFTER};
 use easel_server::storage::records::{self, ImageRecord, UsageRecord};
 use easel_server::storage::{now, sweep};
 use services::TestBlobs;
@@ -86,6 +86,36 @@ async fn keys_lifecycle(db: &Db) {
     let listed = keys.list().await.unwrap();
     assert_eq!(listed.len(), 2);
     assert!(listed.iter().all(|k| k.revoked_at.is_some_and(|at| at >= k.created_at)));
+}
+
+on_each_database!(keys_changed_elsewhere_are_seen_within_the_recheck);
+/// Two stores on one database are two nodes (or a node and the CLI): what one changes, the
+/// other sees within `RECHECK_AFTER`; the one that changed it sees it at once.
+async fn keys_changed_elsewhere_are_seen_within_the_recheck(db: &Db) {
+    let (a, b) = (ApiKeys::new(db.clone()), ApiKeys::new(db.clone()));
+    assert!(!b.any_ever().await.unwrap());
+    let key = a.create(KeySettings::named("shared")).await.unwrap();
+    assert!(a.any_ever().await.unwrap(), "the node that made a key is closed at once");
+    tokio::time::sleep(RECHECK_AFTER).await;
+    assert!(b.any_ever().await.unwrap(), "and the other within the recheck");
+
+    assert_eq!(b.verify(&key.plaintext).await.unwrap(), Some(key.record.clone()));
+    assert_eq!(a.verify(&key.plaintext).await.unwrap(), Some(key.record.clone()));
+    let limits = KeySettings { rpm: Some(7), ..KeySettings::default() };
+    a.update(&key.record.id, limits).await.unwrap().expect("an active key");
+    assert_eq!(a.verify(&key.plaintext).await.unwrap().unwrap().limits.rpm, Some(7), "changed here: at once");
+    tokio::time::sleep(RECHECK_AFTER).await;
+    assert_eq!(b.verify(&key.plaintext).await.unwrap().unwrap().limits.rpm, Some(7), "elsewhere: within the recheck");
+
+    assert!(a.revoke(&key.record.id).await.unwrap());
+    assert_eq!(a.verify(&key.plaintext).await.unwrap(), None, "revoked here: refused at once");
+    tokio::time::sleep(RECHECK_AFTER).await;
+    assert_eq!(b.verify(&key.plaintext).await.unwrap(), None, "revoked elsewhere: refused within the recheck");
+    // A wrong secret for a key that was just checked is still refused.
+    let other = a.create(KeySettings::named("other")).await.unwrap();
+    assert!(a.verify(&other.plaintext).await.unwrap().is_some());
+    let forged = format!("{}{}", &other.plaintext[..other.plaintext.len() - 4], "zzzz");
+    assert_eq!(a.verify(&forged).await.unwrap(), None);
 }
 
 fn usage_record(images: usize) -> UsageRecord {
