@@ -7,7 +7,7 @@ use easel_core::usage::Usage;
 use sqlx::AnyConnection;
 use sqlx::{Connection, Executor, Row};
 
-use super::db::Db;
+use super::db::{self, Db, Engine};
 
 #[derive(Debug, Clone)]
 pub struct UsageRecord {
@@ -44,7 +44,7 @@ pub struct ImageRecord {
 
 /// Writes one request's usage row and image rows in one transaction.
 pub async fn record(db: &Db, usage: &UsageRecord, images: &[ImageRecord]) -> anyhow::Result<()> {
-    record_group(&mut *db.acquire().await?, &[(usage, images)]).await
+    record_group(&mut *db.acquire().await?, db::engine(db), &[(usage, images)]).await
 }
 
 /// Writes several requests' rows in one transaction: all of them or none. Rows go in multi-row
@@ -58,7 +58,11 @@ pub async fn record(db: &Db, usage: &UsageRecord, images: &[ImageRecord]) -> any
 /// the second row's first value), which sqlx's SQLite driver binds by number. PostgreSQL's
 /// protocol takes one statement per prepared query, so there the statements go one by one in
 /// an sqlx transaction (one network round trip each).
-pub async fn record_group(conn: &mut AnyConnection, group: &[(&UsageRecord, &[ImageRecord])]) -> anyhow::Result<()> {
+pub async fn record_group(
+    conn: &mut AnyConnection,
+    engine: Engine,
+    group: &[(&UsageRecord, &[ImageRecord])],
+) -> anyhow::Result<()> {
     let (once, each): (Vec<_>, Vec<_>) = group.iter().copied().partition(|(usage, _)| usage.once);
     let images = group.iter().flat_map(|(usage, images)| images.iter().map(move |image| (*usage, image)));
     let images = images.collect::<Vec<_>>();
@@ -68,7 +72,7 @@ pub async fn record_group(conn: &mut AnyConnection, group: &[(&UsageRecord, &[Im
         .chain(chunks(&once).map(|rows| Insert::Usage { rows, once: true }))
         .chain(chunks(&images).map(Insert::Images))
         .collect::<Vec<_>>();
-    if conn.backend_name() == "SQLite" {
+    if engine == Engine::Sqlite {
         let mut sql = String::from("BEGIN; ");
         let mut first = 1;
         for statement in &statements {

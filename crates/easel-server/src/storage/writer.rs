@@ -155,7 +155,7 @@ impl Held {
             Some(conn) => conn,
             None => self.conn.insert(self.db.acquire().await?),
         };
-        let result = records::record_group(conn, rows).await;
+        let result = records::record_group(conn, db::engine(&self.db), rows).await;
         if result.is_err() {
             self.conn = None;
         }
