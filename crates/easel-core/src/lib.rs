@@ -11,7 +11,7 @@
 //!   the backend and fills every gap (n fan-out, sizes, formats, masks, background).
 //! - [`imaging`]: pixel work (sniffing, codecs, resizing, mask compositing), run on the blocking pool.
 //! - [`usage`]: token accounting in OpenAI's image usage shape.
-//! - [`memory`]: how much freed memory the process keeps for reuse (glibc's malloc), set at start.
+//! - [`memory`]: how much freed memory the process keeps for reuse (glibc's malloc), set by `easel serve` and by a local model's worker.
 //! - [`fetch`]: downloads of image URLs, only from allow-listed hosts. It lives in the core, not
 //!   the server, because the service fetches input images while it prepares a job (before any
 //!   backend is called), and upstream backends reuse it for providers that answer with links.

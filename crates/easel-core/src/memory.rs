@@ -5,11 +5,12 @@
 //! then new memory that the kernel faults in and zeroes page by page on first touch. Easel's
 //! large blocks come in two kinds, each with its own level ([`Keep`]):
 //!
-//! - **[`Keep::Bodies`]**, every `easel` process: request and answer bodies. A relayed 1 MiB
+//! - **[`Keep::Bodies`]**, every `easel serve` process: request and answer bodies. A relayed 1 MiB
 //!   answer is read into one buffer per request; with glibc's defaults each one was faulted in
 //!   afresh (37–80 page faults per request), and the faults and the unmapping were a sixth of the
 //!   server's CPU (perf, 1 MiB relay at concurrency 16, 2-core Zen 5). Here blocks under 32 MiB
-//!   come from the heap and at most 128 MiB of free space at a heap's top is kept: no faults in
+//!   come from the heap and at most 128 MiB of free space at the top of each of malloc's heaps
+//!   (one per arena; glibc makes up to 8 per core as threads need them) is kept: no faults in
 //!   steady state, CPU per request 0.90–0.92 → 0.75–0.77 ms at concurrency 1 and 0.63 → 0.45–0.51
 //!   ms at 16 (`bench/relay/RESULTS.md`). Larger blocks (big uploads) are still mapped and given
 //!   back whole.
@@ -20,6 +21,8 @@
 //!   instead of 1.26 M (`bench/diffusion/kernels.md`; its time gain alone was within the
 //!   machine's drift, together with the diffusion crate's fused adds 20–25 %). The cost: the heap
 //!   keeps up to 2 GiB of free space after a job, which the next job needs again anyway.
+//!
+//! On 32-bit glibc the largest mmap threshold is 16 MiB; there the call is refused and logged.
 //!
 //! A level only ever rises (the tensors' level is never undone by a later call for bodies).
 //! Other C libraries (musl) and other systems keep their own behaviour: the calls do nothing

@@ -4,8 +4,6 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    // Request and answer bodies reuse freed heap instead of being faulted in afresh each time.
-    easel_core::memory::keep_freed_memory(easel_core::memory::Keep::Bodies);
     match easel_server::cli::run(easel_server::cli::Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -134,6 +134,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.server.role = role;
     }
     crate::telemetry::init(config.server.log_format);
+    // Request and answer bodies reuse freed heap instead of being faulted in afresh each time.
+    easel_core::memory::keep_freed_memory(easel_core::memory::Keep::Bodies);
     if let Some(repo) = &args.model {
         pull::add_hub_model(&mut config, repo).await?;
     }

@@ -42,9 +42,15 @@ pub struct ImageRecord {
     pub expires_at: Option<i64>,
 }
 
-/// Writes one request's usage row and image rows in one transaction.
+/// Writes one request's usage row and image rows in one transaction (on a connection of its own
+/// from `db`, closed after an error rather than pooled; see [`record_group`] on cancellation).
 pub async fn record(db: &Db, usage: &UsageRecord, images: &[ImageRecord]) -> anyhow::Result<()> {
-    record_group(&mut *db.acquire().await?, db::engine(db), &[(usage, images)]).await
+    let mut conn = db.acquire().await?;
+    let result = record_group(&mut conn, db::engine(db), &[(usage, images)]).await;
+    if result.is_err() {
+        conn.close_on_drop();
+    }
+    result
 }
 
 /// Writes several requests' rows in one transaction: all of them or none. Rows go in multi-row
@@ -58,6 +64,10 @@ pub async fn record(db: &Db, usage: &UsageRecord, images: &[ImageRecord]) -> any
 /// the second row's first value), which sqlx's SQLite driver binds by number. PostgreSQL's
 /// protocol takes one statement per prepared query, so there the statements go one by one in
 /// an sqlx transaction (one network round trip each).
+///
+/// Not cancellation-safe on SQLite: dropped mid-query, the connection may be left inside the
+/// transaction, so a caller that can be cancelled must not return that connection to its pool
+/// (the ledger writer is a task that is never cancelled).
 pub async fn record_group(
     conn: &mut AnyConnection,
     engine: Engine,
@@ -81,7 +91,10 @@ pub async fn record_group(
             first += statement.parameters();
         }
         sql.push_str("COMMIT");
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        // Placeholder numbers depend on the group's shape: keep prepared only the shapes of
+        // one usage statement and one image statement (a lone request, small groups), which
+        // fit sqlx's cache of 100 statements per connection; larger groups are prepared each time.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(statements.len() <= 2);
         for statement in &statements {
             query = statement.bind(query);
         }
@@ -190,8 +203,8 @@ const IMAGES_INSERT: &str = "INSERT INTO images (id, usage_id, key_id, model, wi
 const IMAGES_COLUMNS: usize = 11;
 
 /// The row counts of the INSERT statements: a group of `n` rows is cut into these sizes
-/// (largest first), so at most 7 statement shapes per table exist and every one stays in each
-/// connection's prepared-statement cache. 64 rows of 18 columns is far below the bind-parameter
+/// (largest first), so at most 7 statement shapes per table exist (on SQLite a group is one
+/// query of several statements; see [`record_group`] for which stay prepared). 64 rows of 18 columns is far below the bind-parameter
 /// limits of SQLite (32,766) and PostgreSQL (65,535).
 const STATEMENT_SIZES: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
 

@@ -148,8 +148,8 @@ struct Held {
 }
 
 impl Held {
-    /// Writes `rows` in one transaction on the held connection. After an error the connection
-    /// goes back to the pool, whose ping closes it if it broke; the next call takes a fresh one.
+    /// Writes `rows` in one transaction on the held connection. After an error the connection is
+    /// closed (the pool opens another); the next call takes a fresh one.
     async fn record(&mut self, rows: &[(&UsageRecord, &[ImageRecord])]) -> anyhow::Result<()> {
         let conn = match &mut self.conn {
             Some(conn) => conn,
@@ -157,7 +157,10 @@ impl Held {
         };
         let result = records::record_group(conn, db::engine(&self.db), rows).await;
         if result.is_err() {
-            self.conn = None;
+            // Closed rather than pooled: after an error it may still be inside the transaction.
+            if let Some(mut conn) = self.conn.take() {
+                conn.close_on_drop();
+            }
         }
         result
     }
