@@ -5,7 +5,7 @@
 //! `<secret>` is stored, compared in constant time. The plaintext is shown once, at creation.
 //!
 //! Every request presents a key, so the rows checked are kept in memory for [`RECHECK_AFTER`]
-//! ([`Checked`]): a query is a round trip to the database (two thread wake-ups and a pool ping on
+//! (`Checked`): a query is a round trip to the database (two thread wake-ups and a pool ping on
 //! SQLite), which on a relayed request cost more than all of Easel's own work. A key revoked or
 //! changed through this node's admin API stops or changes at once; through another node or the
 //! CLI, within [`RECHECK_AFTER`].
@@ -202,7 +202,8 @@ impl Checked {
         }
     }
 
-    /// Drops `id`'s row, and any row being read now, before and after a change to it.
+    /// Drops `id`'s row after a change to it, and keeps out any row read before it (its read may
+    /// have seen the old row).
     fn forget(&self, id: &str) {
         let mut rows = self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -256,7 +257,6 @@ impl ApiKeys {
 
     /// Stores every setting of `record`.
     async fn write(&self, record: &KeyRecord) -> anyhow::Result<()> {
-        self.checked.forget(&record.id);
         let limit = |v: Option<u64>| v.map(|v| v as i64);
         let l = &record.limits;
         sqlx::query(
@@ -297,7 +297,6 @@ impl ApiKeys {
     /// Revokes by id (or by the whole key); false when no active key matched.
     pub async fn revoke(&self, id_or_key: &str) -> anyhow::Result<bool> {
         let id = parse(id_or_key).map_or(id_or_key, |(id, _)| id);
-        self.checked.forget(id);
         let done = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
             .bind(now())
             .bind(id)

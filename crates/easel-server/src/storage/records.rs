@@ -1,11 +1,11 @@
 //! Usage and image facts. A request's usage row and its image rows are written in one
 //! transaction, so the ledger never shows images without the usage that paid for them; the
 //! ledger writer ([`super::writer`]) puts several requests in one transaction
-//! ([`record_group`]), since a commit costs far more than a row.
+//! (`record_group`), since a commit costs far more than a row.
 
 use easel_core::usage::Usage;
-use sqlx::AnyConnection;
-use sqlx::{Connection, Executor, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, Connection, Executor, Row};
 
 use super::db::{self, Db, Engine};
 
@@ -42,15 +42,41 @@ pub struct ImageRecord {
     pub expires_at: Option<i64>,
 }
 
-/// Writes one request's usage row and image rows in one transaction (on a connection of its own
-/// from `db`, closed after an error rather than pooled; see [`record_group`] on cancellation).
+/// Writes one request's usage row and image rows in one transaction.
 pub async fn record(db: &Db, usage: &UsageRecord, images: &[ImageRecord]) -> anyhow::Result<()> {
-    let mut conn = db.acquire().await?;
-    let result = record_group(&mut conn, db::engine(db), &[(usage, images)]).await;
-    if result.is_err() {
-        conn.close_on_drop();
+    HeldConnection::new(db.clone()).record(&[(usage, images)]).await
+}
+
+/// A connection of `db` kept from one write to the next (the ledger writer keeps one): sqlx
+/// tests a connection that goes back to its pool with a ping, a round trip to the connection's
+/// thread (SQLite) or server (PostgreSQL), which each group would otherwise pay on top of its
+/// one commit.
+pub struct HeldConnection {
+    db: Db,
+    engine: Engine,
+    conn: Option<PoolConnection<Any>>,
+}
+
+impl HeldConnection {
+    pub fn new(db: Db) -> Self {
+        Self { engine: db::engine(&db), db, conn: None }
     }
-    result
+
+    /// Writes `group` in one transaction (`record_group`). After an error the connection is
+    /// closed, not pooled (it may still be inside the transaction); the next call takes another.
+    pub async fn record(&mut self, group: &[(&UsageRecord, &[ImageRecord])]) -> anyhow::Result<()> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(self.db.acquire().await?),
+        };
+        let result = record_group(conn, self.engine, group).await;
+        if result.is_err()
+            && let Some(mut conn) = self.conn.take()
+        {
+            conn.close_on_drop();
+        }
+        result
+    }
 }
 
 /// Writes several requests' rows in one transaction: all of them or none. Rows go in multi-row
@@ -66,9 +92,8 @@ pub async fn record(db: &Db, usage: &UsageRecord, images: &[ImageRecord]) -> any
 /// an sqlx transaction (one network round trip each).
 ///
 /// Not cancellation-safe on SQLite: dropped mid-query, the connection may be left inside the
-/// transaction, so a caller that can be cancelled must not return that connection to its pool
-/// (the ledger writer is a task that is never cancelled).
-pub async fn record_group(
+/// transaction (the ledger writer, its one caller in the server, is a task never cancelled).
+async fn record_group(
     conn: &mut AnyConnection,
     engine: Engine,
     group: &[(&UsageRecord, &[ImageRecord])],
@@ -204,8 +229,8 @@ const IMAGES_COLUMNS: usize = 11;
 
 /// The row counts of the INSERT statements: a group of `n` rows is cut into these sizes
 /// (largest first), so at most 7 statement shapes per table exist (on SQLite a group is one
-/// query of several statements; see [`record_group`] for which stay prepared). 64 rows of 18 columns is far below the bind-parameter
-/// limits of SQLite (32,766) and PostgreSQL (65,535).
+/// query of several statements; see [`record_group`] for which stay prepared). 64 rows of 18
+/// columns is far below the bind-parameter limits of SQLite (32,766) and PostgreSQL (65,535).
 const STATEMENT_SIZES: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
 
 fn chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {

@@ -6,7 +6,7 @@
 //! steps, which is where a relayed request's p99 went), each commit appends its own pages to the
 //! WAL, and checkpoints starve; on PostgreSQL each request pays its own commit round trip and
 //! fsync. Here, requests hand their rows to a bounded queue; one task takes whatever is queued
-//! (up to [`MAX_GROUP`]), writes it in one transaction ([`records::record_group`]) and commits.
+//! (up to [`MAX_GROUP`]), writes it in one transaction ([`HeldConnection::record`]) and commits.
 //! The queue grows while a commit runs, so groups grow with the load without any added delay.
 //!
 //! Each caller still waits for the commit that holds ITS rows before answering, so nothing the
@@ -27,9 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::db::{self, Checkpoint, Db, Engine, WalState};
-use super::records::{self, ImageRecord, UsageRecord};
-use sqlx::Any;
-use sqlx::pool::PoolConnection;
+use super::records::{HeldConnection, ImageRecord, UsageRecord};
 
 /// The most requests in one transaction.
 pub const MAX_GROUP: usize = 128;
@@ -103,7 +101,7 @@ async fn run(
     let mut ticker = tokio::time::interval(Wal::TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut group = Vec::with_capacity(MAX_GROUP);
-    let mut conn = Held { db: db.clone(), conn: None };
+    let mut conn = HeldConnection::new(db.clone());
     loop {
         let first = tokio::select! {
             // The ticker first: under constant load the queue is never empty.
@@ -139,35 +137,8 @@ async fn run(
     }
 }
 
-/// The writer's connection, kept from one group to the next: sqlx tests a connection that goes
-/// back to its pool with a ping, a round trip to the connection's thread (SQLite) or server
-/// (PostgreSQL), which a group would otherwise pay on top of its one commit.
-struct Held {
-    db: Db,
-    conn: Option<PoolConnection<Any>>,
-}
-
-impl Held {
-    /// Writes `rows` in one transaction on the held connection. After an error the connection is
-    /// closed (the pool opens another); the next call takes a fresh one.
-    async fn record(&mut self, rows: &[(&UsageRecord, &[ImageRecord])]) -> anyhow::Result<()> {
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            None => self.conn.insert(self.db.acquire().await?),
-        };
-        let result = records::record_group(conn, db::engine(&self.db), rows).await;
-        if result.is_err() {
-            // Closed rather than pooled: after an error it may still be inside the transaction.
-            if let Some(mut conn) = self.conn.take() {
-                conn.close_on_drop();
-            }
-        }
-        result
-    }
-}
-
 /// Commits the group and answers every caller in it.
-async fn commit(conn: &mut Held, group: &mut Vec<Entry>) {
+async fn commit(conn: &mut HeldConnection, group: &mut Vec<Entry>) {
     let rows = group.iter().map(|e| (&e.usage, e.images.as_slice())).collect::<Vec<_>>();
     let result = conn.record(&rows).await;
     drop(rows);
