@@ -38,6 +38,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use url::{Host, Url};
 
+use crate::client::ThreadClient;
 use crate::imaging::sniff;
 
 /// Redirect hops followed before a download is given up.
@@ -288,7 +289,7 @@ pub enum FetchError {
 /// An HTTP client that only fetches images from allowed hosts at public addresses.
 #[derive(Debug, Clone)]
 pub struct ImageFetcher {
-    client: reqwest::Client,
+    client: ThreadClient,
     allow: Arc<Vec<HostPattern>>,
     max_bytes: usize,
     /// For the whole download, every redirect hop included.
@@ -297,12 +298,14 @@ pub struct ImageFetcher {
 
 impl ImageFetcher {
     pub fn new(allow: Vec<HostPattern>, max_bytes: usize, timeout: Duration) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(PublicResolver)
-            .no_proxy()
-            .timeout(timeout)
-            .build()?;
+        let client = ThreadClient::new(move || {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .dns_resolver(PublicResolver)
+                .no_proxy()
+                .timeout(timeout)
+                .build()
+        })?;
         Ok(Self { client, allow: Arc::new(allow), max_bytes, timeout })
     }
 
@@ -363,7 +366,7 @@ impl ImageFetcher {
         let mut url = url.clone();
         for _ in 0..=MAX_REDIRECTS {
             self.check(&url)?;
-            let response = self.client.get(url.clone()).send().await.map_err(|e| failure(&url, &e))?;
+            let response = self.client.get().get(url.clone()).send().await.map_err(|e| failure(&url, &e))?;
             let status = response.status();
             if status.is_redirection() {
                 let next = response

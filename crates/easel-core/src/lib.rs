@@ -11,6 +11,7 @@
 //!   the backend and fills every gap (n fan-out, sizes, formats, masks, background).
 //! - [`imaging`]: pixel work (sniffing, codecs, resizing, mask compositing), run on the blocking pool.
 //! - [`usage`]: token accounting in OpenAI's image usage shape.
+//! - [`client`]: an HTTP client per thread, so pooled upstream connections stay on the thread that serves.
 //! - [`memory`]: how much freed memory the process keeps for reuse (glibc's malloc), set by `easel serve` and by a local model's worker.
 //! - [`fetch`]: downloads of image URLs, only from allow-listed hosts. It lives in the core, not
 //!   the server, because the service fetches input images while it prepares a job (before any
@@ -19,6 +20,7 @@
 //! `docs/architecture.md` is the map: the crates, the path of a request, the error table.
 
 pub mod backend;
+pub mod client;
 pub mod fetch;
 pub mod imaging;
 pub mod job;

@@ -104,6 +104,9 @@ pub struct ServerConfig {
     pub role: Role,
     /// The web playground at `/` (`true`/`false`; unset: on when bound to a loopback address).
     pub playground: Option<bool>,
+    /// Threads serving HTTP connections, each a single-threaded runtime given its share of the
+    /// connections (`crate::lanes`); 0 (default): one per CPU core.
+    pub http_threads: usize,
 }
 
 impl ServerConfig {
@@ -227,6 +230,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 30,
             role: Role::All,
             playground: None,
+            http_threads: 0,
         }
     }
 }

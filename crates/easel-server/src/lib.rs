@@ -5,6 +5,7 @@
 //! - [`routes`]: the route table; [`handlers`]: one module per resource.
 //! - [`extract`] and [`auth`]: reading bodies and callers, rejecting in OpenAI's error shape.
 //! - [`error`]: the single table from errors to HTTP statuses and OpenAI error types and codes.
+//! - [`lanes`]: the threads that serve HTTP connections, one single-threaded runtime each.
 //! - [`observe`], [`drain`], [`telemetry`]: the layer every request passes (metrics, draining),
 //!   request ids in logs, `/metrics`.
 //! - [`storage`]: the database (keys, usage, image records), blobs and signed URLs.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod extract;
 pub mod handlers;
 pub mod hub;
+pub mod lanes;
 pub mod observe;
 pub mod openapi;
 pub mod routes;

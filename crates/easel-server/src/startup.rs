@@ -12,7 +12,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::response::IntoResponse;
-use axum::serve::ListenerExt;
 use easel_core::registry::Model;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +32,7 @@ use crate::storage::limits::Limiter;
 use crate::storage::signing::{self, UrlSigner};
 use crate::storage::writer::Writer;
 use crate::storage::{db, sweep};
-use crate::{observe, routes, telemetry};
+use crate::{lanes, observe, routes, telemetry};
 
 pub struct Application {
     listener: TcpListener,
@@ -47,6 +46,8 @@ pub struct Application {
     grace: Duration,
     /// Async task workers, when this node's role runs them.
     tasks: Option<crate::tasks::Settings>,
+    /// Threads serving HTTP connections (`[server] http_threads`).
+    http_threads: usize,
 }
 
 impl Application {
@@ -152,6 +153,7 @@ impl Application {
             metrics_listener,
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
             tasks: role.runs_tasks().then(|| config.tasks.settings()),
+            http_threads: lanes::count(config.server.http_threads),
         })
     }
 
@@ -214,22 +216,9 @@ impl Application {
                 axum::serve(listener, router).with_graceful_shutdown(closed.clone().cancelled_owned()).into_future(),
             );
         }
-        // TCP_NODELAY on every accepted connection (axum leaves Nagle's algorithm on): an answer
-        // written in several pieces (a relayed MiB of base64, SSE events) otherwise waits for the
-        // client's delayed ACK before its last piece, 20–40 ms per request (bench/relay at
-        // concurrency 1: p50 22 ms, p99 48 ms for a 1 MiB answer, against 0.3 ms for nginx).
-        let listener = self.listener.tap_io(|stream| {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
-            }
-        });
-        let server = axum::serve(listener, self.router).with_graceful_shutdown(closed.clone().cancelled_owned());
         // Once drained, connections still open (a client that keeps a finished stream open) get a
         // moment to close, then are dropped.
-        let result = tokio::select! {
-            result = server => result,
-            () = async { closed.cancelled().await; tokio::time::sleep(Duration::from_secs(1)).await } => Ok(()),
-        };
+        let result = lanes::serve(self.listener, self.router, self.http_threads, closed).await;
         self.stop.cancel();
         let _ = drainer.await;
         // Tasks still running past the grace are dropped: their leases run out and another node

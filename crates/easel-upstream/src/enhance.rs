@@ -14,6 +14,7 @@ use easel_core::BackendError;
 use easel_core::backend::{
     BackendCall, BackendOutput, CallContext, Capabilities, ImageBackend, InputImage, SharedBackend,
 };
+use easel_core::client::ThreadClient;
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -41,7 +42,7 @@ Answer with the rewritten prompt only: no preamble, no quotes, no explanation.";
 /// The chat-completions client that rewrites prompts.
 #[derive(Debug)]
 pub struct Enhancer {
-    client: reqwest::Client,
+    client: ThreadClient,
     url: String,
     key: Option<Secret>,
     model: String,
@@ -79,8 +80,9 @@ impl Enhancer {
         if url.path().trim_end_matches('/').is_empty() {
             root.push_str("/v1");
         }
-        let client =
-            reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10)).tcp_nodelay(true).build()?;
+        let client = ThreadClient::new(|| {
+            reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10)).tcp_nodelay(true).build()
+        })?;
         Ok(Self {
             client,
             url: format!("{root}/chat/completions"),
@@ -128,7 +130,7 @@ impl Enhancer {
     }
 
     async fn once(&self, body: &Value) -> Result<String, Failure> {
-        let mut request = self.client.post(&self.url).json(body);
+        let mut request = self.client.get().post(&self.url).json(body);
         if let Some(key) = &self.key {
             request = request.bearer_auth(&key.0);
         }

@@ -1,8 +1,8 @@
 //! One configured provider: where it is, its key, its HTTP client and its result-image fetcher.
 //!
-//! Each provider owns one `reqwest::Client`, shared by every model and target that uses it, so
-//! connections (and TLS sessions) are pooled and reused across requests: a relayed call does not
-//! pay a handshake.
+//! Each provider owns one HTTP client per thread ([`ThreadClient`]), shared by every model and
+//! target that uses it, so connections (and TLS sessions) are pooled and reused across requests
+//! (a relayed call does not pay a handshake) and stay on the thread that serves them.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use easel_core::backend::Capabilities;
+use easel_core::client::ThreadClient;
 use easel_core::fetch::{HostPattern, ImageFetcher};
 use reqwest::RequestBuilder;
 use url::Url;
@@ -24,7 +25,7 @@ pub struct Provider {
     /// The API root, without a trailing slash.
     pub base: String,
     key: Option<Secret>,
-    pub client: reqwest::Client,
+    client: ThreadClient,
     pub fetcher: ImageFetcher,
     /// The most bytes read from one response (`max_response_bytes`).
     pub max_response_bytes: usize,
@@ -67,13 +68,15 @@ impl Provider {
             retry_after_max: secs(c.retry_after_max_secs, 20.0, "retry_after_max_secs")?,
         };
         let connect = secs(c.connect_timeout_secs, 10.0, "connect_timeout_secs")?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(connect)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .user_agent(concat!("easel/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .with_context(|| format!("{owner}: building the HTTP client"))?;
+        let client = ThreadClient::new(move || {
+            reqwest::Client::builder()
+                .connect_timeout(connect)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .tcp_nodelay(true)
+                .user_agent(concat!("easel/", env!("CARGO_PKG_VERSION")))
+                .build()
+        })
+        .with_context(|| format!("{owner}: building the HTTP client"))?;
         let mut allow = Vec::new();
         let hosts = c.allow_hosts.unwrap_or_else(|| match c.kind {
             // DashScope's result links: dashscope-result-<region>.oss-<region>.aliyuncs.com
@@ -126,11 +129,11 @@ impl Provider {
     }
 
     pub fn post(&self, path: &str) -> RequestBuilder {
-        self.authed(self.client.post(self.url(path)))
+        self.authed(self.client.get().post(self.url(path)))
     }
 
     pub fn get(&self, path: &str) -> RequestBuilder {
-        self.authed(self.client.get(self.url(path)))
+        self.authed(self.client.get().get(self.url(path)))
     }
 }
 

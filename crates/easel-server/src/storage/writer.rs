@@ -13,16 +13,29 @@
 //! server acknowledged can be lost. If a group fails, its requests are retried one transaction
 //! each, so a bad row (a duplicate id, say) fails only its own request.
 //!
+//! There is one committer (it holds the writer's connection and the queue's receiving end), and
+//! it runs where the requests are: a request that queues its rows while the committer is idle
+//! takes it and spawns it on its own runtime, where it commits group after group until the queue
+//! is empty, then parks again. Why not a task of its own: a task elsewhere is a thread to wake
+//! for every commit and another to wake for every answer, and with one request at a time those
+//! wake-ups were a quarter of a relayed request's thread switches (`bench/relay/RESULTS.md`).
+//! The committer is spawned, never run inside a request's future, so a client that leaves
+//! cannot cut a transaction in half.
+//!
 //! SQLite's WAL is kept bounded here too (see [`Wal`]): the writer is the one that knows when
-//! writes happen and when it is idle.
+//! writes happen and when it is idle. A timer task on the runtime that started the writer asks
+//! for the WAL's tick once a second; the committer runs it before its next group, or the timer
+//! runs it itself when the committer is idle.
 //!
 //! Shutdown: [`Writer::close`] stops taking records, commits everything already queued and
 //! returns once it is committed; `run_until_stopped` calls it after draining requests.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -34,14 +47,35 @@ pub const MAX_GROUP: usize = 128;
 /// Requests waiting for the writer; beyond this, callers wait for room (backpressure).
 const QUEUE: usize = 4096;
 
-/// A handle on the writer task; cheap to clone.
+/// A handle on the writer; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Writer {
     queue: mpsc::Sender<Entry>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The committer while it is idle; `None` while it commits somewhere (or before it is
+    /// built, or once closed).
+    idle: Mutex<Option<Committer>>,
+    /// Told whenever the committer parks or is dropped ([`Writer::close`] waits for it).
+    parked: Arc<Notify>,
     /// Cancelled by [`Writer::close`]: take no more records.
     closing: CancellationToken,
-    /// Cancelled by the task when it has committed its last group and stopped.
-    stopped: CancellationToken,
+    /// Set by the timer: the WAL's tick is due before the next group.
+    tick_due: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("closing", &self.closing.is_cancelled()).finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn take_idle(&self) -> Option<Committer> {
+        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
 }
 
 #[derive(Debug)]
@@ -61,79 +95,160 @@ impl Writer {
     /// [`Writer::spawn`] with another WAL bound (tests use a small one to see it hold).
     pub fn spawn_with_wal_limit(db: Db, wal_limit: u64) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
-        let (closing, stopped) = (CancellationToken::new(), CancellationToken::new());
-        tokio::spawn(run(db, wal_limit, receiver, closing.clone(), stopped.clone()));
-        Self { queue, closing, stopped }
+        let shared = Arc::new(Shared {
+            idle: Mutex::new(None),
+            parked: Arc::new(Notify::new()),
+            closing: CancellationToken::new(),
+            tick_due: AtomicBool::new(false),
+        });
+        tokio::spawn(keep_time(db, wal_limit, receiver, shared.clone()));
+        Self { queue, shared }
     }
 
     /// Writes one request's usage row and image rows (in one transaction, with other requests'
     /// rows) and returns once they are committed, or with the error that kept them out.
     pub async fn record(&self, usage: &UsageRecord, images: &[ImageRecord]) -> anyhow::Result<()> {
+        let stopped = || anyhow::anyhow!("the ledger writer has stopped (the server is shutting down, or it failed)");
+        if self.shared.closing.is_cancelled() {
+            return Err(stopped());
+        }
         let (done, committed) = oneshot::channel();
         let entry = Entry { usage: usage.clone(), images: images.to_vec(), done };
-        self.queue.send(entry).await.map_err(|_| {
-            anyhow::anyhow!("the ledger writer has stopped (the server is shutting down, or it failed)")
-        })?;
+        self.queue.send(entry).await.map_err(|_| stopped())?;
+        // After the send: a committer that found the queue empty parks before this looks (and
+        // is taken here), or sees this entry before it parks (see `Committer::run`).
+        if let Some(committer) = self.shared.take_idle() {
+            let shared = self.shared.clone();
+            tokio::spawn(async move { committer.run(&shared).await });
+        }
         committed.await.map_err(|_| anyhow::anyhow!("the ledger writer stopped before committing this request"))?
     }
 
     /// Stops taking records (later calls to [`Writer::record`] fail), commits every record
     /// already queued, and returns when that is done. Calling it again just waits.
     pub async fn close(&self) {
-        self.closing.cancel();
-        self.stopped.cancelled().await;
+        self.shared.closing.cancel();
+        loop {
+            let parked = self.shared.parked.notified();
+            tokio::pin!(parked);
+            parked.as_mut().enable();
+            // The receiver is gone: closed already, or its committer panicked.
+            if self.queue.is_closed() {
+                return;
+            }
+            if let Some(committer) = self.shared.take_idle() {
+                committer.close().await;
+                return;
+            }
+            parked.await;
+        }
     }
 }
 
-async fn run(
-    db: Db,
-    wal_limit: u64,
-    mut receiver: mpsc::Receiver<Entry>,
-    closing: CancellationToken,
-    stopped: CancellationToken,
-) {
-    // Also on a panic, so `close` never waits for a task that is gone.
-    let _stopped = stopped.drop_guard();
-    let mut wal = match db::engine(&db) {
+/// Builds the committer (reading where SQLite's WAL is), commits what was queued meanwhile, then
+/// asks for the WAL's tick every [`Wal::TICK`] until the writer closes.
+async fn keep_time(db: Db, wal_limit: u64, receiver: mpsc::Receiver<Entry>, shared: Arc<Shared>) {
+    let wal = match db::engine(&db) {
         Engine::Sqlite => Some(Wal::open(db.clone(), wal_limit).await),
         Engine::Postgres => None,
     };
-    let mut ticker = tokio::time::interval(Wal::TICK);
+    let ticks = wal.is_some();
+    let committer = Committer {
+        receiver,
+        conn: HeldConnection::new(db),
+        wal,
+        group: Vec::with_capacity(MAX_GROUP),
+        parked: shared.parked.clone(),
+    };
+    committer.run(&shared).await;
+    if !ticks {
+        return;
+    }
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + Wal::TICK, Wal::TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut group = Vec::with_capacity(MAX_GROUP);
-    let mut conn = HeldConnection::new(db.clone());
     loop {
-        let first = tokio::select! {
-            // The ticker first: under constant load the queue is never empty.
-            biased;
-            _ = ticker.tick(), if wal.is_some() => {
-                if let Some(wal) = &mut wal {
-                    wal.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shared.closing.cancelled() => return,
+        }
+        shared.tick_due.store(true, Ordering::Release);
+        if let Some(committer) = shared.take_idle() {
+            committer.run(&shared).await;
+        }
+    }
+}
+
+/// The one thing that commits: the writer's connection, the queue's receiving end, the WAL.
+struct Committer {
+    receiver: mpsc::Receiver<Entry>,
+    conn: HeldConnection,
+    wal: Option<Wal>,
+    group: Vec<Entry>,
+    parked: Arc<Notify>,
+}
+
+impl Committer {
+    /// Commits group after group (the WAL's tick first when it is due) until the queue is
+    /// empty, then parks in `shared.idle`.
+    async fn run(mut self, shared: &Shared) {
+        loop {
+            if shared.tick_due.swap(false, Ordering::AcqRel)
+                && let Some(wal) = &mut self.wal
+            {
+                wal.tick().await;
+            }
+            self.take_group();
+            if self.group.is_empty() {
+                let mut idle = shared.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                // Under the lock: a record sent before this check is seen here; one sent after
+                // it finds the committer parked and takes it.
+                if self.receiver.is_empty() {
+                    *idle = Some(self);
+                    drop(idle);
+                    shared.parked.notify_waiters();
+                    return;
                 }
                 continue;
             }
-            // Closing the queue refuses new records; those already in it are still received,
-            // then `recv` answers `None`.
-            () = closing.cancelled(), if !receiver.is_closed() => {
-                receiver.close();
-                continue;
-            }
-            entry = receiver.recv() => entry,
-        };
-        let Some(first) = first else { break };
-        group.push(first);
-        while group.len() < MAX_GROUP
-            && let Ok(entry) = receiver.try_recv()
-        {
-            group.push(entry);
+            self.commit_group().await;
         }
-        commit(&mut conn, &mut group).await;
-        if let Some(wal) = &mut wal {
+    }
+
+    /// At close: refuses new records, commits those queued, empties the WAL.
+    async fn close(mut self) {
+        self.receiver.close();
+        loop {
+            self.take_group();
+            if self.group.is_empty() {
+                break;
+            }
+            self.commit_group().await;
+        }
+        if let Some(wal) = &mut self.wal {
+            wal.close().await;
+        }
+    }
+
+    fn take_group(&mut self) {
+        while self.group.len() < MAX_GROUP
+            && let Ok(entry) = self.receiver.try_recv()
+        {
+            self.group.push(entry);
+        }
+    }
+
+    async fn commit_group(&mut self) {
+        commit(&mut self.conn, &mut self.group).await;
+        if let Some(wal) = &mut self.wal {
             wal.after_commit().await;
         }
     }
-    if let Some(wal) = &mut wal {
-        wal.close().await;
+}
+
+/// Dropped at close, or on a panic: whoever waits in [`Writer::close`] looks again.
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.parked.notify_waiters();
     }
 }
 
