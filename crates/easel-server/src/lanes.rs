@@ -15,12 +15,18 @@
 //! before, through a [`Listener`] fed by a channel. Connections never move between lanes: one
 //! busy keep-alive client keeps one core busy, many clients spread over all of them.
 //!
-//! The work behind the connections stays where it was: the ledger writer, the sweeper, the task
-//! runner and the metrics listener run on the main runtime, the local model on its own worker
-//! thread, pixel work on each runtime's blocking pool under the service's one bound.
+//! Work a request spawns (its job, its stream, the ledger's committer when the request found it
+//! idle) runs on the request's thread; the sweeper, the task runner, the metrics listener and the
+//! ledger's timer stay on the main runtime, a local model on its own worker thread, pixel work on
+//! each runtime's blocking pool under the service's one bound. PostgreSQL connections are one
+//! pool for the node: a connection's socket is driven by the thread that opened it, whichever
+//! thread uses it later.
 //!
 //! Shutdown: when `closed` is cancelled (after the drain), the acceptor stops and each lane stops
-//! as `axum::serve`'s graceful shutdown does, giving connections still open a second to close.
+//! taking requests as `axum::serve`'s graceful shutdown does, giving connections still open a
+//! second to close; [`serve`] then returns. The lanes' runtimes keep running what was spawned on
+//! them (the ledger's committer, sockets they opened) until [`Served::release`], which the caller
+//! calls once the ledger is closed, so no commit is cut off by a runtime going away.
 
 use std::io;
 use std::net::SocketAddr;
@@ -48,28 +54,64 @@ pub fn count(configured: usize) -> usize {
     }
 }
 
-/// Serves `router` on `lanes` threads until `closed` is cancelled, then returns once every
-/// lane has stopped (the first lane's error, if any).
-pub async fn serve(listener: TcpListener, router: Router, lanes: usize, closed: CancellationToken) -> io::Result<()> {
-    let address = listener.local_addr()?;
+/// Serves `router` on `lanes` threads until `closed` is cancelled; returns once every lane has
+/// stopped taking requests, with their runtimes still running until [`Served::release`].
+pub async fn serve(listener: TcpListener, router: Router, lanes: usize, closed: CancellationToken) -> Served {
+    let release = CancellationToken::new();
+    let mut served = Served { release: release.clone(), finished: Vec::new(), result: Ok(()) };
+    let address = match listener.local_addr() {
+        Ok(address) => address,
+        Err(e) => return served.failed(e),
+    };
     let mut handles = Vec::with_capacity(lanes);
     let mut stopped = Vec::with_capacity(lanes);
     for index in 0..lanes.max(1) {
-        let (handle, done) = Lane::start(index, address, router.clone(), closed.clone())?;
-        handles.push(handle);
-        stopped.push(done);
+        match Lane::start(index, address, router.clone(), closed.clone(), release.clone()) {
+            Ok((handle, done, finished)) => {
+                handles.push(handle);
+                stopped.push(done);
+                served.finished.push(finished);
+            }
+            Err(e) => return served.failed(e),
+        }
     }
     accept(listener, &handles, &closed).await;
     // The lanes' channels close: each lane's listener waits for the graceful shutdown.
     drop(handles);
-    let mut result = Ok(());
     for done in stopped {
         let outcome = done.await.unwrap_or_else(|_| Err(io::Error::other("an HTTP lane's thread panicked")));
-        if result.is_ok() {
-            result = outcome;
+        if served.result.is_ok() {
+            served.result = outcome;
         }
     }
-    result
+    served
+}
+
+/// The lanes once they have stopped taking requests.
+#[must_use = "the lanes' runtimes run until released"]
+pub struct Served {
+    release: CancellationToken,
+    /// One per lane started: answers when its runtime has shut down.
+    finished: Vec<oneshot::Receiver<()>>,
+    /// The first lane's error, if any.
+    result: io::Result<()>,
+}
+
+impl Served {
+    fn failed(mut self, error: io::Error) -> Self {
+        self.result = Err(error);
+        self
+    }
+
+    /// Shuts the lanes' runtimes down (what still runs on them is dropped after a second) and
+    /// returns the serving's result.
+    pub async fn release(self) -> io::Result<()> {
+        self.release.cancel();
+        for finished in self.finished {
+            let _ = finished.await;
+        }
+        self.result
+    }
 }
 
 /// Accepts until `closed`, giving each connection to the lane with the fewest open.
@@ -87,13 +129,27 @@ async fn accept(mut listener: TcpListener, lanes: &[Lane], closed: &Cancellation
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
         }
-        let lane = lanes.iter().min_by_key(|lane| lane.open.load(Ordering::Relaxed)).expect("at least one lane");
-        match stream.into_std() {
-            Ok(stream) => lane.give(stream, peer),
-            Err(e) => tracing::debug!(error = %e, "could not hand a connection to a lane"),
+        let Ok(stream) = stream.into_std().inspect_err(|e| tracing::debug!(error = %e, "could not take a connection"))
+        else {
+            continue;
+        };
+        let mut connection = (stream, peer);
+        loop {
+            let lane = lanes.iter().min_by_key(|lane| lane.open.load(Ordering::Relaxed)).expect("at least one lane");
+            if lane.open.load(Ordering::Relaxed) >= DEAD {
+                tracing::error!("every HTTP thread has stopped; dropping a connection");
+                break;
+            }
+            match lane.give(connection) {
+                Ok(()) => break,
+                Err(back) => connection = back,
+            }
         }
     }
 }
+
+/// A lane whose thread has gone: never chosen again.
+const DEAD: usize = usize::MAX / 2;
 
 /// The acceptor's end of one lane.
 struct Lane {
@@ -103,18 +159,22 @@ struct Lane {
 }
 
 impl Lane {
-    /// Builds the lane's runtime and starts its thread; the receiver answers when it stops.
+    /// Builds the lane's runtime and starts its thread; the first receiver answers when it has
+    /// stopped serving, the second when its runtime has shut down (after `release`).
+    #[allow(clippy::type_complexity)]
     fn start(
         index: usize,
         address: SocketAddr,
         router: Router,
         closed: CancellationToken,
-    ) -> io::Result<(Self, oneshot::Receiver<io::Result<()>>)> {
+        release: CancellationToken,
+    ) -> io::Result<(Self, oneshot::Receiver<io::Result<()>>, oneshot::Receiver<()>)> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (connections, receiver) = mpsc::unbounded_channel();
         let open = Arc::new(AtomicUsize::new(0));
         let listener = LaneListener { connections: receiver, open: open.clone(), address };
         let (done, stopped) = oneshot::channel();
+        let (finish, finished) = oneshot::channel();
         std::thread::Builder::new().name(format!("easel-http-{index}")).spawn(move || {
             let result = runtime.block_on(async move {
                 let server = axum::serve(listener, router).with_graceful_shutdown(closed.clone().cancelled_owned());
@@ -123,20 +183,24 @@ impl Lane {
                     () = async { closed.cancelled().await; tokio::time::sleep(LINGER).await } => Ok(()),
                 }
             });
-            // Work still running past the grace (a job whose client left, a blocking decode) is
-            // dropped, as it would be when the process exits.
-            runtime.shutdown_timeout(LINGER);
             let _ = done.send(result);
+            // What requests spawned here (the ledger's committer) goes on until released; then
+            // what is left past a second (a job whose client left, a blocking decode) is dropped,
+            // as it would be when the process exits.
+            runtime.block_on(release.cancelled());
+            runtime.shutdown_timeout(LINGER);
+            let _ = finish.send(());
         })?;
-        Ok((Self { connections, open }, stopped))
+        Ok((Self { connections, open }, stopped, finished))
     }
 
-    fn give(&self, stream: std::net::TcpStream, peer: SocketAddr) {
+    /// Hands a connection over, or gives it back if the lane's thread has gone (marking it dead).
+    fn give(&self, connection: (std::net::TcpStream, SocketAddr)) -> Result<(), (std::net::TcpStream, SocketAddr)> {
         self.open.fetch_add(1, Ordering::Relaxed);
-        if self.connections.send((stream, peer)).is_err() {
-            // The lane has stopped; the connection is closed with the stream.
-            self.open.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.connections.send(connection).map_err(|refused| {
+            self.open.store(DEAD, Ordering::Relaxed);
+            refused.0
+        })
     }
 }
 
@@ -261,7 +325,7 @@ mod tests {
 
         drop(clients);
         closed.cancel();
-        server.await.unwrap().expect("the lanes stop cleanly");
+        server.await.unwrap().release().await.expect("the lanes stop cleanly");
     }
 
     #[test]

@@ -218,7 +218,7 @@ impl Application {
         }
         // Once drained, connections still open (a client that keeps a finished stream open) get a
         // moment to close, then are dropped.
-        let result = lanes::serve(self.listener, self.router, self.http_threads, closed).await;
+        let served = lanes::serve(self.listener, self.router, self.http_threads, closed).await;
         self.stop.cancel();
         let _ = drainer.await;
         // Tasks still running past the grace are dropped: their leases run out and another node
@@ -226,10 +226,12 @@ impl Application {
         if let Some(tasks) = tasks {
             tasks.abort();
         }
-        // Requests are drained: commit the ledger rows they queued before the process exits.
+        // Requests are drained: commit the ledger rows they queued before the process exits,
+        // while the HTTP threads' runtimes (where the ledger's committer may be running, and
+        // where PostgreSQL sockets opened by requests are driven) still run.
         self.state.writer.close().await;
         let _ = sweeper.await;
-        result
+        served.release().await
     }
 }
 

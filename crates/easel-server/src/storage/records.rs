@@ -92,7 +92,8 @@ impl HeldConnection {
 /// an sqlx transaction (one network round trip each).
 ///
 /// Not cancellation-safe on SQLite: dropped mid-query, the connection may be left inside the
-/// transaction (the ledger writer, its one caller in the server, is a task never cancelled).
+/// transaction (the ledger writer, its one caller in the server, runs it in a spawned task that
+/// is never cancelled: the server closes the writer before any runtime it may run on stops).
 async fn record_group(
     conn: &mut AnyConnection,
     engine: Engine,

@@ -1,11 +1,11 @@
-//! The ledger writer: one task per database that commits every request's usage and image rows,
-//! several requests to a transaction.
+//! The ledger writer: one committer per database that commits every request's usage and image
+//! rows, several requests to a transaction.
 //!
 //! Why: a commit costs far more than a row. With one transaction per request, concurrent
 //! requests on SQLite queue for its single write lock by sleeping in the busy handler (1–100 ms
 //! steps, which is where a relayed request's p99 went), each commit appends its own pages to the
 //! WAL, and checkpoints starve; on PostgreSQL each request pays its own commit round trip and
-//! fsync. Here, requests hand their rows to a bounded queue; one task takes whatever is queued
+//! fsync. Here, requests hand their rows to a bounded queue; the committer takes whatever is queued
 //! (up to [`MAX_GROUP`]), writes it in one transaction ([`HeldConnection::record`]) and commits.
 //! The queue grows while a commit runs, so groups grow with the load without any added delay.
 //!
@@ -20,12 +20,14 @@
 //! for every commit and another to wake for every answer, and with one request at a time those
 //! wake-ups were a quarter of a relayed request's thread switches (`bench/relay/RESULTS.md`).
 //! The committer is spawned, never run inside a request's future, so a client that leaves
-//! cannot cut a transaction in half.
+//! cannot cut a transaction in half; and the server closes the writer before the HTTP threads'
+//! runtimes stop (`lanes::Served::release`), so neither can a runtime going away.
 //!
 //! SQLite's WAL is kept bounded here too (see [`Wal`]): the writer is the one that knows when
 //! writes happen and when it is idle. A timer task on the runtime that started the writer asks
-//! for the WAL's tick once a second; the committer runs it before its next group, or the timer
-//! runs it itself when the committer is idle.
+//! for the WAL's tick once a second; the committer runs it before its next group, or, when it is
+//! idle, the timer spawns it to run the tick (never runs it inline: under constant load it would
+//! not come back to its timer).
 //!
 //! Shutdown: [`Writer::close`] stops taking records, commits everything already queued and
 //! returns once it is committed; `run_until_stopped` calls it after draining requests.
@@ -60,6 +62,8 @@ struct Shared {
     idle: Mutex<Option<Committer>>,
     /// Told whenever the committer parks or is dropped ([`Writer::close`] waits for it).
     parked: Arc<Notify>,
+    /// Cancelled when the committer is gone: closed, or lost to a panic.
+    stopped: CancellationToken,
     /// Cancelled by [`Writer::close`]: take no more records.
     closing: CancellationToken,
     /// Set by the timer: the WAL's tick is due before the next group.
@@ -98,6 +102,7 @@ impl Writer {
         let shared = Arc::new(Shared {
             idle: Mutex::new(None),
             parked: Arc::new(Notify::new()),
+            stopped: CancellationToken::new(),
             closing: CancellationToken::new(),
             tick_due: AtomicBool::new(false),
         });
@@ -118,8 +123,7 @@ impl Writer {
         // After the send: a committer that found the queue empty parks before this looks (and
         // is taken here), or sees this entry before it parks (see `Committer::run`).
         if let Some(committer) = self.shared.take_idle() {
-            let shared = self.shared.clone();
-            tokio::spawn(async move { committer.run(&shared).await });
+            tokio::spawn(committer.run(self.shared.clone()));
         }
         committed.await.map_err(|_| anyhow::anyhow!("the ledger writer stopped before committing this request"))?
     }
@@ -132,8 +136,8 @@ impl Writer {
             let parked = self.shared.parked.notified();
             tokio::pin!(parked);
             parked.as_mut().enable();
-            // The receiver is gone: closed already, or its committer panicked.
-            if self.queue.is_closed() {
+            // Closed already (by this call or another), or its committer panicked.
+            if self.shared.stopped.is_cancelled() {
                 return;
             }
             if let Some(committer) = self.shared.take_idle() {
@@ -145,8 +149,8 @@ impl Writer {
     }
 }
 
-/// Builds the committer (reading where SQLite's WAL is), commits what was queued meanwhile, then
-/// asks for the WAL's tick every [`Wal::TICK`] until the writer closes.
+/// Builds the committer (reading where SQLite's WAL is) and spawns it for what was queued
+/// meanwhile, then asks for the WAL's tick every [`Wal::TICK`] until the writer closes.
 async fn keep_time(db: Db, wal_limit: u64, receiver: mpsc::Receiver<Entry>, shared: Arc<Shared>) {
     let wal = match db::engine(&db) {
         Engine::Sqlite => Some(Wal::open(db.clone(), wal_limit).await),
@@ -159,8 +163,9 @@ async fn keep_time(db: Db, wal_limit: u64, receiver: mpsc::Receiver<Entry>, shar
         wal,
         group: Vec::with_capacity(MAX_GROUP),
         parked: shared.parked.clone(),
+        stopped: shared.stopped.clone(),
     };
-    committer.run(&shared).await;
+    tokio::spawn(committer.run(shared.clone()));
     if !ticks {
         return;
     }
@@ -173,7 +178,7 @@ async fn keep_time(db: Db, wal_limit: u64, receiver: mpsc::Receiver<Entry>, shar
         }
         shared.tick_due.store(true, Ordering::Release);
         if let Some(committer) = shared.take_idle() {
-            committer.run(&shared).await;
+            tokio::spawn(committer.run(shared.clone()));
         }
     }
 }
@@ -185,12 +190,13 @@ struct Committer {
     wal: Option<Wal>,
     group: Vec<Entry>,
     parked: Arc<Notify>,
+    stopped: CancellationToken,
 }
 
 impl Committer {
     /// Commits group after group (the WAL's tick first when it is due) until the queue is
     /// empty, then parks in `shared.idle`.
-    async fn run(mut self, shared: &Shared) {
+    async fn run(mut self, shared: Arc<Shared>) {
         loop {
             if shared.tick_due.swap(false, Ordering::AcqRel)
                 && let Some(wal) = &mut self.wal
@@ -245,9 +251,11 @@ impl Committer {
     }
 }
 
-/// Dropped at close, or on a panic: whoever waits in [`Writer::close`] looks again.
+/// Dropped at close, or on a panic: the writer has stopped, and whoever waits in
+/// [`Writer::close`] looks again.
 impl Drop for Committer {
     fn drop(&mut self) {
+        self.stopped.cancel();
         self.parked.notify_waiters();
     }
 }
