@@ -45,7 +45,7 @@ impl ThreadClient {
     }
 
     /// The calling thread's client (a cheap handle on it).
-    pub fn get(&self) -> reqwest::Client {
+    pub fn local(&self) -> reqwest::Client {
         CLIENTS.with_borrow_mut(|clients| {
             let key = Arc::downgrade(&self.inner);
             if let Some((_, client)) = clients.iter().find(|(owner, _)| owner.ptr_eq(&key)) {
@@ -81,21 +81,21 @@ mod tests {
             reqwest::Client::builder().build()
         })
         .unwrap();
-        clients.get();
-        clients.get();
+        clients.local();
+        clients.local();
         assert_eq!(built.load(std::sync::atomic::Ordering::Relaxed), 2, "the first, then this thread's once");
         let other = clients.clone();
-        std::thread::spawn(move || other.get()).join().unwrap();
+        std::thread::spawn(move || other.local()).join().unwrap();
         assert_eq!(built.load(std::sync::atomic::Ordering::Relaxed), 3, "another thread builds its own");
     }
 
     #[test]
     fn a_dropped_client_is_forgotten_at_the_next_miss() {
         let gone = ThreadClient::new(|| reqwest::Client::builder().build()).unwrap();
-        gone.get();
+        gone.local();
         drop(gone);
         let kept = ThreadClient::new(|| reqwest::Client::builder().build()).unwrap();
-        kept.get();
+        kept.local();
         CLIENTS.with_borrow(|clients| {
             assert_eq!(clients.len(), 1, "only the live one is kept");
             assert!(clients[0].0.strong_count() > 0);

@@ -366,7 +366,7 @@ impl ImageFetcher {
         let mut url = url.clone();
         for _ in 0..=MAX_REDIRECTS {
             self.check(&url)?;
-            let response = self.client.get().get(url.clone()).send().await.map_err(|e| failure(&url, &e))?;
+            let response = self.client.local().get(url.clone()).send().await.map_err(|e| failure(&url, &e))?;
             let status = response.status();
             if status.is_redirection() {
                 let next = response

@@ -67,10 +67,10 @@ pub async fn serve(listener: TcpListener, router: Router, lanes: usize, closed: 
     let mut stopped = Vec::with_capacity(lanes);
     for index in 0..lanes.max(1) {
         match Lane::start(index, address, router.clone(), closed.clone(), release.clone()) {
-            Ok((handle, done, finished)) => {
+            Ok((handle, ends)) => {
                 handles.push(handle);
-                stopped.push(done);
-                served.finished.push(finished);
+                stopped.push(ends.served);
+                served.finished.push(ends.finished);
             }
             Err(e) => return served.failed(e),
         }
@@ -135,8 +135,12 @@ async fn accept(mut listener: TcpListener, lanes: &[Lane], closed: &Cancellation
         };
         let mut connection = (stream, peer);
         loop {
-            let lane = lanes.iter().min_by_key(|lane| lane.open.load(Ordering::Relaxed)).expect("at least one lane");
-            if lane.open.load(Ordering::Relaxed) >= DEAD {
+            let (lane, open) = lanes
+                .iter()
+                .map(|lane| (lane, lane.open.load(Ordering::Relaxed)))
+                .min_by_key(|&(_, open)| open)
+                .expect("at least one lane");
+            if open >= DEAD {
                 tracing::error!("every HTTP thread has stopped; dropping a connection");
                 break;
             }
@@ -151,6 +155,14 @@ async fn accept(mut listener: TcpListener, lanes: &[Lane], closed: &Cancellation
 /// A lane whose thread has gone: never chosen again.
 const DEAD: usize = usize::MAX / 2;
 
+/// What a lane's thread tells as it ends.
+struct Ends {
+    /// It has stopped serving (its result).
+    served: oneshot::Receiver<io::Result<()>>,
+    /// Its runtime has shut down (after `release`).
+    finished: oneshot::Receiver<()>,
+}
+
 /// The acceptor's end of one lane.
 struct Lane {
     connections: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
@@ -159,21 +171,19 @@ struct Lane {
 }
 
 impl Lane {
-    /// Builds the lane's runtime and starts its thread; the first receiver answers when it has
-    /// stopped serving, the second when its runtime has shut down (after `release`).
-    #[allow(clippy::type_complexity)]
+    /// Builds the lane's runtime and starts its thread.
     fn start(
         index: usize,
         address: SocketAddr,
         router: Router,
         closed: CancellationToken,
         release: CancellationToken,
-    ) -> io::Result<(Self, oneshot::Receiver<io::Result<()>>, oneshot::Receiver<()>)> {
+    ) -> io::Result<(Self, Ends)> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (connections, receiver) = mpsc::unbounded_channel();
         let open = Arc::new(AtomicUsize::new(0));
         let listener = LaneListener { connections: receiver, open: open.clone(), address };
-        let (done, stopped) = oneshot::channel();
+        let (done, served) = oneshot::channel();
         let (finish, finished) = oneshot::channel();
         std::thread::Builder::new().name(format!("easel-http-{index}")).spawn(move || {
             let result = runtime.block_on(async move {
@@ -191,7 +201,7 @@ impl Lane {
             runtime.shutdown_timeout(LINGER);
             let _ = finish.send(());
         })?;
-        Ok((Self { connections, open }, stopped, finished))
+        Ok((Self { connections, open }, Ends { served, finished }))
     }
 
     /// Hands a connection over, or gives it back if the lane's thread has gone (marking it dead).

@@ -130,7 +130,7 @@ impl Enhancer {
     }
 
     async fn once(&self, body: &Value) -> Result<String, Failure> {
-        let mut request = self.client.get().post(&self.url).json(body);
+        let mut request = self.client.local().post(&self.url).json(body);
         if let Some(key) = &self.key {
             request = request.bearer_auth(&key.0);
         }

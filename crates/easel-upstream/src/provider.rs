@@ -129,11 +129,11 @@ impl Provider {
     }
 
     pub fn post(&self, path: &str) -> RequestBuilder {
-        self.authed(self.client.get().post(self.url(path)))
+        self.authed(self.client.local().post(self.url(path)))
     }
 
     pub fn get(&self, path: &str) -> RequestBuilder {
-        self.authed(self.client.get().get(self.url(path)))
+        self.authed(self.client.local().get(self.url(path)))
     }
 }
 
