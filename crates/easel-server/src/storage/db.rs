@@ -96,9 +96,10 @@ pub async fn connect_writer(url: &str) -> anyhow::Result<Db> {
     let options = match Engine::of(url)? {
         Engine::Sqlite => sqlite_options(
             2,
-            // 16384 pages (64 MiB): above the writer's own bound (writer::WAL_LIMIT_BYTES), so this
-            // runs only when the writer's checkpoints fail; the size limit gives the disk back
-            // whenever the WAL restarts.
+            // 16384 pages (64 MiB): well above the writer's own bound (writer::WAL_LIMIT_BYTES), so
+            // this runs only when the writer's checkpoints fail; and when the log restarts, a file
+            // grown past 64 MiB meanwhile is cut back to that (within it, the writer restarts the
+            // log in place, and an idle one truncates the file).
             "PRAGMA wal_autocheckpoint = 16384; PRAGMA journal_size_limit = 67108864;",
         ),
         Engine::Postgres => postgres_options(1),
@@ -111,6 +112,15 @@ fn node_pool_size() -> u32 {
     let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) as u32;
     (2 * cores).clamp(4, 32)
 }
+
+/// How long a SQLite statement waits for another connection's lock before failing with "database
+/// is locked": a second writer (a key created while the ledger commits) queues this long.
+const BUSY_TIMEOUT_MS: u64 = 5000;
+
+/// How long a RESTART or TRUNCATE checkpoint waits for readers of old snapshots. It holds the
+/// write lock meanwhile, so every commit waits with it; past this it gives up (to be tried again
+/// later) rather than hold the ledger for a long report query's [`BUSY_TIMEOUT_MS`].
+const CHECKPOINT_WAIT_MS: u64 = 20;
 
 fn sqlite_options(size: u32, extra_pragmas: &'static str) -> AnyPoolOptions {
     // Writers queue behind SQLite's one write lock (busy_timeout 5 s), so waits can be long. No
@@ -128,7 +138,7 @@ fn sqlite_options(size: u32, extra_pragmas: &'static str) -> AnyPoolOptions {
                 // saves an fsync per commit. The busy timeout queues the rare second writer (a key
                 // created while the ledger commits) instead of failing it.
                 let pragmas = format!(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; \
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}; \
                  PRAGMA foreign_keys = ON; {extra_pragmas}"
                 );
                 conn.execute(sqlx::AssertSqlSafe(pragmas)).await?;
@@ -158,11 +168,18 @@ pub fn engine(db: &Db) -> Engine {
     Engine::of(db.connect_options().database_url.as_str()).unwrap_or(Engine::Postgres)
 }
 
-/// The `-wal` file of a SQLite database (`None` in memory).
-pub async fn wal_path(db: &Db) -> anyhow::Result<Option<std::path::PathBuf>> {
+/// The file of a SQLite database (`None` in memory); its WAL is this path with `-wal` added,
+/// and the WAL's index `-shm`.
+pub async fn file_path(db: &Db) -> anyhow::Result<Option<String>> {
     let row = sqlx::query("SELECT file FROM pragma_database_list WHERE name = 'main'").fetch_one(db).await?;
     let file: String = row.try_get(0)?;
-    Ok((!file.is_empty()).then(|| format!("{file}-wal").into()))
+    Ok((!file.is_empty()).then_some(file))
+}
+
+/// The bytes one page takes in a SQLite WAL: the page and its 24-byte frame header.
+pub async fn wal_frame_bytes(db: &Db) -> anyhow::Result<u64> {
+    let page: i64 = sqlx::query("PRAGMA page_size").fetch_one(db).await?.try_get(0)?;
+    Ok(page as u64 + 24)
 }
 
 /// How a SQLite WAL checkpoint copies the log back into the database file.
@@ -170,6 +187,9 @@ pub async fn wal_path(db: &Db) -> anyhow::Result<Option<std::path::PathBuf>> {
 pub enum Checkpoint {
     /// Copies what it can without waiting for anyone; runs beside the writer and readers.
     Passive,
+    /// Waits for the writer and for readers of old snapshots and copies everything, so that the
+    /// next commit writes the WAL from its start again (over the same file, which keeps its size).
+    Restart,
     /// Waits for the writer and for readers of old snapshots, copies everything and truncates
     /// the WAL file to zero bytes.
     Truncate,
@@ -183,13 +203,29 @@ pub struct WalState {
     pub checkpointed: i64,
 }
 
-/// Runs a WAL checkpoint on a SQLite database (`PRAGMA wal_checkpoint`).
+/// Runs a WAL checkpoint on a SQLite database (`PRAGMA wal_checkpoint`). RESTART and TRUNCATE
+/// wait at most [`CHECKPOINT_WAIT_MS`] for readers and the writer (then `busy` says so).
 pub async fn checkpoint(db: &Db, mode: Checkpoint) -> anyhow::Result<WalState> {
     let sql = match mode {
         Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+        Checkpoint::Restart => "PRAGMA wal_checkpoint(RESTART)",
         Checkpoint::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
     };
-    let row = sqlx::query(sql).fetch_one(db).await.map_err(|e| anyhow::anyhow!("{sql} failed: {e}"))?;
+    let mut conn = db.acquire().await?;
+    let waits = mode != Checkpoint::Passive;
+    if waits {
+        conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}"))).await?;
+    }
+    let row = sqlx::query(sql).fetch_one(&mut *conn).await;
+    if waits {
+        let restored = conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}"))).await;
+        if let Err(e) = restored {
+            // Not back in the pool with the short wait.
+            conn.close_on_drop();
+            return Err(e.into());
+        }
+    }
+    let row = row.map_err(|e| anyhow::anyhow!("{sql} failed: {e}"))?;
     Ok(WalState { busy: row.try_get::<i64, _>(0)? != 0, frames: row.try_get(1)?, checkpointed: row.try_get(2)? })
 }
 

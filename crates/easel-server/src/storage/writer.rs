@@ -24,10 +24,11 @@
 //! runtimes stop (`lanes::Served::release`), so neither can a runtime going away.
 //!
 //! SQLite's WAL is kept bounded here too (see [`Wal`]): the writer is the one that knows when
-//! writes happen and when it is idle. A timer task on the runtime that started the writer asks
-//! for the WAL's tick once a second; the committer runs it before its next group, or, when it is
-//! idle, the timer spawns it to run the tick (never runs it inline: under constant load it would
-//! not come back to its timer).
+//! writes happen and when it is idle. While commits come, it looks at the WAL after each one. A
+//! timer task on the runtime that started the writer also asks for the WAL's tick once a second
+//! (the tick checkpoints the last commits, and empties the file once the writer is idle): the
+//! committer runs it before its next group, or, when it is idle, the timer spawns it to run the
+//! tick (never runs it inline: under constant load it would not come back to its timer).
 //!
 //! Shutdown: [`Writer::close`] stops taking records, commits everything already queued and
 //! returns once it is committed; `run_until_stopped` calls it after draining requests.
@@ -35,7 +36,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -287,48 +288,99 @@ async fn commit(conn: &mut HeldConnection, group: &mut Vec<Entry>) {
     }
 }
 
-/// Keeps SQLite's WAL file under its limit ([`WAL_LIMIT_BYTES`] by default) without putting checkpoints on the
-/// commit path.
+/// Keeps SQLite's WAL under its bound ([`WAL_LIMIT_BYTES`] by default) with as little as
+/// possible on the commit path.
 ///
 /// Why: in WAL mode commits append pages to the `-wal` file, which checkpoints copy back into
 /// the database. SQLite's automatic checkpoint runs inside the commit that crosses its
 /// threshold (fsyncs on a request's path), and the file restarts from its beginning only when a
 /// checkpoint has caught up with every commit, which never happens while commits keep coming:
 /// under steady load the file only grows. Instead:
-/// - every [`Wal::TICK`] with commits since the last one, a PASSIVE checkpoint copies pages on
-///   another connection, beside the writer and the readers (it waits for no one);
-/// - when the file has grown past the limit anyway, or the writer has been idle for a
-///   tick, the writer itself runs a TRUNCATE checkpoint between two groups: most pages are
-///   already copied (and a checkpoint copies each page once, however often it was rewritten),
-///   so it is short, and it empties the file.
+/// - a PASSIVE checkpoint copies pages on another connection, beside the writer and the readers
+///   (it waits for no one), and fsyncs what the commits appended (they do not: `synchronous =
+///   NORMAL`). One runs every [`Wal::PASSIVE_EVERY`] while commits come and at the next tick
+///   after the last one (so a power cut can take about the last second of commits at most, not
+///   the file), and one as soon as a commit takes the log past the bound;
+/// - after that one, the writer runs a RESTART checkpoint between two groups: it copies the few
+///   pages committed meanwhile and fsyncs two files with little unsynced in them, and the next
+///   commit starts the log again from the file's beginning, over the same blocks;
+/// - when the writer has been idle for a tick, a TRUNCATE checkpoint empties the file and gives
+///   the disk back.
+///
+/// Why RESTART and not TRUNCATE under load: truncating gives the file's blocks back to the file
+/// system on the commit path and the next commits allocate them again; at a 16 MiB bound the
+/// `ftruncate` alone took 11 ms (`bench/relay/RESULTS.md`). Restarting in place costs the commit
+/// path about as much at any bound, so the bound sets how often, not how long, commits wait.
+///
+/// The log's length is read after each commit from the WAL index (the `-shm` file SQLite keeps
+/// beside the database and maps into memory): `mxFrame`, the frame count at byte 16 of its
+/// header, in the machine's byte order (<https://sqlite.org/walformat.html>; every SQLite
+/// version sharing a database must agree on it). The file's size cannot say it, since a log
+/// restarted in place keeps the file's size.
 struct Wal {
     db: Db,
-    /// The `-wal` file; `None` for an in-memory database.
+    /// The `-wal` file (an idle writer empties it when it is not empty); `None` in memory.
     path: Option<PathBuf>,
+    /// The WAL index, where the log's length is read; `None` in memory or when it cannot be
+    /// opened (the timed checkpoints then find a long log, a little later).
+    index: Option<std::fs::File>,
+    /// The bytes a page takes in the log (page and frame header).
+    frame_bytes: u64,
     passive: Option<JoinHandle<anyhow::Result<WalState>>>,
+    /// When the last PASSIVE checkpoint started.
+    passive_started: Instant,
     commits_since_tick: u64,
-    /// The last TRUNCATE gave up waiting for readers: retry at the next tick, not every commit.
-    truncate_busy: bool,
-    /// The size past which the writer truncates the file.
+    /// The last PASSIVE checkpoint found the log past the bound.
+    restart_due: bool,
+    /// The last RESTART or TRUNCATE gave up waiting for readers: retry at the next tick, not
+    /// every commit.
+    busy: bool,
+    /// The log length past which the writer restarts it.
     limit: u64,
 }
 
-/// The WAL size past which the writer truncates it (the autocheckpoint backstop in
-/// [`db::connect_writer`] is 64 MiB). Each truncation holds commits while it copies the pages the
-/// background checkpoint has not yet copied and fsyncs, so the stall grows with the bound: on a
-/// 2-core machine at 3,000-4,500 requests/s, p99 was 7-8× p50 at 32 MiB, 4.2-4.8× at 8 MiB and
-/// 2.6-3.0× at 2 MiB (docs/performance.md). Short, frequent truncations win.
-pub const WAL_LIMIT_BYTES: u64 = 2 << 20;
+/// The WAL length past which the writer restarts the log (the autocheckpoint backstop and the
+/// size the file is cut back to, in [`db::connect_writer`], are 64 MiB). Each restart holds
+/// commits for one or two milliseconds (1.2-2.3 ms on the benchmark's virtual disk: two fsyncs
+/// of files the background checkpoints keep nearly synced), so the bound only sets how often
+/// that happens: at 16 MiB, when each request commits alone (five or six 4 KiB pages each),
+/// about once in 700 requests, out of the p99. With the 2 MiB bound and truncation before it,
+/// one relayed request in 85 waited 4-5 ms, which was the p99 at concurrency 1.
+pub const WAL_LIMIT_BYTES: u64 = 16 << 20;
 
 impl Wal {
     const TICK: Duration = Duration::from_secs(1);
+    /// How often a PASSIVE checkpoint runs while commits come.
+    const PASSIVE_EVERY: Duration = Duration::from_millis(250);
 
     async fn open(db: Db, limit: u64) -> Self {
-        let path = db::wal_path(&db).await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot find the SQLite WAL file; it is checkpointed on a timer only");
+        let file = db::file_path(&db).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot find the SQLite database file; its WAL is checkpointed on a timer only");
             None
         });
-        Self { db, path, passive: None, commits_since_tick: 0, truncate_busy: false, limit }
+        let index = file.as_ref().and_then(|file| match std::fs::File::open(format!("{file}-shm")) {
+            Ok(index) => Some(index),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the SQLite WAL index; its WAL is checkpointed on a timer only");
+                None
+            }
+        });
+        let frame_bytes = db::wal_frame_bytes(&db).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the SQLite page size; assuming 4 KiB");
+            4096 + 24
+        });
+        Self {
+            db,
+            path: file.map(|file| format!("{file}-wal").into()),
+            index,
+            frame_bytes,
+            passive: None,
+            passive_started: Instant::now(),
+            commits_since_tick: 0,
+            restart_due: false,
+            busy: false,
+            limit,
+        }
     }
 
     /// The WAL file's size (0 when it does not exist or cannot be read).
@@ -336,48 +388,80 @@ impl Wal {
         self.path.as_ref().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len())
     }
 
+    /// The log's length in bytes, from the WAL index (0 when it cannot be read).
+    fn length(&mut self) -> u64 {
+        use std::io::{Read, Seek, SeekFrom};
+        let Some(index) = &mut self.index else { return 0 };
+        let mut frames = [0; 4];
+        match index.seek(SeekFrom::Start(16)).and_then(|_| index.read_exact(&mut frames)) {
+            Ok(()) => u64::from(u32::from_ne_bytes(frames)) * self.frame_bytes,
+            Err(_) => 0,
+        }
+    }
+
     async fn tick(&mut self) {
         self.collect_passive().await;
-        if self.commits_since_tick == 0 {
-            if self.passive.is_none() && self.size() > 0 {
-                self.truncate().await;
+        if self.passive.is_none() {
+            if self.commits_since_tick == 0 {
+                if self.size() > 0 {
+                    self.checkpoint(Checkpoint::Truncate).await;
+                }
+            } else if self.passive_started.elapsed() >= Self::PASSIVE_EVERY {
+                // The last commits, when none has come since to start a checkpoint.
+                self.start_passive();
             }
-        } else if self.passive.is_none() {
-            let db = self.db.clone();
-            self.passive = Some(tokio::spawn(async move { db::checkpoint(&db, Checkpoint::Passive).await }));
         }
         self.commits_since_tick = 0;
-        self.truncate_busy = false;
+        self.busy = false;
     }
 
     async fn after_commit(&mut self) {
         self.commits_since_tick += 1;
         self.collect_passive().await;
-        if self.passive.is_none() && !self.truncate_busy && self.size() > self.limit {
-            self.truncate().await;
+        if self.passive.is_some() {
+            return;
         }
+        if self.restart_due && !self.busy {
+            self.checkpoint(Checkpoint::Restart).await;
+            return;
+        }
+        if self.passive_started.elapsed() >= Self::PASSIVE_EVERY || (!self.busy && self.length() > self.limit) {
+            self.start_passive();
+        }
+    }
+
+    fn start_passive(&mut self) {
+        self.passive_started = Instant::now();
+        let db = self.db.clone();
+        self.passive = Some(tokio::spawn(async move { db::checkpoint(&db, Checkpoint::Passive).await }));
     }
 
     /// Takes the result of a finished PASSIVE checkpoint, if any (never waits for one).
     async fn collect_passive(&mut self) {
         let Some(task) = self.passive.take_if(|task| task.is_finished()) else { return };
         match task.await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(state)) => self.restart_due = state.frames.max(0) as u64 * self.frame_bytes > self.limit,
             Ok(Err(e)) => tracing::warn!(error = %e, "a background WAL checkpoint failed; will retry"),
             Err(e) => tracing::warn!(error = %e, "a background WAL checkpoint panicked; will retry"),
         }
     }
 
-    async fn truncate(&mut self) {
-        match db::checkpoint(&self.db, Checkpoint::Truncate).await {
-            Ok(state) if !state.busy => {}
+    /// A RESTART or TRUNCATE checkpoint; when readers or an error keep it from finishing, the
+    /// next try is at the next tick.
+    async fn checkpoint(&mut self, mode: Checkpoint) {
+        match db::checkpoint(&self.db, mode).await {
+            Ok(state) if !state.busy => self.restart_due = false,
             Ok(state) => {
-                self.truncate_busy = true;
-                tracing::debug!(frames = state.frames, "the WAL could not be truncated yet (readers); will retry");
+                self.busy = true;
+                tracing::debug!(
+                    frames = state.frames,
+                    ?mode,
+                    "the WAL could not be checkpointed yet (readers); will retry"
+                );
             }
             Err(e) => {
-                self.truncate_busy = true;
-                tracing::warn!(error = %e, "truncating the WAL failed; will retry");
+                self.busy = true;
+                tracing::warn!(error = %e, ?mode, "a WAL checkpoint failed; will retry");
             }
         }
     }
@@ -387,6 +471,6 @@ impl Wal {
         if let Some(task) = self.passive.take() {
             let _ = task.await;
         }
-        self.truncate().await;
+        self.checkpoint(Checkpoint::Truncate).await;
     }
 }

@@ -162,8 +162,7 @@ async fn sqlite_wal_stays_bounded() {
         (done, task)
     };
     // Four writers at a time: small groups, so many commits (each rewrites a few pages). With
-    // SQLite's own checkpoints alone the WAL reached 34 MB here; with the writer's at an 8 MiB
-    // bound, 13 MB.
+    // SQLite's own checkpoints alone the WAL reached 34 MB here.
     let tasks = (0..4).map(|_| {
         let writer = writer.clone();
         tokio::spawn(async move {
@@ -180,8 +179,38 @@ async fn sqlite_wal_stays_bounded() {
     watch.0.cancel();
     let largest = watch.1.await.unwrap();
     assert_eq!(count(&test.db, "SELECT COUNT(*) FROM usage").await, 12_000);
-    // Well under the 34 MB of SQLite's own checkpoints, with room for a busy 2-core CI machine
-    // (22 MB seen there with an 8 MiB bound while the rest of the suite ran beside it).
-    assert!(largest <= 4 * LIMIT, "the WAL reached {largest} bytes");
+    // Well under the 34 MB of SQLite's own checkpoints. The log passes the bound by what is
+    // committed while the background checkpoint that comes before its restart runs: 4.6-4.7 MB
+    // here on 2 idle cores; a busy CI machine's slower checkpoints get room.
+    assert!(largest <= 3 * LIMIT, "the WAL reached {largest} bytes");
     assert_eq!(size(), 0, "closing the writer empties the WAL");
+}
+
+/// A RESTART checkpoint holds the write lock while it waits for readers of old snapshots, so
+/// every commit waits with it: it gives up after a moment (to be tried again later) instead of
+/// waiting out a long report query, and leaves the connection as patient as before for writes.
+#[tokio::test]
+async fn a_checkpoint_gives_up_on_a_long_reader() {
+    let test = services::sqlite().await;
+    let pool = db::connect_writer(&test.url).await.unwrap();
+    easel_server::storage::records::record(&pool, &usage_record(1), &[image_record(None)]).await.unwrap();
+
+    // A report still reading the snapshot with that commit in the WAL.
+    let mut reader = test.db.acquire().await.unwrap();
+    sqlx::Executor::execute(&mut *reader, "BEGIN").await.unwrap();
+    let _ = sqlx::query("SELECT COUNT(*) FROM usage").fetch_one(&mut *reader).await.unwrap();
+
+    let started = std::time::Instant::now();
+    let state = db::checkpoint(&pool, db::Checkpoint::Restart).await.unwrap();
+    assert!(state.busy, "{state:?}");
+    // The connections wait 5 s for a lock; the checkpoint gave up long before.
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+
+    sqlx::Executor::execute(&mut *reader, "COMMIT").await.unwrap();
+    assert!(!db::checkpoint(&pool, db::Checkpoint::Restart).await.unwrap().busy);
+    let (mut first, mut second) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+    for conn in [&mut first, &mut second] {
+        let waits: i64 = sqlx::query("PRAGMA busy_timeout").fetch_one(&mut **conn).await.unwrap().try_get(0).unwrap();
+        assert_eq!(waits, 5000);
+    }
 }
