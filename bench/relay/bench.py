@@ -154,7 +154,7 @@ def run(args):
                     flag = ""
                     if r["bad"] or r["requests"] == 0:
                         flag, failed = f"  FAILED: {r['bad']} non-2xx", True
-                    print(f"round {round_ + 1} {size:>5} c={concurrency:<3} {name:<8} {r['rps']:9.1f} req/s  "
+                    print(f"round {round_ + 1} {size:>5} c={concurrency:<3} {name:<11} {r['rps']:9.1f} req/s  "
                           f"p50 {r['p50']:8.2f} ms  p99 {r['p99']:8.2f} ms  CPU {r['cpu_ms']:7.3f} ms/req  "
                           f"({length} B answers){flag}", flush=True)
     if options["--json"]:
@@ -201,6 +201,8 @@ def report(results, names, sizes, concurrencies):
         headers += ["LiteLLM CPU ÷ Easel CPU", "Easel req/s ÷ LiteLLM req/s", "LiteLLM p99 ÷ Easel p99"]
     if "nginx" in names:
         headers += ["Easel CPU ÷ nginx CPU"]
+    if "nginx-proxy" in names:
+        headers += ["Easel CPU ÷ nginx-proxy CPU", "Easel req/s ÷ nginx-proxy req/s", "Easel p99 ÷ nginx-proxy p99"]
     print("\n| answer | conc. | " + " | ".join(headers) + " |")
     print("|---|---:|" + "---:|" * len(headers))
     for size in sizes:
@@ -211,6 +213,9 @@ def report(results, names, sizes, concurrencies):
                           ratios("litellm", size, c, "p99", False)]
             if "nginx" in names:
                 cells += [ratios("nginx", size, c, "cpu_ms", True)]
+            if "nginx-proxy" in names:
+                cells += [ratios("nginx-proxy", size, c, "cpu_ms", True), ratios("nginx-proxy", size, c, "rps", True),
+                          ratios("nginx-proxy", size, c, "p99", True)]
             print(f"| {size} | {c} | " + " | ".join(cells) + " |")
 
 

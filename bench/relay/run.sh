@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Relay benchmark (issue 12, gateway): Easel, LiteLLM's proxy and nginx alone, back to back, on
-# loopback, in front of an instant upstream (nginx serving canned gpt-image answers: a 32x32 PNG
-# and a 1024x1024 PNG whose base64 is about 1 MiB). wrk at each concurrency measures requests/s,
-# p50 and p99; CPU per request is utime + stime of each server's processes from /proc over the
-# measured window, divided by the requests wrk counted. Results: bench/relay/RESULTS.md.
+# Relay benchmark (issue 12, gateway): Easel, LiteLLM's proxy, nginx alone and nginx's own reverse
+# proxy (a relay's floor), back to back, on loopback, in front of an instant upstream (nginx
+# serving canned gpt-image answers: a 32x32 PNG and a 1024x1024 PNG whose base64 is about 1 MiB).
+# wrk at each concurrency measures requests/s, p50 and p99; CPU per request is utime + stime of
+# each server's processes from /proc over the measured window, divided by the requests wrk
+# counted. Results: bench/relay/RESULTS.md.
 #
 #   bench/relay/run.sh [DURATION_S] [ROUNDS]      full run (default 10 s per cell, 1 round)
-#   bench/relay/run.sh --smoke                    Easel vs nginx, 2 s, concurrency 4, no LiteLLM
+#   bench/relay/run.sh --smoke                    Easel and the nginx rows, 2 s, concurrency 4, no LiteLLM
 #
 # Full run: installs nginx and wrk with apt-get when missing, LiteLLM's proxy from PyPI into
 # bench/relay/.venv (kept), builds `easel` in release. RELAY_CONCURRENCY ("1 16 64"),
-# RELAY_SIZES ("small big"), RELAY_PORT (18480, and the next two), EASEL_BIN (a built binary),
+# RELAY_SIZES ("small big"), RELAY_PORT (18480, and the next three), EASEL_BIN (a built binary),
 # RELAY_LITELLM=0 (Easel and nginx only) and RELAY_JSON (a file for the raw numbers) change it.
 # Smoke (scripts/test.sh): installs nothing; without nginx or wrk it says so and exits 0; it
 # fails (exit 1) if Easel does not start or answers anything but 200s with the image. It uses the
@@ -140,6 +141,18 @@ if [[ $litellm == 1 ]]; then
     servers+=(--server litellm "$litellm_pid" "http://127.0.0.1:$lport")
 fi
 servers+=(--server nginx "$nginx_pid" "http://127.0.0.1:$port/{size}")
+
+# nginx's own reverse proxy in front of the same upstream: a relay's floor.
+pport=$((port + 3))
+sed -e "s#@DIR@#$work#g" -e "s#@PORT@#$pport#g" -e "s#@UPSTREAM@#$port#g" "$here/nginx-proxy.conf.in" > "$work/nginx-proxy.conf"
+"$nginx_bin" -c "$work/nginx-proxy.conf" -p "$work" 2> "$work/nginx-proxy.log" &
+proxy_pid=$!
+pids+=($proxy_pid)
+for _ in $(seq 50); do
+    curl -fsS -X POST -o /dev/null "http://127.0.0.1:$pport/small/v1/images/generations" 2>/dev/null && break
+    sleep 0.1
+done
+servers+=(--server nginx-proxy "$proxy_pid" "http://127.0.0.1:$pport/{size}")
 
 echo "relay benchmark: $(nproc) cores ($(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "easel: $easel; litellm: $([[ $litellm == 1 ]] && echo "$litellm_version" || echo "not run"); nginx: $("$nginx_bin" -v 2>&1 | sed 's/.*: //'); $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2)"
