@@ -204,15 +204,19 @@ pub struct WalState {
 }
 
 /// Runs a WAL checkpoint on a SQLite database (`PRAGMA wal_checkpoint`). RESTART and TRUNCATE
-/// wait at most [`CHECKPOINT_WAIT_MS`] for readers and the writer (then `busy` says so).
-pub async fn checkpoint(db: &Db, mode: Checkpoint) -> anyhow::Result<WalState> {
+/// wait at most [`CHECKPOINT_WAIT_MS`] for readers and the writer (then `busy` says so), or,
+/// `patient`, as long as a write would ([`BUSY_TIMEOUT_MS`]).
+///
+/// Not cancellation-safe: dropped while it runs, the connection may go back to its pool with the
+/// short wait (the ledger writer, its caller in the server, never drops it).
+pub async fn checkpoint(db: &Db, mode: Checkpoint, patient: bool) -> anyhow::Result<WalState> {
     let sql = match mode {
         Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
         Checkpoint::Restart => "PRAGMA wal_checkpoint(RESTART)",
         Checkpoint::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
     };
     let mut conn = db.acquire().await?;
-    let waits = mode != Checkpoint::Passive;
+    let waits = mode != Checkpoint::Passive && !patient;
     if waits {
         conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}"))).await?;
     }

@@ -299,18 +299,23 @@ async fn commit(conn: &mut HeldConnection, group: &mut Vec<Entry>) {
 /// - a PASSIVE checkpoint copies pages on another connection, beside the writer and the readers
 ///   (it waits for no one), and fsyncs what the commits appended (they do not: `synchronous =
 ///   NORMAL`). One runs every [`Wal::PASSIVE_EVERY`] while commits come and at the next tick
-///   after the last one (so a power cut can take about the last second of commits at most, not
-///   the file), and one as soon as a commit takes the log past the bound;
-/// - after that one, the writer runs a RESTART checkpoint between two groups: it copies the few
+///   after the last one (so a power cut usually takes no more than the last second or two of
+///   commits, never the file; a reader holding an old snapshot can delay that), and one as soon
+///   as a commit takes the log past the bound;
+/// - after that one, the writer runs a RESTART checkpoint between two groups: it copies the
 ///   pages committed meanwhile and fsyncs two files with little unsynced in them, and the next
-///   commit starts the log again from the file's beginning, over the same blocks;
+///   commit starts the log again from the file's beginning, over the same blocks (SQLite syncs
+///   the log's new header then, a fraction of a millisecond). When the PASSIVE one was slow and
+///   the log grew by more than a quarter of the bound meanwhile, a second PASSIVE one copies that
+///   first, off the commit path;
 /// - when the writer has been idle for a tick, a TRUNCATE checkpoint empties the file and gives
 ///   the disk back.
 ///
 /// Why RESTART and not TRUNCATE under load: truncating gives the file's blocks back to the file
 /// system on the commit path and the next commits allocate them again; at a 16 MiB bound the
 /// `ftruncate` alone took 11 ms (`bench/relay/RESULTS.md`). Restarting in place costs the commit
-/// path about as much at any bound, so the bound sets how often, not how long, commits wait.
+/// path about as much at any bound, so the bound sets how often, not (normally) how long, commits
+/// wait.
 ///
 /// The log's length is read after each commit from the WAL index (the `-shm` file SQLite keeps
 /// beside the database and maps into memory): `mxFrame`, the frame count at byte 16 of its
@@ -321,9 +326,12 @@ struct Wal {
     db: Db,
     /// The `-wal` file (an idle writer empties it when it is not empty); `None` in memory.
     path: Option<PathBuf>,
-    /// The WAL index, where the log's length is read; `None` in memory or when it cannot be
-    /// opened (the timed checkpoints then find a long log, a little later).
+    /// The WAL index (`-shm`), where the log's length is read; `None` in memory or when it
+    /// cannot be opened (the timed checkpoints then find a long log, a little later). Opened
+    /// again at each tick: SQLite makes a new one when the last connection to the database
+    /// closes and another opens.
     index: Option<std::fs::File>,
+    index_path: Option<String>,
     /// The bytes a page takes in the log (page and frame header).
     frame_bytes: u64,
     passive: Option<JoinHandle<anyhow::Result<WalState>>>,
@@ -332,16 +340,24 @@ struct Wal {
     commits_since_tick: u64,
     /// The last PASSIVE checkpoint found the log past the bound.
     restart_due: bool,
+    /// The log's length when the last PASSIVE checkpoint started (what it has copied).
+    copied: u64,
+    /// A second PASSIVE checkpoint ran because the log had grown far past the first before the
+    /// RESTART; the RESTART follows the second whatever it finds.
+    caught_up: bool,
     /// The last RESTART or TRUNCATE gave up waiting for readers: retry at the next tick, not
     /// every commit.
     busy: bool,
+    /// RESTARTs given up in a row; past [`Wal::PATIENT_AFTER`] the next one waits as long as a
+    /// write would, so overlapping readers cannot keep the log from restarting for ever.
+    busy_in_a_row: u32,
     /// The log length past which the writer restarts it.
     limit: u64,
 }
 
 /// The WAL length past which the writer restarts the log (the autocheckpoint backstop and the
-/// size the file is cut back to, in [`db::connect_writer`], are 64 MiB). Each restart holds
-/// commits for one or two milliseconds (1.2-2.3 ms on the benchmark's virtual disk: two fsyncs
+/// size the file is cut back to, in [`db::connect_writer`], are 64 MiB). Each restart normally
+/// holds commits for one or two milliseconds (1.2-2.3 ms on the benchmark's virtual disk: two fsyncs
 /// of files the background checkpoints keep nearly synced), so the bound only sets how often
 /// that happens: at 16 MiB, when each request commits alone (five or six 4 KiB pages each),
 /// about once in 700 requests, out of the p99. With the 2 MiB bound and truncation before it,
@@ -352,13 +368,16 @@ impl Wal {
     const TICK: Duration = Duration::from_secs(1);
     /// How often a PASSIVE checkpoint runs while commits come.
     const PASSIVE_EVERY: Duration = Duration::from_millis(250);
+    /// RESTARTs given up in a row (about one a tick) before one waits as long as a write would.
+    const PATIENT_AFTER: u32 = 10;
 
     async fn open(db: Db, limit: u64) -> Self {
         let file = db::file_path(&db).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot find the SQLite database file; its WAL is checkpointed on a timer only");
             None
         });
-        let index = file.as_ref().and_then(|file| match std::fs::File::open(format!("{file}-shm")) {
+        let index_path = file.as_ref().map(|file| format!("{file}-shm"));
+        let index = index_path.as_ref().and_then(|path| match std::fs::File::open(path) {
             Ok(index) => Some(index),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot open the SQLite WAL index; its WAL is checkpointed on a timer only");
@@ -373,12 +392,16 @@ impl Wal {
             db,
             path: file.map(|file| format!("{file}-wal").into()),
             index,
+            index_path,
             frame_bytes,
             passive: None,
             passive_started: Instant::now(),
             commits_since_tick: 0,
             restart_due: false,
+            copied: 0,
+            caught_up: false,
             busy: false,
+            busy_in_a_row: 0,
             limit,
         }
     }
@@ -400,6 +423,9 @@ impl Wal {
     }
 
     async fn tick(&mut self) {
+        if let Some(path) = &self.index_path {
+            self.index = std::fs::File::open(path).ok();
+        }
         self.collect_passive().await;
         if self.passive.is_none() {
             if self.commits_since_tick == 0 {
@@ -422,6 +448,14 @@ impl Wal {
             return;
         }
         if self.restart_due && !self.busy {
+            // Commits wait while the RESTART copies what the PASSIVE one did not: when that is
+            // much (the PASSIVE one was slow), another PASSIVE one copies it off the commit path.
+            if !self.caught_up && self.length().saturating_sub(self.copied) > self.limit / 4 {
+                self.caught_up = true;
+                self.start_passive();
+                return;
+            }
+            self.caught_up = false;
             self.checkpoint(Checkpoint::Restart).await;
             return;
         }
@@ -432,14 +466,17 @@ impl Wal {
 
     fn start_passive(&mut self) {
         self.passive_started = Instant::now();
+        self.copied = self.length();
         let db = self.db.clone();
-        self.passive = Some(tokio::spawn(async move { db::checkpoint(&db, Checkpoint::Passive).await }));
+        self.passive = Some(tokio::spawn(async move { db::checkpoint(&db, Checkpoint::Passive, false).await }));
     }
 
     /// Takes the result of a finished PASSIVE checkpoint, if any (never waits for one).
     async fn collect_passive(&mut self) {
         let Some(task) = self.passive.take_if(|task| task.is_finished()) else { return };
         match task.await {
+            // A busy one (another checkpoint held the lock) says nothing about the log.
+            Ok(Ok(state)) if state.busy => {}
             Ok(Ok(state)) => self.restart_due = state.frames.max(0) as u64 * self.frame_bytes > self.limit,
             Ok(Err(e)) => tracing::warn!(error = %e, "a background WAL checkpoint failed; will retry"),
             Err(e) => tracing::warn!(error = %e, "a background WAL checkpoint panicked; will retry"),
@@ -449,15 +486,28 @@ impl Wal {
     /// A RESTART or TRUNCATE checkpoint; when readers or an error keep it from finishing, the
     /// next try is at the next tick.
     async fn checkpoint(&mut self, mode: Checkpoint) {
-        match db::checkpoint(&self.db, mode).await {
-            Ok(state) if !state.busy => self.restart_due = false,
+        let patient = self.busy_in_a_row >= Self::PATIENT_AFTER;
+        match db::checkpoint(&self.db, mode, patient).await {
+            Ok(state) if !state.busy => {
+                self.restart_due = false;
+                self.busy_in_a_row = 0;
+            }
             Ok(state) => {
                 self.busy = true;
-                tracing::debug!(
-                    frames = state.frames,
-                    ?mode,
-                    "the WAL could not be checkpointed yet (readers); will retry"
-                );
+                self.busy_in_a_row += 1;
+                if self.busy_in_a_row == Self::PATIENT_AFTER {
+                    tracing::warn!(
+                        frames = state.frames,
+                        "readers have kept the SQLite WAL from restarting for {} tries; the next one waits for them",
+                        Self::PATIENT_AFTER
+                    );
+                } else {
+                    tracing::debug!(
+                        frames = state.frames,
+                        ?mode,
+                        "the WAL could not be checkpointed yet (readers); will retry"
+                    );
+                }
             }
             Err(e) => {
                 self.busy = true;
@@ -466,7 +516,8 @@ impl Wal {
         }
     }
 
-    /// At shutdown: waits for a background checkpoint, then empties the WAL.
+    /// At shutdown: waits for a background checkpoint, then empties the WAL (unless readers
+    /// hold it; SQLite empties it when the last connection closes anyway).
     async fn close(&mut self) {
         if let Some(task) = self.passive.take() {
             let _ = task.await;

@@ -145,24 +145,35 @@ async fn sqlite_wal_stays_bounded() {
     // A small bound, so that it shows under a few thousand records.
     const LIMIT: u64 = 4 << 20;
     let writer = Writer::spawn_with_wal_limit(db::connect_writer(&test.url).await.unwrap(), LIMIT);
-    let wal = test.url.trim_start_matches("sqlite://").split('?').next().unwrap().to_string() + "-wal";
+    let file = test.url.trim_start_matches("sqlite://").split('?').next().unwrap().to_string();
+    let wal = file.clone() + "-wal";
     let size = move || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    // The log's length in frames: `mxFrame` in the WAL index's header
+    // (https://sqlite.org/walformat.html); it goes down when the log restarts.
+    let frames = move || {
+        let index = std::fs::read(format!("{file}-shm")).unwrap_or_default();
+        index.get(16..20).map_or(0, |b| u32::from_ne_bytes(b.try_into().unwrap()))
+    };
     let watch = {
         let size = size.clone();
         let done = tokio_util::sync::CancellationToken::new();
         let stop = done.clone();
         let task = tokio::spawn(async move {
-            let mut largest = 0;
+            let (mut largest, mut restarts, mut last) = (0, 0, 0);
             while !stop.is_cancelled() {
                 largest = largest.max(size());
+                let now = frames();
+                restarts += u32::from(now < last);
+                last = now;
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
-            largest
+            (largest, restarts)
         });
         (done, task)
     };
     // Four writers at a time: small groups, so many commits (each rewrites a few pages). With
-    // SQLite's own checkpoints alone the WAL reached 34 MB here.
+    // SQLite's own checkpoints alone the log never restarts while commits keep coming, and the
+    // WAL reached 34 MB here.
     let tasks = (0..4).map(|_| {
         let writer = writer.clone();
         tokio::spawn(async move {
@@ -177,12 +188,13 @@ async fn sqlite_wal_stays_bounded() {
     }
     writer.close().await;
     watch.0.cancel();
-    let largest = watch.1.await.unwrap();
+    let (largest, restarts) = watch.1.await.unwrap();
     assert_eq!(count(&test.db, "SELECT COUNT(*) FROM usage").await, 12_000);
-    // Well under the 34 MB of SQLite's own checkpoints. The log passes the bound by what is
-    // committed while the background checkpoint that comes before its restart runs: 4.6-4.7 MB
-    // here on 2 idle cores; a busy CI machine's slower checkpoints get room.
-    assert!(largest <= 3 * LIMIT, "the WAL reached {largest} bytes");
+    // The log restarted again and again (4.6-4.7 MB at most on 2 idle cores; slower disks let it
+    // grow further while the checkpoint before each restart runs, so the size is only checked
+    // against the 64 MiB where SQLite's own backstop would start).
+    assert!(restarts >= 3, "the log restarted {restarts} times");
+    assert!(largest < 16 * LIMIT, "the WAL reached {largest} bytes");
     assert_eq!(size(), 0, "closing the writer empties the WAL");
 }
 
@@ -201,13 +213,13 @@ async fn a_checkpoint_gives_up_on_a_long_reader() {
     let _ = sqlx::query("SELECT COUNT(*) FROM usage").fetch_one(&mut *reader).await.unwrap();
 
     let started = std::time::Instant::now();
-    let state = db::checkpoint(&pool, db::Checkpoint::Restart).await.unwrap();
+    let state = db::checkpoint(&pool, db::Checkpoint::Restart, false).await.unwrap();
     assert!(state.busy, "{state:?}");
     // The connections wait 5 s for a lock; the checkpoint gave up long before.
     assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
 
     sqlx::Executor::execute(&mut *reader, "COMMIT").await.unwrap();
-    assert!(!db::checkpoint(&pool, db::Checkpoint::Restart).await.unwrap().busy);
+    assert!(!db::checkpoint(&pool, db::Checkpoint::Restart, false).await.unwrap().busy);
     let (mut first, mut second) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
     for conn in [&mut first, &mut second] {
         let waits: i64 = sqlx::query("PRAGMA busy_timeout").fetch_one(&mut **conn).await.unwrap().try_get(0).unwrap();
