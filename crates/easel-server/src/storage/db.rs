@@ -176,6 +176,18 @@ pub async fn file_path(db: &Db) -> anyhow::Result<Option<String>> {
     Ok((!file.is_empty()).then_some(file))
 }
 
+/// The frames in a SQLite WAL, read from its index (the `-shm` file SQLite maps into memory):
+/// `mxFrame`, the u32 at byte 16 of the index's header, in the machine's byte order
+/// (<https://sqlite.org/walformat.html>; every SQLite sharing a database agrees on it). It goes
+/// down when the log restarts; a file restarted in place keeps its size, so the size cannot say
+/// it.
+pub fn wal_index_frames(index: &mut (impl std::io::Read + std::io::Seek)) -> std::io::Result<u32> {
+    let mut frames = [0; 4];
+    index.seek(std::io::SeekFrom::Start(16))?;
+    index.read_exact(&mut frames)?;
+    Ok(u32::from_ne_bytes(frames))
+}
+
 /// The bytes one page takes in a SQLite WAL: the page and its 24-byte frame header.
 pub async fn wal_frame_bytes(db: &Db) -> anyhow::Result<u64> {
     let page: i64 = sqlx::query("PRAGMA page_size").fetch_one(db).await?.try_get(0)?;

@@ -317,11 +317,8 @@ async fn commit(conn: &mut HeldConnection, group: &mut Vec<Entry>) {
 /// path about as much at any bound, so the bound sets how often, not (normally) how long, commits
 /// wait.
 ///
-/// The log's length is read after each commit from the WAL index (the `-shm` file SQLite keeps
-/// beside the database and maps into memory): `mxFrame`, the frame count at byte 16 of its
-/// header, in the machine's byte order (<https://sqlite.org/walformat.html>; every SQLite
-/// version sharing a database must agree on it). The file's size cannot say it, since a log
-/// restarted in place keeps the file's size.
+/// The log's length is read after each commit from the WAL index ([`db::wal_index_frames`]),
+/// since a log restarted in place keeps the file's size.
 struct Wal {
     db: Db,
     /// The `-wal` file (an idle writer empties it when it is not empty); `None` in memory.
@@ -340,7 +337,7 @@ struct Wal {
     commits_since_tick: u64,
     /// The last PASSIVE checkpoint found the log past the bound.
     restart_due: bool,
-    /// The log's length when the last PASSIVE checkpoint started (what it has copied).
+    /// How much of the log the last PASSIVE checkpoint copied.
     copied: u64,
     /// A second PASSIVE checkpoint ran because the log had grown far past the first before the
     /// RESTART; the RESTART follows the second whatever it finds.
@@ -377,12 +374,11 @@ impl Wal {
             None
         });
         let index_path = file.as_ref().map(|file| format!("{file}-shm"));
-        let index = index_path.as_ref().and_then(|path| match std::fs::File::open(path) {
-            Ok(index) => Some(index),
-            Err(e) => {
+        let index = index_path.as_deref().and_then(|path| {
+            std::fs::File::open(path).inspect_err(|e| {
                 tracing::warn!(error = %e, "cannot open the SQLite WAL index; its WAL is checkpointed on a timer only");
-                None
-            }
+            })
+            .ok()
         });
         let frame_bytes = db::wal_frame_bytes(&db).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read the SQLite page size; assuming 4 KiB");
@@ -413,13 +409,8 @@ impl Wal {
 
     /// The log's length in bytes, from the WAL index (0 when it cannot be read).
     fn length(&mut self) -> u64 {
-        use std::io::{Read, Seek, SeekFrom};
         let Some(index) = &mut self.index else { return 0 };
-        let mut frames = [0; 4];
-        match index.seek(SeekFrom::Start(16)).and_then(|_| index.read_exact(&mut frames)) {
-            Ok(()) => u64::from(u32::from_ne_bytes(frames)) * self.frame_bytes,
-            Err(_) => 0,
-        }
+        db::wal_index_frames(index).map_or(0, |frames| u64::from(frames) * self.frame_bytes)
     }
 
     async fn tick(&mut self) {
@@ -466,7 +457,6 @@ impl Wal {
 
     fn start_passive(&mut self) {
         self.passive_started = Instant::now();
-        self.copied = self.length();
         let db = self.db.clone();
         self.passive = Some(tokio::spawn(async move { db::checkpoint(&db, Checkpoint::Passive, false).await }));
     }
@@ -477,7 +467,10 @@ impl Wal {
         match task.await {
             // A busy one (another checkpoint held the lock) says nothing about the log.
             Ok(Ok(state)) if state.busy => {}
-            Ok(Ok(state)) => self.restart_due = state.frames.max(0) as u64 * self.frame_bytes > self.limit,
+            Ok(Ok(state)) => {
+                self.copied = state.checkpointed.max(0) as u64 * self.frame_bytes;
+                self.restart_due = state.frames.max(0) as u64 * self.frame_bytes > self.limit;
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "a background WAL checkpoint failed; will retry"),
             Err(e) => tracing::warn!(error = %e, "a background WAL checkpoint panicked; will retry"),
         }

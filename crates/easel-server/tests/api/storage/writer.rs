@@ -148,11 +148,10 @@ async fn sqlite_wal_stays_bounded() {
     let file = test.url.trim_start_matches("sqlite://").split('?').next().unwrap().to_string();
     let wal = file.clone() + "-wal";
     let size = move || std::fs::metadata(&wal).map_or(0, |m| m.len());
-    // The log's length in frames: `mxFrame` in the WAL index's header
-    // (https://sqlite.org/walformat.html); it goes down when the log restarts.
+    // The log's length in frames; it goes down when the log restarts.
     let frames = move || {
-        let index = std::fs::read(format!("{file}-shm")).unwrap_or_default();
-        index.get(16..20).map_or(0, |b| u32::from_ne_bytes(b.try_into().unwrap()))
+        let index = std::fs::File::open(format!("{file}-shm"));
+        index.and_then(|mut index| db::wal_index_frames(&mut index)).unwrap_or(0)
     };
     let watch = {
         let size = size.clone();
