@@ -65,7 +65,7 @@ impl Application {
         let data_dir = &config.storage.data_dir;
         std::fs::create_dir_all(data_dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))?;
         let db = db::connect(&valid.database_url).await?;
-        let writer = Writer::spawn(db::connect_writer(&valid.database_url).await?);
+        let writer = Writer::spawn(db::connect_writer(&db).await?);
         let blobs = Blobs::open(&valid.blobs)?;
         let keys = ApiKeys::new(db.clone());
         let limiter = Limiter::new(db.clone(), Duration::from_secs(config.limits.reservation_ttl_secs.max(1)));

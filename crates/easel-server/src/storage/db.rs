@@ -9,6 +9,7 @@
 //! files to ship).
 
 use std::borrow::Cow;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
@@ -64,8 +65,8 @@ impl Engine {
 /// PostgreSQL database must exist) and applies pending migrations.
 ///
 /// This is the pool for reads and for the rare writes outside the ledger (keys, the sweep); the
-/// ledger's own writes go through [`connect_writer`]'s pool, so on SQLite a read never queues
-/// behind a ledger commit for a pool connection, and in WAL mode never for a lock either.
+/// ledger's own writes go through [`connect_writer`]'s connections, so a read never queues
+/// behind a ledger commit for a pool connection, and on SQLite (WAL mode) never for a lock either.
 pub async fn connect(url: &str) -> anyhow::Result<Db> {
     sqlx::any::install_default_drivers();
     let engine = Engine::of(url)?;
@@ -74,7 +75,7 @@ pub async fn connect(url: &str) -> anyhow::Result<Db> {
     // whose `max_connections`, 100 by default, the other nodes share).
     let size = node_pool_size();
     let options = match engine {
-        Engine::Sqlite => sqlite_options(size, ""),
+        Engine::Sqlite => sqlite_options(size),
         // Idle connections are closed, and recycled periodically so failovers and server-side
         // limits do not leave stale ones.
         Engine::Postgres => postgres_options(size),
@@ -84,27 +85,39 @@ pub async fn connect(url: &str) -> anyhow::Result<Db> {
     Ok(pool)
 }
 
-/// Opens the pool the ledger writer ([`super::writer::Writer`]) commits through, on a database
-/// [`connect`] has already migrated.
-///
-/// SQLite: two connections, one committing and one copying the WAL back into the database in
-/// the background (see [`checkpoint`]), so checkpoints never sit on the commit path; automatic
-/// checkpoints at commit are only a backstop. PostgreSQL: one connection, since the writer
-/// commits one group at a time.
-pub async fn connect_writer(url: &str) -> anyhow::Result<Db> {
-    sqlx::any::install_default_drivers();
-    let options = match Engine::of(url)? {
-        Engine::Sqlite => sqlite_options(
-            2,
-            // 16384 pages (64 MiB): well above the writer's own bound (writer::WAL_LIMIT_BYTES), so
-            // this runs only when the writer's checkpoints fail; and when the log restarts, a file
-            // grown past 64 MiB meanwhile is cut back to that (within it, the writer restarts the
-            // log in place, and an idle one truncates the file).
-            "PRAGMA wal_autocheckpoint = 16384; PRAGMA journal_size_limit = 67108864;",
-        ),
-        Engine::Postgres => postgres_options(1),
-    };
-    open(options.min_connections(1), url).await
+/// Where the ledger writer ([`super::writer::Writer`]) commits.
+#[derive(Debug)]
+pub enum LedgerDb {
+    /// The SQLite database's file: the writer opens its own connections to it
+    /// ([`super::sqlite_ledger`]), one committing and one checkpointing the WAL in the
+    /// background.
+    Sqlite(PathBuf),
+    /// A pool of one PostgreSQL connection, since the writer commits one group at a time.
+    Postgres(Db),
+}
+
+/// Opens where the ledger writer commits, for the database `db` ([`connect`]'s pool, which has
+/// migrated it). An in-memory SQLite database cannot hold the ledger: the writer's connections
+/// would each see another database.
+pub async fn connect_writer(db: &Db) -> anyhow::Result<LedgerDb> {
+    match engine(db) {
+        Engine::Sqlite => {
+            let file = file_path(db).await?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "storage.database: an in-memory SQLite database cannot hold the ledger; give it a file \
+                     (sqlite://PATH?mode=rwc), or leave it unset for data_dir/easel.db"
+                )
+            })?;
+            let file = PathBuf::from(file);
+            // Opened once here, so that a database the ledger cannot write fails at startup.
+            super::sqlite_ledger::open(&file)?;
+            Ok(LedgerDb::Sqlite(file))
+        }
+        Engine::Postgres => {
+            let url = db.connect_options().database_url.to_string();
+            Ok(LedgerDb::Postgres(open(postgres_options(1).min_connections(1), &url).await?))
+        }
+    }
 }
 
 /// Twice the cores, between 4 and 32.
@@ -115,14 +128,21 @@ fn node_pool_size() -> u32 {
 
 /// How long a SQLite statement waits for another connection's lock before failing with "database
 /// is locked": a second writer (a key created while the ledger commits) queues this long.
-const BUSY_TIMEOUT_MS: u64 = 5000;
+pub(super) const BUSY_TIMEOUT_MS: u64 = 5000;
 
-/// How long a RESTART or TRUNCATE checkpoint waits for readers of old snapshots. It holds the
-/// write lock meanwhile, so every commit waits with it; past this it gives up (to be tried again
-/// later) rather than hold the ledger for a long report query's [`BUSY_TIMEOUT_MS`].
-const CHECKPOINT_WAIT_MS: u64 = 20;
+/// The pragmas every SQLite connection of the server starts with (sqlx's and the ledger's), and
+/// `extra`. WAL lets readers run beside the writer; with it, synchronous = NORMAL cannot corrupt
+/// the database (a power cut may lose the last commits, not the file) and saves an fsync per
+/// commit. The busy timeout queues the rare second writer (a key created while the ledger
+/// commits) instead of failing it.
+pub(super) fn sqlite_pragmas(extra: &str) -> String {
+    format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}; \
+         PRAGMA foreign_keys = ON; {extra}"
+    )
+}
 
-fn sqlite_options(size: u32, extra_pragmas: &'static str) -> AnyPoolOptions {
+fn sqlite_options(size: u32) -> AnyPoolOptions {
     // Writers queue behind SQLite's one write lock (busy_timeout 5 s), so waits can be long. No
     // ping before each acquire: a SQLite connection is a file in this process that cannot go
     // stale, and the ping is a round trip to the connection's thread (two thread wake-ups) on
@@ -133,15 +153,7 @@ fn sqlite_options(size: u32, extra_pragmas: &'static str) -> AnyPoolOptions {
         .test_before_acquire(false)
         .after_connect(move |conn, _| {
             Box::pin(async move {
-                // WAL lets readers run beside the writer; with it, synchronous = NORMAL cannot
-                // corrupt the database (a power cut may lose the last commits, not the file) and
-                // saves an fsync per commit. The busy timeout queues the rare second writer (a key
-                // created while the ledger commits) instead of failing it.
-                let pragmas = format!(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}; \
-                 PRAGMA foreign_keys = ON; {extra_pragmas}"
-                );
-                conn.execute(sqlx::AssertSqlSafe(pragmas)).await?;
+                conn.execute(sqlx::AssertSqlSafe(sqlite_pragmas(""))).await?;
                 Ok(())
             })
         })
@@ -174,75 +186,6 @@ pub async fn file_path(db: &Db) -> anyhow::Result<Option<String>> {
     let row = sqlx::query("SELECT file FROM pragma_database_list WHERE name = 'main'").fetch_one(db).await?;
     let file: String = row.try_get(0)?;
     Ok((!file.is_empty()).then_some(file))
-}
-
-/// The frames in a SQLite WAL, read from its index (the `-shm` file SQLite maps into memory):
-/// `mxFrame`, the u32 at byte 16 of the index's header, in the machine's byte order
-/// (<https://sqlite.org/walformat.html>; every SQLite sharing a database agrees on it). It goes
-/// down when the log restarts; a file restarted in place keeps its size, so the size cannot say
-/// it.
-pub fn wal_index_frames(index: &mut (impl std::io::Read + std::io::Seek)) -> std::io::Result<u32> {
-    let mut frames = [0; 4];
-    index.seek(std::io::SeekFrom::Start(16))?;
-    index.read_exact(&mut frames)?;
-    Ok(u32::from_ne_bytes(frames))
-}
-
-/// The bytes one page takes in a SQLite WAL: the page and its 24-byte frame header.
-pub async fn wal_frame_bytes(db: &Db) -> anyhow::Result<u64> {
-    let page: i64 = sqlx::query("PRAGMA page_size").fetch_one(db).await?.try_get(0)?;
-    Ok(page as u64 + 24)
-}
-
-/// How a SQLite WAL checkpoint copies the log back into the database file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Checkpoint {
-    /// Copies what it can without waiting for anyone; runs beside the writer and readers.
-    Passive,
-    /// Waits for the writer and for readers of old snapshots and copies everything, so that the
-    /// next commit writes the WAL from its start again (over the same file, which keeps its size).
-    Restart,
-    /// Waits for the writer and for readers of old snapshots, copies everything and truncates
-    /// the WAL file to zero bytes.
-    Truncate,
-}
-
-/// What a checkpoint left: the frames (pages) in the WAL, and whether it was cut short.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WalState {
-    pub busy: bool,
-    pub frames: i64,
-    pub checkpointed: i64,
-}
-
-/// Runs a WAL checkpoint on a SQLite database (`PRAGMA wal_checkpoint`). RESTART and TRUNCATE
-/// wait at most [`CHECKPOINT_WAIT_MS`] for readers and the writer (then `busy` says so), or,
-/// `patient`, as long as a write would ([`BUSY_TIMEOUT_MS`]).
-///
-/// Not cancellation-safe: dropped while it runs, the connection may go back to its pool with the
-/// short wait (the ledger writer, its caller in the server, never drops it).
-pub async fn checkpoint(db: &Db, mode: Checkpoint, patient: bool) -> anyhow::Result<WalState> {
-    let sql = match mode {
-        Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
-        Checkpoint::Restart => "PRAGMA wal_checkpoint(RESTART)",
-        Checkpoint::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
-    };
-    let mut conn = db.acquire().await?;
-    let waits = mode != Checkpoint::Passive && !patient;
-    if waits {
-        conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}"))).await?;
-    }
-    let row = sqlx::query(sql).fetch_one(&mut *conn).await;
-    if waits {
-        let restored = conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}"))).await;
-        if let Err(e) = restored {
-            // Not back in the pool with the short wait.
-            conn.close_on_drop();
-            return Err(e.into());
-        }
-    }
-    let row = row.map_err(|e| anyhow::anyhow!("{sql} failed: {e}"))?;
-    Ok(WalState { busy: row.try_get::<i64, _>(0)? != 0, frames: row.try_get(1)?, checkpointed: row.try_get(2)? })
 }
 
 fn migrator(engine: Engine) -> Migrator {

@@ -10,6 +10,7 @@ pub mod limits;
 pub mod records;
 pub mod reports;
 pub mod signing;
+pub mod sqlite_ledger;
 pub mod sweep;
 pub mod tasks;
 pub mod writer;

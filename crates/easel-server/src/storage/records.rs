@@ -1,13 +1,17 @@
 //! Usage and image facts. A request's usage row and its image rows are written in one
 //! transaction, so the ledger never shows images without the usage that paid for them; the
-//! ledger writer ([`super::writer`]) puts several requests in one transaction
-//! (`record_group`), since a commit costs far more than a row.
+//! ledger writer ([`super::writer`]) puts several requests in one transaction, since a commit
+//! costs far more than a row. The INSERTs' columns and values are here once, for both drivers
+//! that write them: sqlx (PostgreSQL's writer, and [`record`]) and rusqlite (SQLite's writer,
+//! [`super::sqlite_ledger`]).
+
+use std::borrow::Cow;
 
 use easel_core::usage::Usage;
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, Connection, Executor, Row};
+use sqlx::{Any, AnyConnection, Connection, Row};
 
-use super::db::{self, Db, Engine};
+use super::db::Db;
 
 #[derive(Debug, Clone)]
 pub struct UsageRecord {
@@ -42,24 +46,23 @@ pub struct ImageRecord {
     pub expires_at: Option<i64>,
 }
 
-/// Writes one request's usage row and image rows in one transaction.
+/// Writes one request's usage row and image rows in one transaction, through `db`'s pool (the
+/// server writes them through the ledger writer, [`super::writer`]).
 pub async fn record(db: &Db, usage: &UsageRecord, images: &[ImageRecord]) -> anyhow::Result<()> {
     HeldConnection::new(db.clone()).record(&[(usage, images)]).await
 }
 
-/// A connection of `db` kept from one write to the next (the ledger writer keeps one): sqlx
-/// tests a connection that goes back to its pool with a ping, a round trip to the connection's
-/// thread (SQLite) or server (PostgreSQL), which each group would otherwise pay on top of its
-/// one commit.
+/// A connection of `db` kept from one write to the next (the ledger writer keeps one on
+/// PostgreSQL): sqlx tests a connection that goes back to its pool with a ping, a round trip to
+/// the server, which each group would otherwise pay on top of its one commit.
 pub struct HeldConnection {
     db: Db,
-    engine: Engine,
     conn: Option<PoolConnection<Any>>,
 }
 
 impl HeldConnection {
     pub fn new(db: Db) -> Self {
-        Self { engine: db::engine(&db), db, conn: None }
+        Self { db, conn: None }
     }
 
     /// Writes `group` in one transaction (`record_group`). After an error the connection is
@@ -69,7 +72,7 @@ impl HeldConnection {
             Some(conn) => conn,
             None => self.conn.insert(self.db.acquire().await?),
         };
-        let result = record_group(conn, self.engine, group).await;
+        let result = record_group(conn, group).await;
         if result.is_err()
             && let Some(mut conn) = self.conn.take()
         {
@@ -80,142 +83,111 @@ impl HeldConnection {
 }
 
 /// Writes several requests' rows in one transaction: all of them or none. Rows go in multi-row
-/// INSERTs (see [`STATEMENT_SIZES`]), so a group of any size costs a few statements and one
-/// commit.
-///
-/// On SQLite the whole transaction (`BEGIN`, the INSERTs, `COMMIT`) is one multi-statement
-/// query: sqlx runs every SQLite statement on the connection's own thread, so each statement
-/// is a round trip there and back (two thread wake-ups), and one query makes the group one
-/// round trip instead of four. The placeholders are numbered across the statements (`$19` is
-/// the second row's first value), which sqlx's SQLite driver binds by number. PostgreSQL's
-/// protocol takes one statement per prepared query, so there the statements go one by one in
-/// an sqlx transaction (one network round trip each).
-///
-/// Not cancellation-safe on SQLite: dropped mid-query, the connection may be left inside the
-/// transaction (the ledger writer, its one caller in the server, runs it in a spawned task that
-/// is never cancelled: the server closes the writer before any runtime it may run on stops).
-async fn record_group(
-    conn: &mut AnyConnection,
-    engine: Engine,
-    group: &[(&UsageRecord, &[ImageRecord])],
-) -> anyhow::Result<()> {
+/// INSERTs (see [`STATEMENT_SIZES`]), so a group of any size costs a few statements (one network
+/// round trip each on PostgreSQL) and one commit.
+async fn record_group(conn: &mut AnyConnection, group: &[(&UsageRecord, &[ImageRecord])]) -> anyhow::Result<()> {
     let (once, each): (Vec<_>, Vec<_>) = group.iter().copied().partition(|(usage, _)| usage.once);
     let images = group.iter().flat_map(|(usage, images)| images.iter().map(move |image| (*usage, image)));
     let images = images.collect::<Vec<_>>();
+    let mut tx = conn.begin().await?;
     // Usage rows first: they are what the images' `usage_id` points at.
-    let statements = chunks(&each)
-        .map(|rows| Insert::Usage { rows, once: false })
-        .chain(chunks(&once).map(|rows| Insert::Usage { rows, once: true }))
-        .chain(chunks(&images).map(Insert::Images))
-        .collect::<Vec<_>>();
-    if engine == Engine::Sqlite {
-        let mut sql = String::from("BEGIN; ");
-        let mut first = 1;
-        for statement in &statements {
-            sql.push_str(&statement.sql(first));
-            sql.push_str("; ");
-            first += statement.parameters();
+    for (rows, once) in chunks(&each).map(|rows| (rows, false)).chain(chunks(&once).map(|rows| (rows, true))) {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(usage_sql(rows.len(), once)));
+        for (usage, images) in rows {
+            query = usage_values(usage, images.len()).into_iter().fold(query, bind);
         }
-        sql.push_str("COMMIT");
-        // Placeholder numbers depend on the group's shape: keep prepared only the shapes of
-        // one usage statement and one image statement (a lone request, small groups), which
-        // fit sqlx's cache of 100 statements per connection; larger groups are prepared each time.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(statements.len() <= 2);
-        for statement in &statements {
-            query = statement.bind(query);
-        }
-        if let Err(e) = query.execute(&mut *conn).await {
-            // The statement that failed undid only itself: end the transaction, so the
-            // connection goes on in autocommit ("no transaction is active" is not a problem).
-            let _ = conn.execute("ROLLBACK").await;
-            return Err(e.into());
-        }
-    } else {
-        let mut tx = conn.begin().await?;
-        for statement in &statements {
-            statement.bind(sqlx::query(sqlx::AssertSqlSafe(statement.sql(1)))).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
+        query.execute(&mut *tx).await?;
     }
+    for rows in chunks(&images) {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(images_sql(rows.len())));
+        for (usage, image) in rows {
+            query = image_values(usage, image).into_iter().fold(query, bind);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
-/// One INSERT of a group.
-enum Insert<'a> {
-    /// Usage rows; `once`: a row whose id is already there is skipped ([`UsageRecord::once`]).
-    Usage { rows: &'a [(&'a UsageRecord, &'a [ImageRecord])], once: bool },
-    /// Image rows, each with the usage row it belongs to.
-    Images(&'a [(&'a UsageRecord, &'a ImageRecord)]),
+fn bind<'q>(query: Query<'q>, value: Value<'_>) -> Query<'q> {
+    match value {
+        Value::Text(text) => query.bind(text.map(Cow::into_owned)),
+        Value::Int(int) => query.bind(int),
+        Value::BigInt(int) => query.bind(int),
+    }
 }
 
-impl<'a> Insert<'a> {
-    fn parameters(&self) -> usize {
-        match self {
-            Self::Usage { rows, .. } => rows.len() * USAGE_COLUMNS,
-            Self::Images(rows) => rows.len() * IMAGES_COLUMNS,
-        }
-    }
+/// One column's value in the ledger's INSERTs, as either driver binds it (sqlx here, rusqlite in
+/// [`super::sqlite_ledger`]): `INTEGER` columns take `Int`, `BIGINT` ones `BigInt` (PostgreSQL
+/// tells them apart).
+#[derive(Debug)]
+pub(super) enum Value<'a> {
+    Text(Option<Cow<'a, str>>),
+    Int(i32),
+    BigInt(Option<i64>),
+}
 
-    /// The statement, its placeholders numbered from `$first`.
-    fn sql(&self, first: usize) -> String {
-        match self {
-            Self::Usage { rows, once } => {
-                insert_sql(USAGE_INSERT, USAGE_COLUMNS, rows.len(), first) + if *once { USAGE_ONCE } else { "" }
-            }
-            Self::Images(rows) => insert_sql(IMAGES_INSERT, IMAGES_COLUMNS, rows.len(), first),
-        }
-    }
+fn text(value: &Option<String>) -> Value<'_> {
+    Value::Text(value.as_deref().map(Cow::Borrowed))
+}
 
-    /// Binds this statement's values, in placeholder order, after those already in `query`.
-    fn bind<'q>(&self, mut query: Query<'q>) -> Query<'q>
-    where
-        'a: 'q,
-    {
-        match self {
-            Self::Usage { rows, .. } => {
-                for (usage, images) in *rows {
-                    query = query
-                        .bind(usage.id.to_string())
-                        .bind(&usage.key_id)
-                        .bind(&usage.model)
-                        .bind(&usage.backend)
-                        .bind(&usage.operation)
-                        .bind(&usage.outcome)
-                        .bind(i32::from(usage.status))
-                        .bind(images.len() as i32)
-                        .bind(&usage.size)
-                        .bind(&usage.quality)
-                        .bind(&usage.output_format)
-                        .bind(usage.usage.input_text_tokens as i64)
-                        .bind(usage.usage.input_image_tokens as i64)
-                        .bind(usage.usage.output_tokens as i64)
-                        .bind(usage.usage.total_tokens() as i64)
-                        .bind(usage.latency_ms)
-                        .bind(&usage.end_user)
-                        .bind(usage.created_at);
-                }
-            }
-            Self::Images(rows) => {
-                for (usage, image) in *rows {
-                    query = query
-                        .bind(image.id.to_string())
-                        .bind(usage.id.to_string())
-                        .bind(&usage.key_id)
-                        .bind(&usage.model)
-                        .bind(image.width as i32)
-                        .bind(image.height as i32)
-                        .bind(&image.format)
-                        .bind(image.bytes as i64)
-                        .bind(&image.blob_key)
-                        .bind(usage.created_at)
-                        .bind(image.expires_at);
-                }
-            }
-        }
-        query
-    }
+fn owned(value: String) -> Value<'static> {
+    Value::Text(Some(Cow::Owned(value)))
+}
+
+/// A usage row's values, in [`USAGE_INSERT`]'s column order.
+pub(super) fn usage_values(usage: &UsageRecord, image_count: usize) -> [Value<'_>; USAGE_COLUMNS] {
+    let tokens = |n: u64| Value::BigInt(Some(n as i64));
+    [
+        owned(usage.id.to_string()),
+        text(&usage.key_id),
+        Value::Text(Some(Cow::Borrowed(&usage.model))),
+        Value::Text(Some(Cow::Borrowed(&usage.backend))),
+        Value::Text(Some(Cow::Borrowed(&usage.operation))),
+        Value::Text(Some(Cow::Borrowed(&usage.outcome))),
+        Value::Int(i32::from(usage.status)),
+        Value::Int(image_count as i32),
+        text(&usage.size),
+        text(&usage.quality),
+        text(&usage.output_format),
+        tokens(usage.usage.input_text_tokens),
+        tokens(usage.usage.input_image_tokens),
+        tokens(usage.usage.output_tokens),
+        tokens(usage.usage.total_tokens()),
+        Value::BigInt(Some(usage.latency_ms)),
+        text(&usage.end_user),
+        Value::BigInt(Some(usage.created_at)),
+    ]
+}
+
+/// An image row's values (with the usage row it belongs to), in [`IMAGES_INSERT`]'s column order.
+pub(super) fn image_values<'a>(usage: &'a UsageRecord, image: &'a ImageRecord) -> [Value<'a>; IMAGES_COLUMNS] {
+    [
+        owned(image.id.to_string()),
+        owned(usage.id.to_string()),
+        text(&usage.key_id),
+        Value::Text(Some(Cow::Borrowed(&usage.model))),
+        Value::Int(image.width as i32),
+        Value::Int(image.height as i32),
+        Value::Text(Some(Cow::Borrowed(&image.format))),
+        Value::BigInt(Some(image.bytes as i64)),
+        text(&image.blob_key),
+        Value::BigInt(Some(usage.created_at)),
+        Value::BigInt(image.expires_at),
+    ]
+}
+
+/// The INSERT of `rows` usage rows; `once`: a row whose id is already there is skipped
+/// ([`UsageRecord::once`]).
+pub(super) fn usage_sql(rows: usize, once: bool) -> String {
+    insert_sql(USAGE_INSERT, USAGE_COLUMNS, rows) + if once { USAGE_ONCE } else { "" }
+}
+
+/// The INSERT of `rows` image rows.
+pub(super) fn images_sql(rows: usize) -> String {
+    insert_sql(IMAGES_INSERT, IMAGES_COLUMNS, rows)
 }
 
 const USAGE_INSERT: &str = "INSERT INTO usage (id, key_id, model, backend, operation, outcome, status, image_count, \
@@ -229,9 +201,9 @@ const IMAGES_INSERT: &str = "INSERT INTO images (id, usage_id, key_id, model, wi
 const IMAGES_COLUMNS: usize = 11;
 
 /// The row counts of the INSERT statements: a group of `n` rows is cut into these sizes
-/// (largest first), so at most 7 statement shapes per table exist (on SQLite a group is one
-/// query of several statements; see [`record_group`] for which stay prepared). 64 rows of 18
-/// columns is far below the bind-parameter limits of SQLite (32,766) and PostgreSQL (65,535).
+/// (largest first), so at most 7 statement shapes per table exist, which sqlx keeps prepared.
+/// 64 rows of 18 columns is far below the bind-parameter limits of SQLite (32,766) and
+/// PostgreSQL (65,535).
 const STATEMENT_SIZES: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
 
 fn chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
@@ -244,8 +216,8 @@ fn chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
-/// `prefix` followed by `rows` tuples of placeholders, numbered from `$first`.
-fn insert_sql(prefix: &str, columns: usize, rows: usize, first: usize) -> String {
+/// `prefix` followed by `rows` tuples of placeholders, numbered from `$1`.
+fn insert_sql(prefix: &str, columns: usize, rows: usize) -> String {
     let mut sql = String::with_capacity(prefix.len() + rows * columns * 6);
     sql.push_str(prefix);
     for row in 0..rows {
@@ -255,7 +227,7 @@ fn insert_sql(prefix: &str, columns: usize, rows: usize, first: usize) -> String
                 sql.push_str(", ");
             }
             sql.push('$');
-            sql.push_str(&(first + row * columns + column).to_string());
+            sql.push_str(&(1 + row * columns + column).to_string());
         }
         sql.push(')');
     }
@@ -324,8 +296,7 @@ mod tests {
 
     #[test]
     fn placeholders_number_every_column_of_every_row() {
-        assert_eq!(insert_sql("INSERT INTO t (a, b) VALUES ", 2, 1, 1), "INSERT INTO t (a, b) VALUES ($1, $2)");
-        assert_eq!(insert_sql("V ", 3, 2, 1), "V ($1, $2, $3), ($4, $5, $6)");
-        assert_eq!(insert_sql("V ", 2, 2, 7), "V ($7, $8), ($9, $10)");
+        assert_eq!(insert_sql("INSERT INTO t (a, b) VALUES ", 2, 1), "INSERT INTO t (a, b) VALUES ($1, $2)");
+        assert_eq!(insert_sql("V ", 3, 2), "V ($1, $2, $3), ($4, $5, $6)");
     }
 }

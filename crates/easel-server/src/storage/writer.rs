@@ -6,7 +6,9 @@
 //! steps, which is where a relayed request's p99 went), each commit appends its own pages to the
 //! WAL, and checkpoints starve; on PostgreSQL each request pays its own commit round trip and
 //! fsync. Here, requests hand their rows to a bounded queue; the committer takes whatever is queued
-//! (up to [`MAX_GROUP`]), writes it in one transaction ([`HeldConnection::record`]) and commits.
+//! (up to [`MAX_GROUP`]), writes it in one transaction and commits: on SQLite in place, on the
+//! thread that runs the committer ([`SqliteWriter`]), on PostgreSQL through the writer's own
+//! connection ([`HeldConnection`]).
 //! The queue grows while a commit runs, so groups grow with the load without any added delay.
 //!
 //! Each caller still waits for the commit that holds ITS rows before answering, so nothing the
@@ -33,7 +35,7 @@
 //! Shutdown: [`Writer::close`] stops taking records, commits everything already queued and
 //! returns once it is committed; `run_until_stopped` calls it after draining requests.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,8 +44,9 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::db::{self, Checkpoint, Db, Engine, WalState};
+use super::db::LedgerDb;
 use super::records::{HeldConnection, ImageRecord, UsageRecord};
+use super::sqlite_ledger::{self, Checkpoint, SqliteWriter, WalState};
 
 /// The most requests in one transaction.
 pub const MAX_GROUP: usize = 128;
@@ -91,14 +94,13 @@ struct Entry {
 }
 
 impl Writer {
-    /// Starts the writer on `db` (on a runtime; see [`db::connect_writer`] for the pool it is
-    /// meant for, though any pool of the database works).
-    pub fn spawn(db: Db) -> Self {
-        Self::spawn_with_wal_limit(db, WAL_LIMIT_BYTES)
+    /// Starts the writer on `ledger` ([`super::db::connect_writer`]), on a runtime.
+    pub fn spawn(ledger: LedgerDb) -> Self {
+        Self::spawn_with_wal_limit(ledger, WAL_LIMIT_BYTES)
     }
 
     /// [`Writer::spawn`] with another WAL bound (tests use a small one to see it hold).
-    pub fn spawn_with_wal_limit(db: Db, wal_limit: u64) -> Self {
+    pub fn spawn_with_wal_limit(ledger: LedgerDb, wal_limit: u64) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let shared = Arc::new(Shared {
             idle: Mutex::new(None),
@@ -107,7 +109,7 @@ impl Writer {
             closing: CancellationToken::new(),
             tick_due: AtomicBool::new(false),
         });
-        tokio::spawn(keep_time(db, wal_limit, receiver, shared.clone()));
+        tokio::spawn(keep_time(ledger, wal_limit, receiver, shared.clone()));
         Self { queue, shared }
     }
 
@@ -150,18 +152,19 @@ impl Writer {
     }
 }
 
-/// Builds the committer (reading where SQLite's WAL is) and spawns it for what was queued
-/// meanwhile, then asks for the WAL's tick every [`Wal::TICK`] until the writer closes.
-async fn keep_time(db: Db, wal_limit: u64, receiver: mpsc::Receiver<Entry>, shared: Arc<Shared>) {
-    let wal = match db::engine(&db) {
-        Engine::Sqlite => Some(Wal::open(db.clone(), wal_limit).await),
-        Engine::Postgres => None,
+/// Builds the committer and spawns it for what was queued meanwhile, then (SQLite) asks for the
+/// WAL's tick every [`Wal::TICK`] until the writer closes.
+async fn keep_time(ledger: LedgerDb, wal_limit: u64, receiver: mpsc::Receiver<Entry>, shared: Arc<Shared>) {
+    let ledger = match ledger {
+        LedgerDb::Sqlite(file) => {
+            Ledger::Sqlite { wal: Box::new(Wal::open(&file, wal_limit)), writer: SqliteWriter::new(file) }
+        }
+        LedgerDb::Postgres(db) => Ledger::Postgres(HeldConnection::new(db)),
     };
-    let ticks = wal.is_some();
+    let ticks = matches!(ledger, Ledger::Sqlite { .. });
     let committer = Committer {
         receiver,
-        conn: HeldConnection::new(db),
-        wal,
+        ledger,
         group: Vec::with_capacity(MAX_GROUP),
         parked: shared.parked.clone(),
         stopped: shared.stopped.clone(),
@@ -184,11 +187,10 @@ async fn keep_time(db: Db, wal_limit: u64, receiver: mpsc::Receiver<Entry>, shar
     }
 }
 
-/// The one thing that commits: the writer's connection, the queue's receiving end, the WAL.
+/// The one thing that commits: the writer's connection (and WAL), the queue's receiving end.
 struct Committer {
     receiver: mpsc::Receiver<Entry>,
-    conn: HeldConnection,
-    wal: Option<Wal>,
+    ledger: Ledger,
     group: Vec<Entry>,
     parked: Arc<Notify>,
     stopped: CancellationToken,
@@ -200,7 +202,7 @@ impl Committer {
     async fn run(mut self, shared: Arc<Shared>) {
         loop {
             if shared.tick_due.swap(false, Ordering::AcqRel)
-                && let Some(wal) = &mut self.wal
+                && let Ledger::Sqlite { wal, .. } = &mut self.ledger
             {
                 wal.tick().await;
             }
@@ -231,7 +233,7 @@ impl Committer {
             }
             self.commit_group().await;
         }
-        if let Some(wal) = &mut self.wal {
+        if let Ledger::Sqlite { wal, .. } = &mut self.ledger {
             wal.close().await;
         }
     }
@@ -245,8 +247,8 @@ impl Committer {
     }
 
     async fn commit_group(&mut self) {
-        commit(&mut self.conn, &mut self.group).await;
-        if let Some(wal) = &mut self.wal {
+        commit(&mut self.ledger, &mut self.group).await;
+        if let Ledger::Sqlite { wal, .. } = &mut self.ledger {
             wal.after_commit().await;
         }
     }
@@ -261,10 +263,26 @@ impl Drop for Committer {
     }
 }
 
+/// Where the committer writes.
+enum Ledger {
+    Sqlite { writer: SqliteWriter, wal: Box<Wal> },
+    Postgres(HeldConnection),
+}
+
+impl Ledger {
+    /// Writes `group` in one transaction.
+    async fn record(&mut self, group: &[(&UsageRecord, &[ImageRecord])]) -> anyhow::Result<()> {
+        match self {
+            Self::Sqlite { writer, .. } => writer.record(group).await,
+            Self::Postgres(conn) => conn.record(group).await,
+        }
+    }
+}
+
 /// Commits the group and answers every caller in it.
-async fn commit(conn: &mut HeldConnection, group: &mut Vec<Entry>) {
+async fn commit(ledger: &mut Ledger, group: &mut Vec<Entry>) {
     let rows = group.iter().map(|e| (&e.usage, e.images.as_slice())).collect::<Vec<_>>();
-    let result = conn.record(&rows).await;
+    let result = ledger.record(&rows).await;
     drop(rows);
     metrics::counter!("easel_ledger_commits_total").increment(1);
     metrics::counter!("easel_ledger_records_total").increment(group.len() as u64);
@@ -281,7 +299,7 @@ async fn commit(conn: &mut HeldConnection, group: &mut Vec<Entry>) {
             // One bad row fails the whole transaction: find it by retrying one request at a time.
             tracing::debug!(error = %e, records = group.len(), "a ledger group failed; retrying its records one by one");
             for entry in group.drain(..) {
-                let result = conn.record(&[(&entry.usage, &entry.images)]).await;
+                let result = ledger.record(&[(&entry.usage, &entry.images)]).await;
                 let _ = entry.done.send(result);
             }
         }
@@ -296,13 +314,14 @@ async fn commit(conn: &mut HeldConnection, group: &mut Vec<Entry>) {
 /// threshold (fsyncs on a request's path), and the file restarts from its beginning only when a
 /// checkpoint has caught up with every commit, which never happens while commits keep coming:
 /// under steady load the file only grows. Instead:
-/// - a PASSIVE checkpoint copies pages on another connection, beside the writer and the readers
-///   (it waits for no one), and fsyncs what the commits appended (they do not: `synchronous =
+/// - a PASSIVE checkpoint copies pages on another connection (this one's, on a blocking thread),
+///   beside the writer and the readers (it waits for no one), and fsyncs what the commits appended (they do not: `synchronous =
 ///   NORMAL`). One runs every [`Wal::PASSIVE_EVERY`] while commits come and at the next tick
 ///   after the last one (so a power cut usually takes no more than the last second or two of
 ///   commits, never the file; a reader holding an old snapshot can delay that), and one as soon
 ///   as a commit takes the log past the bound;
-/// - after that one, the writer runs a RESTART checkpoint between two groups: it copies the
+/// - after that one, a RESTART checkpoint runs between two groups (on the same connection and
+///   thread, the committer waiting for it): it copies the
 ///   pages committed meanwhile and fsyncs two files with little unsynced in them, and the next
 ///   commit starts the log again from the file's beginning, over the same blocks (SQLite syncs
 ///   the log's new header then, a fraction of a millisecond). When the PASSIVE one was slow and
@@ -317,21 +336,25 @@ async fn commit(conn: &mut HeldConnection, group: &mut Vec<Entry>) {
 /// path about as much at any bound, so the bound sets how often, not (normally) how long, commits
 /// wait.
 ///
-/// The log's length is read after each commit from the WAL index ([`db::wal_index_frames`]),
-/// since a log restarted in place keeps the file's size.
+/// The log's length is read after each commit from the WAL index
+/// ([`sqlite_ledger::wal_index_frames`]), since a log restarted in place keeps the file's size.
 struct Wal {
-    db: Db,
-    /// The `-wal` file (an idle writer empties it when it is not empty); `None` in memory.
-    path: Option<PathBuf>,
-    /// The WAL index (`-shm`), where the log's length is read; `None` in memory or when it
-    /// cannot be opened (the timed checkpoints then find a long log, a little later). Opened
-    /// again at each tick: SQLite makes a new one when the last connection to the database
-    /// closes and another opens.
+    /// The database file.
+    file: PathBuf,
+    /// The connection checkpoints run on; `None` while a checkpoint has it on a blocking thread,
+    /// or when it could not be opened (tried again at the next checkpoint).
+    conn: Option<rusqlite::Connection>,
+    /// The `-wal` file (an idle writer empties it when it is not empty).
+    path: PathBuf,
+    /// The WAL index (`-shm`), where the log's length is read; `None` when it cannot be opened
+    /// (the timed checkpoints then find a long log, a little later). Opened again at each tick:
+    /// SQLite makes a new one when the last connection to the database closes and another opens.
     index: Option<std::fs::File>,
-    index_path: Option<String>,
+    index_path: PathBuf,
     /// The bytes a page takes in the log (page and frame header).
     frame_bytes: u64,
-    passive: Option<JoinHandle<anyhow::Result<WalState>>>,
+    /// A PASSIVE checkpoint on a blocking thread, which gives the connection back with its result.
+    passive: Option<JoinHandle<Checkpointed>>,
     /// When the last PASSIVE checkpoint started.
     passive_started: Instant,
     commits_since_tick: u64,
@@ -352,8 +375,19 @@ struct Wal {
     limit: u64,
 }
 
+/// A checkpoint's connection and result, from its blocking thread.
+type Checkpointed = (rusqlite::Connection, anyhow::Result<WalState>);
+
+/// Runs a checkpoint on a blocking thread (it may wait for readers, and it fsyncs files).
+fn run_checkpoint(conn: rusqlite::Connection, mode: Checkpoint, patient: bool) -> JoinHandle<Checkpointed> {
+    tokio::task::spawn_blocking(move || {
+        let state = sqlite_ledger::checkpoint(&conn, mode, patient);
+        (conn, state)
+    })
+}
+
 /// The WAL length past which the writer restarts the log (the autocheckpoint backstop and the
-/// size the file is cut back to, in [`db::connect_writer`], are 64 MiB). Each restart normally
+/// size the file is cut back to, in [`sqlite_ledger::open`], are 64 MiB). Each restart normally
 /// holds commits for one or two milliseconds (1.2-2.3 ms on the benchmark's virtual disk: two fsyncs
 /// of files the background checkpoints keep nearly synced), so the bound only sets how often
 /// that happens: at 16 MiB, when each request commits alone (five or six 4 KiB pages each),
@@ -368,25 +402,29 @@ impl Wal {
     /// RESTARTs given up in a row (about one a tick) before one waits as long as a write would.
     const PATIENT_AFTER: u32 = 10;
 
-    async fn open(db: Db, limit: u64) -> Self {
-        let file = db::file_path(&db).await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot find the SQLite database file; its WAL is checkpointed on a timer only");
-            None
-        });
-        let index_path = file.as_ref().map(|file| format!("{file}-shm"));
-        let index = index_path.as_deref().and_then(|path| {
-            std::fs::File::open(path).inspect_err(|e| {
-                tracing::warn!(error = %e, "cannot open the SQLite WAL index; its WAL is checkpointed on a timer only");
-            })
-            .ok()
-        });
-        let frame_bytes = db::wal_frame_bytes(&db).await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot read the SQLite page size; assuming 4 KiB");
+    fn open(file: &Path, limit: u64) -> Self {
+        let conn = sqlite_ledger::open(file)
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot open the ledger's checkpoint connection; will retry"))
+            .ok();
+        let frame_bytes = conn.as_ref().map(sqlite_ledger::frame_bytes).and_then(Result::ok).unwrap_or_else(|| {
+            tracing::warn!("cannot read the SQLite page size; assuming 4 KiB");
             4096 + 24
         });
+        let with_suffix = |suffix: &str| {
+            let mut path = file.as_os_str().to_owned();
+            path.push(suffix);
+            PathBuf::from(path)
+        };
+        let index_path = with_suffix("-shm");
+        let index = std::fs::File::open(&index_path)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "cannot open the SQLite WAL index; its WAL is checkpointed on a timer only");
+            })
+            .ok();
         Self {
-            db,
-            path: file.map(|file| format!("{file}-wal").into()),
+            file: file.to_owned(),
+            conn,
+            path: with_suffix("-wal"),
             index,
             index_path,
             frame_bytes,
@@ -402,21 +440,37 @@ impl Wal {
         }
     }
 
+    /// Keeps the connection a checkpoint gives back with its result (one that panicked lost it).
+    fn give_back(&mut self, done: Result<Checkpointed, tokio::task::JoinError>) -> anyhow::Result<WalState> {
+        let (conn, state) = done.map_err(|e| anyhow::anyhow!("it panicked: {e}"))?;
+        self.conn = Some(conn);
+        state
+    }
+
+    /// The checkpoint connection, opened again if it was lost.
+    fn take_conn(&mut self) -> Option<rusqlite::Connection> {
+        self.conn.take().or_else(|| {
+            sqlite_ledger::open(&self.file)
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "cannot open the ledger's checkpoint connection; will retry"),
+                )
+                .ok()
+        })
+    }
+
     /// The WAL file's size (0 when it does not exist or cannot be read).
     fn size(&self) -> u64 {
-        self.path.as_ref().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len())
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
     }
 
     /// The log's length in bytes, from the WAL index (0 when it cannot be read).
     fn length(&mut self) -> u64 {
         let Some(index) = &mut self.index else { return 0 };
-        db::wal_index_frames(index).map_or(0, |frames| u64::from(frames) * self.frame_bytes)
+        sqlite_ledger::wal_index_frames(index).map_or(0, |frames| u64::from(frames) * self.frame_bytes)
     }
 
     async fn tick(&mut self) {
-        if let Some(path) = &self.index_path {
-            self.index = std::fs::File::open(path).ok();
-        }
+        self.index = std::fs::File::open(&self.index_path).ok();
         self.collect_passive().await;
         if self.passive.is_none() {
             if self.commits_since_tick == 0 {
@@ -457,22 +511,21 @@ impl Wal {
 
     fn start_passive(&mut self) {
         self.passive_started = Instant::now();
-        let db = self.db.clone();
-        self.passive = Some(tokio::spawn(async move { db::checkpoint(&db, Checkpoint::Passive, false).await }));
+        let Some(conn) = self.take_conn() else { return };
+        self.passive = Some(run_checkpoint(conn, Checkpoint::Passive, false));
     }
 
     /// Takes the result of a finished PASSIVE checkpoint, if any (never waits for one).
     async fn collect_passive(&mut self) {
         let Some(task) = self.passive.take_if(|task| task.is_finished()) else { return };
-        match task.await {
+        match self.give_back(task.await) {
             // A busy one (another checkpoint held the lock) says nothing about the log.
-            Ok(Ok(state)) if state.busy => {}
-            Ok(Ok(state)) => {
+            Ok(state) if state.busy => {}
+            Ok(state) => {
                 self.copied = state.checkpointed.max(0) as u64 * self.frame_bytes;
                 self.restart_due = state.frames.max(0) as u64 * self.frame_bytes > self.limit;
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "a background WAL checkpoint failed; will retry"),
-            Err(e) => tracing::warn!(error = %e, "a background WAL checkpoint panicked; will retry"),
+            Err(e) => tracing::warn!(error = %e, "a background WAL checkpoint failed; will retry"),
         }
     }
 
@@ -480,7 +533,11 @@ impl Wal {
     /// next try is at the next tick.
     async fn checkpoint(&mut self, mode: Checkpoint) {
         let patient = self.busy_in_a_row >= Self::PATIENT_AFTER;
-        match db::checkpoint(&self.db, mode, patient).await {
+        let Some(conn) = self.take_conn() else {
+            self.busy = true;
+            return;
+        };
+        match self.give_back(run_checkpoint(conn, mode, patient).await) {
             Ok(state) if !state.busy => {
                 self.restart_due = false;
                 self.busy_in_a_row = 0;

@@ -7,6 +7,7 @@ use std::pin::Pin;
 
 use easel_server::storage::db::{self, Db};
 use easel_server::storage::records::{ImageRecord, UsageRecord};
+use easel_server::storage::sqlite_ledger::{self, Checkpoint};
 use easel_server::storage::writer::Writer;
 use futures::future::join_all;
 use sqlx::Row;
@@ -32,9 +33,14 @@ macro_rules! on_each_database {
     };
 }
 
-/// A writer on its own pool, as `easel serve` builds it.
+/// A writer on its own connections, as `easel serve` builds it.
 async fn writer(test: &TestDb) -> Writer {
-    Writer::spawn(db::connect_writer(&test.url).await.expect("the writer pool opens"))
+    Writer::spawn(db::connect_writer(&test.db).await.expect("the writer's connections open"))
+}
+
+/// The SQLite test database's file.
+fn file(test: &TestDb) -> String {
+    test.url.trim_start_matches("sqlite://").split('?').next().unwrap().to_string()
 }
 
 /// Hands every record to the writer before it can run (the test runtime has one thread, and
@@ -144,14 +150,14 @@ async fn sqlite_wal_stays_bounded() {
     let test = services::sqlite().await;
     // A small bound, so that it shows under a few thousand records.
     const LIMIT: u64 = 4 << 20;
-    let writer = Writer::spawn_with_wal_limit(db::connect_writer(&test.url).await.unwrap(), LIMIT);
-    let file = test.url.trim_start_matches("sqlite://").split('?').next().unwrap().to_string();
+    let writer = Writer::spawn_with_wal_limit(db::connect_writer(&test.db).await.unwrap(), LIMIT);
+    let file = file(&test);
     let wal = file.clone() + "-wal";
     let size = move || std::fs::metadata(&wal).map_or(0, |m| m.len());
     // The log's length in frames; it goes down when the log restarts.
     let frames = move || {
         let index = std::fs::File::open(format!("{file}-shm"));
-        index.and_then(|mut index| db::wal_index_frames(&mut index)).unwrap_or(0)
+        index.and_then(|mut index| sqlite_ledger::wal_index_frames(&mut index)).unwrap_or(0)
     };
     let watch = {
         let size = size.clone();
@@ -199,12 +205,12 @@ async fn sqlite_wal_stays_bounded() {
 
 /// A RESTART checkpoint holds the write lock while it waits for readers of old snapshots, so
 /// every commit waits with it: it gives up after a moment (to be tried again later) instead of
-/// waiting out a long report query, and leaves the connection as patient as before for writes.
+/// waiting out a long report query.
 #[tokio::test]
 async fn a_checkpoint_gives_up_on_a_long_reader() {
     let test = services::sqlite().await;
-    let pool = db::connect_writer(&test.url).await.unwrap();
-    easel_server::storage::records::record(&pool, &usage_record(1), &[image_record(None)]).await.unwrap();
+    easel_server::storage::records::record(&test.db, &usage_record(1), &[image_record(None)]).await.unwrap();
+    let conn = sqlite_ledger::open(std::path::Path::new(&file(&test))).unwrap();
 
     // A report still reading the snapshot with that commit in the WAL.
     let mut reader = test.db.acquire().await.unwrap();
@@ -212,16 +218,49 @@ async fn a_checkpoint_gives_up_on_a_long_reader() {
     let _ = sqlx::query("SELECT COUNT(*) FROM usage").fetch_one(&mut *reader).await.unwrap();
 
     let started = std::time::Instant::now();
-    let state = db::checkpoint(&pool, db::Checkpoint::Restart, false).await.unwrap();
+    let state = sqlite_ledger::checkpoint(&conn, Checkpoint::Restart, false).unwrap();
     assert!(state.busy, "{state:?}");
-    // The connections wait 5 s for a lock; the checkpoint gave up long before.
+    // Writes wait 5 s for a lock; the checkpoint gave up long before.
     assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
 
     sqlx::Executor::execute(&mut *reader, "COMMIT").await.unwrap();
-    assert!(!db::checkpoint(&pool, db::Checkpoint::Restart, false).await.unwrap().busy);
-    let (mut first, mut second) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
-    for conn in [&mut first, &mut second] {
-        let waits: i64 = sqlx::query("PRAGMA busy_timeout").fetch_one(&mut **conn).await.unwrap().try_get(0).unwrap();
-        assert_eq!(waits, 5000);
-    }
+    let state = sqlite_ledger::checkpoint(&conn, Checkpoint::Restart, false).unwrap();
+    assert!(!state.busy && state.frames == state.checkpointed, "{state:?}");
+}
+
+/// SQLite's writer commits in place only while the write lock is free: when another connection
+/// holds it, the commit waits for it on another thread, and the thread that asked (here the test
+/// runtime's only one) goes on serving everything else meanwhile.
+#[tokio::test]
+async fn a_commit_waits_for_another_writer_off_the_thread() {
+    let test = services::sqlite().await;
+    let writer = writer(&test).await;
+    let mut other = test.db.acquire().await.unwrap();
+    sqlx::Executor::execute(&mut *other, "BEGIN IMMEDIATE").await.unwrap();
+    sqlx::Executor::execute(&mut *other, "UPDATE usage SET latency_ms = 0").await.unwrap();
+
+    let record = (usage_record(1), vec![image_record(None)]);
+    let waiting = tokio::spawn({
+        let writer = writer.clone();
+        let record = record.clone();
+        async move { writer.record(&record.0, &record.1).await }
+    });
+    // This timer fires on the same thread while the commit waits for the lock.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the commit waited for the other writer");
+
+    sqlx::Executor::execute(&mut *other, "COMMIT").await.unwrap();
+    waiting.await.unwrap().expect("the commit lands once the lock is free");
+    assert_eq!(count(&test.db, "SELECT COUNT(*) FROM usage").await, 1);
+    assert_eq!(count(&test.db, "SELECT COUNT(*) FROM images").await, 1);
+    writer.close().await;
+}
+
+/// The ledger's connections would each see another in-memory database: refused at startup,
+/// with what to do instead.
+#[tokio::test]
+async fn an_in_memory_sqlite_database_cannot_hold_the_ledger() {
+    let db = db::connect("sqlite::memory:").await.expect("an in-memory database opens");
+    let err = db::connect_writer(&db).await.expect_err("the ledger needs a file").to_string();
+    assert!(err.contains("in-memory") && err.contains("sqlite://PATH"), "{err}");
 }
