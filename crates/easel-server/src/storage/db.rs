@@ -25,11 +25,13 @@ const SQLITE_MIGRATIONS: Migrations = &[
     (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, "limits", include_str!("../../migrations/sqlite/0002_limits.sql")),
     (3, "tasks", include_str!("../../migrations/sqlite/0003_tasks.sql")),
+    (4, "ledger_clustered", include_str!("../../migrations/sqlite/0004_ledger_clustered.sql")),
 ];
 const POSTGRES_MIGRATIONS: Migrations = &[
     (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
     (2, "limits", include_str!("../../migrations/postgres/0002_limits.sql")),
     (3, "tasks", include_str!("../../migrations/postgres/0003_tasks.sql")),
+    (4, "ledger_clustered", include_str!("../../migrations/postgres/0004_ledger_clustered.sql")),
 ];
 
 /// The database engines `connect` accepts, chosen by the URL scheme.
@@ -88,10 +90,9 @@ pub async fn connect(url: &str) -> anyhow::Result<Db> {
 /// Where the ledger writer ([`super::writer::Writer`]) commits.
 #[derive(Debug)]
 pub enum LedgerDb {
-    /// The SQLite database's file: the writer opens its own connections to it
-    /// ([`super::sqlite_ledger`]), one committing and one checkpointing the WAL in the
-    /// background.
-    Sqlite(PathBuf),
+    /// The SQLite database's file and the writer's own connection to it
+    /// ([`super::sqlite_ledger`]); the writer opens another that checkpoints the WAL beside it.
+    Sqlite { file: PathBuf, conn: rusqlite::Connection },
     /// A pool of one PostgreSQL connection, since the writer commits one group at a time.
     Postgres(Db),
 }
@@ -109,9 +110,8 @@ pub async fn connect_writer(db: &Db) -> anyhow::Result<LedgerDb> {
                 )
             })?;
             let file = PathBuf::from(file);
-            // Opened once here, so that a database the ledger cannot write fails at startup.
-            super::sqlite_ledger::open(&file)?;
-            Ok(LedgerDb::Sqlite(file))
+            let conn = super::sqlite_ledger::open(&file)?;
+            Ok(LedgerDb::Sqlite { file, conn })
         }
         Engine::Postgres => {
             let url = db.connect_options().database_url.to_string();

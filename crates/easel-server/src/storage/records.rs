@@ -111,8 +111,9 @@ async fn record_group(conn: &mut AnyConnection, group: &[(&UsageRecord, &[ImageR
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
-fn bind<'q>(query: Query<'q>, value: Value<'_>) -> Query<'q> {
+fn bind<'q>(query: Query<'q>, value: Value<'q>) -> Query<'q> {
     match value {
+        Value::Text(Some(Cow::Borrowed(text))) => query.bind(Some(text)),
         Value::Text(text) => query.bind(text.map(Cow::into_owned)),
         Value::Int(int) => query.bind(int),
         Value::BigInt(int) => query.bind(int),

@@ -9,17 +9,27 @@
 //! than those wake-ups cost, so the writer commits in place, synchronously, as a web server
 //! writes its access log.
 //!
-//! In place only while the write lock is free: when another connection holds it (a key being
-//! created, a task changing state, a checkpoint), SQLite's busy handler would put the thread to
-//! sleep, and with it every request that thread serves. So the commit in place does not wait
-//! (busy timeout 0); when the lock is taken, the group is written again on a blocking thread,
-//! which waits as long as any write does ([`db::BUSY_TIMEOUT_MS`]).
+//! In place only when it cannot wait or sync:
+//! - while the write lock is free: when another connection holds it (a key being created, a task
+//!   changing state, a checkpoint), SQLite's busy handler would put the thread to sleep, and with
+//!   it every request that thread serves. So the commit in place does not wait (busy timeout 0);
+//!   when the lock is taken, the group is written on a blocking thread, which waits as long as any
+//!   write does ([`db::BUSY_TIMEOUT_MS`]);
+//! - while the commit only appends to the log: the first commit after a checkpoint copied the
+//!   whole log back starts the log again and fsyncs its new header, so when the WAL index says so
+//!   ([`IndexHeader::restarts_at_next_commit`]) that commit goes to a blocking thread too (a few
+//!   times a second under load, once after an idle spell).
+//!
+//! What can still hold the thread: SQLite's backstop checkpoint at 64 MiB of log (only when the
+//! writer's own checkpoints fail), and SQLite's short sleeps while it retries a lock it lost a race
+//! for (microseconds, growing only if another process stalls holding a WAL read lock).
 //!
 //! Checkpoints run on a blocking thread too (they wait for readers and fsync files); the writer
 //! decides when ([`super::writer`]'s `Wal`).
 //!
-//! rusqlite and sqlx link the same SQLite (libsqlite3-sys, bundled, one version in the lock
-//! file), so their connections share its locks and WAL index like any two connections.
+//! rusqlite and sqlx link the same SQLite: one libsqlite3-sys in the lock file, built from its
+//! bundled source through sqlx's `sqlite` feature (Cargo allows one crate linking `sqlite3`), so
+//! their connections share its locks and WAL index like any two connections.
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
@@ -48,50 +58,72 @@ pub fn open(path: &Path) -> anyhow::Result<Connection> {
 }
 
 /// The ledger writer's connection: writes each group in one transaction, in place when the write
-/// lock is free (see the module's docs).
+/// lock is free and the commit only appends to the log (see the module's docs).
 pub struct SqliteWriter {
     path: PathBuf,
-    /// `None` after an error that may have left it inside a transaction (it is closed, which
-    /// rolls that back) or while a blocking thread has it; opened again when needed.
+    /// `None` after an error that left it inside a transaction (it is closed, which rolls that
+    /// back), while a blocking thread has it, or after that thread failed; opened again there.
     conn: Option<Connection>,
+    index: WalIndex,
 }
 
 impl SqliteWriter {
-    pub fn new(path: PathBuf) -> Self {
-        Self { path, conn: None }
+    /// The writer on `conn`, an [`open`]ed connection to the database file at `path`.
+    pub fn new(path: PathBuf, conn: Connection) -> Self {
+        Self { index: WalIndex::new(&path), path, conn: Some(conn) }
     }
 
     /// Writes `group` in one transaction: all of it or none.
     pub async fn record(&mut self, group: &[(&UsageRecord, &[ImageRecord])]) -> anyhow::Result<()> {
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            None => self.conn.insert(open(&self.path)?),
-        };
-        match write(conn, group, Duration::ZERO) {
-            Err(e) if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => {}
-            result => return self.after(result),
+        if let Some(conn) = &mut self.conn
+            && !self.index.read().is_some_and(|header| header.restarts_at_next_commit())
+        {
+            match write(conn, group, Duration::ZERO) {
+                Err(e) if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => {}
+                result => return self.after(result.map_err(Into::into)),
+            }
         }
-        // Another connection holds the write lock: wait for it on a blocking thread.
+        // On a blocking thread: another connection holds the write lock, or this commit starts
+        // the log again (SQLite writes and fsyncs the log's new header then), or the connection
+        // must be opened again.
         let owned = group.iter().map(|(usage, images)| ((*usage).clone(), images.to_vec())).collect::<Vec<_>>();
-        let mut conn = self.conn.take().expect("opened above");
+        let (conn, path) = (self.conn.take(), self.path.clone());
+        let reopens = conn.is_none();
         let (conn, result) = tokio::task::spawn_blocking(move || {
+            let mut conn = match conn.map_or_else(|| open(&path), Ok) {
+                Ok(conn) => conn,
+                Err(e) => return (None, Err(e)),
+            };
             let group = owned.iter().map(|(usage, images)| (usage, images.as_slice())).collect::<Vec<_>>();
             let result = write(&mut conn, &group, Duration::from_millis(db::BUSY_TIMEOUT_MS));
-            (conn, result)
+            (Some(conn), result.map_err(Into::into))
         })
         .await
         .map_err(|e| anyhow::anyhow!("the ledger's commit thread failed: {e}"))?;
-        self.conn = Some(conn);
+        if reopens {
+            // With every connection closed meanwhile, SQLite made a new index file.
+            self.index.reopen();
+        }
+        self.conn = conn;
         self.after(result)
     }
 
     /// Closes the connection after an error that left it inside a transaction.
-    fn after(&mut self, result: rusqlite::Result<()>) -> anyhow::Result<()> {
+    fn after(&mut self, result: anyhow::Result<()>) -> anyhow::Result<()> {
         if result.is_err() && self.conn.as_ref().is_some_and(|conn| !conn.is_autocommit()) {
             self.conn = None;
         }
-        Ok(result?)
+        result
     }
+}
+
+/// Whether `error` is SQLite's "database is locked": another connection held the write lock for
+/// longer than the busy timeout. It says nothing about the rows.
+pub fn is_busy(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<rusqlite::Error>().and_then(rusqlite::Error::sqlite_error_code)
+            == Some(ErrorCode::DatabaseBusy)
+    })
 }
 
 /// One transaction: usage rows, then their image rows (which point at them). The statements stay
@@ -176,14 +208,59 @@ pub fn frame_bytes(conn: &Connection) -> anyhow::Result<u64> {
     Ok(page as u64 + 24)
 }
 
-/// The frames in a SQLite WAL, read from its index (the `-shm` file SQLite maps into memory):
-/// `mxFrame`, the u32 at byte 16 of the index's header, in the machine's byte order
-/// (<https://sqlite.org/walformat.html>; every SQLite sharing a database agrees on it). It goes
-/// down when the log restarts; a file restarted in place keeps its size, so the size cannot say
-/// it.
-pub fn wal_index_frames(index: &mut (impl std::io::Read + std::io::Seek)) -> std::io::Result<u32> {
-    let mut frames = [0; 4];
-    index.seek(std::io::SeekFrom::Start(16))?;
-    index.read_exact(&mut frames)?;
-    Ok(u32::from_ne_bytes(frames))
+/// A SQLite WAL's index (the `-shm` file beside the database, which SQLite maps into memory),
+/// read for two numbers of its header (<https://sqlite.org/walformat.html>; u32s in the machine's
+/// byte order, which every SQLite sharing a database agrees on): the frames in the log
+/// (`mxFrame`, byte 16) and how many of them a checkpoint has copied back (`nBackfill`, byte 96).
+/// Read without SQLite's locks, so a value may be a moment old; both uses only need it roughly.
+#[derive(Debug)]
+pub struct WalIndex {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+/// What [`WalIndex::read`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexHeader {
+    /// The frames (pages) in the log. It goes down when the log restarts; a file restarted in
+    /// place keeps its size, so the size cannot say it.
+    pub frames: u32,
+    /// The frames a checkpoint has copied back into the database.
+    pub backfilled: u32,
+}
+
+impl IndexHeader {
+    /// Whether the next commit starts the log again (or starts it, in an empty file): it does
+    /// when a checkpoint has copied every frame back, unless a reader still uses the log. SQLite
+    /// then writes the log's new header and, at `synchronous = NORMAL`, fsyncs it, which is
+    /// kept off the requests' threads.
+    pub fn restarts_at_next_commit(self) -> bool {
+        self.frames == 0 || self.backfilled >= self.frames
+    }
+}
+
+impl WalIndex {
+    /// The index of the database file at `database`.
+    pub fn new(database: &Path) -> Self {
+        let mut path = database.as_os_str().to_owned();
+        path.push("-shm");
+        let path = PathBuf::from(path);
+        Self { file: std::fs::File::open(&path).ok(), path }
+    }
+
+    /// Opens the file again (SQLite makes a new one when the last connection to the database
+    /// closes and another opens).
+    pub fn reopen(&mut self) {
+        self.file = std::fs::File::open(&self.path).ok();
+    }
+
+    /// The header's numbers; `None` when the index cannot be read.
+    pub fn read(&mut self) -> Option<IndexHeader> {
+        use std::io::{Read, Seek};
+        let mut file = self.file.as_ref()?;
+        let mut header = [0; 100];
+        file.seek(std::io::SeekFrom::Start(0)).and_then(|_| file.read_exact(&mut header)).ok()?;
+        let at = |offset: usize| u32::from_ne_bytes(header[offset..offset + 4].try_into().expect("4 bytes"));
+        Some(IndexHeader { frames: at(16), backfilled: at(96) })
+    }
 }

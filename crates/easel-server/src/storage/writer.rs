@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::db::LedgerDb;
 use super::records::{HeldConnection, ImageRecord, UsageRecord};
-use super::sqlite_ledger::{self, Checkpoint, SqliteWriter, WalState};
+use super::sqlite_ledger::{self, Checkpoint, SqliteWriter, WalIndex, WalState};
 
 /// The most requests in one transaction.
 pub const MAX_GROUP: usize = 128;
@@ -156,8 +156,13 @@ impl Writer {
 /// WAL's tick every [`Wal::TICK`] until the writer closes.
 async fn keep_time(ledger: LedgerDb, wal_limit: u64, receiver: mpsc::Receiver<Entry>, shared: Arc<Shared>) {
     let ledger = match ledger {
-        LedgerDb::Sqlite(file) => {
-            Ledger::Sqlite { wal: Box::new(Wal::open(&file, wal_limit)), writer: SqliteWriter::new(file) }
+        LedgerDb::Sqlite { file, conn } => {
+            let frame_bytes = sqlite_ledger::frame_bytes(&conn).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the SQLite page size; assuming 4 KiB");
+                4096 + 24
+            });
+            let wal = Box::new(Wal::new(&file, frame_bytes, wal_limit));
+            Ledger::Sqlite { wal, writer: SqliteWriter::new(file, conn) }
         }
         LedgerDb::Postgres(db) => Ledger::Postgres(HeldConnection::new(db)),
     };
@@ -220,6 +225,11 @@ impl Committer {
                 continue;
             }
             self.commit_group().await;
+            // A commit in place on SQLite never waits, so nothing above gives the thread back:
+            // let its other tasks (the requests just answered among them) run before the next
+            // group, or records arriving from other threads would keep them waiting for as long
+            // as they keep coming.
+            tokio::task::yield_now().await;
         }
     }
 
@@ -295,6 +305,13 @@ async fn commit(ledger: &mut Ledger, group: &mut Vec<Entry>) {
         Err(e) if group.len() == 1 => {
             let _ = group.remove(0).done.send(Err(e));
         }
+        Err(e) if sqlite_ledger::is_busy(&e) => {
+            // Another connection held the write lock past the busy timeout: that says nothing
+            // about the rows, and retrying them one by one would wait as long again for each.
+            for entry in group.drain(..) {
+                let _ = entry.done.send(Err(anyhow::anyhow!("{e:#}")));
+            }
+        }
         Err(e) => {
             // One bad row fails the whole transaction: find it by retrying one request at a time.
             tracing::debug!(error = %e, records = group.len(), "a ledger group failed; retrying its records one by one");
@@ -341,16 +358,14 @@ async fn commit(ledger: &mut Ledger, group: &mut Vec<Entry>) {
 struct Wal {
     /// The database file.
     file: PathBuf,
-    /// The connection checkpoints run on; `None` while a checkpoint has it on a blocking thread,
-    /// or when it could not be opened (tried again at the next checkpoint).
+    /// The connection checkpoints run on, opened by the first one (on its blocking thread);
+    /// `None` until then, while a checkpoint has it, or after one failed to open or panicked.
     conn: Option<rusqlite::Connection>,
     /// The `-wal` file (an idle writer empties it when it is not empty).
     path: PathBuf,
-    /// The WAL index (`-shm`), where the log's length is read; `None` when it cannot be opened
-    /// (the timed checkpoints then find a long log, a little later). Opened again at each tick:
-    /// SQLite makes a new one when the last connection to the database closes and another opens.
-    index: Option<std::fs::File>,
-    index_path: PathBuf,
+    /// Where the log's length is read; when it cannot be, the timed checkpoints find a long log,
+    /// a little later. Opened again at each tick.
+    index: WalIndex,
     /// The bytes a page takes in the log (page and frame header).
     frame_bytes: u64,
     /// A PASSIVE checkpoint on a blocking thread, which gives the connection back with its result.
@@ -375,16 +390,8 @@ struct Wal {
     limit: u64,
 }
 
-/// A checkpoint's connection and result, from its blocking thread.
-type Checkpointed = (rusqlite::Connection, anyhow::Result<WalState>);
-
-/// Runs a checkpoint on a blocking thread (it may wait for readers, and it fsyncs files).
-fn run_checkpoint(conn: rusqlite::Connection, mode: Checkpoint, patient: bool) -> JoinHandle<Checkpointed> {
-    tokio::task::spawn_blocking(move || {
-        let state = sqlite_ledger::checkpoint(&conn, mode, patient);
-        (conn, state)
-    })
-}
+/// A checkpoint's connection (when it had or opened one) and result, from its blocking thread.
+type Checkpointed = (Option<rusqlite::Connection>, anyhow::Result<WalState>);
 
 /// The WAL length past which the writer restarts the log (the autocheckpoint backstop and the
 /// size the file is cut back to, in [`sqlite_ledger::open`], are 64 MiB). Each restart normally
@@ -402,31 +409,15 @@ impl Wal {
     /// RESTARTs given up in a row (about one a tick) before one waits as long as a write would.
     const PATIENT_AFTER: u32 = 10;
 
-    fn open(file: &Path, limit: u64) -> Self {
-        let conn = sqlite_ledger::open(file)
-            .inspect_err(|e| tracing::warn!(error = %e, "cannot open the ledger's checkpoint connection; will retry"))
-            .ok();
-        let frame_bytes = conn.as_ref().map(sqlite_ledger::frame_bytes).and_then(Result::ok).unwrap_or_else(|| {
-            tracing::warn!("cannot read the SQLite page size; assuming 4 KiB");
-            4096 + 24
-        });
-        let with_suffix = |suffix: &str| {
-            let mut path = file.as_os_str().to_owned();
-            path.push(suffix);
-            PathBuf::from(path)
-        };
-        let index_path = with_suffix("-shm");
-        let index = std::fs::File::open(&index_path)
-            .inspect_err(|e| {
-                tracing::warn!(error = %e, "cannot open the SQLite WAL index; its WAL is checkpointed on a timer only");
-            })
-            .ok();
+    fn new(file: &Path, frame_bytes: u64, limit: u64) -> Self {
+        let index = WalIndex::new(file);
+        let mut path = file.as_os_str().to_owned();
+        path.push("-wal");
         Self {
             file: file.to_owned(),
-            conn,
-            path: with_suffix("-wal"),
+            conn: None,
+            path: path.into(),
             index,
-            index_path,
             frame_bytes,
             passive: None,
             passive_started: Instant::now(),
@@ -440,22 +431,25 @@ impl Wal {
         }
     }
 
+    /// Runs a checkpoint on a blocking thread (it may wait for readers, and it fsyncs files), on
+    /// this one's connection, opened there when there is none yet.
+    fn run(&mut self, mode: Checkpoint, patient: bool) -> JoinHandle<Checkpointed> {
+        let (conn, file) = (self.conn.take(), self.file.clone());
+        tokio::task::spawn_blocking(move || {
+            let conn = match conn.map_or_else(|| sqlite_ledger::open(&file), Ok) {
+                Ok(conn) => conn,
+                Err(e) => return (None, Err(e)),
+            };
+            let state = sqlite_ledger::checkpoint(&conn, mode, patient);
+            (Some(conn), state)
+        })
+    }
+
     /// Keeps the connection a checkpoint gives back with its result (one that panicked lost it).
     fn give_back(&mut self, done: Result<Checkpointed, tokio::task::JoinError>) -> anyhow::Result<WalState> {
         let (conn, state) = done.map_err(|e| anyhow::anyhow!("it panicked: {e}"))?;
-        self.conn = Some(conn);
+        self.conn = conn;
         state
-    }
-
-    /// The checkpoint connection, opened again if it was lost.
-    fn take_conn(&mut self) -> Option<rusqlite::Connection> {
-        self.conn.take().or_else(|| {
-            sqlite_ledger::open(&self.file)
-                .inspect_err(
-                    |e| tracing::warn!(error = %e, "cannot open the ledger's checkpoint connection; will retry"),
-                )
-                .ok()
-        })
     }
 
     /// The WAL file's size (0 when it does not exist or cannot be read).
@@ -465,12 +459,11 @@ impl Wal {
 
     /// The log's length in bytes, from the WAL index (0 when it cannot be read).
     fn length(&mut self) -> u64 {
-        let Some(index) = &mut self.index else { return 0 };
-        sqlite_ledger::wal_index_frames(index).map_or(0, |frames| u64::from(frames) * self.frame_bytes)
+        self.index.read().map_or(0, |header| u64::from(header.frames) * self.frame_bytes)
     }
 
     async fn tick(&mut self) {
-        self.index = std::fs::File::open(&self.index_path).ok();
+        self.index.reopen();
         self.collect_passive().await;
         if self.passive.is_none() {
             if self.commits_since_tick == 0 {
@@ -511,8 +504,7 @@ impl Wal {
 
     fn start_passive(&mut self) {
         self.passive_started = Instant::now();
-        let Some(conn) = self.take_conn() else { return };
-        self.passive = Some(run_checkpoint(conn, Checkpoint::Passive, false));
+        self.passive = Some(self.run(Checkpoint::Passive, false));
     }
 
     /// Takes the result of a finished PASSIVE checkpoint, if any (never waits for one).
@@ -533,11 +525,8 @@ impl Wal {
     /// next try is at the next tick.
     async fn checkpoint(&mut self, mode: Checkpoint) {
         let patient = self.busy_in_a_row >= Self::PATIENT_AFTER;
-        let Some(conn) = self.take_conn() else {
-            self.busy = true;
-            return;
-        };
-        match self.give_back(run_checkpoint(conn, mode, patient).await) {
+        let done = self.run(mode, patient).await;
+        match self.give_back(done) {
             Ok(state) if !state.busy => {
                 self.restart_due = false;
                 self.busy_in_a_row = 0;
@@ -570,7 +559,7 @@ impl Wal {
     /// hold it; SQLite empties it when the last connection closes anyway).
     async fn close(&mut self) {
         if let Some(task) = self.passive.take() {
-            let _ = task.await;
+            let _ = self.give_back(task.await);
         }
         self.checkpoint(Checkpoint::Truncate).await;
     }

@@ -309,6 +309,69 @@ async fn migration_sets_define_the_same_schema() {
     db::connect(&sqlite.url).await.expect("a migrated SQLite database reopens");
 }
 
+/// A SQLite ledger written before migration 4 (rowid tables) keeps every row and its foreign key
+/// when `connect` rebuilds the tables in id order, and takes new rows as before.
+#[tokio::test]
+async fn a_sqlite_ledger_from_before_the_clustered_tables_keeps_its_rows() {
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("easel.db").display());
+    sqlx::any::install_default_drivers();
+    let old = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+    sqlx::Executor::execute(&old, "PRAGMA foreign_keys = ON").await.unwrap();
+    let steps = [
+        (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+        (2, "limits", include_str!("../../migrations/sqlite/0002_limits.sql")),
+        (3, "tasks", include_str!("../../migrations/sqlite/0003_tasks.sql")),
+    ];
+    let migrations = steps
+        .iter()
+        .map(|(v, name, sql)| {
+            Migration::new(*v, (*name).into(), MigrationType::Simple, sqlx::SqlSafeStr::into_sql_str(*sql), false)
+        })
+        .collect::<Vec<_>>();
+    Migrator { migrations: migrations.into(), ..Migrator::DEFAULT }.run(&old).await.unwrap();
+    let usage = usage_record(2);
+    let images = [image_record(Some(now() + 3600)), image_record(None)];
+    records::record(&old, &usage, &images).await.unwrap();
+    old.close().await;
+
+    let db = db::connect(&url).await.expect("migration 4 applies to a ledger with rows");
+    let tables = sqlx::query("SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE '%WITHOUT ROWID'")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    let mut tables = tables.iter().map(|r| r.try_get::<String, _>(0).unwrap()).collect::<Vec<_>>();
+    tables.sort();
+    assert_eq!(tables, ["images", "usage"]);
+    let kept = sqlx::query(
+        "SELECT u.id, u.total_tokens, COUNT(i.id) FROM usage u JOIN images i ON i.usage_id = u.id GROUP BY u.id",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].try_get::<String, _>(0).unwrap(), usage.id.to_string());
+    assert_eq!(kept[0].try_get::<i64, _>(1).unwrap(), usage.usage.total_tokens() as i64);
+    assert_eq!(kept[0].try_get::<i64, _>(2).unwrap(), 2);
+    assert_eq!(
+        records::hosted_image(&db, &images[0].id.to_string()).await.unwrap(),
+        Some((images[0].blob_key.clone().unwrap(), images[0].expires_at)),
+        "the hosted image is still found by its id"
+    );
+    // The foreign key still points at the (new) usage table.
+    let err = sqlx::query(
+        "INSERT INTO images (id, usage_id, model, width, height, format, bytes, created_at) \
+         VALUES ($1, 'no-such-usage', 'm', 1, 1, 'png', 1, 0)",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .execute(&db)
+    .await
+    .expect_err("an image without its usage row is refused");
+    assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
+    records::record(&db, &usage_record(1), &[image_record(None)]).await.unwrap();
+}
+
 #[tokio::test]
 async fn unreachable_s3_bucket_fails_the_check_clearly() {
     if services::service("EASEL_TEST_S3_URL", "an S3 endpoint").is_none() {

@@ -155,10 +155,8 @@ async fn sqlite_wal_stays_bounded() {
     let wal = file.clone() + "-wal";
     let size = move || std::fs::metadata(&wal).map_or(0, |m| m.len());
     // The log's length in frames; it goes down when the log restarts.
-    let frames = move || {
-        let index = std::fs::File::open(format!("{file}-shm"));
-        index.and_then(|mut index| sqlite_ledger::wal_index_frames(&mut index)).unwrap_or(0)
-    };
+    let frames =
+        move || sqlite_ledger::WalIndex::new(std::path::Path::new(&file)).read().map_or(0, |header| header.frames);
     let watch = {
         let size = size.clone();
         let done = tokio_util::sync::CancellationToken::new();
@@ -245,15 +243,49 @@ async fn a_commit_waits_for_another_writer_off_the_thread() {
         let record = record.clone();
         async move { writer.record(&record.0, &record.1).await }
     });
-    // This timer fires on the same thread while the commit waits for the lock.
+    // This timer fires on time on the same thread while the commit waits for the lock (a commit
+    // waiting in place would hold the thread for the 5 s busy timeout).
+    let started = std::time::Instant::now();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "the commit waited for the other writer");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "the thread was held {:?}", started.elapsed());
+    assert!(!waiting.is_finished(), "the commit did not wait for the other writer");
 
     sqlx::Executor::execute(&mut *other, "COMMIT").await.unwrap();
     waiting.await.unwrap().expect("the commit lands once the lock is free");
     assert_eq!(count(&test.db, "SELECT COUNT(*) FROM usage").await, 1);
     assert_eq!(count(&test.db, "SELECT COUNT(*) FROM images").await, 1);
     writer.close().await;
+}
+
+/// The WAL index's numbers, read where SQLite keeps them: the frames in the log, and how many a
+/// checkpoint copied back; the next commit starts the log again once they are all copied (its
+/// fsync is why the writer then commits off the requests' threads).
+#[tokio::test]
+async fn the_wal_index_says_when_the_next_commit_restarts_the_log() {
+    let test = services::sqlite().await;
+    let path = std::path::PathBuf::from(file(&test));
+    let conn = sqlite_ledger::open(&path).unwrap();
+    sqlite_ledger::checkpoint(&conn, Checkpoint::Truncate, false).unwrap();
+    let mut index = sqlite_ledger::WalIndex::new(&path);
+    let empty = index.read().expect("the index is readable");
+    assert_eq!(empty.frames, 0);
+    assert!(empty.restarts_at_next_commit(), "{empty:?}");
+
+    easel_server::storage::records::record(&test.db, &usage_record(1), &[image_record(None)]).await.unwrap();
+    let appended = index.read().unwrap();
+    assert!(appended.frames >= 2 && appended.backfilled == 0, "{appended:?}");
+    assert!(!appended.restarts_at_next_commit());
+
+    let state = sqlite_ledger::checkpoint(&conn, Checkpoint::Passive, false).unwrap();
+    let copied = index.read().unwrap();
+    assert_eq!((i64::from(copied.frames), i64::from(copied.backfilled)), (state.frames, state.checkpointed));
+    assert!(copied.restarts_at_next_commit(), "{copied:?}");
+
+    easel_server::storage::records::record(&test.db, &usage_record(1), &[image_record(None)]).await.unwrap();
+    let restarted = index.read().unwrap();
+    // Started again: nothing copied yet, and the one commit's frames alone (appended, the log
+    // would hold both commits' frames: twice as many).
+    assert!(restarted.backfilled == 0 && restarted.frames < 2 * copied.frames, "{copied:?} then {restarted:?}");
 }
 
 /// The ledger's connections would each see another in-memory database: refused at startup,
