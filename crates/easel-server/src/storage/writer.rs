@@ -13,7 +13,8 @@
 //!
 //! Each caller still waits for the commit that holds ITS rows before answering, so nothing the
 //! server acknowledged can be lost. If a group fails, its requests are retried one transaction
-//! each, so a bad row (a duplicate id, say) fails only its own request.
+//! each, so a bad row (a duplicate id, say) fails only its own request; a group that waited out
+//! SQLite's busy timeout fails whole (that says nothing about its rows).
 //!
 //! There is one committer (it holds the writer's connection and the queue's receiving end), and
 //! it runs where the requests are: a request that queues its rows while the committer is idle
@@ -354,7 +355,7 @@ async fn commit(ledger: &mut Ledger, group: &mut Vec<Entry>) {
 /// wait.
 ///
 /// The log's length is read after each commit from the WAL index
-/// ([`sqlite_ledger::wal_index_frames`]), since a log restarted in place keeps the file's size.
+/// ([`sqlite_ledger::WalIndex`]), since a log restarted in place keeps the file's size.
 struct Wal {
     /// The database file.
     file: PathBuf,
