@@ -254,12 +254,19 @@ impl WalIndex {
         self.file = std::fs::File::open(&self.path).ok();
     }
 
-    /// The header's numbers; `None` when the index cannot be read.
+    /// The header's numbers; `None` when the index cannot be read. One `pread` on Unix (it runs
+    /// twice a commit).
     pub fn read(&mut self) -> Option<IndexHeader> {
-        use std::io::{Read, Seek};
-        let mut file = self.file.as_ref()?;
+        let file = self.file.as_ref()?;
         let mut header = [0; 100];
-        file.seek(std::io::SeekFrom::Start(0)).and_then(|_| file.read_exact(&mut header)).ok()?;
+        #[cfg(unix)]
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut header, 0).ok()?;
+        #[cfg(not(unix))]
+        {
+            use std::io::{Read, Seek};
+            let mut file = file;
+            file.seek(std::io::SeekFrom::Start(0)).and_then(|_| file.read_exact(&mut header)).ok()?;
+        }
         let at = |offset: usize| u32::from_ne_bytes(header[offset..offset + 4].try_into().expect("4 bytes"));
         Some(IndexHeader { frames: at(16), backfilled: at(96) })
     }
