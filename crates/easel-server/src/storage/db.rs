@@ -188,7 +188,9 @@ pub async fn file_path(db: &Db) -> anyhow::Result<Option<String>> {
     Ok((!file.is_empty()).then_some(file))
 }
 
-fn migrator(engine: Engine) -> Migrator {
+/// The migrations of `engine`, embedded, as [`connect`] applies them (tests apply a prefix of
+/// them to build an older database).
+pub fn migrator(engine: Engine) -> Migrator {
     let migrations = engine
         .migrations()
         .iter()

@@ -134,6 +134,10 @@ fn text(value: &Option<String>) -> Value<'_> {
     Value::Text(value.as_deref().map(Cow::Borrowed))
 }
 
+fn borrowed(value: &str) -> Value<'_> {
+    Value::Text(Some(Cow::Borrowed(value)))
+}
+
 fn owned(value: String) -> Value<'static> {
     Value::Text(Some(Cow::Owned(value)))
 }
@@ -144,10 +148,10 @@ pub(super) fn usage_values(usage: &UsageRecord, image_count: usize) -> [Value<'_
     [
         owned(usage.id.to_string()),
         text(&usage.key_id),
-        Value::Text(Some(Cow::Borrowed(&usage.model))),
-        Value::Text(Some(Cow::Borrowed(&usage.backend))),
-        Value::Text(Some(Cow::Borrowed(&usage.operation))),
-        Value::Text(Some(Cow::Borrowed(&usage.outcome))),
+        borrowed(&usage.model),
+        borrowed(&usage.backend),
+        borrowed(&usage.operation),
+        borrowed(&usage.outcome),
         Value::Int(i32::from(usage.status)),
         Value::Int(image_count as i32),
         text(&usage.size),
@@ -169,10 +173,10 @@ pub(super) fn image_values<'a>(usage: &'a UsageRecord, image: &'a ImageRecord) -
         owned(image.id.to_string()),
         owned(usage.id.to_string()),
         text(&usage.key_id),
-        Value::Text(Some(Cow::Borrowed(&usage.model))),
+        borrowed(&usage.model),
         Value::Int(image.width as i32),
         Value::Int(image.height as i32),
-        Value::Text(Some(Cow::Borrowed(&image.format))),
+        borrowed(&image.format),
         Value::BigInt(Some(image.bytes as i64)),
         text(&image.blob_key),
         Value::BigInt(Some(usage.created_at)),

@@ -78,25 +78,19 @@ impl SqliteWriter {
         if let Some(conn) = &mut self.conn
             && !self.index.read().is_some_and(|header| header.restarts_at_next_commit())
         {
-            match write(conn, group, Duration::ZERO) {
-                Err(e) if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => {}
-                result => return self.after(result.map_err(Into::into)),
+            match write(conn, group, Duration::ZERO).map_err(Into::into) {
+                Err(e) if is_busy(&e) => {}
+                result => return self.after(result),
             }
         }
         // On a blocking thread: another connection holds the write lock, or this commit starts
         // the log again (SQLite writes and fsyncs the log's new header then), or the connection
         // must be opened again.
         let owned = group.iter().map(|(usage, images)| ((*usage).clone(), images.to_vec())).collect::<Vec<_>>();
-        let (conn, path) = (self.conn.take(), self.path.clone());
-        let reopens = conn.is_none();
-        let (conn, result) = tokio::task::spawn_blocking(move || {
-            let mut conn = match conn.map_or_else(|| open(&path), Ok) {
-                Ok(conn) => conn,
-                Err(e) => return (None, Err(e)),
-            };
+        let reopens = self.conn.is_none();
+        let (conn, result) = on_blocking_thread(self.conn.take(), self.path.clone(), move |conn| {
             let group = owned.iter().map(|(usage, images)| (usage, images.as_slice())).collect::<Vec<_>>();
-            let result = write(&mut conn, &group, Duration::from_millis(db::BUSY_TIMEOUT_MS));
-            (Some(conn), result.map_err(Into::into))
+            Ok(write(conn, &group, Duration::from_millis(db::BUSY_TIMEOUT_MS))?)
         })
         .await
         .map_err(|e| anyhow::anyhow!("the ledger's commit thread failed: {e}"))?;
@@ -124,6 +118,32 @@ pub fn is_busy(error: &anyhow::Error) -> bool {
         cause.downcast_ref::<rusqlite::Error>().and_then(rusqlite::Error::sqlite_error_code)
             == Some(ErrorCode::DatabaseBusy)
     })
+}
+
+/// Runs `work` on a blocking thread with `conn`, or with a connection to `file` opened there when
+/// there is none, and gives the connection back (`None` when it could not be opened) with the
+/// result: the writer's waits and the checkpoints both run this way, off the requests' threads.
+pub fn on_blocking_thread<T: Send + 'static>(
+    conn: Option<Connection>,
+    file: PathBuf,
+    work: impl FnOnce(&mut Connection) -> anyhow::Result<T> + Send + 'static,
+) -> tokio::task::JoinHandle<(Option<Connection>, anyhow::Result<T>)> {
+    tokio::task::spawn_blocking(move || {
+        let mut conn = match conn.map_or_else(|| open(&file), Ok) {
+            Ok(conn) => conn,
+            Err(e) => return (None, Err(e)),
+        };
+        let result = work(&mut conn);
+        (Some(conn), result)
+    })
+}
+
+/// The path of the file SQLite keeps beside the database `file`: `-wal` (the log) or `-shm` (its
+/// index).
+pub fn beside(file: &Path, suffix: &str) -> PathBuf {
+    let mut path = file.as_os_str().to_owned();
+    path.push(suffix);
+    path.into()
 }
 
 /// One transaction: usage rows, then their image rows (which point at them). The statements stay
@@ -242,9 +262,7 @@ impl IndexHeader {
 impl WalIndex {
     /// The index of the database file at `database`.
     pub fn new(database: &Path) -> Self {
-        let mut path = database.as_os_str().to_owned();
-        path.push("-shm");
-        let path = PathBuf::from(path);
+        let path = beside(database, "-shm");
         Self { file: std::fs::File::open(&path).ok(), path }
     }
 

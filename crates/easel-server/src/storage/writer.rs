@@ -333,14 +333,15 @@ async fn commit(ledger: &mut Ledger, group: &mut Vec<Entry>) {
 /// checkpoint has caught up with every commit, which never happens while commits keep coming:
 /// under steady load the file only grows. Instead:
 /// - a PASSIVE checkpoint copies pages on another connection (this one's, on a blocking thread),
-///   beside the writer and the readers (it waits for no one), and fsyncs what the commits appended (they do not: `synchronous =
-///   NORMAL`). One runs every [`Wal::PASSIVE_EVERY`] while commits come and at the next tick
+///   beside the writer and the readers (it waits for no one), and fsyncs what the commits
+///   appended (they do not: `synchronous = NORMAL`). One runs every [`Wal::PASSIVE_EVERY`] while
+///   commits come and at the next tick
 ///   after the last one (so a power cut usually takes no more than the last second or two of
 ///   commits, never the file; a reader holding an old snapshot can delay that), and one as soon
 ///   as a commit takes the log past the bound;
 /// - after that one, a RESTART checkpoint runs between two groups (on the same connection and
-///   thread, the committer waiting for it): it copies the
-///   pages committed meanwhile and fsyncs two files with little unsynced in them, and the next
+///   thread, the committer waiting for it): it copies the pages committed meanwhile and fsyncs
+///   two files with little unsynced in them, and the next
 ///   commit starts the log again from the file's beginning, over the same blocks (SQLite syncs
 ///   the log's new header then, a fraction of a millisecond). When the PASSIVE one was slow and
 ///   the log grew by more than a quarter of the bound meanwhile, a second PASSIVE one copies that
@@ -396,10 +397,10 @@ type Checkpointed = (Option<rusqlite::Connection>, anyhow::Result<WalState>);
 
 /// The WAL length past which the writer restarts the log (the autocheckpoint backstop and the
 /// size the file is cut back to, in [`sqlite_ledger::open`], are 64 MiB). Each restart normally
-/// holds commits for one or two milliseconds (1.2-2.3 ms on the benchmark's virtual disk: two fsyncs
-/// of files the background checkpoints keep nearly synced), so the bound only sets how often
-/// that happens: at 16 MiB, when each request commits alone (five or six 4 KiB pages each),
-/// about once in 700 requests, out of the p99. With the 2 MiB bound and truncation before it,
+/// holds commits for one or two milliseconds (1.2-2.3 ms on the benchmark's virtual disk: two
+/// fsyncs of files the background checkpoints keep nearly synced), so the bound only sets how
+/// often that happens: at 16 MiB, when each request commits alone (three or four 4 KiB pages
+/// each since migration 4), about once in 1,000-1,300 requests, out of the p99. With the 2 MiB bound and truncation before it,
 /// one relayed request in 85 waited 4-5 ms, which was the p99 at concurrency 1.
 pub const WAL_LIMIT_BYTES: u64 = 16 << 20;
 
@@ -411,14 +412,11 @@ impl Wal {
     const PATIENT_AFTER: u32 = 10;
 
     fn new(file: &Path, frame_bytes: u64, limit: u64) -> Self {
-        let index = WalIndex::new(file);
-        let mut path = file.as_os_str().to_owned();
-        path.push("-wal");
         Self {
             file: file.to_owned(),
             conn: None,
-            path: path.into(),
-            index,
+            path: sqlite_ledger::beside(file, "-wal"),
+            index: WalIndex::new(file),
             frame_bytes,
             passive: None,
             passive_started: Instant::now(),
@@ -435,15 +433,8 @@ impl Wal {
     /// Runs a checkpoint on a blocking thread (it may wait for readers, and it fsyncs files), on
     /// this one's connection, opened there when there is none yet.
     fn run(&mut self, mode: Checkpoint, patient: bool) -> JoinHandle<Checkpointed> {
-        let (conn, file) = (self.conn.take(), self.file.clone());
-        tokio::task::spawn_blocking(move || {
-            let conn = match conn.map_or_else(|| sqlite_ledger::open(&file), Ok) {
-                Ok(conn) => conn,
-                Err(e) => return (None, Err(e)),
-            };
-            let state = sqlite_ledger::checkpoint(&conn, mode, patient);
-            (Some(conn), state)
-        })
+        let checkpoint = move |conn: &mut rusqlite::Connection| sqlite_ledger::checkpoint(conn, mode, patient);
+        sqlite_ledger::on_blocking_thread(self.conn.take(), self.file.clone(), checkpoint)
     }
 
     /// Keeps the connection a checkpoint gives back with its result (one that panicked lost it).
