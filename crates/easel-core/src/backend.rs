@@ -79,10 +79,16 @@ impl SizeRule {
         }
     }
 
+    /// Whether `size` can be made (no message is built: for callers that only branch on it).
+    pub fn allows(&self, size: ImageSize) -> bool {
+        self.problem(size).is_none()
+    }
+
     /// Whether `size` can be made, and if not, a message saying what can: over a range's bounds,
     /// the largest size of about the same shape.
     pub fn check(&self, size: ImageSize) -> Result<(), String> {
         let Some(problem) = self.problem(size) else { return Ok(()) };
+        let problem = problem.message(size);
         match self.largest_like(size) {
             Some(largest) => Err(format!("{problem} The largest size of this shape is {largest}.")),
             None => Err(problem),
@@ -90,29 +96,21 @@ impl SizeRule {
     }
 
     /// What is wrong with `size`, if anything.
-    fn problem(&self, size: ImageSize) -> Option<String> {
+    fn problem(&self, size: ImageSize) -> Option<SizeProblem<'_>> {
         match self {
             Self::Fixed(sizes) if sizes.contains(&size) => None,
-            Self::Fixed(sizes) => {
-                let names: Vec<String> = sizes.iter().map(ToString::to_string).collect();
-                let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                Some(format!("Invalid value: '{size}'. Supported values are: {}.", crate::types::quote_list(&names)))
-            }
+            Self::Fixed(sizes) => Some(SizeProblem::NotListed(sizes)),
             &Self::Range { multiple_of, min_edge, max_edge, min_pixels, max_pixels, max_aspect } => {
                 let (w, h) = (size.width, size.height);
                 let aspect = f64::from(w.max(h)) / f64::from(w.min(h));
                 if w % multiple_of != 0 || h % multiple_of != 0 {
-                    Some(format!("Invalid size '{size}': width and height must be multiples of {multiple_of}."))
+                    Some(SizeProblem::NotMultiple(multiple_of))
                 } else if w.min(h) < min_edge || w.max(h) > max_edge {
-                    Some(format!("Invalid size '{size}': each edge must be between {min_edge} and {max_edge} pixels."))
+                    Some(SizeProblem::Edge(min_edge, max_edge))
                 } else if size.pixels() < min_pixels || size.pixels() > max_pixels {
-                    Some(format!(
-                        "Invalid size '{size}': the image must have between {min_pixels} and {max_pixels} pixels."
-                    ))
+                    Some(SizeProblem::Pixels(min_pixels, max_pixels))
                 } else if aspect > max_aspect + 1e-9 {
-                    Some(format!(
-                        "Invalid size '{size}': the long edge may be at most {max_aspect} times the short edge."
-                    ))
+                    Some(SizeProblem::Aspect(max_aspect))
                 } else {
                     None
                 }
@@ -128,11 +126,11 @@ impl SizeRule {
             return None;
         }
         // `nearest` rounds to the grid, which may overshoot a bound by a step: shrink until it fits.
-        while self.problem(largest).is_some() && largest.width.min(largest.height) > multiple_of {
+        while !self.allows(largest) && largest.width.min(largest.height) > multiple_of {
             let shrink = |e: u32| e.saturating_sub(multiple_of).max(multiple_of);
             largest = ImageSize::new(shrink(largest.width), shrink(largest.height));
         }
-        self.problem(largest).is_none().then_some(largest)
+        self.allows(largest).then_some(largest)
     }
 
     /// The makeable size closest to `want`: same aspect ratio first, then area.
@@ -164,6 +162,39 @@ impl SizeRule {
                     ((v * scale / m).round() * m).clamp(f64::from(min_edge.max(multiple_of)), f64::from(max_edge))
                 };
                 ImageSize::new(snap(w) as u32, snap(h) as u32)
+            }
+        }
+    }
+}
+
+/// Why a [`SizeRule`] refuses a size; the message is written only when it is needed.
+enum SizeProblem<'a> {
+    NotListed(&'a [ImageSize]),
+    NotMultiple(u32),
+    Edge(u32, u32),
+    Pixels(u64, u64),
+    Aspect(f64),
+}
+
+impl SizeProblem<'_> {
+    fn message(&self, size: ImageSize) -> String {
+        match *self {
+            Self::NotListed(sizes) => {
+                let names: Vec<String> = sizes.iter().map(ToString::to_string).collect();
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                format!("Invalid value: '{size}'. Supported values are: {}.", crate::types::quote_list(&names))
+            }
+            Self::NotMultiple(multiple_of) => {
+                format!("Invalid size '{size}': width and height must be multiples of {multiple_of}.")
+            }
+            Self::Edge(min_edge, max_edge) => {
+                format!("Invalid size '{size}': each edge must be between {min_edge} and {max_edge} pixels.")
+            }
+            Self::Pixels(min_pixels, max_pixels) => {
+                format!("Invalid size '{size}': the image must have between {min_pixels} and {max_pixels} pixels.")
+            }
+            Self::Aspect(max_aspect) => {
+                format!("Invalid size '{size}': the long edge may be at most {max_aspect} times the short edge.")
             }
         }
     }

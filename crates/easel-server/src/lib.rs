@@ -7,7 +7,7 @@
 //! - [`error`]: the single table from errors to HTTP statuses and OpenAI error types and codes.
 //! - [`lanes`]: the threads that serve HTTP connections, one single-threaded runtime each.
 //! - [`observe`], [`drain`], [`telemetry`]: the layer every request passes (metrics, draining),
-//!   request ids in logs, `/metrics`.
+//!   request ids in logs, `/metrics`; [`body_timeout`]: a stalled request body's timeout.
 //! - [`storage`]: the database (keys, usage, image records), blobs and signed URLs.
 //! - [`tasks`]: durable async image tasks (submit, poll, cancel), run by any node.
 //! - [`backends`]: the model registry from `[[models]]`.
@@ -19,6 +19,7 @@
 
 pub mod auth;
 pub mod backends;
+pub mod body_timeout;
 pub mod cli;
 pub mod config;
 pub mod drain;

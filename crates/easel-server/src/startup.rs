@@ -17,7 +17,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use url::Url;
 
@@ -32,7 +31,7 @@ use crate::storage::limits::Limiter;
 use crate::storage::signing::{self, UrlSigner};
 use crate::storage::writer::Writer;
 use crate::storage::{db, sweep};
-use crate::{lanes, observe, routes, telemetry};
+use crate::{body_timeout, lanes, observe, routes, telemetry};
 
 pub struct Application {
     listener: TcpListener,
@@ -131,7 +130,7 @@ impl Application {
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(config.server.max_body_bytes))
-            .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(config.server.body_timeout_secs)))
+            .layer(body_timeout::layer(Duration::from_secs(config.server.body_timeout_secs)))
             .layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe))
             // Inside the observer: a panicking handler becomes a 500 envelope that is counted.
             .layer(CatchPanicLayer::custom(panic_response))

@@ -224,9 +224,7 @@ fn apply_overrides(caps: &mut Capabilities, o: &ModelOptions) -> anyhow::Result<
             caps.sizes.check(size).map_err(|e| anyhow::anyhow!("'default_size': {e}"))?;
             caps.default_size = size;
         }
-        None if caps.sizes.check(caps.default_size).is_err() => {
-            caps.default_size = caps.sizes.nearest(caps.default_size)
-        }
+        None if !caps.sizes.allows(caps.default_size) => caps.default_size = caps.sizes.nearest(caps.default_size),
         None => {}
     }
     caps.max_n_per_call = caps.max_n_per_call.min(caps.max_n);

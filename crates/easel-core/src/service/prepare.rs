@@ -61,7 +61,7 @@ impl ImageService {
                 size
             }
             SizeRequest::Auto => match images.first() {
-                Some(first) if caps.sizes.check(first.size).is_ok() => first.size,
+                Some(first) if caps.sizes.allows(first.size) => first.size,
                 Some(first) => caps.sizes.nearest(first.size),
                 None => caps.default_size,
             },

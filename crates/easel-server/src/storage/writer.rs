@@ -227,10 +227,13 @@ impl Committer {
             }
             self.commit_group().await;
             // A commit in place on SQLite never waits, so nothing above gives the thread back:
-            // let its other tasks (the requests just answered among them) run before the next
-            // group, or records arriving from other threads would keep them waiting for as long
-            // as they keep coming.
-            tokio::task::yield_now().await;
+            // when more records are queued, let the thread's other tasks (the requests just
+            // answered among them) run before the next group, or records arriving from other
+            // threads would keep them waiting for as long as they keep coming. With none queued
+            // the committer parks next, and a yield would only cost a turn of the event loop.
+            if !self.receiver.is_empty() {
+                tokio::task::yield_now().await;
+            }
         }
     }
 

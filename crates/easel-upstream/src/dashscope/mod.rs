@@ -272,7 +272,7 @@ impl DashScopeTarget {
             return None;
         }
         let size = match &self.family.native_sizes {
-            Some(rule) if rule.check(call.size).is_err() => rule.nearest(call.size),
+            Some(rule) if !rule.allows(call.size) => rule.nearest(call.size),
             _ => call.size,
         };
         Some(format!("{}*{}", size.width, size.height))

@@ -16,7 +16,7 @@ use crate::profile::{Param, Quirks, SizeParam};
 /// The size the service should make: the call's, or the nearest it can.
 pub fn target_size(q: &Quirks, size: ImageSize) -> ImageSize {
     let rule = q.native_sizes.as_ref().unwrap_or(&q.sizes);
-    if rule.check(size).is_ok() { size } else { rule.nearest(size) }
+    if rule.allows(size) { size } else { rule.nearest(size) }
 }
 
 /// The service's name for a quality, or `None` to leave it out.
