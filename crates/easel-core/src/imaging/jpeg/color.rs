@@ -44,9 +44,10 @@ fn chroma(r: u16, g: u16, b: u16) -> (u8, u8) {
 /// per 2×2 square into `cb` and `cr`.
 ///
 /// Compiled twice, for baseline x86-64 and for AVX2 (`pulp`'s V3), and the AVX2 copy is taken
-/// when the CPU has it. Only this function: the DCT and the Huffman coder gained nothing from
-/// AVX2, and the whole scan dispatched as one inlined body was slower, this loop no longer
-/// vectorised there (bench/pixels.md).
+/// when the CPU has it. On its own: the whole scan dispatched as one inlined body was slower,
+/// this loop no longer vectorised there; the DCT gained nothing from being compiled for AVX2 and
+/// has its own intrinsics instead ([`super::dct`]), and the Huffman coder gained nothing
+/// (bench/pixels.md).
 pub fn convert_pair<const N: usize>(
     top: &[u8],
     bottom: &[u8],
