@@ -242,8 +242,10 @@ pub async fn read_body(provider: &str, response: reqwest::Response, limit: usize
     if response.content_length().is_some_and(|len| len > limit as u64) {
         return Err(too_large(provider, Some(status), limit));
     }
-    let expected = response.content_length().map_or(0, |len| len as usize);
-    let mut body = Received::Empty;
+    // Copied as the pieces come, even an answer that arrives whole: a piece is a slice of the
+    // connection's read buffer (up to 400 KiB after a large answer), which keeping it would hold
+    // for as long as the image, and hyper could not read into again (bench/relay/RESULTS.md).
+    let mut body = BytesMut::with_capacity(response.content_length().map_or(0, |len| len as usize));
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
@@ -262,60 +264,9 @@ pub async fn read_body(provider: &str, response: reqwest::Response, limit: usize
         if body.len() + chunk.len() > limit {
             return Err(too_large(provider, Some(status), limit));
         }
-        body = body.append(chunk, expected);
+        body.extend_from_slice(&chunk);
     }
-    Ok(body.into_bytes())
-}
-
-/// A response body as it is read. A body that arrives whole in one piece (a small answer, read
-/// with its headers) is kept as it is; any other is copied as it comes, so hyper can read the
-/// next piece into the buffer the last one came in (holding a piece back made it allocate new
-/// buffers and read a 1 MiB answer in smaller pieces, with more waits: `bench/relay/RESULTS.md`).
-enum Received {
-    Empty,
-    Whole(Bytes),
-    Joined(BytesMut),
-}
-
-impl Received {
-    fn len(&self) -> usize {
-        match self {
-            Self::Empty => 0,
-            Self::Whole(bytes) => bytes.len(),
-            Self::Joined(bytes) => bytes.len(),
-        }
-    }
-
-    /// Adds `chunk`; `expected` is the announced length (0 when unknown).
-    fn append(self, chunk: Bytes, expected: usize) -> Self {
-        match self {
-            Self::Empty if chunk.len() == expected => Self::Whole(chunk),
-            Self::Empty => {
-                let mut joined = BytesMut::with_capacity(expected.max(chunk.len()));
-                joined.extend_from_slice(&chunk);
-                Self::Joined(joined)
-            }
-            // More than announced: hyper stops at the length, so this is only for completeness.
-            Self::Whole(first) => {
-                let mut joined = BytesMut::with_capacity(first.len() + chunk.len());
-                joined.extend_from_slice(&first);
-                joined.extend_from_slice(&chunk);
-                Self::Joined(joined)
-            }
-            Self::Joined(mut joined) => {
-                joined.extend_from_slice(&chunk);
-                Self::Joined(joined)
-            }
-        }
-    }
-
-    fn into_bytes(self) -> Bytes {
-        match self {
-            Self::Empty => Bytes::new(),
-            Self::Whole(bytes) => bytes,
-            Self::Joined(bytes) => bytes.freeze(),
-        }
-    }
+    Ok(body.freeze())
 }
 
 /// Sends a request and reads the whole body (at most `limit` bytes), whatever the status; only

@@ -21,7 +21,7 @@ impl ImageService {
         let caps = backend.capabilities();
         let call_size = match &caps.native_sizes {
             // A backend that picks the size makes what it likes; `job.size` is only the estimate.
-            Some(native) if !job.size_auto && native.check(job.size).is_err() => native.nearest(job.size),
+            Some(native) if !job.size_auto && !native.allows(job.size) => native.nearest(job.size),
             _ => job.size,
         };
 

@@ -57,6 +57,7 @@ pub fn transform_strip(
     quantizers: &[Quantizer; 2],
     out: &mut [[i16; 64]],
 ) {
+    debug_assert!(width.is_multiple_of(16) && out.len() == width / 16 * 6, "a strip is whole MCUs");
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = pulp::x86::V3::try_new() {
         pulp::Simd::vectorize(simd, Strip { blocks: simd, luma, cb, cr, width, quantizers, out });
