@@ -45,7 +45,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::db::LedgerDb;
+use super::db::{self, LedgerDb};
 use super::records::{HeldConnection, ImageRecord, UsageRecord};
 use super::sqlite_ledger::{self, Checkpoint, SqliteWriter, WalIndex, WalState};
 
@@ -159,8 +159,9 @@ async fn keep_time(ledger: LedgerDb, wal_limit: u64, receiver: mpsc::Receiver<En
     let ledger = match ledger {
         LedgerDb::Sqlite { file, conn } => {
             let frame_bytes = sqlite_ledger::frame_bytes(&conn).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "cannot read the SQLite page size; assuming 4 KiB");
-                4096 + 24
+                let assumed = db::SQLITE_PAGE_SIZE;
+                tracing::warn!(error = %e, "cannot read the SQLite page size; assuming {assumed} bytes");
+                u64::from(assumed) + 24
             });
             let wal = Box::new(Wal::new(&file, frame_bytes, wal_limit));
             Ledger::Sqlite { wal, writer: SqliteWriter::new(file, conn) }
@@ -402,9 +403,11 @@ type Checkpointed = (Option<rusqlite::Connection>, anyhow::Result<WalState>);
 /// size the file is cut back to, in [`sqlite_ledger::open`], are 64 MiB). Each restart normally
 /// holds commits for one or two milliseconds (1.2-2.3 ms on the benchmark's virtual disk: two
 /// fsyncs of files the background checkpoints keep nearly synced), so the bound only sets how
-/// often that happens: at 16 MiB, when each request commits alone (three or four 4 KiB pages
-/// each since migration 4), about once in 1,000-1,300 requests, out of the p99. With the 2 MiB bound and truncation before it,
-/// one relayed request in 85 waited 4-5 ms, which was the p99 at concurrency 1.
+/// often that happens: at 16 MiB, when each request commits alone (10.9 KB of log each with the
+/// 2 KiB pages of a database this server created, 17.7 KB with an older one's 4 KiB pages), about
+/// once in 1,500 requests (950 with 4 KiB pages), out of the p99. With the 2 MiB bound and
+/// truncation before it, one relayed request in 85 waited 4-5 ms, which was the p99 at
+/// concurrency 1.
 pub const WAL_LIMIT_BYTES: u64 = 16 << 20;
 
 impl Wal {

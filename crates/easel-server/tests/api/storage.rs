@@ -309,6 +309,32 @@ async fn migration_sets_define_the_same_schema() {
     db::connect(&sqlite.url).await.expect("a migrated SQLite database reopens");
 }
 
+/// A SQLite database the server creates has the server's page size (`db::SQLITE_PAGE_SIZE`,
+/// smaller than SQLite's default, for the ledger's write traffic); one created before, with
+/// SQLite's default, keeps its own and takes rows as before.
+#[tokio::test]
+async fn a_new_sqlite_database_has_the_servers_page_size_and_an_old_one_keeps_its_own() {
+    async fn page_size(db: &Db) -> i64 {
+        sqlx::query("PRAGMA page_size").fetch_one(db).await.unwrap().try_get(0).unwrap()
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = |name: &str| format!("sqlite://{}?mode=rwc", dir.path().join(name).display());
+
+    let new = db::connect(&url("new.db")).await.unwrap();
+    assert_eq!(page_size(&new).await, i64::from(db::SQLITE_PAGE_SIZE));
+    records::record(&new, &usage_record(1), &[image_record(None)]).await.unwrap();
+
+    sqlx::any::install_default_drivers();
+    let before = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url("old.db")).await.unwrap();
+    sqlx::Executor::execute(&before, "PRAGMA journal_mode = WAL").await.unwrap();
+    let default = page_size(&before).await;
+    assert_ne!(default, i64::from(db::SQLITE_PAGE_SIZE), "SQLite's default page size");
+    before.close().await;
+    let old = db::connect(&url("old.db")).await.unwrap();
+    assert_eq!(page_size(&old).await, default, "an existing database keeps its page size");
+    records::record(&old, &usage_record(2), &[image_record(None), image_record(Some(now() + 60))]).await.unwrap();
+}
+
 /// A SQLite ledger written before migration 4 (rowid tables) keeps every row and its foreign key
 /// when `connect` rebuilds the tables in id order, and takes new rows as before.
 #[tokio::test]
