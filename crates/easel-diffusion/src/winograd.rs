@@ -43,23 +43,31 @@ pub enum Variant {
 
 /// Which variant, if any, a convolution of this shape uses; the one place the choice is made.
 ///
-/// - Few tiles or few channels: the per-call kernel transform, the 36 thin GEMMs and the
+/// - Few tiles or few channels: the per-call kernel transform, the 16 or 36 thin GEMMs and the
 ///   transforms are not repaid. Measured at 512² output (`easel-diffusion-bench --convs`): 4→512
 ///   at 64² took 0.16–0.19 s against 0.005–0.03 s direct, 512→512 at 64² (256 tiles) 0.8–1.2 s
 ///   against 1.5–1.7 s; 128→3 at 512² (the VAE's output convolution) 0.25–0.29 s against
-///   0.14 s, the output transform of 128 channels for 3 outputs. So at least 256 tiles (a
-///   64×64 image) and 16 channels in and out.
+///   0.14 s, the output transform of 128 channels for 3 outputs. So at least 256 tiles of the
+///   variant and 16 channels in and out: F(4×4) from a 64×64 image, F(2×2) from 32×32. The
+///   UNet's 32² level (512² images, a batch of two with guidance; Zen 5, 3 December) takes
+///   F(2×2) at 0.62–0.71× the direct time: 320→640 27 against 38 ms, 640→640 31 against
+///   46–48, 1920→640 77–85 against 127–136, 1280→1280 111–113 against 178–182; at 16² (64
+///   tiles) it would not gain (1280→1280 43–44 against 43–44 ms), so that level stays direct.
 /// - Accuracy: F(4×4)'s transforms have coefficients up to 5 (Bᵀ) and 8 (Aᵀ), so its rounding
 ///   error is 10–20× a direct convolution's and grows with the sum length. Against an f64 direct
 ///   convolution (the tests), with weights scaled like a trained network's, the max error
 ///   relative to the output's max magnitude measured 3e-6 at cin = 4, 1.0e-5 at 128 and 1.5e-5
 ///   at 512: inside issue 12's 3e-5 bound up to 512 (the whole VAE), but with only 2× to spare
-///   there, so wider inputs (the UNet's 640 and 1280 levels) take F(2×2), 8e-7 at 512.
+///   there, so wider inputs (the UNet's 640 and 1280 levels) take F(2×2), 8e-7 at 512 and at
+///   the UNet's widest input, 1920 channels.
 pub fn variant(cin: usize, cout: usize, h: usize, w: usize) -> Option<Variant> {
-    if h.div_ceil(4) * w.div_ceil(4) < 256 || cin < 16 || cout < 16 {
+    if cin < 16 || cout < 16 {
         return None;
     }
-    Some(if cin > 512 { Variant::F2 } else { Variant::F4 })
+    if h.div_ceil(4) * w.div_ceil(4) >= 256 && cin <= 512 {
+        return Some(Variant::F4);
+    }
+    (h.div_ceil(2) * w.div_ceil(2) >= 256).then_some(Variant::F2)
 }
 
 /// One variant's transforms: `G` (n × 3, in f64 for the kernel transform), `Bᵀd` and `Aᵀm` for

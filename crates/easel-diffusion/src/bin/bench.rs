@@ -52,8 +52,8 @@ struct Args {
     /// Hide profile rows under this share of the run (they are summed per operation).
     #[arg(long, default_value_t = 0.005)]
     min_share: f64,
-    /// Time the VAE decoder's 3×3 convolution shapes at `--size` output, direct (im2col + GEMM)
-    /// against Winograd, `--runs` times each, interleaved.
+    /// Time the VAE decoder's and the SD UNet's 3×3 convolution shapes at `--size` output, direct
+    /// (im2col + GEMM) against Winograd, `--runs` times each, interleaved.
     #[arg(long)]
     convs: bool,
     /// `cpu` or `cuda`.
@@ -217,34 +217,45 @@ fn ops(size: usize) -> Result<()> {
     Ok(())
 }
 
-/// The VAE decoder's 3×3 convolutions for a `size`² image (latent `size / 8`), direct against
-/// Winograd, each run printed with wall and CPU seconds.
+/// The VAE decoder's 3×3 convolutions for a `size`² image (latent `size / 8`), then the SD UNet's
+/// at its 2nd and 3rd levels (a batch of two, as with guidance), direct against the path `Conv`
+/// takes (Winograd where `winograd::variant` says so), each run printed with wall and CPU seconds.
 fn convs(size: usize, runs: usize) -> Result<()> {
     use candle_core::Tensor;
     use easel_diffusion::ops::Conv;
     let dev = Device::Cpu;
     let l = size / 8;
-    // (cin, cout, edge): conv_in, mid and up-block resnets, upsamplers, conv_out.
+    // (batch, cin, cout, edge). The VAE decoder: conv_in, mid and up-block resnets, upsamplers,
+    // conv_out. The UNet's 2nd level (640 channels at l/2) and 3rd (1280 at l/4): the down
+    // blocks' first and later resnet convolutions, the up blocks' first (skip concatenated), the
+    // upsampler into the level.
     let shapes = [
-        (4, 512, l),
-        (512, 512, l),
-        (512, 512, 2 * l),
-        (512, 512, 4 * l),
-        (512, 256, 4 * l),
-        (256, 256, 4 * l),
-        (256, 256, 8 * l),
-        (256, 128, 8 * l),
-        (128, 128, 8 * l),
-        (128, 3, 8 * l),
+        (1, 4, 512, l),
+        (1, 512, 512, l),
+        (1, 512, 512, 2 * l),
+        (1, 512, 512, 4 * l),
+        (1, 512, 256, 4 * l),
+        (1, 256, 256, 4 * l),
+        (1, 256, 256, 8 * l),
+        (1, 256, 128, 8 * l),
+        (1, 128, 128, 8 * l),
+        (1, 128, 3, 8 * l),
+        (2, 320, 640, l / 2),
+        (2, 640, 640, l / 2),
+        (2, 1920, 640, l / 2),
+        (2, 1280, 1280, l / 2),
+        (2, 640, 1280, l / 4),
+        (2, 1280, 1280, l / 4),
+        (2, 2560, 1280, l / 4),
     ];
     let cfg = candle_nn::Conv2dConfig { padding: 1, ..Default::default() };
-    for (cin, cout, e) in shapes {
+    for (batch, cin, cout, e) in shapes {
         let vm = candle_nn::VarMap::new();
         let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
         let wg = Conv::new(vb.pp("c"), cin, cout, 3, cfg)?;
         let direct = Conv::new(vb.pp("c"), cin, cout, 3, cfg)?.direct_only();
-        let x = Tensor::randn(0f32, 1.0, (1, cin, e, e), &dev)?;
-        let flops = 2.0 * (cin * cout * 9 * e * e) as f64;
+        let x = Tensor::randn(0f32, 1.0, (batch, cin, e, e), &dev)?;
+        let flops = 2.0 * (batch * cin * cout * 9 * e * e) as f64;
         let a = direct.forward(&x)?;
         let b = wg.forward(&x)?;
         let err = (&a - &b)?.abs()?.max_all()?.to_scalar::<f32>()? / a.abs()?.max_all()?.to_scalar::<f32>()?;
@@ -254,7 +265,7 @@ fn convs(size: usize, runs: usize) -> Result<()> {
                 conv.forward(&x)?;
                 let wall = t.elapsed().as_secs_f64();
                 println!(
-                    "conv {cin}->{cout} @{e}x{e} run {run} {name}: {wall:.3} s wall, {:.2} s cpu, {:.1} direct-GFLOP/s, max rel diff {err:.1e}",
+                    "conv {batch}x {cin}->{cout} @{e}x{e} run {run} {name}: {wall:.3} s wall, {:.2} s cpu, {:.1} direct-GFLOP/s, max rel diff {err:.1e}",
                     profile::cpu_seconds() - c,
                     flops / wall / 1e9
                 );
