@@ -48,18 +48,19 @@ pub enum Variant {
 ///   at 64² took 0.16–0.19 s against 0.005–0.03 s direct, 512→512 at 64² (256 tiles) 0.8–1.2 s
 ///   against 1.5–1.7 s; 128→3 at 512² (the VAE's output convolution) 0.25–0.29 s against
 ///   0.14 s, the output transform of 128 channels for 3 outputs. So at least 256 tiles of the
-///   variant and 16 channels in and out: F(4×4) from a 64×64 image, F(2×2) from 32×32. The
-///   UNet's 32² level (512² images, a batch of two with guidance; Zen 5, 3 December) takes
-///   F(2×2) at 0.62–0.71× the direct time: 320→640 27 against 38 ms, 640→640 31 against
-///   46–48, 1920→640 77–85 against 127–136, 1280→1280 111–113 against 178–182; at 16² (64
-///   tiles) it would not gain (1280→1280 43–44 against 43–44 ms), so that level stays direct.
+///   variant and 16 channels in and out: F(4×4) from a 64×64 image, F(2×2) from 32×32 (tiles
+///   are counted rounding up, so 31×31 too). The UNet's 32² level (512² images, a batch of two
+///   with guidance; Zen 5, 3 December) takes F(2×2) at 0.61–0.71× the direct time, run by run:
+///   320→640 27 against 38 ms, 640→640 31 against 46–48, 1920→640 77–85 against 127–136,
+///   1280→1280 111–113 against 178–182; SDXL's 2560→1280 there (a 1024² image) 179–187
+///   against 283–288; a batch of one 0.70–0.94×. The 16² level (64 tiles) was not tried.
 /// - Accuracy: F(4×4)'s transforms have coefficients up to 5 (Bᵀ) and 8 (Aᵀ), so its rounding
 ///   error is 10–20× a direct convolution's and grows with the sum length. Against an f64 direct
 ///   convolution (the tests), with weights scaled like a trained network's, the max error
 ///   relative to the output's max magnitude measured 3e-6 at cin = 4, 1.0e-5 at 128 and 1.5e-5
 ///   at 512: inside issue 12's 3e-5 bound up to 512 (the whole VAE), but with only 2× to spare
-///   there, so wider inputs (the UNet's 640 and 1280 levels) take F(2×2), 8e-7 at 512 and at
-///   the UNet's widest input, 1920 channels.
+///   there, so wider inputs (the UNet's 640 and 1280 levels) take F(2×2): 8e-7 at 512, and
+///   6e-7 at SDXL's widest input, 2560 channels (a test).
 pub fn variant(cin: usize, cout: usize, h: usize, w: usize) -> Option<Variant> {
     if cin < 16 || cout < 16 {
         return None;

@@ -228,7 +228,9 @@ fn convs(size: usize, runs: usize) -> Result<()> {
     // (batch, cin, cout, edge). The VAE decoder: conv_in, mid and up-block resnets, upsamplers,
     // conv_out. The UNet's 2nd level (640 channels at l/2) and 3rd (1280 at l/4): the down
     // blocks' first and later resnet convolutions, the up blocks' first (skip concatenated), the
-    // upsampler into the level.
+    // upsampler into the level; then the same level without guidance (batch 1), SDXL's
+    // 1280-channel level at a 1024² image's l/2 (its widest input, 2560), and what half the size
+    // puts at l/2: the UNet's first level, the VAE decoder's middle, FLUX's VAE conv_in.
     let shapes = [
         (1, 4, 512, l),
         (1, 512, 512, l),
@@ -247,9 +249,16 @@ fn convs(size: usize, runs: usize) -> Result<()> {
         (2, 640, 1280, l / 4),
         (2, 1280, 1280, l / 4),
         (2, 2560, 1280, l / 4),
+        (1, 640, 640, l / 2),
+        (1, 1920, 640, l / 2),
+        (1, 1280, 1280, l / 2),
+        (2, 2560, 1280, l / 2),
+        (2, 320, 320, l / 2),
+        (1, 512, 512, l / 2),
+        (1, 16, 512, l / 2),
     ];
     let cfg = candle_nn::Conv2dConfig { padding: 1, ..Default::default() };
-    for (batch, cin, cout, e) in shapes {
+    for (batch, cin, cout, e) in shapes.into_iter().filter(|&(.., e)| e > 0) {
         let vm = candle_nn::VarMap::new();
         let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
         let wg = Conv::new(vb.pp("c"), cin, cout, 3, cfg)?;

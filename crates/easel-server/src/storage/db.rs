@@ -134,12 +134,12 @@ pub(super) const BUSY_TIMEOUT_MS: u64 = 5000;
 /// sets it only in an empty file, so the pragma changes nothing there).
 ///
 /// Why 2 KiB and not SQLite's 4: every commit writes each page it changed to the WAL whole, and
-/// a request alone in its commit (any request at low load) changes three or four pages for a few
+/// a request alone in its commit (any request at low load) changes four or five pages for a few
 /// hundred bytes of rows. At 4 KiB that was 17.7 KB written to the disk per relayed request at
-/// concurrency 1, 10.9 KB at 2 KiB (7.4 KB at 1 KiB, whose deeper trees made reports' scans
-/// 20–28 % slower; at 2 KiB they take as long as at 4). On the benchmark's virtual disk that
-/// write traffic, not the commit's own time, set the tail at concurrency 1: p99 1.31–1.59 ms at
-/// 4 KiB, 0.94–1.25 ms at 2 KiB (`bench/relay/RESULTS.md`).
+/// concurrency 1, 10.9 KB at 2 KiB, 7.4 KB at 1 KiB; reports' scans over 600,000 usage rows took
+/// 3–14 % longer at 2 KiB and 20–29 % at 1 KiB. On the benchmark's virtual disk that write
+/// traffic, not the commit's own time, was half the p99 at concurrency 1: median 1.26 ms at
+/// 4 KiB, 1.06 ms at 2 KiB over 14 runs each (`bench/relay/RESULTS.md`).
 pub const SQLITE_PAGE_SIZE: u32 = 2048;
 
 /// The pragmas every SQLite connection of the server starts with (sqlx's and the ledger's), and

@@ -41,19 +41,24 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior, params_fro
 use super::db;
 use super::records::{self, ImageRecord, UsageRecord, Value};
 
+/// How long the log may grow before SQLite's own checkpoint at commit starts, and the size a file
+/// grown past it is cut back to when the log restarts: a backstop well above the writer's bound
+/// (`writer::WAL_LIMIT_BYTES`), reached only when the writer's checkpoints fail.
+const BACKSTOP_BYTES: u64 = 64 << 20;
+
 /// Opens a ledger connection to the database file at `path` (which `db::connect` created and
 /// migrated), with the pragmas every SQLite connection of the server has, plus the ledger's:
-/// SQLite's own checkpoint at commit is only a backstop at 16384 pages (64 MiB), well above the
-/// writer's bound (`writer::WAL_LIMIT_BYTES`), so it runs only when the writer's checkpoints fail;
-/// and when the log restarts, a file grown past 64 MiB meanwhile is cut back to that (within it,
-/// the writer restarts the log in place, and an idle one truncates the file).
+/// SQLite's own checkpoint at commit only as a backstop at [`BACKSTOP_BYTES`] of log (its
+/// setting counts pages, so it is derived from the database's page size), and a file grown past
+/// that cut back to it when the log restarts (within it, the writer restarts the log in place,
+/// and an idle one truncates the file).
 pub fn open(path: &Path) -> anyhow::Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| anyhow::anyhow!("cannot open the SQLite database {} for the ledger: {e}", path.display()))?;
-    conn.execute_batch(&db::sqlite_pragmas(
-        "PRAGMA wal_autocheckpoint = 16384; PRAGMA journal_size_limit = 67108864;",
-    ))?;
+    conn.execute_batch(&db::sqlite_pragmas(&format!("PRAGMA journal_size_limit = {BACKSTOP_BYTES};")))?;
+    let pages = BACKSTOP_BYTES / page_size(&conn)?.max(512);
+    conn.execute_batch(&format!("PRAGMA wal_autocheckpoint = {pages};"))?;
     Ok(conn)
 }
 
@@ -224,8 +229,12 @@ pub fn checkpoint(conn: &Connection, mode: Checkpoint, patient: bool) -> anyhow:
 
 /// The bytes one page takes in the WAL: the page and its 24-byte frame header.
 pub fn frame_bytes(conn: &Connection) -> anyhow::Result<u64> {
-    let page: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
-    Ok(page as u64 + 24)
+    Ok(page_size(conn)? + 24)
+}
+
+/// The database's page size in bytes.
+fn page_size(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("PRAGMA page_size", [], |row| row.get::<_, i64>(0)).map(|page| page as u64)
 }
 
 /// A SQLite WAL's index (the `-shm` file beside the database, which SQLite maps into memory),

@@ -403,9 +403,9 @@ type Checkpointed = (Option<rusqlite::Connection>, anyhow::Result<WalState>);
 /// size the file is cut back to, in [`sqlite_ledger::open`], are 64 MiB). Each restart normally
 /// holds commits for one or two milliseconds (1.2-2.3 ms on the benchmark's virtual disk: two
 /// fsyncs of files the background checkpoints keep nearly synced), so the bound only sets how
-/// often that happens: at 16 MiB, when each request commits alone (10.9 KB of log each with the
-/// 2 KiB pages of a database this server created, 17.7 KB with an older one's 4 KiB pages), about
-/// once in 1,500 requests (950 with 4 KiB pages), out of the p99. With the 2 MiB bound and
+/// often that happens: at 16 MiB, when each request commits alone (about five 2 KiB pages of log
+/// each on a database this server created, four 4 KiB ones on an older database: 10.8 or 17.5 KB),
+/// about once in 1,550 requests (960 with 4 KiB pages), out of the p99. With the 2 MiB bound and
 /// truncation before it, one relayed request in 85 waited 4-5 ms, which was the p99 at
 /// concurrency 1.
 pub const WAL_LIMIT_BYTES: u64 = 16 << 20;

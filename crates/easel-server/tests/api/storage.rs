@@ -323,6 +323,14 @@ async fn a_new_sqlite_database_has_the_servers_page_size_and_an_old_one_keeps_it
     let new = db::connect(&url("new.db")).await.unwrap();
     assert_eq!(page_size(&new).await, i64::from(db::SQLITE_PAGE_SIZE));
     records::record(&new, &usage_record(1), &[image_record(None)]).await.unwrap();
+    // The ledger's backstop checkpoint counts pages: the same 64 MiB of log at either size.
+    let backstop = |name: &str| {
+        let conn = easel_server::storage::sqlite_ledger::open(&dir.path().join(name)).unwrap();
+        let pages: i64 = conn.query_row("PRAGMA wal_autocheckpoint", [], |row| row.get(0)).unwrap();
+        let size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0)).unwrap();
+        pages * size
+    };
+    assert_eq!(backstop("new.db"), 64 << 20);
 
     sqlx::any::install_default_drivers();
     let before = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url("old.db")).await.unwrap();
@@ -332,6 +340,7 @@ async fn a_new_sqlite_database_has_the_servers_page_size_and_an_old_one_keeps_it
     before.close().await;
     let old = db::connect(&url("old.db")).await.unwrap();
     assert_eq!(page_size(&old).await, default, "an existing database keeps its page size");
+    assert_eq!(backstop("old.db"), 64 << 20);
     records::record(&old, &usage_record(2), &[image_record(None), image_record(Some(now() + 60))]).await.unwrap();
 }
 
