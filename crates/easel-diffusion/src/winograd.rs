@@ -449,19 +449,24 @@ impl Band {
         let (h, w, tw) = (self.h, self.w, self.tw);
         let t = self.tiles();
         dst.par_chunks_mut(h * w).enumerate().for_each_init(
-            || (vec![0f32; M * N * tw], vec![0f32; M * tw]),
+            || (vec![0f32; M * N * t], vec![0f32; M * tw]),
             |(cols, phases), (co, plane)| {
                 crate::simd! {
                     let b = add.offsets.map_or(0.0, |o| o[co]);
                     let res = add.residual.map(|r| &r[co * h * w..(co + 1) * h * w]);
-                    for ty in 0..self.tr {
-                        let base = co * t + ty * tw;
-                        for l in 0..N {
+                    // The first pass column by column over the whole band, so that it reads N of
+                    // the N² planes at a time rather than all of them for each tile row.
+                    for l in 0..N {
+                        for ty in 0..self.tr {
+                            let base = co * t + ty * tw;
                             let ins: [&[f32]; N] =
                                 std::array::from_fn(|k| &m[(k * N + l) * cout * t + base..][..tw]);
-                            let mut outs = strided_mut::<M>(cols, l * tw, N * tw, tw);
+                            let mut outs = strided_mut::<M>(cols, ty * M * N * tw + l * tw, N * tw, tw);
                             map_lanes(ins, &mut outs, tw, T::at);
                         }
+                    }
+                    for ty in 0..self.tr {
+                        let cols = &cols[ty * M * N * tw..(ty + 1) * M * N * tw];
                         let y0 = (self.ty0 + ty) * M;
                         for i in 0..M.min(h - y0) {
                             let ins: [&[f32]; N] = std::array::from_fn(|l| &cols[(i * N + l) * tw..][..tw]);
