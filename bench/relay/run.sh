@@ -12,7 +12,9 @@
 # Full run: installs nginx and wrk with apt-get when missing, LiteLLM's proxy from PyPI into
 # bench/relay/.venv (kept), builds `easel` in release. RELAY_CONCURRENCY ("1 16 64"),
 # RELAY_SIZES ("small big"), RELAY_PORT (18480, and the next three), EASEL_BIN (a built binary),
-# RELAY_LITELLM=0 (Easel and nginx only) and RELAY_JSON (a file for the raw numbers) change it.
+# RELAY_LITELLM=0 (Easel and nginx only), RELAY_JSON (a file for the raw numbers) and
+# RELAY_EASEL_DATA (Easel's data folder, e.g. on /dev/shm to take the disk's writes out of its
+# latency: bench/relay/RESULTS.md, 3 December 17:00) change it.
 # Smoke (scripts/test.sh): installs nothing; without nginx or wrk it says so and exits 0; it
 # fails (exit 1) if Easel does not start or answers anything but 200s with the image. It uses the
 # debug binary unless EASEL_BIN names another.
@@ -96,7 +98,7 @@ done
 # Easel: one provider and one model per answer size, no keys (open on loopback).
 eport=$((port + 1))
 {
-    printf '[server]\nbind = "127.0.0.1:%s"\n[storage]\ndata_dir = "%s/easel-data"\n' "$eport" "$work"
+    printf '[server]\nbind = "127.0.0.1:%s"\n[storage]\ndata_dir = "%s"\n' "$eport" "${RELAY_EASEL_DATA:-$work/easel-data}"
     for size in small big; do
         px=$([[ $size == small ]] && echo 32x32 || echo 1024x1024)
         cat <<TOML
