@@ -11,7 +11,7 @@ use anyhow::Result;
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Conv2dConfig, LayerNorm, Linear, VarBuilder, layer_norm, linear, linear_no_bias};
 
-use crate::ops::{Conv, Extra, GroupNorm as FastGroupNorm};
+use crate::ops::{Conv, Extra, GroupNorm as FastGroupNorm, Source};
 use crate::profile;
 
 /// Largest attention score block computed at once, in elements (32 MiB of f32): small enough to
@@ -235,20 +235,22 @@ impl Resnet {
     }
 
     /// The projected time embedding goes into `conv1`'s output and the shortcut into `conv2`'s
-    /// as they are written ([`Extra`]): no pass and no full-size tensor of their own.
+    /// as they are written ([`Extra`]), and each group norm with its SiLU is applied as its
+    /// convolution reads it ([`Source::Normed`]): no pass and no full-size tensor of their own.
     pub fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
         let t = match (&self.temb, temb) {
             (Some(proj), Some(t)) => Some(crate::embedder::per_row(proj, &candle_nn::ops::silu(t)?)?),
             _ => None,
         };
         let h =
-            self.conv1.forward_with(&self.norm1.forward(xs, true)?, Extra { channels: t.as_ref(), residual: None })?;
+            self.conv1.forward_from(Source::Normed(xs, &self.norm1), Extra { channels: t.as_ref(), residual: None })?;
         let skip = match &self.shortcut {
             Some(c) => c.forward(xs)?,
             None => xs.clone(),
         };
-        let out =
-            self.conv2.forward_with(&self.norm2.forward(&h, true)?, Extra { channels: None, residual: Some(&skip) })?;
+        let out = self
+            .conv2
+            .forward_from(Source::Normed(&h, &self.norm2), Extra { channels: None, residual: Some(&skip) })?;
         Ok(if self.scale == 1.0 { out } else { (out / self.scale)? })
     }
 }
@@ -397,12 +399,11 @@ impl UpLevel {
                 Some(s) => (s.dim(2)?, s.dim(3)?),
                 None => (2 * h, 2 * w),
             };
-            let big = profile::time(
-                "upsample",
-                || (format!("{:?}", x.dims()), 0.0),
-                || crate::ops::upsample_nearest(&x, th, tw),
-            )?;
-            x = up.forward(&big)?;
+            x = if (th, tw) == (2 * h, 2 * w) {
+                up.forward_from(Source::Doubled(&x), Extra::default())?
+            } else {
+                up.forward(&crate::ops::upsample_nearest(&x, th, tw)?)?
+            };
         }
         Ok(x)
     }

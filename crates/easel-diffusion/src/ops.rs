@@ -10,7 +10,8 @@
 //! no concatenation and no bias pass; 1×1 convolutions multiply the input in place, with no
 //! im2col at all. The weights are reshaped once at load (a view, not a copy). Group norm is two passes over each
 //! group in parallel (f64 statistics) and one that writes the output with SiLU fused, using the
-//! vectorised [`crate::exp`]. Anything else (GPU, f16, strides) uses candle's own ops.
+//! vectorised [`crate::exp`]; before a convolution that takes the Winograd path only the
+//! statistics pass runs, and the convolution applies the norm as it reads ([`Source`]). Anything else (GPU, f16, strides) uses candle's own ops.
 
 use std::cell::RefCell;
 
@@ -22,7 +23,7 @@ use rayon::prelude::*;
 use crate::exp::{gelu_erf, silu as silu_f32};
 use crate::gemm::{View, gemm};
 use crate::profile;
-use crate::winograd::Winograd;
+use crate::winograd::{Prologue, Winograd};
 
 /// Largest im2col band, in f32 elements (64 MiB).
 const BAND: usize = 16 * 1024 * 1024;
@@ -103,6 +104,34 @@ impl Extra<'_> {
     }
 }
 
+/// What a convolution reads: a tensor, or what the layer before it would make of one, which the
+/// Winograd path makes as it reads ([`Prologue`]) instead of as a tensor of its own.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    Plain(&'a Tensor),
+    /// The group norm of the tensor, then SiLU (a resnet's convolutions).
+    Normed(&'a Tensor, &'a GroupNorm),
+    /// The tensor upsampled ×2, nearest (the upsamplers' convolutions).
+    Doubled(&'a Tensor),
+}
+
+impl<'a> Source<'a> {
+    fn tensor(&self) -> &'a Tensor {
+        match *self {
+            Source::Plain(x) | Source::Normed(x, _) | Source::Doubled(x) => x,
+        }
+    }
+
+    /// What the profile's label adds for the fused layer.
+    fn label(&self) -> &'static str {
+        match self {
+            Source::Plain(_) => "",
+            Source::Normed(..) => " (+group norm, SiLU)",
+            Source::Doubled(_) => " (+upsample x2)",
+        }
+    }
+}
+
 /// A 2-D convolution with stride 1 and "same" padding, or any candle convolution.
 pub struct Conv {
     inner: candle_nn::Conv2d,
@@ -166,28 +195,62 @@ impl Conv {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_banded(x, Extra::default(), BAND)
+        self.forward_from(Source::Plain(x), Extra::default())
     }
 
     /// The convolution plus what `extra` adds ([`Extra`]).
     pub fn forward_with(&self, x: &Tensor, extra: Extra) -> Result<Tensor> {
-        self.forward_banded(x, extra, BAND)
+        self.forward_from(Source::Plain(x), extra)
     }
 
-    /// [`Conv::forward_with`] with im2col bands of at most `band` elements (one output row at
-    /// least).
-    fn forward_banded(&self, x: &Tensor, extra: Extra, band: usize) -> Result<Tensor> {
+    /// The convolution of what `source` makes, plus `extra`: on the Winograd path the layer
+    /// before is applied in its input transform ([`Prologue`]); elsewhere it is made as a
+    /// tensor first.
+    pub fn forward_from(&self, source: Source, extra: Extra) -> Result<Tensor> {
+        let x = source.tensor();
+        if let Some(wg) = self.winograd.as_ref().filter(|_| self.fast(x)) {
+            // Only the size matters to `takes`: a norm keeps it, an upsampling doubles it.
+            let doubled = matches!(source, Source::Doubled(_));
+            if wg.takes(x, if doubled { Prologue::Doubled } else { Prologue::None }) {
+                let affine = match source {
+                    Source::Normed(x, norm) => Some(norm.affine(x)?),
+                    _ => None,
+                };
+                let prologue = match &affine {
+                    Some((scale, shift)) => Prologue::Affine { scale, shift, silu: true },
+                    None if doubled => Prologue::Doubled,
+                    None => Prologue::None,
+                };
+                let (b, cin, h, w) = x.dims4()?;
+                let (h, w) = prologue.size(h, w);
+                // Counted as the direct convolution's FLOPs, so GFLOP/s compare with the im2col
+                // rows.
+                let _t = profile::start("conv3x3 winograd", || {
+                    (
+                        format!("3x3 {cin}->{} @{h}x{w} b{b}{}", self.cout, source.label()),
+                        2.0 * (b * self.cout * cin * 9 * h * w) as f64,
+                    )
+                });
+                return wg.forward(x, prologue, extra);
+            }
+        }
+        let x = match source {
+            Source::Plain(x) => x.clone(),
+            Source::Normed(x, norm) => norm.forward(x, true)?,
+            Source::Doubled(x) => {
+                let (_, _, h, w) = x.dims4()?;
+                upsample_nearest(x, 2 * h, 2 * w)?
+            }
+        };
+        self.direct(&x, extra, BAND)
+    }
+
+    /// The convolution of `x` plus `extra` without the Winograd path, with im2col bands of at
+    /// most `band` elements (one output row at least).
+    fn direct(&self, x: &Tensor, extra: Extra, band: usize) -> Result<Tensor> {
         if !self.fast(x) {
             let _t = profile::start("conv (candle)", || (conv_label(self.k, x, self.cout), 0.0));
             return extra.add_to(self.inner.forward(x)?);
-        }
-        if let Some(wg) = self.winograd.as_ref().filter(|wg| wg.takes(x)) {
-            // Counted as the direct convolution's FLOPs, so GFLOP/s compare with the im2col rows.
-            let _t = profile::start("conv3x3 winograd", || {
-                let (b, cin, h, w) = x.dims4().unwrap_or_default();
-                (conv_label(3, x, self.cout), 2.0 * (b * self.cout * cin * 9 * h * w) as f64)
-            });
-            return wg.forward(x, extra);
         }
         let (b, cin, h, w) = x.dims4()?;
         let (cout, k, s) = (self.cout, self.k, self.stride);
@@ -362,26 +425,14 @@ impl GroupNorm {
         let (b, c, h, w) = x.dims4()?;
         let _t =
             profile::start(if silu { "group_norm+silu" } else { "group_norm" }, || (format!("{c} @{h}x{w} b{b}"), 0.0));
-        let gamma = self.weight.to_vec1::<f32>()?;
-        let beta = self.bias.to_vec1::<f32>()?;
-        let per = c / self.groups;
-        let len = per * h * w;
-        let eps = self.eps;
+        let (gamma, beta) = (self.weight.to_vec1::<f32>()?, self.bias.to_vec1::<f32>()?);
+        let len = c / self.groups * h * w;
         let mut out = vec![0f32; b * c * h * w];
         host(x, |data| {
             out.par_chunks_mut(len).zip(data.par_chunks(len)).enumerate().for_each(|(i, (dst, src))| {
-                let g = i % self.groups;
-                // One pass for both moments (f64 sums: E[x²] − mean² keeps 1e-16 relative
-                // precision, so the cancellation matters only past |mean|/std ≈ 10⁶).
-                let n = src.len() as f64;
-                let (sum, squares) = crate::simd! { moments_f64(src) };
-                let mean = sum / n;
-                let var = (squares / n - mean * mean).max(0.0);
-                let inv = 1.0 / (var + eps).sqrt();
-                for (j, (o, s)) in dst.chunks_mut(h * w).zip(src.chunks(h * w)).enumerate() {
-                    let ch = g * per + j;
-                    let scale = (inv * f64::from(gamma[ch])) as f32;
-                    let shift = (f64::from(beta[ch]) - mean * inv * f64::from(gamma[ch])) as f32;
+                let mut affine = vec![(0f32, 0f32); c / self.groups];
+                self.group_affine(i % self.groups, src, &gamma, &beta, &mut affine);
+                for ((o, s), &(scale, shift)) in dst.chunks_mut(h * w).zip(src.chunks(h * w)).zip(&affine) {
                     crate::simd! {
                         for (o, &v) in o.iter_mut().zip(s) {
                             let y = v * scale + shift;
@@ -392,6 +443,40 @@ impl GroupNorm {
             });
         })?;
         Ok(Tensor::from_vec(out, (b, c, h, w), x.device())?)
+    }
+
+    /// The norm of a CPU f32 `x` `(b, c, h, w)` as `x · scale + shift` per image and channel:
+    /// the two vectors of `b · c` values, for a consumer that applies them as it reads `x` (the
+    /// Winograd input transform) instead of reading a normalised copy. The same numbers as
+    /// [`Self::forward`] computes.
+    pub fn affine(&self, x: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (b, c, h, w) = x.dims4()?;
+        let _t = profile::start("group_norm stats", || (format!("{c} @{h}x{w} b{b}"), 0.0));
+        let (gamma, beta) = (self.weight.to_vec1::<f32>()?, self.bias.to_vec1::<f32>()?);
+        let per = c / self.groups;
+        let mut affine = vec![(0f32, 0f32); b * c];
+        host(x, |data| {
+            affine.par_chunks_mut(per).zip(data.par_chunks(per * h * w)).enumerate().for_each(|(i, (a, src))| {
+                self.group_affine(i % self.groups, src, &gamma, &beta, a);
+            });
+        })?;
+        Ok(affine.into_iter().unzip())
+    }
+
+    /// Group `g`'s statistics over its elements `src`, as each of its channels' `(scale, shift)`.
+    fn group_affine(&self, g: usize, src: &[f32], gamma: &[f32], beta: &[f32], out: &mut [(f32, f32)]) {
+        // One pass for both moments (f64 sums: E[x²] − mean² keeps 1e-16 relative precision, so
+        // the cancellation matters only past |mean|/std ≈ 10⁶).
+        let n = src.len() as f64;
+        let (sum, squares) = crate::simd! { moments_f64(src) };
+        let mean = sum / n;
+        let var = (squares / n - mean * mean).max(0.0);
+        let inv = 1.0 / (var + self.eps).sqrt();
+        let per = out.len();
+        for (j, o) in out.iter_mut().enumerate() {
+            let gamma = f64::from(gamma[g * per + j]);
+            *o = ((inv * gamma) as f32, (f64::from(beta[g * per + j]) - mean * inv * gamma) as f32);
+        }
     }
 }
 
@@ -480,6 +565,7 @@ pub fn upsample_nearest(x: &Tensor, th: usize, tw: usize) -> Result<Tensor> {
     if !(x.device().is_cpu() && x.dtype() == DType::F32 && th == 2 * h && tw == 2 * w) {
         return Ok(x.upsample_nearest2d(th, tw)?);
     }
+    let _t = profile::start("upsample", || (format!("{c} @{h}x{w} b{b}"), 0.0));
     let mut out = vec![0f32; b * c * th * tw];
     host(x, |data| {
         out.par_chunks_mut(th * tw).zip(data.par_chunks(h * w)).for_each(|(dst, src)| {
@@ -618,7 +704,7 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (2, 6, 7, 11), &dev).unwrap();
         let want = conv.inner.forward(&x).unwrap();
         for band in [6 * 9 * 11 * 2 + 5, 1, usize::MAX] {
-            let got = conv.forward_banded(&x, Extra::default(), band).unwrap();
+            let got = conv.direct(&x, Extra::default(), band).unwrap();
             let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(diff < 1e-5, "band {band}: {diff}");
         }
@@ -650,7 +736,7 @@ mod tests {
         ] {
             let conv = Conv::new(vb.pp(name), cin, cout, k, cfg).unwrap();
             let x = Tensor::randn(0f32, 1.0, (b, cin, h, w), &dev).unwrap();
-            assert_eq!(conv.winograd.as_ref().is_some_and(|wg| wg.takes(&x)), name == "winograd");
+            assert_eq!(conv.winograd.as_ref().is_some_and(|wg| wg.takes(&x, Prologue::None)), name == "winograd");
             let temb = Tensor::randn(0f32, 1.0, (b, cout), &dev).unwrap();
             let shared = Tensor::randn(0f32, 1.0, (1, cout), &dev).unwrap();
             let res = Tensor::randn(0f32, 1.0, (b, cout, h, w), &dev).unwrap();
@@ -701,6 +787,43 @@ mod tests {
             let got = upsample_nearest(&x, th, tw).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let want = x.upsample_nearest2d(th, tw).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert_eq!(got, want, "{th}x{tw}");
+        }
+    }
+
+    /// A convolution of a group norm with SiLU, or of a nearest upsampling ×2, gives the same
+    /// bits whether the layer before is made as a tensor first or (on the Winograd path) in the
+    /// input transform, with a time embedding and a residual added; the shapes the Winograd
+    /// path declines fall back to making the tensor.
+    #[test]
+    fn fused_sources_match_the_layers_made_first() {
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let pad1 = Conv2dConfig { padding: 1, ..Default::default() };
+        for (name, (b, cin, h, w), cout, winograd) in [
+            ("f4", (2, 32, 64, 66), 16, true),
+            ("f2", (1, 16, 32, 34), 32, true),
+            ("im2col", (2, 16, 8, 10), 16, false),
+        ] {
+            let conv = Conv::new(vb.pp(name), cin, cout, 3, pad1).unwrap();
+            let gn = GroupNorm {
+                weight: Tensor::randn(0f32, 1.0, cin, &dev).unwrap(),
+                bias: Tensor::randn(0f32, 1.0, cin, &dev).unwrap(),
+                ..GroupNorm::new(vb.pp(format!("{name}.gn")), 8, cin, 1e-6).unwrap()
+            };
+            let x = (Tensor::randn(0f32, 3.0, (b, cin, h, w), &dev).unwrap() + 2.0).unwrap();
+            let half = Tensor::randn(0f32, 1.0, (b, cin, h / 2, w / 2), &dev).unwrap();
+            assert_eq!(conv.winograd.as_ref().is_some_and(|wg| wg.takes(&half, Prologue::Doubled)), winograd);
+            let temb = Tensor::randn(0f32, 1.0, (b, cout), &dev).unwrap();
+            let res = Tensor::randn(0f32, 1.0, (b, cout, h, w), &dev).unwrap();
+            let extra = Extra { channels: Some(&temb), residual: Some(&res) };
+            let bits = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let fused = bits(conv.forward_from(Source::Normed(&x, &gn), extra).unwrap());
+            let made = bits(conv.forward_with(&gn.forward(&x, true).unwrap(), extra).unwrap());
+            assert!(fused == made, "{name}: group norm");
+            let fused = bits(conv.forward_from(Source::Doubled(&half), extra).unwrap());
+            let made = bits(conv.forward_with(&upsample_nearest(&half, h, w).unwrap(), extra).unwrap());
+            assert!(fused == made, "{name}: upsampling");
         }
     }
 

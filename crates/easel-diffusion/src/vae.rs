@@ -15,7 +15,7 @@ use candle_nn::{Conv2dConfig, VarBuilder};
 
 use crate::attention::VaeAttention;
 use crate::blocks::Resnet;
-use crate::ops::{Conv, GroupNorm};
+use crate::ops::{Conv, Extra, GroupNorm, Source};
 use serde_json::Value;
 
 #[derive(Debug, Clone)]
@@ -219,15 +219,9 @@ impl Vae {
                 x = r.forward(&x, None)?;
             }
             if let Some(up) = &level.resample {
-                let (_, _, h, w) = x.dims4()?;
-                let big = crate::profile::time(
-                    "upsample",
-                    || (format!("{:?}", x.dims()), 0.0),
-                    || crate::ops::upsample_nearest(&x, 2 * h, 2 * w),
-                )?;
-                x = up.forward(&big)?;
+                x = up.forward_from(Source::Doubled(&x), Extra::default())?;
             }
         }
-        self.dec_out.forward(&self.dec_norm.forward(&x, true)?)
+        self.dec_out.forward_from(Source::Normed(&x, &self.dec_norm), Extra::default())
     }
 }

@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::{BAND, Extra, F2x2, F4x4, Transform, Variant, Winograd, variant};
+use super::{BAND, Extra, F2x2, F4x4, Prologue, Transform, Variant, Winograd, variant};
 
 const TOLERANCE: f64 = 3e-5;
 
@@ -98,8 +98,8 @@ impl Case {
         let wg = Winograd::new(&weight, bias.as_ref()).unwrap().unwrap();
         let x = Tensor::from_vec(self.x.clone(), (b, cin, h, w), &dev).unwrap();
         let y = match v {
-            Variant::F2 => wg.run::<F2x2, 4, 2>(&x, Extra::default(), band),
-            Variant::F4 => wg.run::<F4x4, 6, 4>(&x, Extra::default(), band),
+            Variant::F2 => wg.run::<F2x2, 4, 2>(&x, Prologue::None, Extra::default(), band),
+            Variant::F4 => wg.run::<F4x4, 6, 4>(&x, Prologue::None, Extra::default(), band),
         }
         .unwrap();
         assert_eq!(y.dims4().unwrap(), (b, cout, h, w));
@@ -179,7 +179,13 @@ fn a_wrong_transform_fails_the_comparison() {
     let wg = Winograd::new(&weight, None).unwrap().unwrap();
     let x = normal(4 * 8 * 8, 1.0, 2);
     let xt = Tensor::from_vec(x.clone(), (1, 4, 8, 8), &dev).unwrap();
-    let y = wg.run::<Bad, 6, 4>(&xt, Extra::default(), BAND).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let y = wg
+        .run::<Bad, 6, 4>(&xt, Prologue::None, Extra::default(), BAND)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let want = direct(&x, &wt, None, 1, 4, 4, 8, 8);
     let max = want.iter().fold(0f64, |m, v| m.max(v.abs()));
     let diff = y.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((f64::from(*a) - b).abs()));
@@ -217,12 +223,53 @@ fn ops_conv_takes_the_winograd_path() {
     let candle = candle_nn::conv2d(16, 16, 3, cfg, vb.pp("c")).unwrap();
     let wg = Winograd::new(candle.weight(), candle.bias()).unwrap().unwrap();
     let x = Tensor::randn(0f32, 1.0, (1, 16, 64, 64), &dev).unwrap();
-    assert!(wg.takes(&x));
+    assert!(wg.takes(&x, Prologue::None));
     let got = conv.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let same = wg.forward(&x, Extra::default()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let same =
+        wg.forward(&x, Prologue::None, Extra::default()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(got, same);
     let want = candle.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(diff / max < 3e-5, "relative error {:.2e}", diff / max);
+}
+
+/// Both prologues, in bands of two tile rows (so a band's first and last input rows are the
+/// clamped and overlapping ones) and a batch of two with per-image norms: the same bits as the
+/// group norm with SiLU or the upsampling made as a tensor first.
+#[test]
+fn prologues_in_bands_match_the_layers_made_first() {
+    use crate::ops::{GroupNorm, upsample_nearest};
+    let dev = Device::Cpu;
+    let (b, cin, cout, h, w) = (2, 16, 8, 26, 22);
+    let weight = Tensor::from_vec(normal(cout * cin * 9, 0.1, 3), (cout, cin, 3, 3), &dev).unwrap();
+    let bias = Tensor::from_vec(normal(cout, 0.1, 4), cout, &dev).unwrap();
+    let wg = Winograd::new(&weight, Some(&bias)).unwrap().unwrap();
+    let tensors = [
+        ("g.weight".to_string(), Tensor::from_vec(normal(cin, 1.0, 5), cin, &dev).unwrap()),
+        ("g.bias".to_string(), Tensor::from_vec(normal(cin, 1.0, 6), cin, &dev).unwrap()),
+    ];
+    let vb = candle_nn::VarBuilder::from_tensors(tensors.into_iter().collect(), candle_core::DType::F32, &dev);
+    let gn = GroupNorm::new(vb.pp("g"), 4, cin, 1e-6).unwrap();
+    let x = Tensor::from_vec(normal(b * cin * h * w, 2.0, 7), (b, cin, h, w), &dev).unwrap();
+    let half = Tensor::from_vec(normal(b * cin * h * w / 4, 1.0, 8), (b, cin, h / 2, w / 2), &dev).unwrap();
+    let (scale, shift) = gn.affine(&x).unwrap();
+    let normed = gn.forward(&x, true).unwrap();
+    let doubled = upsample_nearest(&half, h, w).unwrap();
+    let bits = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let affine = Prologue::Affine { scale: &scale, shift: &shift, silu: true };
+    for v in [Variant::F2, Variant::F4] {
+        let run = |x: &Tensor, p: Prologue| {
+            let (n, m) = if v == Variant::F2 { (4, 2) } else { (6, 4) };
+            let band = n * n * cin * w.div_ceil(m) * 2;
+            bits(match v {
+                Variant::F2 => wg.run::<F2x2, 4, 2>(x, p, Extra::default(), band).unwrap(),
+                Variant::F4 => wg.run::<F4x4, 6, 4>(x, p, Extra::default(), band).unwrap(),
+            })
+        };
+        assert!(run(&x, affine) == run(&normed, Prologue::None), "{v:?}: group norm");
+        assert!(run(&half, Prologue::Doubled) == run(&doubled, Prologue::None), "{v:?}: upsampling");
+    }
+    let wrong = Prologue::Affine { scale: &scale[..cin], shift: &shift[..cin], silu: true };
+    assert!(wg.run::<F4x4, 6, 4>(&x, wrong, Extra::default(), BAND).is_err());
 }
