@@ -235,8 +235,9 @@ impl Resnet {
     }
 
     /// The projected time embedding goes into `conv1`'s output and the shortcut into `conv2`'s
-    /// as they are written ([`Extra`]), and each group norm with its SiLU is applied as its
-    /// convolution reads it ([`Source::Normed`]): no pass and no full-size tensor of their own.
+    /// as they are written ([`Extra`]), and, on the Winograd path, each group norm with its
+    /// SiLU is applied as its convolution reads it ([`Source::Normed`]; only the norm's
+    /// statistics pass runs): no pass and no full-size tensor of their own.
     pub fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
         let t = match (&self.temb, temb) {
             (Some(proj), Some(t)) => Some(crate::embedder::per_row(proj, &candle_nn::ops::silu(t)?)?),

@@ -121,15 +121,6 @@ impl<'a> Source<'a> {
             Source::Plain(x) | Source::Normed(x, _) | Source::Doubled(x) => x,
         }
     }
-
-    /// What the profile's label adds for the fused layer.
-    fn label(&self) -> &'static str {
-        match self {
-            Source::Plain(_) => "",
-            Source::Normed(..) => " (+group norm, SiLU)",
-            Source::Doubled(_) => " (+upsample x2)",
-        }
-    }
 }
 
 /// A 2-D convolution with stride 1 and "same" padding, or any candle convolution.
@@ -217,7 +208,7 @@ impl Conv {
                     _ => None,
                 };
                 let prologue = match &affine {
-                    Some((scale, shift)) => Prologue::Affine { scale, shift, silu: true },
+                    Some((scale, shift)) => Prologue::NormSilu { scale, shift },
                     None if doubled => Prologue::Doubled,
                     None => Prologue::None,
                 };
@@ -227,7 +218,7 @@ impl Conv {
                 // rows.
                 let _t = profile::start("conv3x3 winograd", || {
                     (
-                        format!("3x3 {cin}->{} @{h}x{w} b{b}{}", self.cout, source.label()),
+                        format!("3x3 {cin}->{} @{h}x{w} b{b}{}", self.cout, prologue.label()),
                         2.0 * (b * self.cout * cin * 9 * h * w) as f64,
                     )
                 });
@@ -562,10 +553,10 @@ fn last_dim_as(x: &Tensor, n: usize) -> Vec<usize> {
 /// with one pass per plane; candle's `upsample_nearest2d` otherwise (a gather per element).
 pub fn upsample_nearest(x: &Tensor, th: usize, tw: usize) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
+    let _t = profile::start("upsample", || (format!("{c} @{h}x{w} b{b} to {th}x{tw}"), 0.0));
     if !(x.device().is_cpu() && x.dtype() == DType::F32 && th == 2 * h && tw == 2 * w) {
         return Ok(x.upsample_nearest2d(th, tw)?);
     }
-    let _t = profile::start("upsample", || (format!("{c} @{h}x{w} b{b}"), 0.0));
     let mut out = vec![0f32; b * c * th * tw];
     host(x, |data| {
         out.par_chunks_mut(th * tw).zip(data.par_chunks(h * w)).for_each(|(dst, src)| {

@@ -141,14 +141,23 @@ pub enum Prologue<'a> {
     /// The tensor as it is.
     None,
     /// `x · scale + shift` per image and channel (`b · cin` values each, a group norm:
-    /// [`crate::ops::GroupNorm::affine`]), then SiLU when `silu`.
-    Affine { scale: &'a [f32], shift: &'a [f32], silu: bool },
+    /// [`crate::ops::GroupNorm::affine`]), then SiLU: a resnet's norm and activation.
+    NormSilu { scale: &'a [f32], shift: &'a [f32] },
     /// Each pixel doubled along both axes (nearest upsampling ×2): the tensor is half the
     /// convolution's input size.
     Doubled,
 }
 
 impl Prologue<'_> {
+    /// What the profile's labels add for it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Prologue::None => "",
+            Prologue::NormSilu { .. } => " (+group norm, SiLU)",
+            Prologue::Doubled => " (+upsample x2)",
+        }
+    }
+
     /// The convolution's input size from the given tensor's.
     pub fn size(&self, h: usize, w: usize) -> (usize, usize) {
         match self {
@@ -281,7 +290,7 @@ impl Winograd {
         if cin != self.cin {
             bail!("Winograd convolution expects {} input channels, got {cin}", self.cin);
         }
-        if let Prologue::Affine { scale, shift, .. } = prologue
+        if let Prologue::NormSilu { scale, shift } = prologue
             && (scale.len() != b * cin || shift.len() != b * cin)
         {
             bail!(
@@ -307,10 +316,9 @@ impl Winograd {
                         };
                         let img = &data[n * cin * xh * xw..(n + 1) * cin * xh * xw];
                         let prologue = match prologue {
-                            Prologue::Affine { scale, shift, silu } => Prologue::Affine {
+                            Prologue::NormSilu { scale, shift } => Prologue::NormSilu {
                                 scale: &scale[n * cin..(n + 1) * cin],
                                 shift: &shift[n * cin..(n + 1) * cin],
-                                silu,
                             },
                             other => other,
                         };
@@ -322,7 +330,7 @@ impl Winograd {
                             let v = &mut vbuf[..cin * N * N * t];
                             profile::time(
                                 "winograd input",
-                                || (format!("{cin} @{h}x{w}"), 0.0),
+                                || (format!("{cin} @{h}x{w}{}", prologue.label()), 0.0),
                                 || band.input::<T, N, M>(img, prologue, cin, v),
                             );
                             // Position p: (cout × cin) · (cin × T), the input read in place from its
@@ -479,12 +487,11 @@ impl Band {
                     // `base`.
                     let (plane, base) = match prologue {
                         Prologue::None => (&img[c * h * w..(c + 1) * h * w], 0),
-                        Prologue::Affine { scale, shift, silu } => {
+                        Prologue::NormSilu { scale, shift } => {
                             let (s, b) = (scale[c], shift[c]);
                             let src = &img[c * h * w + first * w..c * h * w + end * w];
                             for (o, &x) in band_rows.iter_mut().zip(src) {
-                                let y = x * s + b;
-                                *o = if silu { silu_f32(y) } else { y };
+                                *o = silu_f32(x * s + b);
                             }
                             (&band_rows[..], first)
                         }

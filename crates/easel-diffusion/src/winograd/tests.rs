@@ -257,7 +257,7 @@ fn prologues_in_bands_match_the_layers_made_first() {
     let normed = gn.forward(&x, true).unwrap();
     let doubled = upsample_nearest(&half, h, w).unwrap();
     let bits = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let affine = Prologue::Affine { scale: &scale, shift: &shift, silu: true };
+    let affine = Prologue::NormSilu { scale: &scale, shift: &shift };
     for v in [Variant::F2, Variant::F4] {
         let run = |x: &Tensor, p: Prologue| {
             let (n, m) = if v == Variant::F2 { (4, 2) } else { (6, 4) };
@@ -270,6 +270,6 @@ fn prologues_in_bands_match_the_layers_made_first() {
         assert!(run(&x, affine) == run(&normed, Prologue::None), "{v:?}: group norm");
         assert!(run(&half, Prologue::Doubled) == run(&doubled, Prologue::None), "{v:?}: upsampling");
     }
-    let wrong = Prologue::Affine { scale: &scale[..cin], shift: &shift[..cin], silu: true };
+    let wrong = Prologue::NormSilu { scale: &scale[..cin], shift: &shift[..cin] };
     assert!(wg.run::<F4x4, 6, 4>(&x, wrong, Extra::default(), BAND).is_err());
 }
