@@ -70,10 +70,10 @@ impl Mid {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: Tensor) -> Result<Tensor> {
         let x = self.first.forward(x, None)?;
         let x = self.attn.forward(&x)?;
-        self.second.forward(&x, None)
+        self.second.forward(x, None)
     }
 }
 
@@ -191,13 +191,13 @@ impl Vae {
         let mut x = self.enc_in.forward(pixels)?;
         for level in &self.enc_down {
             for r in &level.resnets {
-                x = r.forward(&x, None)?;
+                x = r.forward(x, None)?;
             }
             if let Some(down) = &level.resample {
                 x = down.forward(&x.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?)?;
             }
         }
-        x = self.enc_mid.forward(&x)?;
+        x = self.enc_mid.forward(x)?;
         x = self.enc_out.forward(&self.enc_norm.forward(&x, true)?)?;
         if let Some(q) = &self.quant {
             x = q.forward(&x)?;
@@ -213,10 +213,10 @@ impl Vae {
             x = q.forward(&x)?;
         }
         x = self.dec_in.forward(&x)?;
-        x = self.dec_mid.forward(&x)?;
+        x = self.dec_mid.forward(x)?;
         for level in &self.dec_up {
             for r in &level.resnets {
-                x = r.forward(&x, None)?;
+                x = r.forward(x, None)?;
             }
             if let Some(up) = &level.resample {
                 x = up.forward_from(Source::Doubled(&x), Extra::default())?;
