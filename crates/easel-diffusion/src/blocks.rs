@@ -239,9 +239,11 @@ impl Resnet {
     /// SiLU is applied as its convolution reads it ([`Source::Normed`]; only the norm's
     /// statistics pass runs): no pass and no full-size tensor of their own.
     ///
-    /// `xs` is taken by value so that, when a shortcut convolution makes the residual, the input
-    /// (a 256 MiB tensor at the VAE's widest 512² resnet) is freed before `conv2` allocates its
-    /// output: a lower peak, and fewer fresh pages for an image to fault in.
+    /// `xs` is taken by value so that, when a shortcut convolution makes the residual and the
+    /// caller holds no other reference (the VAE's levels, the UNet's up levels; not its down
+    /// levels, whose skip list keeps each input), the input (a 256 MiB tensor at the VAE's
+    /// widest 512² resnet) is freed before `conv2` allocates its output: a lower peak, and fewer
+    /// fresh pages for an image to fault in.
     pub fn forward(&self, xs: Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
         let t = match (&self.temb, temb) {
             (Some(proj), Some(t)) => Some(crate::embedder::per_row(proj, &candle_nn::ops::silu(t)?)?),
