@@ -201,16 +201,18 @@ impl Conv {
         let x = source.tensor();
         if let Some(wg) = self.winograd.as_ref().filter(|_| self.fast(x)) {
             // Only the size matters to `takes`: a norm keeps it, an upsampling doubles it.
-            let doubled = matches!(source, Source::Doubled(_));
-            if wg.takes(x, if doubled { Prologue::Doubled } else { Prologue::None }) {
+            let sized = match source {
+                Source::Doubled(_) => Prologue::Doubled,
+                _ => Prologue::None,
+            };
+            if wg.takes(x, sized) {
                 let affine = match source {
                     Source::Normed(x, norm) => Some(norm.affine(x)?),
                     _ => None,
                 };
                 let prologue = match &affine {
                     Some((scale, shift)) => Prologue::NormSilu { scale, shift },
-                    None if doubled => Prologue::Doubled,
-                    None => Prologue::None,
+                    None => sized,
                 };
                 let (b, cin, h, w) = x.dims4()?;
                 let (h, w) = prologue.size(h, w);
@@ -218,7 +220,7 @@ impl Conv {
                 // rows.
                 let _t = profile::start("conv3x3 winograd", || {
                     (
-                        format!("3x3 {cin}->{} @{h}x{w} b{b}{}", self.cout, prologue.label()),
+                        format!("{}{}", shape_label(3, (b, cin, h, w), self.cout), prologue.label()),
                         2.0 * (b * self.cout * cin * 9 * h * w) as f64,
                     )
                 });
@@ -307,9 +309,14 @@ impl Conv {
 
 fn conv_label(k: usize, x: &Tensor, cout: usize) -> String {
     match x.dims4() {
-        Ok((b, cin, h, w)) => format!("{k}x{k} {cin}->{cout} @{h}x{w} b{b}"),
+        Ok(dims) => shape_label(k, dims, cout),
         Err(_) => format!("{k}x{k} ->{cout}"),
     }
+}
+
+/// A convolution's profile label from its input's `(b, cin, h, w)`.
+fn shape_label(k: usize, (b, cin, h, w): (usize, usize, usize, usize), cout: usize) -> String {
+    format!("{k}x{k} {cin}->{cout} @{h}x{w} b{b}")
 }
 
 /// Runs `f` on an im2col buffer of `len` elements: the thread's reusable one when it is free.
