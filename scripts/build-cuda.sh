@@ -2,8 +2,12 @@
 # Builds `easel` with the `cuda` feature on a machine without a GPU or a system CUDA toolkit, for
 # carrying to a GPU host (../shared/reference/gpu.md has the why and the measurements).
 #
-#   scripts/build-cuda.sh            # release build → target-cuda/easel-cuda.zst (stripped, zstd -19)
+#   scripts/build-cuda.sh            # release build → target-cuda/gpu/{easel,easel-diffusion-bench,easel-diffusion-parity}.xz
 #   scripts/build-cuda.sh --check    # `cargo check --features cuda` only (keeps the feature from rotting)
+#
+# The server and the two tool binaries a GPU check needs (scripts/gpu/run.sh: parity and the
+# benchmark against diffusers), stripped and xz-compressed (about 15 MB each, from about 80):
+# the GPU host unpacks them with Python's lzma, so it needs neither xz nor zstd.
 #
 # - The CUDA 13.0 toolkit comes from PyPI's nvidia-* wheels, installed once into a venv under
 #   $EASEL_CUDA_CACHE (default ~/.cache/easel-cuda); 13.0 matches driver 580, and newer toolkits
@@ -61,8 +65,13 @@ if [[ "$mode" == --check ]]; then
     cargo check --features cuda -p easel-server --bin easel
     exit 0
 fi
-cargo build --release --features cuda --bin easel
-out="$CARGO_TARGET_DIR/easel-cuda"
-strip -o "$out" "$CARGO_TARGET_DIR/release/easel"
-zstd -19 -q -f "$out" -o "$out.zst"
-ls -l "$out" "$out.zst"
+bins=(easel easel-diffusion-bench easel-diffusion-parity)
+cargo build --release -p easel-server --bin easel -p easel-diffusion --bin easel-diffusion-bench \
+    --bin easel-diffusion-parity --features easel-server/cuda,easel-diffusion/tools
+out="$CARGO_TARGET_DIR/gpu"
+mkdir -p "$out"
+for b in "${bins[@]}"; do
+    strip -o "$out/$b" "$CARGO_TARGET_DIR/release/$b"
+    xz -9 -T0 -f "$out/$b"
+done
+ls -l "$out"

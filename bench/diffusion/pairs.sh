@@ -4,7 +4,7 @@
 # For each pair it runs every Easel bench binary named in $EASEL_BINS (default: the release
 # easel-diffusion-bench; give several, e.g. "target/release/bench-before target/release/easel-diffusion-bench",
 # to compare builds) and then diffusers (scripts/parity/bench_diffusers.py in the parity venv), one
-# after the other, and prints each one's "run:" line (text, UNet, VAE, total wall time, CPU-seconds
+# after the other, and prints each one's "run" line (text, UNet, VAE, total wall time, CPU-seconds
 # of the run, peak RSS) and the whole process's wall and CPU time (loading included; bash's `time`).
 # Needs a full-size model (`easel models create-random --scale full`).
 set -euo pipefail
@@ -24,9 +24,9 @@ echo "# $(date -u +%FT%TZ) $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cor
 for i in $(seq 1 "$pairs"); do
   for bin in $bins; do
     printf '%s pair %s: ' "$(basename "$bin")" "$i"
-    time ("$bin" --model "$model" --family "$family" --size "$size" --no-warmup "$@" | grep '^run:')
+    time ("$bin" --model "$model" --family "$family" --size "$size" --no-warmup "$@" | grep '^run ')
   done
   printf 'diffusers pair %s: ' "$i"
-  time ("$py" "$root/scripts/parity/bench_diffusers.py" --model "$model" --size "$size" --runs 0 "$@" 2>/dev/null | grep '^warm-up:' | sed 's/^warm-up:/run:/')
+  time ("$py" "$root/scripts/parity/bench_diffusers.py" --model "$model" --family "$family" --size "$size" --runs 0 "$@" 2>/dev/null | grep '^warm-up ' | sed 's/^warm-up /run /')
   echo "# load $(cut -d' ' -f1-3 /proc/loadavg)"
 done

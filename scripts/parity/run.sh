@@ -9,6 +9,9 @@
 #   scripts/parity/run.sh qwen-edit vision|pipeline [--golden]   (qwen_edit.py: Qwen-Image-Edit's vision tower,
 #                                                   processor and whole edit; --golden rewrites tests/golden/qwen-edit/)
 # PARITY_PROFILE=debug builds and uses the debug binary (no release build of candle; fine for tiny models).
+# On a GPU host, parity is gpu.py (Easel's CUDA build against diffusers on the same GPU in f32, f16 and bf16),
+# run by scripts/gpu/run.sh; here, `.venv/bin/python gpu.py --bin target/release/easel-diffusion-parity --device cpu
+# --scale tiny --size 64 --dtypes f16` compares half precision on the CPU.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 venv="${PARITY_VENV:-$root/scripts/parity/.venv}"

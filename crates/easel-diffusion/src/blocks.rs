@@ -8,7 +8,7 @@
 //! group norms take the CPU fast paths of [`crate::ops`].
 
 use anyhow::Result;
-use candle_core::{DType, Module, Tensor};
+use candle_core::{Module, Tensor};
 use candle_nn::{Conv2dConfig, LayerNorm, Linear, VarBuilder, layer_norm, linear, linear_no_bias};
 
 use crate::ops::{Conv, Extra, GroupNorm as FastGroupNorm, Source};
@@ -16,7 +16,16 @@ use crate::profile;
 
 /// Largest attention score block computed at once, in elements (32 MiB of f32): small enough to
 /// stay in cache between the two matmuls and the softmax (3x faster than 256 MiB blocks here).
-pub(crate) const MAX_SCORES: usize = 8 * 1024 * 1024;
+const MAX_SCORES: usize = 8 * 1024 * 1024;
+
+/// The same bound on a GPU (512 MiB of f16): few enough chunks that each is a large kernel, the
+/// scores of sd-1.5's 16384-token self-attention at 1024² with CFG in 16 chunks.
+const GPU_MAX_SCORES: usize = 256 * 1024 * 1024;
+
+/// The score block bound for tensors on `device` (for [`attend`]).
+pub(crate) fn max_scores(device: &candle_core::Device) -> usize {
+    if device.is_cpu() { MAX_SCORES } else { GPU_MAX_SCORES }
+}
 
 struct Attention {
     q: Linear,
@@ -51,23 +60,26 @@ impl Attention {
         // 1.0–1.2 s against 2.6 s for the chunked path below over sd-turbo's five 4096-token
         // self-attentions at 512² (2-core Xeon with AVX-512, bench/diffusion/kernels.md). On
         // the 2-core Zen 3 of the first measurement, before the AVX-512 GEMM kernels, the
-        // chunked path had won. Other devices and dtypes keep the chunked path.
+        // chunked path had won. Other devices (the GPU, in f16 or bf16) keep the chunked path,
+        // in the model's dtype as diffusers' half-precision attention is: cuBLAS and candle's
+        // softmax kernel accumulate in f32.
         if crate::attention::fused(&q) {
             let o = crate::attention::attend(&q, &k, &v, h)?;
             return timed_linear(&self.out, &o, Some(residual));
         }
         let split = |t: Tensor, len: usize| -> candle_core::Result<Tensor> {
-            t.reshape((b, len, h, hd))?.transpose(1, 2)?.contiguous()?.to_dtype(DType::F32)
+            t.reshape((b, len, h, hd))?.transpose(1, 2)?.contiguous()
         };
         let q = split(q, n)?;
         let k = split(k, m)?.t()?.contiguous()?;
         let v = split(v, m)?;
+        let budget = max_scores(q.device());
         let o = profile::time(
             "attention (chunked)",
             || (format!("{b}x{h} heads, {n}x{m} tokens, d={hd}"), 4.0 * (b * h * n * m * hd) as f64),
-            || attend(&q, &k, &v, MAX_SCORES),
+            || attend(&q, &k, &v, budget),
         )?;
-        let o = o.transpose(1, 2)?.reshape((b, n, dim))?.to_dtype(xs.dtype())?;
+        let o = o.transpose(1, 2)?.reshape((b, n, dim))?;
         timed_linear(&self.out, &o, Some(residual))
     }
 }

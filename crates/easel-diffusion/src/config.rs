@@ -120,6 +120,35 @@ pub enum DeviceSpec {
 }
 
 impl DeviceSpec {
+    /// The device named by `device` (`cpu`, `cuda`, `cuda:N`) and the dtype `family` runs in
+    /// there (`dtype` or the family's default for the device): the one place these are checked,
+    /// for the config file and the tool binaries alike.
+    pub fn with_dtype(family: Family, device: &str, dtype: Option<&str>) -> Result<(Self, DType)> {
+        let device = match device {
+            "cpu" => DeviceSpec::Cpu,
+            "cuda" => DeviceSpec::Cuda(0),
+            other => match other.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+                Some(i) => DeviceSpec::Cuda(i),
+                None => bail!("device must be 'cpu', 'cuda' or 'cuda:N', not '{other}'"),
+            },
+        };
+        // The flow transformers (FLUX, Qwen) are bf16 models: f16 overflows their activations,
+        // and bf16 also runs on the CPU (half the memory of f32). The SD family is f16 on GPUs.
+        let flow = family.kind() != crate::family::Kind::Sd;
+        let dtype = match (dtype.map(parse_dtype).transpose()?, device) {
+            (None, DeviceSpec::Cpu) | (Some(DType::F32), _) => DType::F32,
+            (Some(DType::F16), _) if flow => bail!("dtype f16 overflows {}; use bf16 or f32", family.name()),
+            (None, DeviceSpec::Cuda(_)) if flow => DType::BF16,
+            (Some(DType::BF16), DeviceSpec::Cpu) if flow => DType::BF16,
+            (None, DeviceSpec::Cuda(_)) => DType::F16,
+            (Some(d), DeviceSpec::Cuda(_)) => d,
+            (Some(_), DeviceSpec::Cpu) => {
+                bail!("dtype f16/bf16 is for GPUs; use f32 on the CPU (bf16 runs on the CPU for the flow families)")
+            }
+        };
+        Ok((device, dtype))
+    }
+
     pub fn open(self) -> Result<Device> {
         match self {
             Self::Cpu => Ok(Device::Cpu),
@@ -131,6 +160,18 @@ impl DeviceSpec {
     }
 }
 
+/// `f32`, `f16` or `bf16`. Serving checks it against the family and device
+/// ([`DeviceSpec::with_dtype`]); the parity tool takes any of them anywhere (numerics
+/// experiments, e.g. the SD family in f16 on the CPU; candle has no bf16 convolution there).
+pub fn parse_dtype(dtype: &str) -> Result<DType> {
+    match dtype {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => bail!("dtype must be 'f32', 'f16' or 'bf16', not '{other}'"),
+    }
+}
+
 impl LocalConfig {
     pub fn from_options(options: &serde_json::Value) -> Result<Self> {
         serde_json::from_value(options.clone()).map_err(|e| anyhow::anyhow!("{e}"))
@@ -138,29 +179,8 @@ impl LocalConfig {
 
     pub fn resolve(&self) -> Result<Resolved> {
         let family = Family::parse(&self.family)?;
-        let device = match self.device.as_str() {
-            "cpu" => DeviceSpec::Cpu,
-            "cuda" => DeviceSpec::Cuda(0),
-            other => match other.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
-                Some(i) => DeviceSpec::Cuda(i),
-                None => bail!("device must be 'cpu', 'cuda' or 'cuda:N', not '{other}'"),
-            },
-        };
-        // The flow transformers (FLUX, Qwen) are bf16 models: f16 overflows their activations,
-        // and bf16 also runs on the CPU (half the memory of f32). The SD family is f16 on GPUs.
+        let (device, dtype) = DeviceSpec::with_dtype(family, &self.device, self.dtype.as_deref())?;
         let flow = family.kind() != crate::family::Kind::Sd;
-        let dtype = match (self.dtype.as_deref(), device) {
-            (None, DeviceSpec::Cpu) | (Some("f32"), _) => DType::F32,
-            (Some("f16"), _) if flow => bail!("dtype f16 overflows {}; use bf16 or f32", family.name()),
-            (None, DeviceSpec::Cuda(_)) if flow => DType::BF16,
-            (Some("bf16"), DeviceSpec::Cpu) if flow => DType::BF16,
-            (None, DeviceSpec::Cuda(_)) | (Some("f16"), DeviceSpec::Cuda(_)) => DType::F16,
-            (Some("bf16"), DeviceSpec::Cuda(_)) => DType::BF16,
-            (Some("f16" | "bf16"), DeviceSpec::Cpu) => {
-                bail!("dtype f16/bf16 is for GPUs; use f32 on the CPU (bf16 runs on the CPU for the flow families)")
-            }
-            (Some(other), _) => bail!("dtype must be 'f32', 'f16' or 'bf16', not '{other}'"),
-        };
         let qwen = family.kind() == crate::family::Kind::Qwen;
         let mut defaults = family.defaults();
         if let Some(p) = self.preset {

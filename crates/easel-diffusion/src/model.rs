@@ -163,17 +163,24 @@ impl Layout {
 }
 
 impl Layout {
-    /// Bytes of weights the model holds: text encoders in f32, the UNet and VAE in `dtype`.
+    /// Bytes of weights the model holds: text encoders in f32, the UNet in `dtype`, the VAE in
+    /// [`Layout::vae_dtype`].
     pub fn weights_bytes(&self, dtype: DType) -> Result<u64> {
         let all = |_: &str| true;
         let mut total = bytes_in(std::slice::from_ref(&self.text.weights), DType::F32, &all)?;
         if let Some(t) = &self.text2 {
             total += bytes_in(std::slice::from_ref(&t.weights), DType::F32, &all)?;
         }
-        for file in [&self.unet.1, &self.vae.1] {
-            total += bytes_in(std::slice::from_ref(file), dtype, &all)?;
-        }
+        total += bytes_in(std::slice::from_ref(&self.unet.1), dtype, &all)?;
+        total += bytes_in(std::slice::from_ref(&self.vae.1), self.vae_dtype(dtype), &all)?;
         Ok(total)
+    }
+
+    /// The VAE's dtype in a model run in `dtype`: f32 for an f16 SDXL whose VAE config says
+    /// `force_upcast` (diffusers' SDXL pipelines decode so: the SDXL VAE overflows f16 into
+    /// black images; the SD 1.x/2.x pipelines never upcast), else `dtype`.
+    pub fn vae_dtype(&self, dtype: DType) -> DType {
+        if dtype == DType::F16 && self.family.is_xl() && self.vae.0.force_upcast { DType::F32 } else { dtype }
     }
 }
 
@@ -190,6 +197,7 @@ impl Model {
                 budget / (1024 * 1024)
             );
         }
+        let vae_dtype = layout.vae_dtype(dtype);
         let text = layout.text.load("text_encoder", device)?;
         let text2 = match layout.text2 {
             Some(l) => Some(l.load("text_encoder_2", device)?),
@@ -198,7 +206,7 @@ impl Model {
         let (ucfg, ufile) = layout.unet;
         let unet = UNet::new(weights(&ufile, dtype, device)?, &ucfg).context("loading unet")?;
         let (vcfg, vfile) = layout.vae;
-        let vae = Vae::new(weights(&vfile, dtype, device)?, &vcfg).context("loading vae")?;
+        let vae = Vae::new(weights(&vfile, vae_dtype, device)?, &vcfg).context("loading vae")?;
         Ok(Self {
             family: layout.family,
             device: device.clone(),
@@ -237,5 +245,29 @@ impl Model {
     /// The downscale factor from pixels to latents.
     pub fn latent_factor(&self) -> usize {
         self.vae.config().scale_factor()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::random::{self, Scale};
+    use candle_core::Tensor;
+
+    #[test]
+    fn an_f16_sdxl_decodes_in_f32_when_its_vae_says_force_upcast() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |family: Family| {
+            let root = dir.path().join(family.name());
+            random::create(family, Scale::Tiny, &root, 0, None).unwrap();
+            Model::load(&root, family, &Device::Cpu, DType::F16, None).unwrap()
+        };
+        let xl = load(Family::Sdxl);
+        assert!(xl.vae.config().force_upcast);
+        assert_eq!((xl.dtype, xl.vae.dtype()), (DType::F16, DType::F32));
+        let latents = Tensor::zeros((1, 4, 4, 4), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(crate::pipeline::decode(&xl, &latents).unwrap().dtype(), DType::F32);
+        // diffusers' SD 1.x/2.x pipelines never upcast: their VAE stays in the model's dtype.
+        assert_eq!(load(Family::SdTurbo).vae.dtype(), DType::F16);
     }
 }

@@ -409,15 +409,19 @@ impl GroupNorm {
 
     pub fn forward(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
         if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+            // In f32 whatever the dtype, as torch's and candle_nn's group norms compute: a group's
+            // sum in f16 overflows (a million activations at 512²), in bf16 it loses its digits.
             let (b, c, h, w) = x.dims4()?;
-            let g = x.reshape((b, self.groups, c / self.groups * h * w))?;
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+            let g = f32(x)?.reshape((b, self.groups, c / self.groups * h * w))?;
             let mean = g.mean_keepdim(2)?;
             let centred = g.broadcast_sub(&mean)?;
             let var = centred.sqr()?.mean_keepdim(2)?;
             let y = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?.reshape((b, c, h, w))?;
             let y = y
-                .broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?
-                .broadcast_add(&self.bias.reshape((1, c, 1, 1))?)?;
+                .broadcast_mul(&f32(&self.weight)?.reshape((1, c, 1, 1))?)?
+                .broadcast_add(&f32(&self.bias)?.reshape((1, c, 1, 1))?)?
+                .to_dtype(x.dtype())?;
             return Ok(if silu { candle_nn::ops::silu(&y)? } else { y });
         }
         let (b, c, h, w) = x.dims4()?;

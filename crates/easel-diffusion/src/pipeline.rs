@@ -131,7 +131,7 @@ pub fn encode_text(
         let ids: Vec<f32> = (0..rows).flat_map(|_| [h, w, 0.0, 0.0, h, w]).collect();
         Some(AddedCond {
             text_embeds: Tensor::cat(&pooled, 0)?.to_dtype(model.dtype)?,
-            time_ids: Tensor::from_vec(ids, (rows, 6), dev)?.to_dtype(model.dtype)?,
+            time_ids: Tensor::from_vec(ids, (rows, 6), dev)?,
         })
     } else {
         None
@@ -167,7 +167,7 @@ const LATENT_RGB: [[f32; 3]; 4] =
 fn preview(model: &Model, x0: &Tensor, kind: Preview) -> Result<DynamicImage> {
     let x0 = x0.narrow(0, 0, 1)?;
     let pixels = match kind {
-        Preview::Vae => model.vae.decode(&x0.to_dtype(model.dtype)?)?,
+        Preview::Vae => model.vae.decode(&x0)?,
         Preview::Taesd => tiny_vae(model)?.decode(&x0.to_dtype(model.dtype)?)?,
         Preview::Approx => {
             let m = Tensor::new(&LATENT_RGB, x0.device())?;
@@ -186,10 +186,9 @@ fn tiny_vae(model: &Model) -> Result<&crate::taesd::TinyVae> {
 
 /// Scaled latents → pixels in [-1, 1], through the model's final decoder.
 pub fn decode(model: &Model, latents: &Tensor) -> Result<Tensor> {
-    let latents = latents.to_dtype(model.dtype)?;
     match model.decoder {
-        Decoder::Vae => model.vae.decode(&latents),
-        Decoder::Taesd => tiny_vae(model)?.decode(&latents),
+        Decoder::Vae => model.vae.decode(latents),
+        Decoder::Taesd => tiny_vae(model)?.decode(&latents.to_dtype(model.dtype)?),
     }
 }
 
@@ -252,7 +251,7 @@ pub fn denoise(model: &Model, g: &Generate, hooks: &mut Hooks<'_>) -> Result<Ten
     let mut latents = (&initial * sched.init_noise_sigma())?;
     if let Some(init) = &g.init {
         let pixels = image_to_tensor(&init.image, dev)?;
-        let x0 = model.vae.encode(&pixels.to_dtype(model.dtype)?)?.to_dtype(DType::F32)?.repeat((b, 1, 1, 1))?;
+        let x0 = model.vae.encode(&pixels)?.to_dtype(DType::F32)?.repeat((b, 1, 1, 1))?;
         start = g.steps - run_steps(g);
         if init.strength < 1.0 {
             latents = sched.add_noise(&x0, &initial, start)?;
@@ -263,7 +262,7 @@ pub fn denoise(model: &Model, g: &Generate, hooks: &mut Hooks<'_>) -> Result<Ten
             if model.family.is_inpaint() {
                 let keep = m.lt(0.5)?.to_dtype(DType::F32)?;
                 let masked = pixels.broadcast_mul(&keep)?;
-                let ml = model.vae.encode(&masked.to_dtype(model.dtype)?)?.to_dtype(DType::F32)?;
+                let ml = model.vae.encode(&masked)?.to_dtype(DType::F32)?;
                 masked_lat = Some(ml.repeat((b, 1, 1, 1))?);
             }
             let ml = m.interpolate2d(lh, lw)?.ge(0.5)?.to_dtype(DType::F32)?;

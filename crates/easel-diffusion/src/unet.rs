@@ -7,7 +7,7 @@
 //! text embedding, through `add_embedding` into the time embedding).
 
 use anyhow::{Context, Result, bail};
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use candle_transformers::models::stable_diffusion::embeddings::Timesteps;
 
@@ -131,7 +131,7 @@ pub struct UNet {
 pub struct AddedCond {
     /// `(batch, pooled_dim)`.
     pub text_embeds: Tensor,
-    /// `(batch, 6)`: original h, w, crop top, left, target h, w.
+    /// `(batch, 6)`, f32: original h, w, crop top, left, target h, w.
     pub time_ids: Tensor,
 }
 
@@ -199,11 +199,11 @@ impl UNet {
     pub fn forward(&self, xs: &Tensor, timestep: f64, context: &Tensor, added: Option<&AddedCond>) -> Result<Tensor> {
         let b = xs.dim(0)?;
         let dev = xs.device();
-        let t = (Tensor::ones(b, xs.dtype(), dev)? * timestep)?;
-        let mut emb = self.time_embedding.forward(&self.time_proj.forward(&t)?)?;
+        let t = Tensor::full(timestep as f32, b, dev)?;
+        let mut emb = self.time_embedding.forward(&sinusoids(&self.time_proj, &t, xs.dtype())?)?;
         match (&self.add, added) {
             (Some((proj, embed)), Some(a)) => {
-                let ids = proj.forward(&a.time_ids.flatten_all()?)?.reshape((b, ()))?;
+                let ids = sinusoids(proj, &a.time_ids.flatten_all()?, xs.dtype())?.reshape((b, ()))?;
                 let input = Tensor::cat(&[&a.text_embeds, &ids.to_dtype(a.text_embeds.dtype())?], 1)?;
                 emb = (emb + embed.forward(&input)?)?;
             }
@@ -221,5 +221,34 @@ impl UNet {
         }
         let x = self.norm_out.forward(&x, true)?;
         self.conv_out.forward(&x)
+    }
+}
+
+/// The sinusoidal embedding of timesteps (or SDXL's size ids) in f32, then cast to `dtype`, as
+/// diffusers computes it: a timestep near 1000 times a frequency, rounded to f16, is off by up to
+/// a quarter of a radian (in bf16, by two), which put half-precision outputs up to 8× (GPU, 512²)
+/// and 17× (CPU, tiny models) further from the f32 answer than diffusers' own (BENCHMARKS.md).
+fn sinusoids(proj: &Timesteps, t: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
+    proj.forward(&t.to_dtype(DType::F32)?)?.to_dtype(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn half_precision_timestep_embeddings_are_computed_in_f32() {
+        let proj = Timesteps::new(320, true, 0.0);
+        // Timesteps and SDXL's size ids, f32 as the UNet and the pipeline pass them.
+        let t = Tensor::new(&[999.5f32, 1.25, 1024.0, 1000.0], &Device::Cpu).unwrap();
+        let exact = proj.forward(&t).unwrap();
+        for dtype in [DType::F16, DType::BF16] {
+            let got = sinusoids(&proj, &t, dtype).unwrap().to_dtype(DType::F32).unwrap();
+            let err = (got - &exact).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            // The rounding of values in [-1, 1] to the dtype, no more (computed in f16 the
+            // products were off by up to 0.25 rad; in bf16 by 2).
+            assert!(err <= if dtype == DType::F16 { 5e-4 } else { 4e-3 }, "{dtype:?}: {err}");
+        }
     }
 }

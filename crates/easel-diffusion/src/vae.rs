@@ -10,7 +10,7 @@
 //! and group count.
 
 use anyhow::{Context, Result};
-use candle_core::{D, Tensor};
+use candle_core::{D, DType, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 use crate::attention::VaeAttention;
@@ -29,6 +29,9 @@ pub struct VaeConfig {
     pub shift_factor: f64,
     pub use_quant_conv: bool,
     pub use_post_quant_conv: bool,
+    /// Decode in f32 when the model runs in f16 (`model::Layout::vae_dtype`); diffusers' default
+    /// is true.
+    pub force_upcast: bool,
 }
 
 impl VaeConfig {
@@ -51,6 +54,7 @@ impl VaeConfig {
             shift_factor: v.get("shift_factor").and_then(Value::as_f64).unwrap_or(0.0),
             use_quant_conv: b("use_quant_conv"),
             use_post_quant_conv: b("use_post_quant_conv"),
+            force_upcast: b("force_upcast"),
         })
     }
 }
@@ -97,6 +101,8 @@ pub struct Vae {
     dec_up: Vec<Level>,
     dec_norm: GroupNorm,
     dec_out: Conv,
+    /// The weights' dtype: `encode` and `decode` cast their input to it.
+    dtype: DType,
 }
 
 impl Vae {
@@ -179,6 +185,7 @@ impl Vae {
             dec_up,
             dec_norm,
             dec_out,
+            dtype: vb.dtype(),
         })
     }
 
@@ -186,9 +193,14 @@ impl Vae {
         &self.cfg
     }
 
+    /// The dtype it computes in (f32 for an f16 SDXL whose config says `force_upcast`).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// Pixels in [-1, 1] `(b, 3, H, W)` → the mean of the latent distribution, shifted and scaled.
     pub fn encode(&self, pixels: &Tensor) -> Result<Tensor> {
-        let mut x = self.enc_in.forward(pixels)?;
+        let mut x = self.enc_in.forward(&pixels.to_dtype(self.dtype)?)?;
         for level in &self.enc_down {
             for r in &level.resnets {
                 x = r.forward(x, None)?;
@@ -208,7 +220,7 @@ impl Vae {
 
     /// Scaled latents → pixels in [-1, 1].
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        let mut x = ((latents / self.cfg.scaling_factor)? + self.cfg.shift_factor)?;
+        let mut x = ((latents.to_dtype(self.dtype)? / self.cfg.scaling_factor)? + self.cfg.shift_factor)?;
         if let Some(q) = &self.post_quant {
             x = q.forward(&x)?;
         }

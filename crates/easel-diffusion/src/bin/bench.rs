@@ -15,6 +15,7 @@ use anyhow::Result;
 use candle_core::{DType, Device};
 use clap::Parser;
 use easel_diffusion::Family;
+use easel_diffusion::config::DeviceSpec;
 use easel_diffusion::model::Model;
 use easel_diffusion::pipeline::{self, Generate, Hooks, Preview};
 use easel_diffusion::profile;
@@ -26,8 +27,9 @@ struct Args {
     model: PathBuf,
     #[arg(long)]
     family: String,
-    #[arg(long, default_value_t = 512)]
-    size: usize,
+    /// Image edge; several, comma-separated, are timed one after another on the same load.
+    #[arg(long, value_delimiter = ',', default_values_t = [512])]
+    size: Vec<usize>,
     #[arg(long, default_value_t = 1)]
     steps: usize,
     #[arg(long, default_value_t = 0.0)]
@@ -56,9 +58,12 @@ struct Args {
     /// (im2col + GEMM) against Winograd, `--runs` times each, interleaved.
     #[arg(long)]
     convs: bool,
-    /// `cpu` or `cuda`.
+    /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// `f32`, `f16` or `bf16`; unset, the family's default on the device (what `easel serve` uses).
+    #[arg(long)]
+    dtype: Option<String>,
     /// Also time this tiny autoencoder's decode of the same latents (`tiny_vae`).
     #[arg(long)]
     tiny_vae: Option<PathBuf>,
@@ -79,28 +84,41 @@ fn main() -> Result<()> {
         easel_core::memory::keep_freed_memory(easel_core::memory::Keep::Tensors);
     }
     let family = Family::parse(&a.family)?;
-    let scheduler: SchedulerKind = serde_json::from_value(serde_json::Value::String(a.scheduler.clone()))?;
-    let (dev, dtype) = match a.device.as_str() {
-        "cpu" => (Device::Cpu, DType::F32),
-        _ => (Device::new_cuda(0)?, DType::F16),
-    };
+    let (spec, dtype) = DeviceSpec::with_dtype(family, &a.device, a.dtype.as_deref())?;
+    let dev = spec.open()?;
     if a.ops {
-        return ops(a.size);
+        return ops(a.size[0]);
     }
     if a.convs {
-        return convs(a.size, a.runs);
+        return convs(a.size[0], a.runs);
     }
     let t = Instant::now();
     let mut model = Model::load(&a.model, family, &dev, dtype, None)?;
     if let Some(dir) = &a.tiny_vae {
         model = model.with_tiny_vae(dir, pipeline::Decoder::Vae)?;
     }
-    println!("load: {:.2} s, peak RSS {:.0} MiB", t.elapsed().as_secs_f64(), peak_rss_mib());
+    dev.synchronize()?;
+    println!(
+        "load: {:.2} s ({dtype:?} on {}), peak RSS {:.0} MiB",
+        t.elapsed().as_secs_f64(),
+        a.device,
+        peak_rss_mib()
+    );
+    for &size in &a.size {
+        time_size(&a, &model, &dev, dtype, size)?;
+    }
+    Ok(())
+}
+
+/// Warm-up and `--runs` timed generations of one `size`² image. Each phase ends with a device
+/// synchronisation, so on a GPU a phase's time includes its queued kernels.
+fn time_size(a: &Args, model: &Model, dev: &Device, dtype: DType, size: usize) -> Result<()> {
+    let scheduler: SchedulerKind = serde_json::from_value(serde_json::Value::String(a.scheduler.clone()))?;
     let g = Generate {
         prompt: "an astronaut riding a horse on mars".into(),
         negative_prompt: String::new(),
-        width: a.size,
-        height: a.size,
+        width: size,
+        height: size,
         seeds: vec![42],
         steps: a.steps,
         guidance_scale: a.guidance,
@@ -117,16 +135,17 @@ fn main() -> Result<()> {
         profile::enable(a.profile && (run > 0 || a.no_warmup));
         let cpu0 = profile::cpu_seconds();
         let t0 = Instant::now();
-        let cond = pipeline::encode_text(&model, ["", &g.prompt], g.guidance_scale > 1.0, 1, (a.size, a.size))?;
+        let cond = pipeline::encode_text(model, ["", &g.prompt], g.guidance_scale > 1.0, 1, (size, size))?;
+        dev.synchronize()?;
         drop(cond);
         let text = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let mut hooks = Hooks { cancelled: &never, partial: &mut ignore, step: &mut |_, _| {} };
-        let latents = pipeline::denoise(&model, &g, &mut hooks).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let latents = pipeline::denoise(model, &g, &mut hooks).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         dev.synchronize()?;
         let loop_s = t1.elapsed().as_secs_f64() - text;
         let t2 = Instant::now();
-        let image = model.vae.decode(&latents.to_dtype(dtype)?)?;
+        let image = model.vae.decode(&latents)?;
         let _ = pipeline::tensor_to_images(&image)?;
         let vae = t2.elapsed().as_secs_f64();
         let wall = t0.elapsed().as_secs_f64();
@@ -134,8 +153,9 @@ fn main() -> Result<()> {
         profile::enable(false);
         let label = if run == 0 && !a.no_warmup { "warm-up" } else { "run" };
         println!(
-            "{label}: text {text:.2} s, unet {loop_s:.2} s ({} steps), vae decode {vae:.2} s, total {:.2} s, cpu {cpu:.2} s, peak RSS {:.0} MiB",
+            "{label} {size}²: text {text:.2} s, unet {loop_s:.2} s ({} steps, {:.4} s/step), vae decode {vae:.2} s, total {:.2} s, cpu {cpu:.2} s, peak RSS {:.0} MiB",
             a.steps,
+            loop_s / a.steps as f64,
             text + loop_s + vae,
             peak_rss_mib()
         );

@@ -9,6 +9,7 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use easel_diffusion::Family;
+use easel_diffusion::config::{self, DeviceSpec};
 use easel_diffusion::model::Model;
 use easel_diffusion::noise::BatchNoise;
 use easel_diffusion::pipeline::{self, Generate, Hooks, Preview};
@@ -78,6 +79,13 @@ struct Args {
     scheduler: String,
     #[arg(long, default_value_t = 64)]
     size: usize,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// `f32`, `f16` or `bf16`, on any device (unset: the family's default there, what `easel
+    /// serve` uses); e.g. f16 on the CPU to study half precision without a GPU.
+    #[arg(long)]
+    dtype: Option<String>,
     #[arg(long)]
     out: PathBuf,
 }
@@ -115,8 +123,10 @@ fn taesd(a: TaesdArgs) -> Result<()> {
 fn dump(a: Args) -> Result<()> {
     let family = Family::parse(&a.family)?;
     let scheduler: SchedulerKind = serde_json::from_value(serde_json::Value::String(a.scheduler.clone()))?;
-    let dev = Device::Cpu;
-    let model = Model::load(&a.model, family, &dev, DType::F32, None)?;
+    let (spec, default) = DeviceSpec::with_dtype(family, &a.device, None)?;
+    let dtype = a.dtype.as_deref().map_or(Ok(default), config::parse_dtype)?;
+    let dev = spec.open()?;
+    let model = Model::load(&a.model, family, &dev, dtype, None)?;
     let g = Generate {
         prompt: a.prompt.clone(),
         negative_prompt: a.negative.clone(),
@@ -147,6 +157,12 @@ fn dump(a: Args) -> Result<()> {
     let image = model.vae.decode(&latents)?;
     out.insert("latents".to_string(), latents);
     out.insert("image".to_string(), image);
+    // Saved from the host, floats as f32 whatever the dtype the model ran in.
+    let host = |t: Tensor| -> Result<Tensor> {
+        let t = t.to_device(&Device::Cpu)?;
+        Ok(if t.dtype().is_float() { t.to_dtype(DType::F32)? } else { t })
+    };
+    let out = out.into_iter().map(|(k, t)| Ok((k, host(t)?))).collect::<Result<HashMap<_, _>>>()?;
     candle_core::safetensors::save(&out, &a.out)?;
     println!("wrote {}", a.out.display());
     Ok(())

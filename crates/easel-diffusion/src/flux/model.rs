@@ -30,9 +30,6 @@ pub struct FluxModel {
     pub family: Family,
     pub device: Device,
     pub dtype: DType,
-    /// The VAE's dtype: the model's, except f32 for bf16 on the CPU (candle's CPU convolutions
-    /// have no bf16 matmul; the VAE is small).
-    pub vae_dtype: DType,
     pub text: FluxText,
     pub transformer: Placed<FluxTransformer>,
     /// The transformer's config (readable while the transformer is off the device).
@@ -137,8 +134,8 @@ impl FluxLayout {
         let transformer =
             Placed::new(&weights, move |vb| FluxTransformer::new(vb, &config).context("loading transformer"))?;
         let (vcfg, vfile) = self.vae;
-        let vae_dtype = Self::vae_dtype(device, dtype);
-        let vae = Vae::new(crate::weights::var_builder(&vfile, vae_dtype, device)?, &vcfg).context("loading vae")?;
+        let vae = Vae::new(crate::weights::var_builder(&vfile, Self::vae_dtype(device, dtype), device)?, &vcfg)
+            .context("loading vae")?;
         let max_sequence_length = match self.family {
             Family::FluxSchnell => SCHNELL_MAX_SEQUENCE_LENGTH,
             _ => DEV_MAX_SEQUENCE_LENGTH,
@@ -147,7 +144,6 @@ impl FluxLayout {
             family: self.family,
             device: device.clone(),
             dtype,
-            vae_dtype,
             text,
             transformer,
             transformer_config: tcfg,

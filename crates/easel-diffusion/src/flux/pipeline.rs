@@ -45,10 +45,10 @@ pub fn rope(model: &FluxModel, text_len: usize, (h, w): (usize, usize)) -> Resul
     Rope::new(&ids, &model.transformer_config.axes_dims_rope, ROPE_THETA, &model.device)
 }
 
-/// Packed latents `[B, N, 4C]` → pixels `[B, 3, H, W]` in [-1, 1] (the VAE undoes scale and shift).
+/// Packed latents `[B, N, 4C]` → pixels `[B, 3, H, W]` in [-1, 1] (the VAE undoes scale and
+/// shift, in its own dtype).
 pub fn decode(model: &FluxModel, packed: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
-    let latents = unpack(&packed.to_dtype(model.vae_dtype)?, h, w)?;
-    model.vae.decode(&latents)
+    model.vae.decode(&unpack(packed, h, w)?)
 }
 
 /// What one sampling loop needs besides the model.
@@ -110,7 +110,7 @@ pub fn prepare(model: &FluxModel, g: &Generate) -> Result<(FluxPrompt, FlowSched
         Some(init) => {
             ensure!(init.mask.is_none(), "FLUX has no inpainting: masks are refused before this point");
             let pixels = image_to_tensor(&init.image, &model.device)?;
-            let x0 = model.vae.encode(&pixels.to_dtype(model.vae_dtype)?)?.to_dtype(DType::F32)?;
+            let x0 = model.vae.encode(&pixels)?.to_dtype(DType::F32)?;
             ensure!(x0.dims()[2..] == [size.0, size.1], "the source image is not at the output size");
             let start = schedule.start_for_strength(init.strength);
             (start, schedule.scale_noise(&x0.repeat((b, 1, 1, 1))?, &noise, start)?)

@@ -174,8 +174,8 @@ impl Attention {
         // In query chunks (the same rows, the same sums): a 1024² image has 16384 pixels here,
         // whose full score matrix alone would be 1 GiB.
         let kt = k.t()?.contiguous()?.unsqueeze(1)?;
-        let o =
-            crate::blocks::attend(&q.unsqueeze(1)?, &kt, &v.unsqueeze(1)?, crate::blocks::MAX_SCORES)?.squeeze(1)?;
+        let o = crate::blocks::attend(&q.unsqueeze(1)?, &kt, &v.unsqueeze(1)?, crate::blocks::max_scores(q.device()))?
+            .squeeze(1)?;
         let o = o.transpose(1, 2)?.reshape((b, c, h, w))?;
         Ok((self.proj.forward(&o)? + x)?)
     }
