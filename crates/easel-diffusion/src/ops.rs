@@ -28,6 +28,14 @@ use crate::winograd::{Prologue, Winograd};
 /// Largest im2col band, in f32 elements (64 MiB).
 const BAND: usize = 16 * 1024 * 1024;
 
+/// Largest im2col matrix candle's convolution may make at once off the CPU fast path (the GPU),
+/// in bytes. candle's CUDA `conv2d` writes the whole `(b·ho·wo, cin·k·k)` matrix, then the
+/// product, then the product again in NCHW order: for the VAE decoder's 256-channel
+/// convolutions at 1024² the matrix alone is 4.5 GiB in f16 (9 GiB in SDXL's upcast f32 VAE),
+/// the largest allocation of the H200 runs (BENCHMARKS.md). Above this the output rows are made
+/// in bands.
+const CANDLE_COLS_BYTES: usize = 2 << 30;
+
 thread_local! {
     /// The im2col buffer, kept between bands and calls (at most [`BAND`] elements).
     static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -238,12 +246,42 @@ impl Conv {
         self.direct(&x, extra, BAND)
     }
 
+    /// candle's convolution (and bias) of `x`, in bands of output rows whose im2col matrix stays
+    /// within `budget` bytes (one row at least): the input padded once, each band's rows (with
+    /// their halo) convolved unpadded, the bands concatenated. Each output is the same sum as
+    /// candle's whole convolution computes.
+    fn candle(&self, x: &Tensor, budget: usize) -> Result<Tensor> {
+        let cfg = *self.inner.config();
+        let (b, cin, h, w) = x.dims4()?;
+        let (k, s, p) = (self.k, cfg.stride, cfg.padding);
+        let (ho, wo) = ((h + 2 * p).saturating_sub(k) / s + 1, (w + 2 * p).saturating_sub(k) / s + 1);
+        let row_bytes = b * wo * cin * k * k * x.dtype().size_in_bytes();
+        if cfg.dilation != 1 || cfg.groups != 1 || h + 2 * p < k || row_bytes * ho <= budget {
+            return Ok(self.inner.forward(x)?);
+        }
+        let rows = (budget / row_bytes).max(1);
+        let padded = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+        let bands = (0..ho)
+            .step_by(rows)
+            .map(|r0| {
+                let r1 = (r0 + rows).min(ho);
+                let band = padded.narrow(2, r0 * s, (r1 - 1) * s + k - r0 * s)?.contiguous()?;
+                band.conv2d(self.inner.weight(), 0, s, 1, 1)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let y = Tensor::cat(&bands, 2)?;
+        Ok(match self.inner.bias() {
+            Some(bias) => y.broadcast_add(&bias.reshape((1, self.cout, 1, 1))?)?,
+            None => y,
+        })
+    }
+
     /// The convolution of `x` plus `extra` without the Winograd path, with im2col bands of at
     /// most `band` elements (one output row at least).
     fn direct(&self, x: &Tensor, extra: Extra, band: usize) -> Result<Tensor> {
         if !self.fast(x) {
             let _t = profile::start("conv (candle)", || (conv_label(self.k, x, self.cout), 0.0));
-            return extra.add_to(self.inner.forward(x)?);
+            return extra.add_to(self.candle(x, CANDLE_COLS_BYTES)?);
         }
         let (b, cin, h, w) = x.dims4()?;
         let (cout, k, s) = (self.cout, self.k, self.stride);
@@ -693,6 +731,29 @@ mod tests {
         check_conv((2, 5, 9, 7), 6, 3, 2);
         check_conv((1, 16, 16, 12), 8, 3, 2);
         check_conv((1, 3, 1, 4), 4, 3, 2);
+    }
+
+    #[test]
+    fn candles_convolution_in_bands_is_the_whole_one() {
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        // 3×3 "same" (the VAE's), stride 2 unpadded (the encoder's downsampler, after its own
+        // padding), 1×1; odd sizes so that the last band is short.
+        for (k, stride, padding, (h, w)) in [(3, 1, 1, (13, 7)), (3, 2, 0, (12, 9)), (1, 1, 0, (5, 6))] {
+            let cfg = Conv2dConfig { padding, stride, ..Default::default() };
+            let conv = Conv::new(vb.pp(format!("c{k}{stride}{padding}")), 5, 4, k, cfg).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (2, 5, h, w), &dev).unwrap();
+            let whole = conv.inner.forward(&x).unwrap();
+            let ho = whole.dim(2).unwrap();
+            let row = 2 * whole.dim(3).unwrap() * 5 * k * k * 4;
+            for rows in [1, 2, 3, ho] {
+                let banded = conv.candle(&x, rows * row).unwrap();
+                assert_eq!(banded.dims(), whole.dims());
+                let diff = (banded - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(diff <= 1e-5, "k={k} stride={stride} rows={rows}: {diff}");
+            }
+        }
     }
 
     #[test]
