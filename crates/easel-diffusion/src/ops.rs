@@ -248,8 +248,8 @@ impl Conv {
 
     /// candle's convolution (and bias) of `x`, in bands of output rows whose im2col matrix stays
     /// within `budget` bytes (one row at least): the input padded once, each band's rows (with
-    /// their halo) convolved unpadded, the bands concatenated. Each output is the same sum as
-    /// candle's whole convolution computes.
+    /// their halo) through the same layer unpadded, the bands concatenated. Each output is the
+    /// same sum as candle's whole convolution computes.
     fn candle(&self, x: &Tensor, budget: usize) -> Result<Tensor> {
         let cfg = *self.inner.config();
         let (b, cin, h, w) = x.dims4()?;
@@ -261,19 +261,19 @@ impl Conv {
         }
         let rows = (budget / row_bytes).max(1);
         let padded = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+        let unpadded = candle_nn::Conv2d::new(
+            self.inner.weight().clone(),
+            self.inner.bias().cloned(),
+            Conv2dConfig { padding: 0, ..cfg },
+        );
         let bands = (0..ho)
             .step_by(rows)
             .map(|r0| {
                 let r1 = (r0 + rows).min(ho);
-                let band = padded.narrow(2, r0 * s, (r1 - 1) * s + k - r0 * s)?.contiguous()?;
-                band.conv2d(self.inner.weight(), 0, s, 1, 1)
+                unpadded.forward(&padded.narrow(2, r0 * s, (r1 - 1) * s + k - r0 * s)?.contiguous()?)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let y = Tensor::cat(&bands, 2)?;
-        Ok(match self.inner.bias() {
-            Some(bias) => y.broadcast_add(&bias.reshape((1, self.cout, 1, 1))?)?,
-            None => y,
-        })
+        Ok(Tensor::cat(&bands, 2)?)
     }
 
     /// The convolution of `x` plus `extra` without the Winograd path, with im2col bands of at
@@ -450,15 +450,15 @@ impl GroupNorm {
             // In f32 whatever the dtype, as torch's and candle_nn's group norms compute: a group's
             // sum in f16 overflows (a million activations at 512²), in bf16 it loses its digits.
             let (b, c, h, w) = x.dims4()?;
-            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-            let g = f32(x)?.reshape((b, self.groups, c / self.groups * h * w))?;
+            let up = |t: &Tensor| t.to_dtype(DType::F32);
+            let g = up(x)?.reshape((b, self.groups, c / self.groups * h * w))?;
             let mean = g.mean_keepdim(2)?;
             let centred = g.broadcast_sub(&mean)?;
             let var = centred.sqr()?.mean_keepdim(2)?;
             let y = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?.reshape((b, c, h, w))?;
             let y = y
-                .broadcast_mul(&f32(&self.weight)?.reshape((1, c, 1, 1))?)?
-                .broadcast_add(&f32(&self.bias)?.reshape((1, c, 1, 1))?)?
+                .broadcast_mul(&up(&self.weight)?.reshape((1, c, 1, 1))?)?
+                .broadcast_add(&up(&self.bias)?.reshape((1, c, 1, 1))?)?
                 .to_dtype(x.dtype())?;
             return Ok(if silu { candle_nn::ops::silu(&y)? } else { y });
         }
