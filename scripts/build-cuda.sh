@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Builds `easel` with the `cuda` feature on a machine without a GPU or a system CUDA toolkit, for
+# Builds `easel` with the `cuda` and `cudnn` features on a machine without a GPU or a system CUDA toolkit, for
 # carrying to a GPU host (../shared/reference/gpu.md has the why and the measurements).
 #
-#   scripts/build-cuda.sh            # release build → target-cuda/gpu/{easel,easel-diffusion-bench,easel-diffusion-parity}.xz
-#   scripts/build-cuda.sh --check    # `cargo check --features cuda` only (keeps the feature from rotting)
+#   scripts/build-cuda.sh            # release build → target-cuda/gpu/{easel,easel-diffusion-bench,easel-diffusion-parity,easel-diffusion-tests}.xz
+#   scripts/build-cuda.sh --check    # `cargo check --features cudnn` only (keeps the features from rotting)
+#   EASEL_CUDNN=0 scripts/build-cuda.sh   # without cuDNN: candle's im2col convolutions, no libcudnn needed
 #
-# The server and the two tool binaries a GPU check needs (scripts/gpu/run.sh: parity and the
-# benchmark against diffusers), stripped and xz-compressed (about 15 MB each, from about 80):
-# the GPU host unpacks them with Python's lzma, so it needs neither xz nor zstd.
+# The server, the two tool binaries a GPU check needs (scripts/gpu/run.sh: parity and the
+# benchmark against diffusers) and the diffusion crate's unit tests (the cuDNN convolution checked
+# on the device), stripped and xz-compressed (7–16 MB each): the GPU host unpacks them with
+# Python's lzma, so it needs neither xz nor zstd.
 #
 # - The CUDA 13.0 toolkit comes from PyPI's nvidia-* wheels, installed once into a venv under
 #   $EASEL_CUDA_CACHE (default ~/.cache/easel-cuda); 13.0 matches driver 580, and newer toolkits
@@ -15,6 +17,10 @@
 # - The wheels hold only versioned libraries and no libcuda (the driver's), so a link folder gets
 #   unversioned symlinks and a link-time stub libcuda.so (soname libcuda.so.1) made from the cu*
 #   names cudarc declares; the GPU host's driver provides the real one at run time.
+# - The convolutions run on cuDNN (feature `cudnn`, crates/easel-diffusion/src/cudnn.rs): linked
+#   against a stub libcudnn.so (soname libcudnn.so.9) made the same way from cudarc's cudnn*
+#   names, rather than downloading cuDNN's 700 MB wheel; at run time the host's cuDNN 9 is used
+#   (PyTorch's wheels carry it: nvidia/cudnn/lib).
 # - CUDA_COMPUTE_CAP defaults to 90 (H100/H200); candle otherwise asks nvidia-smi, which is not here.
 # - Its own target folder (CARGO_TARGET_DIR, default target-cuda), so the CPU build is untouched.
 #
@@ -46,32 +52,53 @@ for lib in cublas cublasLt cudart nvrtc; do
     ln -sf "$(ls "$cuda"/lib/lib$lib.so.13* | head -1)" "$link/lib$lib.so"
 done
 ln -sf "$(ls "$cuda"/lib/libcurand.so.10* | head -1)" "$link/libcurand.so"
-if [[ ! -f "$link/libcuda.so" ]]; then
-    sys="$(cd "$root" && cargo metadata --format-version 1 --features easel-server/cuda | "$venv/bin/python" -c '
+# A link-time stub for one of cudarc's libraries: every `$prefix*` function its bindings declare
+# (under src/$module/sys), with the real library's soname.
+stub() {
+    local module="$1" prefix="$2" soname="$3" sys
+    [[ -f "$link/${soname%.so.*}.so" ]] && return
+    sys="$(cd "$root" && cargo metadata --format-version 1 --features easel-server/cudnn | "$venv/bin/python" -c '
 import json, os, sys
 for p in json.load(sys.stdin)["packages"]:
     if p["name"] == "cudarc":
-        print(os.path.join(os.path.dirname(p["manifest_path"]), "src/driver/sys/mod.rs")); break')"
-    grep -o 'pub unsafe fn cu[A-Za-z0-9_]*' "$sys" | sed 's/pub unsafe fn \(.*\)/void \1(void) {}/' | sort -u > "$link/stub.c"
-    gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$link/libcuda.so" "$link/stub.c"
-    echo "libcuda stub: $(wc -l < "$link/stub.c") functions"
-fi
+        print(os.path.join(os.path.dirname(p["manifest_path"]), "src", sys.argv[1], "sys/mod.rs")); break' "$module")"
+    grep -o "pub unsafe fn $prefix[A-Za-z0-9_]*" "$sys" | sed 's/pub unsafe fn \(.*\)/void \1(void) {}/' | sort -u > "$link/$module-stub.c"
+    gcc -shared -fPIC -Wl,-soname,"$soname" -o "$link/${soname%.so.*}.so" "$link/$module-stub.c"
+    echo "${soname%.so.*} stub: $(wc -l < "$link/$module-stub.c") functions"
+}
+stub driver cu libcuda.so.1
+stub cudnn cudnn libcudnn.so.9
 
 export PATH="$cuda/bin:$PATH" CUDA_ROOT="$cuda" CUDA_PATH="$cuda" CUDA_HOME="$cuda"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}" LIBRARY_PATH="$link:$cuda/lib"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target-cuda}"
 cd "$root"
 if [[ "$mode" == --check ]]; then
-    cargo check --features cuda -p easel-server --bin easel
+    cargo check --features cudnn -p easel-server --bin easel
     exit 0
 fi
+feature=cudnn
+[[ "${EASEL_CUDNN:-1}" == 0 ]] && feature=cuda
 bins=(easel easel-diffusion-bench easel-diffusion-parity)
 cargo build --release -p easel-server --bin easel -p easel-diffusion --bin easel-diffusion-bench \
-    --bin easel-diffusion-parity --features easel-server/cuda,easel-diffusion/tools
+    --bin easel-diffusion-parity --features "easel-server/$feature,easel-diffusion/tools"
 out="$CARGO_TARGET_DIR/gpu"
 mkdir -p "$out"
 for b in "${bins[@]}"; do
     strip -o "$out/$b" "$CARGO_TARGET_DIR/release/$b"
     xz -9 -T0 -f "$out/$b"
 done
+# The diffusion crate's unit tests, for the GPU host to run the cuDNN convolution's check on the
+# device before anything is timed (scripts/gpu/run.sh; the host has no Rust toolchain).
+if [[ "$feature" == cudnn ]]; then
+    tests="$(cargo test --release --no-run -p easel-diffusion --lib --features easel-diffusion/cudnn \
+        --message-format=json | "$venv/bin/python" -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "easel_diffusion":
+        print(m["executable"])')"
+    strip -o "$out/easel-diffusion-tests" "$tests"
+    xz -9 -T0 -f "$out/easel-diffusion-tests"
+fi
 ls -l "$out"

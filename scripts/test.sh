@@ -59,7 +59,7 @@ export RUST_BACKTRACE="${RUST_BACKTRACE:-0}"
 [ $# -gt 0 ] || set -- --workspace
 cargo nextest run --no-fail-fast "$@"
 
-# The `cuda` feature, kept from rotting: `cargo check --features cuda` when the CUDA toolkit
+# The `cuda` and `cudnn` features, kept from rotting: `cargo check --features cudnn` when the CUDA toolkit
 # wheels are already cached by scripts/build-cuda.sh (never downloaded here; EASEL_CUDA_CHECK=0 skips).
 if [ "${EASEL_CUDA_CHECK:-1}" != 0 ] && [ -f "${EASEL_CUDA_CACHE:-$HOME/.cache/easel-cuda}/venv/.toolkit-installed" ]; then
   step "CUDA feature (cargo check, toolkit cached)" && scripts/build-cuda.sh --check

@@ -3,10 +3,10 @@
 #
 #   scripts/gpu/run.sh BIN_DIR OUT_DIR
 #
-# BIN_DIR holds what scripts/build-cuda.sh leaves in target-cuda/gpu/ (easel,
+# BIN_DIR holds what scripts/build-cuda.sh leaves in target-cuda/gpu/ (easel, the tests,
 # easel-diffusion-bench and easel-diffusion-parity, xz-compressed) and any wheels the host's
 # Python lacks (*.whl: diffusers 0.42.1 and importlib_metadata; pure Python). Made on the build
-# machine, about 37 MB, in a folder git ignores so that it travels only when named:
+# machine, about 45 MB, in a folder git ignores so that it travels only when named:
 #
 #   scripts/build-cuda.sh && mkdir -p .gpu && cp target-cuda/gpu/*.xz .gpu/
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -19,7 +19,8 @@
 # CUDA build links against, and no Rust toolchain.
 #
 # 1. Smoke (stops the run on failure, cheaply): a tiny random sd-turbo through the benchmark
-#    binary in f16, bf16 and f32 on the GPU, then `easel serve` on it answering one request.
+#    binary in f16, bf16 and f32 on the GPU, the cuDNN convolution's unit test on the device
+#    (when BIN_DIR has easel-diffusion-tests), then `easel serve` answering one request.
 # 2. Full-size random models (create-random; sdxl made in the background while the others run).
 # 3. `easel serve` on the full sd-turbo (device = "cuda"): two requests through the HTTP API.
 # 4. The benchmark against diffusers (scripts/parity/bench_diffusers.py) for each family and
@@ -92,7 +93,7 @@ nv="$("$py" -c 'import glob, os, nvidia; print(":".join(sorted({d for p in nvidi
 export LD_LIBRARY_PATH="$nv:/usr/local/nvidia/lib64:/usr/local/nvidia/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PYTHONWARNINGS=ignore TRANSFORMERS_VERBOSITY=error PYTHONUNBUFFERED=1 NO_COLOR=1
 log "host: $(nproc) cores; $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo no nvidia-smi)"
-log "python: $("$py" -c 'import torch, diffusers, transformers; print("torch", torch.__version__, "diffusers", diffusers.__version__, "transformers", transformers.__version__)' 2>&1 | tail -1)"
+log "python: $("$py" -c 'import torch, diffusers, transformers; print("torch", torch.__version__, "cudnn", torch.backends.cudnn.version(), "diffusers", diffusers.__version__, "transformers", transformers.__version__)' 2>&1 | tail -1)"
 ldd "$bench" | grep 'not found' | tee -a "$out/run.log"
 
 # Peak device memory of whatever runs while $1... runs: nvidia-smi sampled every 20 ms, minus what
@@ -160,6 +161,12 @@ for dt in $smoke_dtypes; do
     step "$bench" --model "$tiny" --family sd-turbo --device "$device" --dtype "$dt" --size 64 --runs 1 || {
         result "SMOKE FAILED: the benchmark binary, tiny sd-turbo, $dt on $device"; exit 1; }
 done
+if [[ -x "$work/bin/easel-diffusion-tests" ]]; then
+    # The cuDNN convolution against candle's on the CPU, shape by shape, in f32 / f16 / bf16.
+    step "$work/bin/easel-diffusion-tests" cudnn:: --test-threads 1 --nocapture || {
+        result "SMOKE FAILED: the cuDNN convolution's unit test on $device"; exit 1; }
+    result "smoke: the cuDNN convolution matches candle's ($(grep -o 'test result: [a-z]*\. [0-9]* passed' "$out/run.log" | tail -1))"
+fi
 if step serve sd-turbo "$tiny" 256; then result "smoke: tiny sd-turbo in $smoke_dtypes and served over HTTP on $device"; else
     result "SMOKE FAILED: easel serve on $device"; exit 1; fi
 

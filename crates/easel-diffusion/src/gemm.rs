@@ -6,7 +6,8 @@
 //! attention sum), which the `gemm` crate does through strides and its `read_dst` flag. The
 //! products are bit-for-bit what candle computes: the same crate, the same kernel, the same
 //! summation order. This is the crate's one `unsafe` kernel call (the others are the target-feature calls of
-//! [`crate::exp::simd`] and `mallopt` in [`crate::memory`]), made after checking every index the
+//! [`crate::exp::simd`], `mallopt` in [`crate::memory`] and, in the `cudnn` build, the cuDNN
+//! call of `crate::cudnn`), made after checking every index the
 //! call can reach lies inside the slices it was given.
 #![allow(unsafe_code)]
 

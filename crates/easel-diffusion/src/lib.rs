@@ -20,6 +20,8 @@ pub mod blocks;
 pub mod cli;
 pub mod clip;
 pub mod config;
+#[cfg(feature = "cudnn")]
+pub mod cudnn;
 pub mod embedder;
 pub mod exp;
 pub mod family;

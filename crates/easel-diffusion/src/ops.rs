@@ -11,7 +11,7 @@
 //! im2col at all. The weights are reshaped once at load (a view, not a copy). Group norm is two passes over each
 //! group in parallel (f64 statistics) and one that writes the output with SiLU fused, using the
 //! vectorised [`crate::exp`]; before a convolution that takes the Winograd path only the
-//! statistics pass runs, and the convolution applies the norm as it reads ([`Source`]). Anything else (GPU, f16, strides) uses candle's own ops.
+//! statistics pass runs, and the convolution applies the norm as it reads ([`Source`]). Anything else (GPU, f16, strides) uses candle's own ops, except convolutions on CUDA in a build with the `cudnn` feature ([`crate::cudnn`]).
 
 use std::cell::RefCell;
 
@@ -35,6 +35,9 @@ const BAND: usize = 16 * 1024 * 1024;
 /// the largest allocation of the H200 runs (BENCHMARKS.md). Above this the output rows are made
 /// in bands.
 const CANDLE_COLS_BYTES: usize = 2 << 30;
+
+/// What runs convolutions on a CUDA device in this build (for the tools' reports).
+pub const CUDA_CONVOLUTIONS: &str = if cfg!(feature = "cudnn") { "cuDNN" } else { "candle's im2col and cuBLAS" };
 
 thread_local! {
     /// The im2col buffer, kept between bands and calls (at most [`BAND`] elements).
@@ -280,6 +283,11 @@ impl Conv {
     /// most `band` elements (one output row at least).
     fn direct(&self, x: &Tensor, extra: Extra, band: usize) -> Result<Tensor> {
         if !self.fast(x) {
+            #[cfg(feature = "cudnn")]
+            if x.device().is_cuda() {
+                let _t = profile::start("conv (cudnn)", || (conv_label(self.k, x, self.cout), 0.0));
+                return extra.add_to(crate::cudnn::conv2d(x, &self.inner)?);
+            }
             let _t = profile::start("conv (candle)", || (conv_label(self.k, x, self.cout), 0.0));
             return extra.add_to(self.candle(x, CANDLE_COLS_BYTES)?);
         }

@@ -41,7 +41,7 @@ use image::DynamicImage;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Resolved;
+use crate::config::{DeviceSpec, Resolved};
 use crate::loaded::Loaded;
 use crate::pipeline::{Generate, Hooks, RunError};
 
@@ -178,7 +178,8 @@ fn run(
         .unwrap_or_else(|payload| Err(anyhow::anyhow!("loading panicked: {}", panic_message(payload.as_ref()))));
     let model = match loaded {
         Ok(m) => {
-            tracing::info!(family = cfg.family.name(), path = %cfg.path.display(), "local model loaded");
+            let convolutions = matches!(cfg.device, DeviceSpec::Cuda(_)).then_some(crate::ops::CUDA_CONVOLUTIONS);
+            tracing::info!(family = cfg.family.name(), path = %cfg.path.display(), convolutions, "local model loaded");
             *state.lock().expect("state lock") = LoadState::Ready;
             m
         }

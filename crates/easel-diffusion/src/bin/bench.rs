@@ -99,9 +99,14 @@ fn main() -> Result<()> {
     }
     dev.synchronize()?;
     println!(
-        "load: {:.2} s ({dtype:?} on {}), peak RSS {:.0} MiB",
+        "load: {:.2} s ({dtype:?} on {}{}), peak RSS {:.0} MiB",
         t.elapsed().as_secs_f64(),
         a.device,
+        if dev.is_cuda() {
+            format!(", convolutions on {}", easel_diffusion::ops::CUDA_CONVOLUTIONS)
+        } else {
+            String::new()
+        },
         peak_rss_mib()
     );
     for &size in &a.size {
