@@ -5,12 +5,16 @@
 //! exact GELU either. This one reads `text_encoder*/config.json`, uses exact (erf) GELU or
 //! quick-GELU as configured, and returns the final (layer-normed) states, the penultimate hidden
 //! states (SDXL) and the pooled, optionally projected, end-of-text embedding (SDXL's second
-//! encoder). Weight names follow transformers' `CLIPTextModel(WithProjection)`.
+//! encoder). Weight names follow transformers' `CLIPTextModel(WithProjection)`. Its linear layers
+//! and GELU take the CPU fast paths of [`crate::ops`] (77 token rows: the transposed product of
+//! `ops::linear_with`, 2.7× candle's `Linear` here), timed by [`crate::profile`] as the UNet's are.
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder, embedding, layer_norm, linear, linear_no_bias};
 use serde::{Deserialize, Serialize};
+
+use crate::blocks::timed_linear;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Activation {
@@ -159,20 +163,19 @@ impl ClipText {
         let split = |t: Tensor| -> candle_core::Result<Tensor> {
             t.reshape((b, seq, heads, hd))?.transpose(1, 2)?.contiguous()
         };
-        let q = split((l.q.forward(&x)? * (hd as f64).powf(-0.5))?)?;
-        let k = split(l.k.forward(&x)?)?;
-        let v = split(l.v.forward(&x)?)?;
+        let q = split((timed_linear(&l.q, &x, None)? * (hd as f64).powf(-0.5))?)?;
+        let k = split(timed_linear(&l.k, &x, None)?)?;
+        let v = split(timed_linear(&l.v, &x, None)?)?;
         let att = q.matmul(&k.t()?)?.broadcast_add(mask)?;
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let o = att.matmul(&v)?.transpose(1, 2)?.reshape((b, seq, h))?;
-        let xs = (l.out.forward(&o)? + r)?;
-        let r = xs.clone();
-        let x = l.fc1.forward(&l.ln2.forward(&xs)?)?;
+        let xs = timed_linear(&l.out, &o, Some(&r))?;
+        let x = timed_linear(&l.fc1, &l.ln2.forward(&xs)?, None)?;
         let x = match self.cfg.hidden_act {
-            Activation::QuickGelu => (&x * candle_nn::ops::sigmoid(&(&x * 1.702)?)?)?,
-            Activation::Gelu => x.gelu_erf()?,
+            Activation::QuickGelu => crate::ops::quick_gelu(&x)?,
+            Activation::Gelu => crate::ops::gelu(&x)?,
         };
-        Ok((l.fc2.forward(&x)? + r)?)
+        timed_linear(&l.fc2, &x, Some(&xs))
     }
 }
 

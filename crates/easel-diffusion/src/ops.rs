@@ -588,13 +588,35 @@ pub fn linear_with(l: &candle_nn::Linear, x: &Tensor, residual: Option<&Tensor>)
     let threads = rayon::current_num_threads();
     host(w, |w| {
         host(x, |x| {
-            let lhs = View::rows(x, rows, in_dim, in_dim);
-            let rhs = View::rows(w, out_dim, in_dim, in_dim).t();
-            gemm(&mut out, out_dim, lhs, rhs, accumulate, threads);
+            let weights = View::rows(w, out_dim, in_dim, in_dim);
+            let inputs = View::rows(x, rows, in_dim, in_dim);
+            if rows >= FEW_ROWS {
+                gemm(&mut out, out_dim, inputs, weights.t(), accumulate, threads);
+                return;
+            }
+            // Few rows: the transposed product `W · xᵀ`, added onto the output as it is
+            // transposed back (the same sum, `(residual + bias) + product`, as the GEMM's
+            // accumulation above makes).
+            let mut product = vec![0f32; out_dim * rows];
+            gemm(&mut product, rows, weights, inputs.t(), false, threads);
+            out.par_chunks_mut(16 * out_dim).enumerate().for_each(|(block, dst)| {
+                let r0 = block * 16;
+                for (o, column) in product.chunks_exact(rows).enumerate() {
+                    for (row, &p) in dst.chunks_exact_mut(out_dim).zip(&column[r0..]) {
+                        row[o] += p;
+                    }
+                }
+            });
         })
     })??;
     Ok(Tensor::from_vec(out, shape, x.device())?)
 }
+
+/// Below this many rows a linear layer multiplies `W · xᵀ` and transposes the product back: the
+/// `gemm` crate runs a 77-row product (a text encoder's tokens) at 55–120 GFLOP/s as `x · Wᵀ`
+/// and at 250–330 transposed, 256 rows at 180–370 against 310–440; from 512 rows on the two
+/// orientations are even (2-core Zen 5, 1024–5120 channels; docs/performance.md).
+const FEW_ROWS: usize = 512;
 
 /// `x`'s shape with its last dimension replaced by `n`.
 fn last_dim_as(x: &Tensor, n: usize) -> Vec<usize> {
@@ -628,6 +650,42 @@ pub fn upsample_nearest(x: &Tensor, th: usize, tw: usize) -> Result<Tensor> {
         });
     })?;
     Ok(Tensor::from_vec(out, (b, c, th, tw), x.device())?)
+}
+
+/// `f` applied to each element of a CPU f32 tensor, vectorised ([`crate::simd!`]) and in
+/// parallel; `None` for other devices and dtypes (the caller uses candle's op there).
+#[inline(always)]
+fn elementwise(x: &Tensor, f: impl Fn(f32) -> f32 + Sync + Send + Copy) -> Result<Option<Tensor>> {
+    if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+        return Ok(None);
+    }
+    let mut out = vec![0f32; x.elem_count()];
+    host(x, |data| {
+        out.par_chunks_mut(1 << 14).zip(data.par_chunks(1 << 14)).for_each(|(o, src)| {
+            crate::simd! {
+                for (o, &v) in o.iter_mut().zip(src) {
+                    *o = f(v);
+                }
+            };
+        });
+    })?;
+    Ok(Some(Tensor::from_vec(out, x.dims(), x.device())?))
+}
+
+/// Exact (erf) GELU: the vectorised [`gelu_erf`] on the CPU in f32, candle's elsewhere.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    Ok(match elementwise(x, gelu_erf)? {
+        Some(y) => y,
+        None => x.gelu_erf()?,
+    })
+}
+
+/// CLIP's quick GELU, `x · σ(1.702 x)`: vectorised on the CPU in f32, candle's ops elsewhere.
+pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    Ok(match elementwise(x, |v| v / (1.0 + crate::exp::exp(-1.702 * v)))? {
+        Some(y) => y,
+        None => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
+    })
 }
 
 /// diffusers' GEGLU after its projection: `a · GELU(gate)` with `(a, gate)` the two halves of
@@ -841,13 +899,21 @@ mod tests {
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
         let with_bias = candle_nn::linear(13, 7, vb.pp("a")).unwrap();
         let without = candle_nn::linear_no_bias(13, 7, vb.pp("b")).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (2, 5, 13), &dev).unwrap();
-        for l in [&with_bias, &without] {
-            let got = linear(l, &x).unwrap();
-            assert_eq!(got.dims(), &[2, 5, 7]);
-            let want = l.forward(&x).unwrap();
-            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(diff < 1e-5, "{diff}");
+        // Few rows (the transposed product, blocks of 16 rows and a short last one) and many.
+        for shape in [(2, 5, 13), (1, 37, 13), (3, 201, 13)] {
+            let x = Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
+            let residual = Tensor::randn(0f32, 1.0, (shape.0, shape.1, 7), &dev).unwrap();
+            for l in [&with_bias, &without] {
+                let got = linear(l, &x).unwrap();
+                assert_eq!(got.dims(), &[shape.0, shape.1, 7]);
+                let want = l.forward(&x).unwrap();
+                let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(diff < 1e-5, "{shape:?}: {diff}");
+                let got = linear_with(l, &x, Some(&residual)).unwrap();
+                let want = (want + &residual).unwrap();
+                let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(diff < 1e-5, "{shape:?} with a residual: {diff}");
+            }
         }
     }
 
