@@ -10,7 +10,14 @@ use libfuzzer_sys::fuzz_target;
 
 const LIMITS: DecodeLimits = DecodeLimits { max_pixels: 256 * 256, max_bytes: 1 << 20 };
 
+/// `decode_limited` contains a panic inside the third-party decoder (it refuses the file: part
+/// of its contract, tested in easel-core), so the process-aborting panic hook libfuzzer-sys
+/// installs is replaced by the default one; a panic that escapes still aborts the run, through
+/// libfuzzer-sys's own `catch_unwind` around each input.
+static DEFAULT_HOOK: std::sync::Once = std::sync::Once::new();
+
 fuzz_target!(|bytes: &[u8]| {
+    DEFAULT_HOOK.call_once(|| drop(std::panic::take_hook()));
     let limited = decode_limited(bytes, LIMITS);
     if let Ok(image) = &limited {
         let h = header(bytes).expect("a decoded image has a header");

@@ -142,9 +142,16 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, ImageError>
 pub fn decode_limited(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage, ImageError> {
     let header = header(bytes)?;
     limits.check(&header)?;
+    if header.format == InputFormat::Jpeg {
+        jpeg_sampling_check(bytes)?;
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), image_format(header.format));
     reader.limits(limits.for_image_crate());
-    reader.decode().map_err(|e| match e {
+    // A decoder that panics on a hostile file (zune-jpeg 0.5.15 does on some, found by the
+    // `image_decode` fuzz target) refuses that file; it does not take the request down with it.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode()))
+        .map_err(|_| ImageError::Corrupt(format!("the {:?} decoder failed on this file", header.format)))?;
+    decoded.map_err(|e| match e {
         image::ImageError::Limits(_) => ImageError::TooManyBytes {
             width: header.size.width,
             height: header.size.height,
@@ -153,6 +160,55 @@ pub fn decode_limited(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage
         },
         e => ImageError::Corrupt(e.to_string()),
     })
+}
+
+/// Refuses a JPEG whose frame samples a later component more finely than its first (the luma),
+/// or with sampling factors outside 1–4. Such files are legal in principle and unheard of in
+/// practice, and zune-jpeg 0.5.15 (the `image` crate's JPEG decoder) indexes past its buffers on
+/// them: a panic, found by the `image_decode` fuzz target. The markers are walked as the decoder
+/// walks them (segment lengths skipped, bytes between segments passed over) up to the first scan.
+fn jpeg_sampling_check(bytes: &[u8]) -> Result<(), ImageError> {
+    let refuse = |why: &str| Err(ImageError::Corrupt(format!("unsupported JPEG: {why}")));
+    let mut i = 2;
+    while i + 1 < bytes.len() {
+        if bytes[i] != 0xFF {
+            i += 1;
+            continue;
+        }
+        let marker = bytes[i + 1];
+        i += 2;
+        match marker {
+            0xFF | 0x00 => i -= 1,
+            0x01 | 0xD0..=0xD8 => {}
+            0xD9 | 0xDA => return Ok(()),
+            _ => {
+                let Some(len) = bytes.get(i..i + 2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))) else {
+                    return Ok(());
+                };
+                let frame = matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC);
+                if frame && let Some(segment) = bytes.get(i + 2..(i + len).min(bytes.len())) {
+                    let components = segment
+                        .get(6..)
+                        .unwrap_or_default()
+                        .chunks_exact(3)
+                        .take(usize::from(segment.get(5).copied().unwrap_or(0)));
+                    let mut first = None;
+                    for c in components {
+                        let (h, v) = (c[1] >> 4, c[1] & 15);
+                        if !(1..=4).contains(&h) || !(1..=4).contains(&v) {
+                            return refuse("a sampling factor outside 1-4");
+                        }
+                        let (fh, fv) = *first.get_or_insert((h, v));
+                        if h > fh || v > fv {
+                            return refuse("a colour component sampled more finely than the luma");
+                        }
+                    }
+                }
+                i += len;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn image_format(format: InputFormat) -> image::ImageFormat {
@@ -241,6 +297,19 @@ fn normalise(image: &DynamicImage) -> DynamicImage {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn jpegs_that_crash_the_decoder_are_refused() {
+        // The `image_decode` fuzz target's finds (zune-jpeg 0.5.15 indexed past its buffer):
+        // one with components sampled 1x1, 1x1, 2x4, refused before decoding, and one the
+        // decoder panics on, refused when it does.
+        let finer = include_bytes!("../../../../fuzz/seeds/image_decode/chroma-finer-than-luma.jpg");
+        let err = super::decode(finer, 256 * 256).unwrap_err();
+        assert!(err.to_string().contains("sampled more finely than the luma"), "{err}");
+        let overrun = include_bytes!("../../../../fuzz/seeds/image_decode/zune-idct-overrun.jpg");
+        let err = super::decode(overrun, 256 * 256).unwrap_err();
+        assert!(matches!(err, super::ImageError::Corrupt(_)), "{err}");
+    }
+
     use super::*;
     use image::{Rgb, RgbImage, Rgba, RgbaImage};
 
