@@ -1,26 +1,21 @@
-//! CPU fast paths for the two operations that dominate the VAE decoder and the UNet: 3×3
-//! convolutions and group normalisation (fused with SiLU where the network applies one next).
-//!
-//! candle 0.11's CPU conv2d runs its GEMM on 512-pixel tiles and repacks the kernel for each
-//! (one 128→128 3×3 convolution at 512² took 2.1–3.7 s here, the same FLOPs as one large GEMM
-//! 0.7–1.3 s); its GroupNorm is a chain of ten tensor ops. Here a convolution builds its im2col
-//! matrix a band of output rows at a time (bounded memory, in a buffer reused across bands and
-//! calls) and runs one GEMM per band through [`crate::gemm`] (candle's own GEMM crate) straight
-//! into its rows of the output, which already holds the bias, so there is no per-band output,
-//! no concatenation and no bias pass; 1×1 convolutions multiply the input in place, with no
-//! im2col at all. The weights are reshaped once at load (a view, not a copy). Group norm is two passes over each
-//! group in parallel (f64 statistics) and one that writes the output with SiLU fused, using the
-//! vectorised [`crate::exp`]; before a convolution that takes the Winograd path only the
-//! statistics pass runs, and the convolution applies the norm as it reads ([`Source`]). Anything else (GPU, f16, strides) uses candle's own ops, except convolutions on CUDA in a build with the `cudnn` feature ([`crate::cudnn`]).
+//! Convolutions on the CPU in f32. A convolution builds its im2col matrix a band of output rows
+//! at a time (bounded memory, in a buffer reused across bands and calls) and runs one GEMM per
+//! band through [`crate::gemm`] (candle's own GEMM crate) straight into its rows of the output,
+//! which already holds the bias and [`Extra`], so there is no per-band output, no concatenation
+//! and no bias pass; 1×1 convolutions multiply the input in place, with no im2col at all; 3×3
+//! stride-1 ones take the Winograd path ([`crate::winograd`]), which applies a group norm or an
+//! upsampling as it reads ([`Source`]). The weights are reshaped once at load (a view, not a
+//! copy). Elsewhere: candle's convolution in bands of output rows (the GPU), or cuDNN's
+//! ([`crate::cudnn`], feature `cudnn`).
 
 use std::cell::RefCell;
 
 use anyhow::{Result, bail};
-use candle_core::{DType, Device, Module, Storage, Tensor};
-use candle_nn::{Conv2dConfig, Init, VarBuilder};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
-use crate::exp::{gelu_erf, silu as silu_f32};
+use super::{Extra, Source, host, upsample_nearest};
 use crate::gemm::{View, gemm};
 use crate::profile;
 use crate::winograd::{Prologue, Winograd};
@@ -42,96 +37,6 @@ pub const CUDA_CONVOLUTIONS: &str = if cfg!(feature = "cudnn") { "cuDNN" } else 
 thread_local! {
     /// The im2col buffer, kept between bands and calls (at most [`BAND`] elements).
     static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` on the elements of a CPU f32 tensor, without a copy when it is contiguous.
-pub fn host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else { bail!("expected a CPU tensor") };
-    let data = cpu.as_slice::<f32>()?;
-    let start = layout.start_offset();
-    Ok(f(&data[start..start + t.elem_count()]))
-}
-
-/// What a convolution or a linear layer adds to its product besides its own bias: a vector per
-/// image over the output channels (a resnet's projected time embedding, `(b, cout)`) and a tensor
-/// of the output's shape (a residual connection). On the CPU fast paths both are written into
-/// the output as it is made (before the product accumulates onto it; the Winograd path adds the
-/// residual to each output row while the row is in cache), so neither costs a pass over memory
-/// of its own nor a second output of the full size (each was a fresh 64–256 MiB tensor per resnet in the VAE at
-/// 512²); elsewhere they are candle's broadcast add and add after the layer, in that order.
-#[derive(Default, Clone, Copy)]
-pub struct Extra<'a> {
-    pub channels: Option<&'a Tensor>,
-    pub residual: Option<&'a Tensor>,
-}
-
-impl Extra<'_> {
-    /// `y + channels + residual` with candle's ops (the path off the CPU fast paths).
-    fn add_to(&self, mut y: Tensor) -> Result<Tensor> {
-        if let Some(c) = self.channels {
-            let mut shape = c.dims().to_vec();
-            shape.resize(y.rank(), 1);
-            y = y.broadcast_add(&c.reshape(shape)?)?;
-        }
-        if let Some(r) = self.residual {
-            y = (y + r)?;
-        }
-        Ok(y)
-    }
-
-    /// The per-image, per-channel offsets `bias[c] + channels[n, c]` for `b` images of `cout`
-    /// channels, when there is anything to add.
-    pub(crate) fn offsets(&self, bias: Option<&[f32]>, b: usize, cout: usize) -> Result<Option<Vec<f32>>> {
-        let mut offsets = match self.channels {
-            Some(c) => {
-                let v = c.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                match v.len() {
-                    n if n == b * cout => v,
-                    // One vector for every image, as candle's broadcast add takes it.
-                    n if n == cout => v.repeat(b),
-                    n => bail!("per-channel addend: {n} values for {b} images of {cout} channels"),
-                }
-            }
-            None if bias.is_some() => vec![0.0; b * cout],
-            None => return Ok(None),
-        };
-        if let Some(bias) = bias {
-            for (v, &bc) in offsets.iter_mut().zip(bias.iter().cycle()) {
-                *v += bc;
-            }
-        }
-        Ok(Some(offsets))
-    }
-
-    /// The residual's elements, checked against the output's shape.
-    pub(crate) fn residual_with<R>(&self, shape: &[usize], f: impl FnOnce(Option<&[f32]>) -> R) -> Result<R> {
-        match self.residual {
-            None => Ok(f(None)),
-            Some(r) if r.dims() == shape => host(r, |r| f(Some(r))),
-            Some(r) => bail!("residual of shape {:?} for an output of shape {shape:?}", r.dims()),
-        }
-    }
-}
-
-/// What a convolution reads: a tensor, or what the layer before it would make of one, which the
-/// Winograd path makes as it reads ([`Prologue`]) instead of as a tensor of its own.
-#[derive(Clone, Copy)]
-pub enum Source<'a> {
-    Plain(&'a Tensor),
-    /// The group norm of the tensor, then SiLU (a resnet's convolutions).
-    Normed(&'a Tensor, &'a GroupNorm),
-    /// The tensor upsampled ×2, nearest (the upsamplers' convolutions).
-    Doubled(&'a Tensor),
-}
-
-impl<'a> Source<'a> {
-    fn tensor(&self) -> &'a Tensor {
-        match *self {
-            Source::Plain(x) | Source::Normed(x, _) | Source::Doubled(x) => x,
-        }
-    }
 }
 
 /// A 2-D convolution with stride 1 and "same" padding, or any candle convolution.
@@ -438,284 +343,12 @@ impl Im2col {
     }
 }
 
-/// Group normalisation with an optional SiLU after it.
-pub struct GroupNorm {
-    weight: Tensor,
-    bias: Tensor,
-    groups: usize,
-    eps: f64,
-}
-
-impl GroupNorm {
-    pub fn new(vb: VarBuilder, groups: usize, channels: usize, eps: f64) -> Result<Self> {
-        let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
-        let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
-        Ok(Self { weight, bias, groups, eps })
-    }
-
-    pub fn forward(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
-        if !(x.device().is_cpu() && x.dtype() == DType::F32) {
-            // In f32 whatever the dtype, as torch's and candle_nn's group norms compute: a group's
-            // sum in f16 overflows (a million activations at 512²), in bf16 it loses its digits.
-            let (b, c, h, w) = x.dims4()?;
-            let up = |t: &Tensor| t.to_dtype(DType::F32);
-            let g = up(x)?.reshape((b, self.groups, c / self.groups * h * w))?;
-            let mean = g.mean_keepdim(2)?;
-            let centred = g.broadcast_sub(&mean)?;
-            let var = centred.sqr()?.mean_keepdim(2)?;
-            let y = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?.reshape((b, c, h, w))?;
-            let y = y
-                .broadcast_mul(&up(&self.weight)?.reshape((1, c, 1, 1))?)?
-                .broadcast_add(&up(&self.bias)?.reshape((1, c, 1, 1))?)?
-                .to_dtype(x.dtype())?;
-            return Ok(if silu { candle_nn::ops::silu(&y)? } else { y });
-        }
-        let (b, c, h, w) = x.dims4()?;
-        let _t =
-            profile::start(if silu { "group_norm+silu" } else { "group_norm" }, || (format!("{c} @{h}x{w} b{b}"), 0.0));
-        let (gamma, beta) = (self.weight.to_vec1::<f32>()?, self.bias.to_vec1::<f32>()?);
-        let len = c / self.groups * h * w;
-        let mut out = vec![0f32; b * c * h * w];
-        host(x, |data| {
-            out.par_chunks_mut(len).zip(data.par_chunks(len)).enumerate().for_each(|(i, (dst, src))| {
-                let mut affine = vec![(0f32, 0f32); c / self.groups];
-                self.group_affine(i % self.groups, src, &gamma, &beta, &mut affine);
-                for ((o, s), &(scale, shift)) in dst.chunks_mut(h * w).zip(src.chunks(h * w)).zip(&affine) {
-                    crate::simd! {
-                        for (o, &v) in o.iter_mut().zip(s) {
-                            let y = v * scale + shift;
-                            *o = if silu { silu_f32(y) } else { y };
-                        }
-                    };
-                }
-            });
-        })?;
-        Ok(Tensor::from_vec(out, (b, c, h, w), x.device())?)
-    }
-
-    /// The norm of a CPU f32 `x` `(b, c, h, w)` as `x · scale + shift` per image and channel:
-    /// the two vectors of `b · c` values, for a consumer that applies them as it reads `x` (the
-    /// Winograd input transform) instead of reading a normalised copy. The same numbers as
-    /// [`Self::forward`] computes.
-    pub fn affine(&self, x: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (b, c, h, w) = x.dims4()?;
-        let _t = profile::start("group_norm stats", || (format!("{c} @{h}x{w} b{b}"), 0.0));
-        let (gamma, beta) = (self.weight.to_vec1::<f32>()?, self.bias.to_vec1::<f32>()?);
-        let per = c / self.groups;
-        let mut affine = vec![(0f32, 0f32); b * c];
-        host(x, |data| {
-            affine.par_chunks_mut(per).zip(data.par_chunks(per * h * w)).enumerate().for_each(|(i, (a, src))| {
-                self.group_affine(i % self.groups, src, &gamma, &beta, a);
-            });
-        })?;
-        Ok(affine.into_iter().unzip())
-    }
-
-    /// Group `g`'s statistics over its elements `src`, as each of its channels' `(scale, shift)`.
-    fn group_affine(&self, g: usize, src: &[f32], gamma: &[f32], beta: &[f32], out: &mut [(f32, f32)]) {
-        // One pass for both moments (f64 sums: E[x²] − mean² keeps 1e-16 relative precision, so
-        // the cancellation matters only past |mean|/std ≈ 10⁶).
-        let n = src.len() as f64;
-        let (sum, squares) = crate::simd! { moments_f64(src) };
-        let mean = sum / n;
-        let var = (squares / n - mean * mean).max(0.0);
-        let inv = 1.0 / (var + self.eps).sqrt();
-        let per = out.len();
-        for (j, o) in out.iter_mut().enumerate() {
-            let gamma = f64::from(gamma[g * per + j]);
-            *o = ((inv * gamma) as f32, (f64::from(beta[g * per + j]) - mean * inv * gamma) as f32);
-        }
-    }
-}
-
-/// `(Σ x, Σ x²)` in f64 over eight lanes (so it vectorises).
-#[inline(always)]
-fn moments_f64(xs: &[f32]) -> (f64, f64) {
-    let (mut sum, mut squares) = ([0f64; 8], [0f64; 8]);
-    let chunks = xs.chunks_exact(8);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for ((s, q), &x) in sum.iter_mut().zip(squares.iter_mut()).zip(c) {
-            let x = f64::from(x);
-            *s += x;
-            *q += x * x;
-        }
-    }
-    let (mut s, mut q) = (sum.iter().sum::<f64>(), squares.iter().sum::<f64>());
-    for &x in tail {
-        s += f64::from(x);
-        q += f64::from(x) * f64::from(x);
-    }
-    (s, q)
-}
-
-/// `x · Wᵀ + b` over the last dimension of `x`. On the CPU in f32: one GEMM into an output that
-/// already holds the bias, so there is neither candle's separate broadcast add (a second pass
-/// and a second output of the same size) nor a contiguous copy of a contiguous input; candle's
-/// `Linear` elsewhere.
-pub fn linear(l: &candle_nn::Linear, x: &Tensor) -> Result<Tensor> {
-    linear_with(l, x, None)
-}
-
-/// [`linear`] plus a residual of the output's shape, written into the output with the bias
-/// before the GEMM accumulates onto it (no separate add, no second output; candle's `Linear`
-/// and add elsewhere).
-pub fn linear_with(l: &candle_nn::Linear, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-    let w = l.weight();
-    let (out_dim, in_dim) = w.dims2()?;
-    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if !(cpu_f32(x) && cpu_f32(w) && x.dims().last() == Some(&in_dim) && w.is_contiguous()) {
-        return Extra { channels: None, residual }.add_to(l.forward(x)?);
-    }
-    let rows = x.elem_count() / in_dim.max(1);
-    let shape = last_dim_as(x, out_dim);
-    let mut out = vec![0f32; rows * out_dim];
-    let bias = l.bias().map(|b| b.to_vec1::<f32>()).transpose()?;
-    Extra { channels: None, residual }.residual_with(&shape, |res| {
-        if res.is_none() && bias.is_none() {
-            return;
-        }
-        out.par_chunks_mut(out_dim.max(1)).enumerate().for_each(|(i, row)| match (res, &bias) {
-            (Some(r), Some(b)) => {
-                row.iter_mut().zip(&r[i * out_dim..(i + 1) * out_dim]).zip(b).for_each(|((o, &r), &b)| *o = r + b)
-            }
-            (Some(r), None) => row.copy_from_slice(&r[i * out_dim..(i + 1) * out_dim]),
-            (None, Some(b)) => row.copy_from_slice(b),
-            (None, None) => unreachable!("returned above"),
-        })
-    })?;
-    let accumulate = bias.is_some() || residual.is_some();
-    let threads = rayon::current_num_threads();
-    host(w, |w| {
-        host(x, |x| {
-            let weights = View::rows(w, out_dim, in_dim, in_dim);
-            let inputs = View::rows(x, rows, in_dim, in_dim);
-            if rows >= FEW_ROWS {
-                gemm(&mut out, out_dim, inputs, weights.t(), accumulate, threads);
-                return;
-            }
-            // Few rows: the transposed product `W · xᵀ`, added onto the output as it is
-            // transposed back (the same sum, `(residual + bias) + product`, as the GEMM's
-            // accumulation above makes).
-            let mut product = vec![0f32; out_dim * rows];
-            gemm(&mut product, rows, weights, inputs.t(), false, threads);
-            out.par_chunks_mut(16 * out_dim).enumerate().for_each(|(block, dst)| {
-                let r0 = block * 16;
-                for (o, column) in product.chunks_exact(rows).enumerate() {
-                    for (row, &p) in dst.chunks_exact_mut(out_dim).zip(&column[r0..]) {
-                        row[o] += p;
-                    }
-                }
-            });
-        })
-    })??;
-    Ok(Tensor::from_vec(out, shape, x.device())?)
-}
-
-/// Below this many rows a linear layer multiplies `W · xᵀ` and transposes the product back: the
-/// `gemm` crate runs a 77-row product (a text encoder's tokens) at 55–120 GFLOP/s as `x · Wᵀ`
-/// and at 250–330 transposed, 256 rows at 180–370 against 310–440; from 512 rows on the two
-/// orientations are even (2-core Zen 5, 1024–5120 channels; docs/performance.md).
-const FEW_ROWS: usize = 512;
-
-/// `x`'s shape with its last dimension replaced by `n`.
-fn last_dim_as(x: &Tensor, n: usize) -> Vec<usize> {
-    let mut dims = x.dims().to_vec();
-    if let Some(d) = dims.last_mut() {
-        *d = n;
-    }
-    dims
-}
-
-/// Nearest-neighbour upsampling of `(b, c, h, w)` to `(b, c, th, tw)`: each pixel doubled along
-/// both axes when that is the size asked (the UNet's and the VAE's upsamplers), on the CPU in f32
-/// with one pass per plane; candle's `upsample_nearest2d` otherwise (a gather per element).
-pub fn upsample_nearest(x: &Tensor, th: usize, tw: usize) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    let _t = profile::start("upsample", || (format!("{c} @{h}x{w} b{b} to {th}x{tw}"), 0.0));
-    if !(x.device().is_cpu() && x.dtype() == DType::F32 && th == 2 * h && tw == 2 * w) {
-        return Ok(x.upsample_nearest2d(th, tw)?);
-    }
-    let mut out = vec![0f32; b * c * th * tw];
-    host(x, |data| {
-        out.par_chunks_mut(th * tw).zip(data.par_chunks(h * w)).for_each(|(dst, src)| {
-            for (rows, row) in dst.chunks_exact_mut(2 * tw).zip(src.chunks_exact(w)) {
-                let (top, bottom) = rows.split_at_mut(tw);
-                for (pair, &v) in top.chunks_exact_mut(2).zip(row) {
-                    pair[0] = v;
-                    pair[1] = v;
-                }
-                bottom.copy_from_slice(top);
-            }
-        });
-    })?;
-    Ok(Tensor::from_vec(out, (b, c, th, tw), x.device())?)
-}
-
-/// `f` applied to each element of a CPU f32 tensor, vectorised ([`crate::simd!`]) and in
-/// parallel; `None` for other devices and dtypes (the caller uses candle's op there).
-#[inline(always)]
-fn elementwise(x: &Tensor, f: impl Fn(f32) -> f32 + Sync + Send + Copy) -> Result<Option<Tensor>> {
-    if !(x.device().is_cpu() && x.dtype() == DType::F32) {
-        return Ok(None);
-    }
-    let mut out = vec![0f32; x.elem_count()];
-    host(x, |data| {
-        out.par_chunks_mut(1 << 14).zip(data.par_chunks(1 << 14)).for_each(|(o, src)| {
-            crate::simd! {
-                for (o, &v) in o.iter_mut().zip(src) {
-                    *o = f(v);
-                }
-            };
-        });
-    })?;
-    Ok(Some(Tensor::from_vec(out, x.dims(), x.device())?))
-}
-
-/// Exact (erf) GELU: the vectorised [`gelu_erf`] on the CPU in f32, candle's elsewhere.
-pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    Ok(match elementwise(x, gelu_erf)? {
-        Some(y) => y,
-        None => x.gelu_erf()?,
-    })
-}
-
-/// CLIP's quick GELU, `x · σ(1.702 x)`: vectorised on the CPU in f32, candle's ops elsewhere.
-pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
-    Ok(match elementwise(x, |v| v / (1.0 + crate::exp::exp(-1.702 * v)))? {
-        Some(y) => y,
-        None => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
-    })
-}
-
-/// diffusers' GEGLU after its projection: `a · GELU(gate)` with `(a, gate)` the two halves of
-/// the last dimension of `x`, on the CPU in f32 with the vectorised [`gelu_erf`] (candle's
-/// `gelu_erf` is a scalar f64 `erf` per element), elsewhere with candle's ops.
-pub fn geglu(x: &Tensor) -> Result<Tensor> {
-    let last = x.dims().last().copied().unwrap_or(0);
-    let inner = last / 2;
-    if !(x.device().is_cpu() && x.dtype() == DType::F32) {
-        let gate = x.chunk(2, candle_core::D::Minus1)?;
-        return Ok((&gate[0] * gate[1].gelu_erf()?)?);
-    }
-    let rows = x.elem_count() / last.max(1);
-    let mut out = vec![0f32; rows * inner];
-    host(x, |data| {
-        out.par_chunks_mut(inner.max(1)).zip(data.par_chunks(last.max(1))).for_each(|(o, row)| {
-            let (a, g) = row.split_at(inner);
-            crate::simd! {
-                for ((o, &a), &g) in o.iter_mut().zip(a).zip(g) {
-                    *o = a * gelu_erf(g);
-                }
-            };
-        });
-    })?;
-    Ok(Tensor::from_vec(out, last_dim_as(x, inner), x.device())?)
-}
-
 #[cfg(test)]
 mod tests {
+    use candle_nn::Module as _;
+
     use super::*;
+    use crate::ops::{GroupNorm, linear_with};
 
     /// Direct convolution in f64.
     fn reference(
@@ -892,41 +525,6 @@ mod tests {
         assert!(diff < 1e-5, "linear: {diff}");
     }
 
-    #[test]
-    fn linear_layers_match_candle() {
-        let dev = Device::Cpu;
-        let vm = candle_nn::VarMap::new();
-        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
-        let with_bias = candle_nn::linear(13, 7, vb.pp("a")).unwrap();
-        let without = candle_nn::linear_no_bias(13, 7, vb.pp("b")).unwrap();
-        // Few rows (the transposed product, blocks of 16 rows and a short last one) and many.
-        for shape in [(2, 5, 13), (1, 37, 13), (3, 201, 13)] {
-            let x = Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
-            let residual = Tensor::randn(0f32, 1.0, (shape.0, shape.1, 7), &dev).unwrap();
-            for l in [&with_bias, &without] {
-                let got = linear(l, &x).unwrap();
-                assert_eq!(got.dims(), &[shape.0, shape.1, 7]);
-                let want = l.forward(&x).unwrap();
-                let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-                assert!(diff < 1e-5, "{shape:?}: {diff}");
-                let got = linear_with(l, &x, Some(&residual)).unwrap();
-                let want = (want + &residual).unwrap();
-                let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-                assert!(diff < 1e-5, "{shape:?} with a residual: {diff}");
-            }
-        }
-    }
-
-    #[test]
-    fn upsampling_matches_candle() {
-        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 7), &Device::Cpu).unwrap();
-        for (th, tw) in [(10, 14), (11, 14), (5, 7)] {
-            let got = upsample_nearest(&x, th, tw).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let want = x.upsample_nearest2d(th, tw).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(got, want, "{th}x{tw}");
-        }
-    }
-
     /// A convolution of a group norm with SiLU, or of a nearest upsampling ×2, gives the same
     /// bits whether the layer before is made as a tensor first or (on the Winograd path) in the
     /// input transform, with a time embedding and a residual added; the shapes the Winograd
@@ -961,41 +559,6 @@ mod tests {
             let fused = bits(conv.forward_from(Source::Doubled(&half), extra).unwrap());
             let made = bits(conv.forward_with(&upsample_nearest(&half, h, w).unwrap(), extra).unwrap());
             assert!(fused == made, "{name}: upsampling");
-        }
-    }
-
-    #[test]
-    fn group_norm_silu_matches_f64() {
-        let dev = Device::Cpu;
-        let vm = candle_nn::VarMap::new();
-        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
-        let (b, c, h, w, groups) = (2, 8, 5, 7, 4);
-        let gn = GroupNorm::new(vb.pp("g"), groups, c, 1e-6).unwrap();
-        let gn = GroupNorm {
-            weight: Tensor::randn(0f32, 1.0, c, &dev).unwrap(),
-            bias: Tensor::randn(0f32, 1.0, c, &dev).unwrap(),
-            ..gn
-        };
-        // An offset mean and a wide spread, so both statistics matter.
-        let x = (Tensor::randn(0f32, 3.0, (b, c, h, w), &dev).unwrap() + 5.0).unwrap();
-        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let (gamma, beta) = (gn.weight.to_vec1::<f32>().unwrap(), gn.bias.to_vec1::<f32>().unwrap());
-        for silu in [false, true] {
-            let got = gn.forward(&x, silu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let len = c / groups * h * w;
-            let mut err = 0f64;
-            for (gi, group) in xs.chunks(len).enumerate() {
-                let n = len as f64;
-                let mean = group.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-                let var = group.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
-                for (j, &v) in group.iter().enumerate() {
-                    let ch = (gi % groups) * (c / groups) + j / (h * w);
-                    let y = (f64::from(v) - mean) / (var + 1e-6).sqrt() * f64::from(gamma[ch]) + f64::from(beta[ch]);
-                    let y = if silu { y / (1.0 + (-y).exp()) } else { y };
-                    err = err.max((f64::from(got[gi * len + j]) - y).abs() / y.abs().max(1.0));
-                }
-            }
-            assert!(err < 3e-5, "silu={silu}: {err:e}");
         }
     }
 }
