@@ -82,10 +82,10 @@ impl FileTensors {
     }
 
     /// The `len` bytes at `start` as a CPU tensor of `T` and `shape`, read into its buffer by
-    /// every thread at once ([`READ_CHUNK`]) with the buffer offered huge pages first: the load's
+    /// every thread at once ([`READ_CHUNK`]) with the buffer offered huge pages first. A load's
     /// cost is the kernel clearing each fresh page as the read first writes it (about 70 % of an
-    /// SDXL load under `perf`), 2.4–3.1× faster so than one thread on 4 KiB pages (sd-turbo, 2-core
-    /// Zen 5, docs/performance.md).
+    /// SDXL load under `perf`); this way sd-turbo loads 2.4–3.1× faster than on one thread with
+    /// 4 KiB pages (2-core Zen 5, docs/performance.md).
     fn read_into<T: bytemuck::Pod + WithDType>(
         &self,
         name: &str,
