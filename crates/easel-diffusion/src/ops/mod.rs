@@ -4,11 +4,11 @@
 //! large GEMM 0.7–1.3 s), its GroupNorm is a chain of ten tensor ops and its `Linear` adds the
 //! bias in a pass of its own; so:
 //!
-//! - [`conv`]: convolutions (im2col in bounded bands into one GEMM per band, 1×1 in place, 3×3
+//! - `conv`: convolutions (im2col in bounded bands into one GEMM per band, 1×1 in place, 3×3
 //!   through [`crate::winograd`]);
-//! - [`norm`]: group normalisation, fused with SiLU, or only its statistics for a convolution
+//! - `norm`: group normalisation, fused with SiLU, or only its statistics for a convolution
 //!   that applies the norm as it reads;
-//! - [`dense`]: linear layers (a residual and the bias written into the output before the GEMM
+//! - `dense`: linear layers (a residual and the bias written into the output before the GEMM
 //!   accumulates onto it) and the activations after them (GELU, CLIP's quick GELU, GEGLU);
 //! - here: [`Extra`] (a time embedding and a residual added as a layer's output is made),
 //!   [`Source`] (what a convolution reads: a tensor, its group norm with SiLU, or its ×2
