@@ -297,21 +297,21 @@ fn normalise(image: &DynamicImage) -> DynamicImage {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use image::{Rgb, RgbImage, Rgba, RgbaImage};
+
     #[test]
     fn jpegs_that_crash_the_decoder_are_refused() {
         // The `image_decode` fuzz target's finds (zune-jpeg 0.5.15 indexed past its buffer):
         // one with components sampled 1x1, 1x1, 2x4, refused before decoding, and one the
         // decoder panics on, refused when it does.
         let finer = include_bytes!("../../../../fuzz/seeds/image_decode/chroma-finer-than-luma.jpg");
-        let err = super::decode(finer, 256 * 256).unwrap_err();
+        let err = decode(finer, 256 * 256).unwrap_err();
         assert!(err.to_string().contains("sampled more finely than the luma"), "{err}");
         let overrun = include_bytes!("../../../../fuzz/seeds/image_decode/zune-idct-overrun.jpg");
-        let err = super::decode(overrun, 256 * 256).unwrap_err();
-        assert!(matches!(err, super::ImageError::Corrupt(_)), "{err}");
+        let err = decode(overrun, 256 * 256).unwrap_err();
+        assert!(matches!(err, ImageError::Corrupt(_)), "{err}");
     }
-
-    use super::*;
-    use image::{Rgb, RgbImage, Rgba, RgbaImage};
 
     fn gradient() -> DynamicImage {
         DynamicImage::ImageRgb8(RgbImage::from_fn(48, 32, |x, y| Rgb([(x * 5) as u8, (y * 7) as u8, 90])))

@@ -348,6 +348,7 @@ mod tests {
     use candle_nn::Module as _;
 
     use super::*;
+    use crate::ops::testing::{max_abs_diff, vars};
     use crate::ops::{GroupNorm, linear_with};
 
     /// Direct convolution in f64.
@@ -392,9 +393,7 @@ mod tests {
     }
 
     fn check_conv(shape: (usize, usize, usize, usize), cout: usize, k: usize, stride: usize) {
-        let dev = Device::Cpu;
-        let vm = candle_nn::VarMap::new();
-        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let (dev, vb) = (Device::Cpu, vars());
         let cin = shape.1;
         let cfg = Conv2dConfig { padding: k / 2, stride, ..Default::default() };
         let conv = Conv::new(vb.pp("c"), cin, cout, k, cfg).unwrap();
@@ -434,9 +433,7 @@ mod tests {
 
     #[test]
     fn candles_convolution_in_bands_is_the_whole_one() {
-        let dev = Device::Cpu;
-        let vm = candle_nn::VarMap::new();
-        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let (dev, vb) = (Device::Cpu, vars());
         // 3×3 "same" (the VAE's), stride 2 unpadded (the encoder's downsampler, after its own
         // padding), 1×1; odd sizes so that the last band is short.
         for (k, stride, padding, (h, w)) in [(3, 1, 1, (13, 7)), (3, 2, 0, (12, 9)), (1, 1, 0, (5, 6))] {
@@ -449,7 +446,7 @@ mod tests {
             for rows in [1, 2, 3, ho] {
                 let banded = conv.candle(&x, rows * row).unwrap();
                 assert_eq!(banded.dims(), whole.dims());
-                let diff = (banded - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let diff = max_abs_diff(&banded, &whole);
                 assert!(diff <= 1e-5, "k={k} stride={stride} rows={rows}: {diff}");
             }
         }
@@ -459,26 +456,17 @@ mod tests {
     fn banded_convolutions_reuse_the_buffer() {
         // Bands of 2 rows, then 1 row, over one image: the buffer keeps the first call's
         // contents, so stale values would show wherever padding is not rewritten.
-        let dev = Device::Cpu;
-        let vm = candle_nn::VarMap::new();
-        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let (dev, vb) = (Device::Cpu, vars());
         let conv = Conv::new(vb.pp("c"), 6, 4, 3, Conv2dConfig { padding: 1, ..Default::default() }).unwrap();
         let x = Tensor::randn(0f32, 1.0, (2, 6, 7, 11), &dev).unwrap();
         let want = conv.inner.forward(&x).unwrap();
         for band in [6 * 9 * 11 * 2 + 5, 1, usize::MAX] {
             let got = conv.direct(&x, Extra::default(), band).unwrap();
-            let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = max_abs_diff(&got, &want);
             assert!(diff < 1e-5, "band {band}: {diff}");
         }
         let small = Tensor::randn(0f32, 1.0, (1, 6, 2, 3), &dev).unwrap();
-        let diff = (conv.forward(&small).unwrap() - conv.inner.forward(&small).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&conv.forward(&small).unwrap(), &conv.inner.forward(&small).unwrap());
         assert!(diff < 1e-4, "{diff}");
     }
 
@@ -487,9 +475,7 @@ mod tests {
         // The time embedding per image and channel and the residual, written into the output
         // before the product: the same as candle's layer followed by its adds, on the Winograd,
         // im2col and 1×1 paths and for linear layers.
-        let dev = Device::Cpu;
-        let vm = candle_nn::VarMap::new();
-        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let (dev, vb) = (Device::Cpu, vars());
         let pad1 = Conv2dConfig { padding: 1, ..Default::default() };
         for (name, (b, cin, h, w), cout, k, cfg) in [
             ("winograd", (2, 16, 64, 66), 16, 3, pad1),
@@ -510,7 +496,7 @@ mod tests {
             ] {
                 let got = conv.forward_with(&x, extra).unwrap();
                 let want = extra.add_to(conv.inner.forward(&x).unwrap()).unwrap();
-                let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let diff = max_abs_diff(&got, &want);
                 assert!(diff < 1e-4, "{name}: {diff}");
             }
             let wrong = Tensor::zeros((b, cout, h, w + 1), DType::F32, &dev).unwrap();
@@ -521,7 +507,7 @@ mod tests {
         let res = Tensor::randn(0f32, 1.0, (2, 5, 7), &dev).unwrap();
         let got = linear_with(&l, &x, Some(&res)).unwrap();
         let want = (l.forward(&x).unwrap() + &res).unwrap();
-        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = max_abs_diff(&got, &want);
         assert!(diff < 1e-5, "linear: {diff}");
     }
 
@@ -531,9 +517,7 @@ mod tests {
     /// path declines fall back to making the tensor.
     #[test]
     fn fused_sources_match_the_layers_made_first() {
-        let dev = Device::Cpu;
-        let vm = candle_nn::VarMap::new();
-        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let (dev, vb) = (Device::Cpu, vars());
         let pad1 = Conv2dConfig { padding: 1, ..Default::default() };
         for (name, (b, cin, h, w), cout, winograd) in [
             ("f4", (2, 32, 64, 66), 16, true),

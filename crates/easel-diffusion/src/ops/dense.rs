@@ -144,15 +144,13 @@ pub fn geglu(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use candle_core::Device;
-    use candle_nn::VarBuilder;
 
     use super::*;
+    use crate::ops::testing::{max_abs_diff, vars};
 
     #[test]
     fn linear_layers_match_candle() {
-        let dev = Device::Cpu;
-        let vm = candle_nn::VarMap::new();
-        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let (dev, vb) = (Device::Cpu, vars());
         let with_bias = candle_nn::linear(13, 7, vb.pp("a")).unwrap();
         let without = candle_nn::linear_no_bias(13, 7, vb.pp("b")).unwrap();
         // Few rows (the transposed product, blocks of 16 rows and a short last one) and many.
@@ -163,11 +161,11 @@ mod tests {
                 let got = linear(l, &x).unwrap();
                 assert_eq!(got.dims(), &[shape.0, shape.1, 7]);
                 let want = l.forward(&x).unwrap();
-                let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let diff = max_abs_diff(&got, &want);
                 assert!(diff < 1e-5, "{shape:?}: {diff}");
                 let got = linear_with(l, &x, Some(&residual)).unwrap();
                 let want = (want + &residual).unwrap();
-                let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let diff = max_abs_diff(&got, &want);
                 assert!(diff < 1e-5, "{shape:?} with a residual: {diff}");
             }
         }

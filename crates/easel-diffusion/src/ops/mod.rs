@@ -155,6 +155,24 @@ pub fn upsample_nearest(x: &Tensor, th: usize, tw: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, (b, c, th, tw), x.device())?)
 }
 
+/// What the ops modules' tests share: weights from candle's initialisers, and how far apart two
+/// outputs are.
+#[cfg(test)]
+mod testing {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::VarBuilder;
+
+    /// A `VarBuilder` that makes f32 CPU weights with candle's random initialisers (biases too).
+    pub fn vars() -> VarBuilder<'static> {
+        VarBuilder::from_varmap(&candle_nn::VarMap::new(), DType::F32, &Device::Cpu)
+    }
+
+    /// The largest absolute difference between two tensors of one shape.
+    pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::Device;

@@ -129,12 +129,11 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
+    use crate::ops::testing::vars;
 
     #[test]
     fn group_norm_silu_matches_f64() {
-        let dev = Device::Cpu;
-        let vm = candle_nn::VarMap::new();
-        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let (dev, vb) = (Device::Cpu, vars());
         let (b, c, h, w, groups) = (2, 8, 5, 7, 4);
         let gn = GroupNorm::new(vb.pp("g"), groups, c, 1e-6).unwrap();
         let gn = GroupNorm {
